@@ -1,0 +1,35 @@
+"""Server-side sessions for Pyramid, stored in your SQL database, extended by plugins."""
+
+from __future__ import annotations
+
+import pluggy
+
+from .crypto import AESGCMCookieSerializer, generate_secret_key
+from .errors import ConfigurationError, InconsistentDataError, SessionError, SettingsError
+from .factory import SessionFactory, factory_args_from_settings, includeme, session_factory
+from .hookspecs import PROJECT
+from .model import BaseMixin, BlobType
+from .session import Session
+from .settings import SessionSettings, Setting
+
+#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+__all__ = [
+    "AESGCMCookieSerializer",
+    "BaseMixin",
+    "BlobType",
+    "ConfigurationError",
+    "InconsistentDataError",
+    "Session",
+    "SessionError",
+    "SessionFactory",
+    "SessionSettings",
+    "Setting",
+    "SettingsError",
+    "factory_args_from_settings",
+    "generate_secret_key",
+    "hookimpl",
+    "includeme",
+    "session_factory",
+]

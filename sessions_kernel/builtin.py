@@ -1,0 +1,172 @@
+"""The kernel's own settings, declared through the same hooks as any plugin's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pluggy
+
+from . import serializers
+from .crypto import parse_secret_keys
+from .hookspecs import PROJECT
+from .model import BaseMixin
+from .settings import Setting, boolean, choice, dotted, integer, optional, text
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+NAME = "sessions_kernel"
+
+
+def _secret_keys(value: Any) -> list[bytes]:
+    """one or more 256-bit keys in URL-safe base64, separated by white space"""
+    return parse_secret_keys(value)
+
+
+def _data_serializer(value: Any) -> Any:
+    """json, pickle, or the dotted name of an object with dumps() and loads()"""
+    if isinstance(value, str) and value.strip().lower() in serializers.BUILTIN:
+        return serializers.BUILTIN[value.strip().lower()]()
+    obj = dotted(value)
+    if isinstance(obj, type):
+        obj = obj()
+    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
+        raise ValueError(
+            f"expected json, pickle, or an object with dumps() and loads(), got {obj!r}"
+        )
+    return obj
+
+
+def _cookie_serializer(value: Any) -> Any:
+    """an object with dumps(bytes) -> str and loads(str) -> bytes, or its dotted name"""
+    obj = dotted(value)
+    if obj is None:
+        return None
+    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
+        raise ValueError(f"expected an object with dumps() and loads(), got {obj!r}")
+    return obj
+
+
+def _callable(value: Any) -> Any:
+    """a callable, or its dotted name"""
+    obj = dotted(value)
+    if not callable(obj):
+        raise ValueError(f"expected a callable or its dotted name, got {value!r}")
+    return obj
+
+
+def _cookie_path(value: Any) -> str:
+    """a URL path starting with /"""
+    path = text(value)
+    if not path.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', got {value!r}")
+    return path
+
+
+def _cookie_name(value: Any) -> str:
+    """a cookie name (letters, digits and !#$%&'*+-.^_`|~)"""
+    name = text(value)
+    allowed = set("!#$%&'*+-.^_`|~")
+    if not name or not all(c.isascii() and (c.isalnum() or c in allowed) for c in name):
+        raise ValueError(f"expected a cookie name (RFC 6265 token), got {value!r}")
+    return name
+
+
+SETTINGS = (
+    Setting(
+        "secret_key",
+        None,
+        optional(_secret_keys),
+        "keys of the cookie's encryption; the first encrypts, all decrypt",
+        runtime=False,
+    ),
+    Setting(
+        "model_class",
+        None,
+        optional(dotted),
+        "the session model (dotted name or class)",
+        runtime=False,
+    ),
+    Setting(
+        "serializer",
+        None,
+        _cookie_serializer,
+        "the cookie's serializer; by default AES-GCM built from secret_key",
+        runtime=False,
+    ),
+    Setting(
+        "data_serializer",
+        "json",
+        _data_serializer,
+        "format of the data and flash columns: json, pickle or a dotted name",
+        runtime=False,
+    ),
+    Setting(
+        "dbsession_name",
+        "dbsession",
+        text,
+        "name of the request attribute holding the SQLAlchemy session",
+        runtime=False,
+    ),
+    Setting(
+        "clock",
+        time.time,
+        _callable,
+        "callable returning the time in seconds; every read of the time uses it",
+        runtime=False,
+    ),
+    Setting("cookie_name", "session", _cookie_name, "name of the session cookie", runtime=False),
+    Setting(
+        "cookie_max_age",
+        None,
+        optional(integer(0, 10 * 365 * 24 * 3600)),
+        "seconds the browser keeps the cookie; None for a browser-session cookie",
+    ),
+    Setting("cookie_path", "/", _cookie_path, "Path attribute of the cookie"),
+    Setting("cookie_domain", None, optional(text), "Domain attribute of the cookie"),
+    Setting("cookie_secure", False, boolean, "send the cookie over HTTPS only"),
+    Setting("cookie_httponly", True, boolean, "hide the cookie from scripts"),
+    Setting(
+        "cookie_samesite",
+        "Lax",
+        optional(choice("Strict", "Lax", "None")),
+        "SameSite attribute of the cookie: Strict, Lax or None",
+    ),
+)
+
+
+@hookimpl
+def session_mixins() -> list[type]:
+    return [BaseMixin]
+
+
+@hookimpl
+def session_settings() -> tuple[Setting, ...]:
+    return SETTINGS
+
+
+@hookimpl
+def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
+    problems = []
+    name = settings.get("cookie_name") or ""
+    secure = settings.get("cookie_secure")
+    if name.startswith("__Host-"):
+        if not secure or settings.get("cookie_path") != "/" or settings.get("cookie_domain"):
+            problems.append(
+                f"cookie_name {name!r} uses the __Host- prefix, which browsers accept only "
+                "with cookie_secure = true, cookie_path = / and no cookie_domain; "
+                f"got cookie_secure = {secure}, cookie_path = {settings.get('cookie_path')!r}, "
+                f"cookie_domain = {settings.get('cookie_domain')!r}"
+            )
+    elif name.startswith("__Secure-") and not secure:
+        problems.append(
+            f"cookie_name {name!r} uses the __Secure- prefix, which browsers accept only "
+            "with cookie_secure = true"
+        )
+    if settings.get("cookie_samesite") == "None" and not secure:
+        problems.append(
+            "cookie_samesite = None needs cookie_secure = true (browsers drop SameSite=None "
+            "cookies that are not Secure); set cookie_secure = true or choose Lax or Strict"
+        )
+    return problems

@@ -1,0 +1,72 @@
+"""Events the kernel sends through ``request.registry.notify``.
+
+Subscribe with Pyramid's ``config.add_subscriber(handler, SessionRejected)``.
+``session_id`` is always the row key (the SHA-256 of the token), safe to log:
+it cannot be turned back into a cookie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CookieRejected",
+    "SessionCreated",
+    "SessionEvent",
+    "SessionInvalidated",
+    "SessionNotFound",
+    "SessionRegenerated",
+    "SessionRejected",
+]
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """Base of every session event."""
+
+    request: Any
+
+
+@dataclass(frozen=True)
+class CookieRejected(SessionEvent):
+    """The session cookie failed to decrypt or authenticate (forged, damaged, old key)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionNotFound(SessionEvent):
+    """A valid cookie named a session that does not exist (any longer)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionRejected(SessionEvent):
+    """A plugin's ``session_validate`` rejected a stored session; it was deleted."""
+
+    session_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionCreated(SessionEvent):
+    """A new session row is being inserted."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionRegenerated(SessionEvent):
+    """``regenerate_id()`` gave a session a new id (and cookie), keeping its data."""
+
+    old_session_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionInvalidated(SessionEvent):
+    """``invalidate()`` deleted a stored session."""
+
+    session_id: str

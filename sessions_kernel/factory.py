@@ -1,0 +1,105 @@
+"""Session factories: by hand with :func:`session_factory`, or from ini settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .crypto import AESGCMCookieSerializer
+from .errors import ConfigurationError
+from .plugins import FactoryConfig
+from .session import Session
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.request import Request
+
+__all__ = ["SessionFactory", "factory_args_from_settings", "includeme", "session_factory"]
+
+SETTINGS_PREFIX = "session."
+
+
+class SessionFactory:
+    """A Pyramid session factory: ``factory(request)`` returns the request's session.
+
+    Build one with :func:`session_factory`. ``config`` holds what was resolved
+    at start-up: the model, the active plugins and the settings in force.
+    """
+
+    def __init__(self, config: FactoryConfig) -> None:
+        self.config = config
+        values = config.values
+        self.model = config.model
+        self.hook = config.hook
+        self.clock = values["clock"]
+        self.cookie_name = values["cookie_name"]
+        self.dbsession_name = values["dbsession_name"]
+        self.data_serializer = values["data_serializer"]
+        self.serializer = values["serializer"] or AESGCMCookieSerializer(values["secret_key"])
+        self.default_cookie_attributes = {
+            "max_age": values["cookie_max_age"],
+            "path": values["cookie_path"],
+            "domain": values["cookie_domain"],
+            "secure": values["cookie_secure"],
+            "httponly": values["cookie_httponly"],
+            "samesite": values["cookie_samesite"],
+        }
+        self.session_class = _session_class(config)
+
+    def __call__(self, request: Request) -> Session:
+        return self.session_class(request, self)
+
+    def __repr__(self) -> str:
+        plugins = ", ".join(info.name for info in self.config.active)
+        return f"<SessionFactory {self.model.__name__} [{plugins}]>"
+
+
+def _session_class(config: FactoryConfig) -> type[Session]:
+    namespace: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    for impl in config.pm.hook.session_attributes.get_hookimpls():
+        for name, value in (impl.function() or {}).items():
+            if name in owners or hasattr(Session, name) or name.startswith("_"):
+                taken = owners.get(name, "the kernel")
+                raise ConfigurationError(
+                    f"session plugin {impl.plugin_name!r} adds request.session.{name}, "
+                    f"which {taken} already provides (or is private); rename it"
+                )
+            owners[name] = impl.plugin_name
+            namespace[name] = value
+    if not namespace:
+        return Session
+    return type(f"{config.model.__name__}Session", (Session,), namespace)
+
+
+def session_factory(plugins: Iterable[object] = (), **settings: Any) -> SessionFactory:
+    """Build a session factory from settings given as Python values or ini strings.
+
+    ``model_class`` and ``secret_key`` (or ``serializer``) are required; every
+    other setting of the kernel and of the active plugins is optional. Extra
+    plugin objects (modules with hook implementations) can be passed in
+    ``plugins``; installed plugins are found through their entry points.
+
+    Raises :class:`~pyramid.exceptions.ConfigurationError` naming the setting,
+    its value and the fix for anything it cannot accept.
+    """
+    return SessionFactory(FactoryConfig.build(settings, plugins))
+
+
+def factory_args_from_settings(
+    settings: Mapping[str, Any], prefix: str = SETTINGS_PREFIX
+) -> dict[str, Any]:
+    """Pick the ``session.*`` entries of an application's settings, prefix removed."""
+    return {key[len(prefix) :]: value for key, value in settings.items() if key.startswith(prefix)}
+
+
+def includeme(config: Configurator) -> None:
+    """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
+
+    Discovers the installed plugins, keeps those the model activates,
+    validates every setting and registers the factory. The factory is also
+    stored in ``registry['sessions_kernel.factory']`` for tools.
+    """
+    factory = session_factory(**factory_args_from_settings(config.get_settings()))
+    config.set_session_factory(factory)
+    config.registry["sessions_kernel.factory"] = factory

@@ -1,0 +1,218 @@
+"""Hook specifications: the contract between the kernel and its plugins.
+
+A plugin is a module (or any object) with functions marked
+``@sessions_kernel.hookimpl`` whose names are the hooks below. It is listed
+in the entry-point group ``sessions_kernel.plugins`` of its distribution and
+is *active* for a session factory exactly when the factory's model subclasses
+one of the mixins its :func:`session_mixins` returns. Inactive plugins are
+not called at all. A hook implementation may accept fewer arguments than the
+specification names; pluggy passes only those it asks for.
+
+Hooks come in three groups:
+
+* configuration (called once per factory, at start-up): :func:`session_mixins`,
+  :func:`session_settings`, :func:`session_check_settings`,
+  :func:`session_attributes`;
+* the request pipeline, in this order: :func:`session_load`,
+  :func:`session_validate`, then before commit :func:`session_extend`,
+  :func:`session_renew`, :func:`session_persist`, and
+  :func:`session_cookie_attributes` when a cookie is sent;
+* maintenance (called by tools, never per request):
+  :func:`session_expired_conditions`, :func:`session_indexes`.
+
+The ``session`` argument of the pipeline hooks is the request's
+:class:`sessions_kernel.Session`. What plugins use of it:
+
+``session.row``
+    the model instance, or ``None`` while the session has no row yet.
+``session.now``
+    the time of this request in whole seconds, from the factory's clock. Never
+    read the time any other way.
+``session.new``
+    ``True`` until the session has a row in the database.
+``session.settings``
+    the settings in force for this session (:class:`SessionSettings`).
+``session.cookie_extras``
+    a dict of small byte strings the cookie carries beside the token, keyed
+    by a name the plugin picks. Changing it makes the kernel send the cookie.
+``session.dirty``
+    whether the session will be written in this request so far.
+``session.request``, ``session.model``
+    the Pyramid request and the model class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Index
+
+    from .session import Session
+    from .settings import Setting
+
+PROJECT = "sessions_kernel"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+# -- configuration ------------------------------------------------------------
+
+
+@hookspec
+def session_mixins() -> Sequence[type]:
+    """Return the model mixins that activate this plugin.
+
+    Called once per plugin when the kernel discovers plugins, before every
+    other hook. The plugin is active for a factory when its model subclasses
+    any class returned; list the plain mixin first and its runtime-configurable
+    subclass after it (their order names them in error messages). A plugin
+    that returns nothing is never active.
+    """
+
+
+@hookspec
+def session_settings() -> Sequence[Setting]:
+    """Return the :class:`~sessions_kernel.Setting` objects this plugin owns.
+
+    Called once per plugin at discovery, for installed plugins whether active
+    or not, so that the kernel can tell "unknown setting" from "setting for a
+    feature your model does not include". Names are global across plugins:
+    two plugins declaring one name is a start-up error. A setting becomes
+    runtime-configurable for models that have a column of its name (ship that
+    column in your ``Config...Mixin``).
+    """
+
+
+@hookspec
+def session_check_settings(settings: Mapping[str, Any]) -> Iterable[str] | None:
+    """Check rules that involve more than one setting; return the problems found.
+
+    :param settings: every setting of every active plugin, parsed; at start-up
+        the global values, at ``settings.save()`` the values one session would
+        have after the save.
+
+    Return messages (strings) that say what is wrong and how to fix it, or
+    ``None``/empty when all is well. The kernel raises them as a
+    :class:`~pyramid.exceptions.ConfigurationError` at start-up and as
+    :class:`~sessions_kernel.SettingsError` at runtime. Called after each
+    setting was parsed on its own.
+    """
+
+
+@hookspec
+def session_attributes() -> Mapping[str, Any]:
+    """Return attributes to add to the factory's session class, by name.
+
+    Use it to give ``request.session`` an API of the plugin's own (a
+    ``property`` for a column, a method). Called once per factory; the kernel
+    builds a subclass of :class:`~sessions_kernel.Session` for that factory
+    only, so two factories never see each other's attributes. Two active
+    plugins adding one name, or a name the kernel already uses, is a
+    start-up error.
+    """
+
+
+# -- the request pipeline -------------------------------------------------------
+
+
+@hookspec
+def session_load(session: Session) -> None:
+    """The session was touched for the first time in this request.
+
+    Called once, after the cookie was decrypted and the row fetched by its
+    primary key (``session.row``; ``None`` for a new session), before
+    :func:`session_validate`. ``session.cookie_extras`` holds what the cookie
+    carried. Do not touch ``session`` data here, and issue no SQL: the read of
+    an existing session is one statement.
+    """
+
+
+@hookspec(firstresult=True)
+def session_validate(session: Session) -> str | None:
+    """Decide whether a loaded row may be used; return the reason if not.
+
+    Called after :func:`session_load`, only for a session whose row was found.
+    Return a short reason (``"idle timeout"``) to reject the row: the kernel
+    deletes it, notifies :class:`~sessions_kernel.events.SessionRejected` with
+    the reason, and starts a new, empty session. Return ``None`` to accept.
+    The first plugin to reject wins; later ones are not called.
+    """
+
+
+@hookspec
+def session_extend(session: Session) -> None:
+    """Before commit: decide whether an otherwise unchanged session needs a write.
+
+    Called for every session that has a row, before :func:`session_renew`.
+    ``session.dirty`` tells whether the session will be written anyway. To
+    ask for a write, assign the row's columns (e.g. a later expiry); the
+    kernel writes exactly the columns that changed.
+    """
+
+
+@hookspec
+def session_renew(session: Session) -> None:
+    """Before commit: rotate secrets the cookie carries.
+
+    Called after :func:`session_extend` for every session that has or is
+    about to get a row. Change ``session.cookie_extras`` to have the kernel
+    send a new cookie, and the row's columns to record what was offered.
+    """
+
+
+@hookspec
+def session_persist(session: Session, row: Any) -> None:
+    """Before commit: the row is about to be inserted or updated.
+
+    :param row: the model instance (``session.new`` tells an insert from an
+        update).
+
+    Set columns that every write must refresh (an idle expiry, say). Called
+    after :func:`session_extend` and :func:`session_renew`, only when a write
+    happens. Not called for a deleted session.
+    """
+
+
+@hookspec
+def session_cookie_attributes(session: Session, attributes: dict[str, Any]) -> None:
+    """Adjust the attributes of the cookie about to be set or deleted.
+
+    :param attributes: keyword arguments for WebOb's ``Response.set_cookie``
+        (``max_age``, ``path``, ``domain``, ``secure``, ``httponly``,
+        ``samesite``), already filled from the settings in force. Change it
+        in place.
+
+    Called before commit, when the kernel has decided to send or delete the
+    cookie.
+    """
+
+
+# -- maintenance ----------------------------------------------------------------
+
+
+@hookspec
+def session_expired_conditions(
+    model: type, settings: Mapping[str, Any], now: int
+) -> Sequence[ColumnElement[bool]] | None:
+    """Return SQL conditions that are true for rows this plugin considers expired.
+
+    :param model: the model class; build conditions from its columns.
+    :param settings: the global settings in force.
+    :param now: the current time in whole seconds.
+
+    A row is expired when any condition of any active plugin holds. Used by
+    garbage collection; never called per request.
+    """
+
+
+@hookspec
+def session_indexes(model: type) -> Sequence[Index | str] | None:
+    """Return the indexes the session table needs for this plugin's queries.
+
+    Return :class:`sqlalchemy.Index` objects or column names (one index per
+    name). Used to offer indexes to the model and to migrations.
+    """

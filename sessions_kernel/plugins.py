@@ -1,0 +1,307 @@
+"""Finding plugins and building one factory's configuration from them.
+
+Plugins are registered, exactly like the kernel's own :mod:`builtin` module,
+from the entry-point group ``sessions_kernel.plugins``. Each factory gets a
+:class:`pluggy.PluginManager` of its own holding only the plugins its model
+activates, so two factories in one process never see each other's plugins.
+
+Set ``SESSIONS_KERNEL_LOAD_PLUGINS`` to a comma-separated list of entry-point
+names to load only those (an empty value loads none) while debugging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapper
+
+from . import builtin, hookspecs
+from .errors import ConfigurationError
+from .model import BaseMixin
+from .settings import Setting
+
+__all__ = ["ENTRY_POINT_GROUP", "LOAD_PLUGINS_ENV", "FactoryConfig", "PluginInfo", "discover"]
+
+ENTRY_POINT_GROUP = "sessions_kernel.plugins"
+LOAD_PLUGINS_ENV = "SESSIONS_KERNEL_LOAD_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """What the kernel knows of one installed plugin."""
+
+    name: str
+    plugin: object | None
+    distribution: str | None = None
+    version: str | None = None
+    mixins: tuple[type, ...] = ()
+    settings: tuple[Setting, ...] = ()
+    error: str | None = None
+
+    def activated_by(self, model: type) -> type | None:
+        """The mixin through which ``model`` activates this plugin, or ``None``."""
+        for mixin in reversed(self.mixins):
+            if issubclass(model, mixin):
+                return mixin
+        return None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.distribution})" if self.distribution else self.name
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    wanted = os.environ.get(LOAD_PLUGINS_ENV)
+    if wanted is not None:
+        names = {name.strip() for name in wanted.split(",") if name.strip()}
+        eps = [ep for ep in eps if ep.name in names]
+    return sorted(eps, key=lambda ep: ep.name)
+
+
+def _spec_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[PluginInfo]:
+    """Load every installed plugin (and ``extra`` plugin objects) and describe each.
+
+    With ``strict`` (the default, used at start-up) an entry point that fails
+    to import raises :class:`ConfigurationError` naming its distribution; with
+    ``strict=False`` it is returned with its ``error`` set, for listings.
+    """
+    catalog = _spec_manager()
+    infos: dict[str, PluginInfo] = {}
+
+    def add(name: str, obj: object, dist: str | None, version: str | None) -> None:
+        if name in infos:
+            raise ConfigurationError(
+                f"two session plugins are named {name!r} ({infos[name].label} and {dist}); "
+                "uninstall one of them"
+            )
+        try:
+            catalog.register(obj, name=name)
+        except ValueError:  # the same object under another name: keep the first
+            return
+        infos[name] = PluginInfo(name, obj, dist, version)
+
+    add(builtin.NAME, builtin, "sessions-kernel", _version("sessions-kernel"))
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if strict:
+                raise ConfigurationError(
+                    f"session plugin {ep.name!r} from distribution {dist!r} "
+                    f"({ep.value}) failed to import: {message}. Fix or uninstall "
+                    f"{dist or 'it'}, or set {LOAD_PLUGINS_ENV} to the plugins to load."
+                ) from exc
+            infos[ep.name] = PluginInfo(ep.name, None, dist, version, error=message)
+            continue
+        add(ep.name, obj, dist, version)
+    for obj in extra:
+        add(getattr(obj, "__name__", None) or type(obj).__name__, obj, None, None)
+
+    try:
+        catalog.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigurationError(f"session plugin {exc.plugin!r}: {exc}") from exc
+
+    by_plugin = {id(info.plugin): info for info in infos.values() if info.plugin is not None}
+    for impl in catalog.hook.session_mixins.get_hookimpls():
+        by_plugin[id(impl.plugin)].mixins = tuple(impl.function() or ())
+    for impl in catalog.hook.session_settings.get_hookimpls():
+        info = by_plugin[id(impl.plugin)]
+        info.settings = tuple(
+            dataclasses.replace(s, plugin=info.name) for s in impl.function() or ()
+        )
+    return list(infos.values())
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _mixin_names(mixins: Iterable[type]) -> str:
+    return " or ".join(m.__name__ for m in mixins)
+
+
+def _column_names(model: type) -> frozenset[str]:
+    mapper: Mapper[Any] = sa.inspect(model)
+    return frozenset(mapper.column_attrs.keys())
+
+
+@dataclass
+class FactoryConfig:
+    """Everything one session factory resolved at start-up."""
+
+    model: type
+    values: dict[str, Any]
+    active: list[PluginInfo]
+    installed: list[PluginInfo]
+    pm: pluggy.PluginManager
+    settings_by_name: dict[str, Setting]
+    runtime_names: tuple[str, ...] = ()
+    configurable: frozenset[str] = frozenset()
+    column_names: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def build(cls, raw: Mapping[str, Any], extra_plugins: Iterable[object] = ()) -> FactoryConfig:
+        installed = discover(extra_plugins)
+        known: dict[str, Setting] = {}
+        for info in installed:
+            for setting in info.settings:
+                if setting.name in known:
+                    raise ConfigurationError(
+                        f"setting {setting.name!r} is declared by two session plugins, "
+                        f"{known[setting.name].plugin} and {info.label}; uninstall one of them"
+                    )
+                known[setting.name] = setting
+
+        model = _resolve_model(raw.get("model_class"), known["model_class"])
+        active = [info for info in installed if info.plugin and info.activated_by(model)]
+        active_names = {info.name for info in active}
+        owner = {s.name: info for info in installed for s in info.settings}
+
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name == "model_class":
+                continue
+            setting = known.get(name)
+            if setting is None:
+                raise ConfigurationError(_unknown_setting_message(name, value, known))
+            try:
+                parsed = setting.parse(value)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"session.{name} = {value!r}: {exc}. "
+                    f"({setting.doc}; default: {setting.default!r})"
+                ) from None
+            info = owner[name]
+            if info.name not in active_names:
+                if parsed != setting.default:
+                    raise ConfigurationError(
+                        f"session.{name} = {value!r} is set, but {model.__name__} does not "
+                        f"include {_mixin_names(info.mixins)} from {info.label}, so that "
+                        f"feature is off. Add the mixin to the bases of {model.__name__}, "
+                        f"or remove session.{name}."
+                    )
+                continue
+            values[name] = parsed
+        settings_by_name = {s.name: s for info in active for s in info.settings}
+        for name, setting in settings_by_name.items():
+            if name not in values:  # defaults given as ini text (``"json"``) are parsed too
+                default = setting.default
+                values[name] = setting.parse(default) if isinstance(default, str) else default
+        values["model_class"] = model
+
+        if values.get("secret_key") is None and values.get("serializer") is None:
+            from .crypto import generate_secret_key
+
+            raise ConfigurationError(
+                "session.secret_key is required (or a serializer of your own). Add to your "
+                f"ini file, for example:\n    session.secret_key = {generate_secret_key()}"
+            )
+
+        pm = _spec_manager()
+        for info in active:
+            pm.register(info.plugin, name=info.name)
+        columns = _column_names(model)
+        runtime = tuple(s.name for s in settings_by_name.values() if s.runtime)
+        config = cls(
+            model=model,
+            values=values,
+            active=active,
+            installed=installed,
+            pm=pm,
+            settings_by_name=settings_by_name,
+            runtime_names=runtime,
+            configurable=frozenset(n for n in runtime if n in columns),
+            column_names=columns,
+        )
+        problems = config.check(values)
+        if problems:
+            raise ConfigurationError(
+                "session settings do not fit together:\n  " + "\n  ".join(problems)
+            )
+        return config
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def check(self, values: Mapping[str, Any]) -> list[str]:
+        """Run every active plugin's cross-setting rules over ``values``."""
+        problems: list[str] = []
+        for result in self.hook.session_check_settings(settings=values):
+            problems.extend(result or ())
+        return problems
+
+    def not_configurable_message(self, name: str) -> str:
+        if name not in self.settings_by_name:
+            return f"no setting {name!r}; settings: {', '.join(self.runtime_names)}"
+        if name not in self.runtime_names:
+            return f"{name} is set once at start-up and cannot be read or changed per session"
+        for info in self.installed:
+            for mixin in info.mixins:
+                if any(name in vars(k) for k in mixin.__mro__):
+                    return (
+                        f"{name} is not runtime-configurable with {self.model.__name__}: "
+                        f"use {mixin.__name__} from {info.label} among its bases to change "
+                        f"it per session"
+                    )
+        return (
+            f"{name} is not runtime-configurable with {self.model.__name__}: no installed "
+            f"plugin offers a mixin with a {name!r} column"
+        )
+
+
+def _resolve_model(value: Any, setting: Setting) -> type:
+    if value is None:
+        raise ConfigurationError(
+            "session.model_class is required: the dotted name of your session model, e.g.\n"
+            "    session.model_class = myapp.models.Session"
+        )
+    try:
+        model = setting.parse(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"session.model_class = {value!r}: {exc}") from None
+    if not (isinstance(model, type) and issubclass(model, BaseMixin)):
+        raise ConfigurationError(
+            f"session.model_class = {value!r} is not a subclass of sessions_kernel.BaseMixin; "
+            "declare it as class Session(<feature mixins>, BaseMixin, Base)"
+        )
+    try:
+        sa.inspect(model)
+    except sa.exc.NoInspectionAvailable:
+        raise ConfigurationError(
+            f"session.model_class = {value!r} is not a mapped SQLAlchemy class; "
+            "add your declarative Base last among its bases and a __tablename__"
+        ) from None
+    return model
+
+
+def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean session.{close[0]}?" if close else ""
+    return (
+        f"session.{name} = {value!r}: no installed session plugin has a setting {name!r}."
+        f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "
+        "install that plugin's distribution."
+    )

@@ -1,0 +1,266 @@
+"""Settings: the schema plugins declare, parsing of ini values, runtime settings.
+
+Every setting, the kernel's own included, is declared by a plugin through the
+``session_settings`` hook as a :class:`Setting`. A setting is
+*runtime-configurable* for a model exactly when the model has a mapped column
+of the setting's name: the column holds the per-session value, and ``NULL``
+there means "the global value". A plugin makes its settings configurable by
+shipping a mixin that adds those columns; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyramid.path import DottedNameResolver
+from pyramid.settings import asbool
+
+from .errors import SettingsError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = [
+    "SessionSettings",
+    "Setting",
+    "boolean",
+    "choice",
+    "dotted",
+    "integer",
+    "optional",
+    "text",
+]
+
+_NONE_WORDS = frozenset({"", "none", "null"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a plugin owns.
+
+    :param name: the name after the ``session.`` prefix, e.g. ``idle_timeout``.
+    :param default: the value when the application sets nothing.
+    :param parse: turns an ini string or a Python value into the value, or
+        raises :class:`ValueError` whose message says what is accepted.
+    :param doc: one line for listings and error messages.
+    :param runtime: whether ``request.session.settings`` shows it at all
+        (secrets and factory-only settings say ``False``).
+    """
+
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str = ""
+    runtime: bool = True
+    plugin: str = field(default="", compare=False)
+
+
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Accept ``None`` (or ``none``/``null``/empty in an ini file) besides what ``parse`` takes."""
+
+    def parse_optional(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            return None
+        return parse(value)
+
+    parse_optional.__doc__ = f"None, or {parse.__doc__}"
+    return parse_optional
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    """Whole numbers between ``minimum`` and ``maximum`` (inclusive)."""
+    bounds = (
+        f" from {minimum} to {maximum}"
+        if minimum is not None and maximum is not None
+        else f" of at least {minimum}"
+        if minimum is not None
+        else ""
+    )
+
+    def parse_int(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number{bounds}, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a whole number{bounds}, got {value!r}") from None
+        if not isinstance(value, int):
+            raise ValueError(f"expected a whole number{bounds}, got {value!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError(f"expected a whole number{bounds}, got {value}")
+        return value
+
+    parse_int.__doc__ = f"a whole number{bounds}"
+    return parse_int
+
+
+def boolean(value: Any) -> bool:
+    """true/false (also yes/no, on/off, 1/0)"""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {
+        "true",
+        "false",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "1",
+        "0",
+        "y",
+        "n",
+        "t",
+        "f",
+    }:
+        return asbool(value)
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def text(value: Any) -> str:
+    """a string"""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value.strip()
+
+
+def choice(*options: str, case_insensitive: bool = True) -> Callable[[Any], str]:
+    """One of a fixed set of words."""
+
+    def parse_choice(value: Any) -> str:
+        if isinstance(value, str):
+            for option in options:
+                if value.strip() == option or (
+                    case_insensitive and value.strip().lower() == option.lower()
+                ):
+                    return option
+        raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+
+    parse_choice.__doc__ = "one of " + ", ".join(options)
+    return parse_choice
+
+
+def dotted(value: Any) -> Any:
+    """a Python object or its dotted name (package.module.name)"""
+    if isinstance(value, str):
+        try:
+            return DottedNameResolver().resolve(value.strip())
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"cannot import {value!r}: {exc}") from None
+    return value
+
+
+class SessionSettings(Mapping[str, Any]):
+    """``request.session.settings``: the settings in force for one session.
+
+    Read them as attributes or as a dict. Settings that are
+    runtime-configurable for the model can be changed::
+
+        settings = request.session.settings
+        settings.edit()
+        settings.cookie_max_age = 30 * 24 * 3600
+        settings.save()          # validates, then applies to this session
+
+        with request.session.settings as s:   # edit() ... save(), or discard() on error
+            s["idle_timeout"] = 3600
+
+    Saved values are written with the session in this request and take effect
+    in its response. Unsaved edits are dropped at the end of the request.
+    """
+
+    __slots__ = ("_edits", "_session")
+
+    def __init__(self, session: Session) -> None:
+        object.__setattr__(self, "_session", session)
+        object.__setattr__(self, "_edits", None)
+
+    # -- reading ---------------------------------------------------------
+    def __getitem__(self, name: str) -> Any:
+        config = self._session._factory.config
+        if name not in config.runtime_names:
+            raise KeyError(name)
+        edits = self._edits
+        if edits is not None and name in edits:
+            return edits[name]
+        return self._session._setting(name)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"no runtime setting {name!r}; available: {', '.join(self)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._session._factory.config.runtime_names)
+
+    def __len__(self) -> int:
+        return len(self._session._factory.config.runtime_names)
+
+    def __repr__(self) -> str:
+        return f"<SessionSettings {dict(self.items())!r}>"
+
+    def is_configurable(self, name: str) -> bool:
+        """Whether ``name`` can be changed for this session (the model has its column)."""
+        return name in self._session._factory.config.configurable
+
+    # -- editing ---------------------------------------------------------
+    def edit(self) -> SessionSettings:
+        """Start editing. Assignments are kept aside until :meth:`save`."""
+        if self._edits is None:
+            object.__setattr__(self, "_edits", {})
+        return self
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        config = self._session._factory.config
+        if name not in config.configurable:
+            raise SettingsError(config.not_configurable_message(name))
+        if self._edits is None:
+            raise SettingsError(
+                f"settings are read-only until you call request.session.settings.edit() "
+                f"(or use 'with request.session.settings as s:'); {name} was not changed"
+            )
+        self._edits[name] = value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def discard(self) -> None:
+        """Drop unsaved edits and leave editing mode."""
+        object.__setattr__(self, "_edits", None)
+
+    def save(self) -> None:
+        """Validate the edits with the same rules as at start-up, then apply them.
+
+        Raises :class:`SettingsError` (and keeps the edits, still editing) if a
+        value fails its validator or the values together break a cross-setting
+        rule of any active plugin.
+        """
+        if self._edits is None:
+            raise SettingsError("nothing to save: call settings.edit() first")
+        config = self._session._factory.config
+        parsed = {}
+        for name, value in self._edits.items():
+            try:
+                parsed[name] = config.settings_by_name[name].parse(value)
+            except ValueError as exc:
+                raise SettingsError(f"{name} = {value!r}: {exc}") from None
+        effective = {name: self._session._setting(name) for name in config.runtime_names}
+        effective.update(parsed)
+        problems = config.check(effective)
+        if problems:
+            raise SettingsError("; ".join(problems))
+        self._session._apply_settings(parsed)
+        object.__setattr__(self, "_edits", None)
+
+    def __enter__(self) -> SessionSettings:
+        return self.edit()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.save()
+        else:
+            self.discard()
