@@ -13,6 +13,7 @@ fixtures that run a test on SQLite, PostgreSQL and MariaDB.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -95,9 +96,14 @@ class StatementCounter:
 
 
 def make_model(
-    *mixins: type, name: str = "Session", tablename: str = "sessions", **attributes: Any
+    *mixins: type, name: str = "Session", tablename: str | None = None, **attributes: Any
 ) -> type:
-    """A session model on a new declarative base: ``class name(*mixins, BaseMixin, Base)``."""
+    """A session model on a new declarative base: ``class name(*mixins, BaseMixin, Base)``.
+
+    The table is named ``sessions_<pid>`` unless ``tablename`` says otherwise, so
+    that test runs in several processes can share one database server.
+    """
+    tablename = tablename or f"sessions_{os.getpid()}"
 
     class Base(DeclarativeBase):
         pass

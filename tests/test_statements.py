@@ -1,0 +1,77 @@
+"""What each kind of request costs, in SQL statements, on every database."""
+
+from __future__ import annotations
+
+import pytest
+
+from sessions_kernel.testing import make_model
+
+
+@pytest.fixture
+def app(session_app):
+    return session_app(make_model())
+
+
+def test_untouched_session_costs_nothing(app):
+    with app.count() as sql:
+        response = app.get("/none")
+    assert sql.count == 0
+    assert "Set-Cookie" not in response.headers
+    assert "Vary" not in response.headers
+
+
+def test_touched_but_empty_session_is_never_written(app):
+    with app.count() as sql:
+        response = app.get("/touch")
+    assert sql.count == 0
+    assert response.json == {"new": True}
+    assert "Set-Cookie" not in response.headers
+    assert response.headers["Vary"] == "Cookie"
+    assert app.rows() == []
+
+
+def test_new_session_with_data_is_one_insert(app):
+    with app.count() as sql:
+        response = app.post_json("/set", {"a": 1})
+    assert sql.kinds() == ["INSERT"], sql.statements
+    assert response.headers["Set-Cookie"].startswith("session=")
+    assert app.row().created == int(app.clock())
+
+
+def test_read_of_existing_session_is_one_select_and_no_write(app):
+    app.post_json("/set", {"a": 1})
+    app.clock.advance(10)
+    with app.count() as sql:
+        response = app.get("/read")
+    assert sql.kinds() == ["SELECT"], sql.statements
+    assert response.json["data"] == {"a": 1}
+    assert response.json["new"] is False
+    assert "Set-Cookie" not in response.headers
+
+
+def test_change_is_select_plus_update_of_changed_columns_only(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        app.get("/incr/a")
+    assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
+    update = sql.statements[1]
+    assert "data=" in update.replace(" ", "") and "flash" not in update.split("WHERE")[0]
+    assert app.get("/read").json["data"] == {"a": 2}
+
+
+def test_nested_mutation_is_saved_without_changed(app):
+    app.post_json("/append", {"item": "x"})
+    with app.count() as sql:
+        app.post_json("/append", {"item": "y"})
+    assert sql.kinds() == ["SELECT", "UPDATE"]
+    assert app.get("/read").json["data"] == {"items": ["x", "y"]}
+
+
+@pytest.mark.parametrize("cookie", ["garbage", "", "x" * 10_000, "c2Vzc2lvbg"])
+def test_bad_cookie_costs_nothing_and_is_deleted(app, cookie):
+    app.set_cookie("session", cookie)
+    with app.count() as sql:
+        response = app.get("/read")
+    assert sql.count == 0
+    assert response.json["new"] is True
+    assert response.headers["Set-Cookie"].startswith("session=; Max-Age=0")
