@@ -21,8 +21,11 @@ class BaseMixin:
 
     ``id`` is the SHA-256 (hex) of the cookie's token, never the token itself.
     ``created`` and ``updated`` are seconds since the epoch from the factory's
-    clock. ``data`` and ``flash`` hold the serialized session dict and flash
-    queues. Override any column in your class if you need to.
+    clock: ``updated`` is when the data, the flash queues, the per-session
+    settings or the id last changed (a plugin's own write, such as an idle
+    extension, leaves it alone). ``data`` and ``flash`` hold the serialized
+    session dict and flash queues. Override any column in your class if you
+    need to.
     """
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -200,20 +200,24 @@ class Session(MutableMapping[str, Any]):
                 self._notify(events.SessionCreated(self.request, row.id))
                 write = True
         else:
+            # ``updated`` records the last change of what the kernel owns (data, flash,
+            # settings, id); a plugin's own write (an idle extension) sets only its columns.
+            changed = self._force or self._regenerated or bool(self._settings_values)
             if data != self._orig_data:
                 row.data = data
+                changed = True
             if flash != self._orig_flash:
                 row.flash = flash
-            for name, value in self._settings_values.items():
-                setattr(row, name, value)
+                changed = True
+            if changed:
+                row.updated = self.now
             hook.session_extend(session=self)
             extras = dict(self.cookie_extras)
             hook.session_renew(session=self)
             if self.dirty:
-                row.updated = self.now
                 hook.session_persist(session=self, row=row)
                 write = True
-            write = write or self._regenerated or extras != self.cookie_extras
+            write = write or extras != self.cookie_extras
         if write:
             value = factory.serializer.dumps(encode_payload(self._token, self.cookie_extras))
             self._cookie = ("set", value, self._cookie_attributes())
@@ -337,16 +341,6 @@ class Session(MutableMapping[str, Any]):
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
-
-    # CSRF tokens in the data, as Pyramid's own session factories keep them
-    def new_csrf_token(self) -> str:
-        token = os.urandom(20).hex()
-        self["_csrft_"] = token
-        return token
-
-    def get_csrf_token(self) -> str:
-        token = self._data.get("_csrft_")
-        return token if token is not None else self.new_csrf_token()
 
     # the dict API
     def __getitem__(self, key: str) -> Any:
