@@ -6,7 +6,13 @@ import pluggy
 
 from .crypto import AESGCMCookieSerializer, generate_secret_key
 from .errors import ConfigurationError, InconsistentDataError, SessionError, SettingsError
-from .factory import SessionFactory, factory_args_from_settings, includeme, session_factory
+from .factory import (
+    SessionFactory,
+    SessionInfo,
+    factory_args_from_settings,
+    includeme,
+    session_factory,
+)
 from .hookspecs import PROJECT
 from .model import BaseMixin, BlobType
 from .session import Session
@@ -24,6 +30,7 @@ __all__ = [
     "Session",
     "SessionError",
     "SessionFactory",
+    "SessionInfo",
     "SessionSettings",
     "Setting",
     "SettingsError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .crypto import AESGCMCookieSerializer
@@ -14,9 +15,29 @@ if TYPE_CHECKING:
     from pyramid.config import Configurator
     from pyramid.request import Request
 
-__all__ = ["SessionFactory", "factory_args_from_settings", "includeme", "session_factory"]
+__all__ = [
+    "SessionFactory",
+    "SessionInfo",
+    "factory_args_from_settings",
+    "includeme",
+    "session_factory",
+]
 
 SETTINGS_PREFIX = "session."
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A stored session as listings show it; see :meth:`SessionFactory.describe`."""
+
+    #: the row key (SHA-256 of the cookie's token): safe to show and log
+    session_id: str
+    #: seconds since the epoch
+    created: int
+    #: the latest activity any part of the system recorded
+    last_active: int
+    #: when the session expires, or ``None`` if no active feature expires it
+    expires: int | None
 
 
 class SessionFactory:
@@ -48,6 +69,23 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    def describe(self, row: Any) -> SessionInfo:
+        """What a listing shows of a stored row ("your sessions", a debug toolbar).
+
+        Issues no SQL: ``row`` was read by the caller. The expiry is the
+        earliest the active plugins report (``session_expires_at``), ``None``
+        when no feature expires the session.
+        """
+        settings = self.config.row_settings(row)
+        expiries = [t for t in self.hook.session_expires_at(row=row, settings=settings) if t]
+        active = [t for t in self.hook.session_last_active(row=row, settings=settings) if t]
+        return SessionInfo(
+            session_id=row.id,
+            created=row.created,
+            last_active=max([row.updated, *active]),
+            expires=min(expiries) if expiries else None,
+        )
 
     def __repr__(self) -> str:
         plugins = ", ".join(info.name for info in self.config.active)

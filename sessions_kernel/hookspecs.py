@@ -17,8 +17,9 @@ Hooks come in three groups:
   :func:`session_validate`, then before commit :func:`session_extend`,
   :func:`session_renew`, :func:`session_persist`, and
   :func:`session_cookie_attributes` when a cookie is sent;
-* maintenance (called by tools, never per request):
-  :func:`session_expired_conditions`, :func:`session_indexes`.
+* maintenance (called by tools and listings, never on the request path):
+  :func:`session_expired_conditions`, :func:`session_indexes`,
+  :func:`session_expires_at`, :func:`session_last_active`.
 
 The ``session`` argument of the pipeline hooks is the request's
 :class:`sessions_kernel.Session`. What plugins use of it:
@@ -215,4 +216,34 @@ def session_indexes(model: type) -> Sequence[Index | str] | None:
 
     Return :class:`sqlalchemy.Index` objects or column names (one index per
     name). Used to offer indexes to the model and to migrations.
+    """
+
+
+@hookspec
+def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
+    """Return when a stored row expires under this plugin's rule, or ``None``.
+
+    :param row: a model instance read from the database (not the request's).
+    :param settings: the settings in force for that row: the global values,
+        with the row's own values for runtime-configurable settings.
+
+    The kernel takes the earliest answer of all active plugins (see
+    ``SessionFactory.describe``); listings such as "your sessions" show it.
+    Issue no SQL. It must agree with :func:`session_validate` and
+    :func:`session_expired_conditions`: a row is expired at and after the
+    time returned.
+    """
+
+
+@hookspec
+def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
+    """Return the last time the row's session was used, if this plugin records it.
+
+    :param row: a model instance read from the database.
+    :param settings: as for :func:`session_expires_at`.
+
+    The kernel records ``row.updated`` only when the session's own content
+    changed; a plugin that writes on read-only activity (an idle extension)
+    knows a later time. The kernel shows the latest of ``row.updated`` and
+    every answer. Issue no SQL.
     """

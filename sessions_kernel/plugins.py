@@ -253,6 +253,15 @@ class FactoryConfig:
             problems.extend(result or ())
         return problems
 
+    def row_settings(self, row: Any) -> dict[str, Any]:
+        """The settings in force for a stored row: global values, the row's own where it has one."""
+        values = {name: self.values[name] for name in self.runtime_names}
+        for name in self.configurable:
+            value = getattr(row, name)
+            if value is not None:
+                values[name] = value
+        return values
+
     def not_configurable_message(self, name: str) -> str:
         if name not in self.settings_by_name:
             return f"no setting {name!r}; settings: {', '.join(self.runtime_names)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pyramid.interfaces import ISessionFactory
 
 from sessions_kernel.testing import make_model
 
@@ -75,3 +76,17 @@ def test_bad_cookie_costs_nothing_and_is_deleted(app, cookie):
     assert sql.count == 0
     assert response.json["new"] is True
     assert response.headers["Set-Cookie"].startswith("session=; Max-Age=0")
+
+
+def test_describe_reads_a_stored_row_without_sql(app):
+    app.post_json("/set", {"a": 1})
+    created = int(app.clock())
+    app.clock.advance(30)
+    app.get("/incr/a")
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    row = app.row()
+    with app.count() as sql:
+        info = factory.describe(row)
+    assert sql.count == 0
+    assert info.session_id == row.id
+    assert (info.created, info.last_active, info.expires) == (created, created + 30, None)
