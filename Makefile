@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 EXAMPLES := $(patsubst %/pyproject.toml,%,$(wildcard examples/*/pyproject.toml))
 PORT ?= 6543
+# The suite runs on SQLite always and on these servers too (this machine's and CI's);
+# set a URL to empty (make test SESSIONS_TEST_MARIADB_URL=) to skip that database.
+SESSIONS_TEST_POSTGRESQL_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+SESSIONS_TEST_MARIADB_URL ?= mariadb+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4
+export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
 
 .PHONY: install test lint demo bench clean
 
@@ -18,6 +23,7 @@ install: $(PY)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
