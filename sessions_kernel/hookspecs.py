@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Index
+    from sqlalchemy import ColumnElement
 
     from .session import Session
     from .settings import Setting
@@ -211,11 +211,17 @@ def session_expired_conditions(
 
 
 @hookspec
-def session_indexes(model: type) -> Sequence[Index | str] | None:
+def session_indexes(model: type) -> Sequence[str | Sequence[str]] | None:
     """Return the indexes the session table needs for this plugin's queries.
 
-    Return :class:`sqlalchemy.Index` objects or column names (one index per
-    name). Used to offer indexes to the model and to migrations.
+    :param model: the model class.
+
+    Return column names (one single-column index each) or sequences of
+    column names (one composite index each, in that order). The kernel names
+    them ``ix_<table>_<columns>``, leaves out those the table already has
+    (an index or primary key starting with those columns), and offers the
+    rest to the model through ``sessions_kernel.add_indexes(Model)`` and to
+    ``psessions indexes``. Called by tools, never per request.
     """
 
 

@@ -28,7 +28,14 @@ from .errors import ConfigurationError
 from .model import BaseMixin
 from .settings import Setting
 
-__all__ = ["ENTRY_POINT_GROUP", "LOAD_PLUGINS_ENV", "FactoryConfig", "PluginInfo", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LOAD_PLUGINS_ENV",
+    "FactoryConfig",
+    "PluginInfo",
+    "active_manager",
+    "discover",
+]
 
 ENTRY_POINT_GROUP = "sessions_kernel.plugins"
 LOAD_PLUGINS_ENV = "SESSIONS_KERNEL_LOAD_PLUGINS"
@@ -129,6 +136,19 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
             dataclasses.replace(s, plugin=info.name) for s in impl.function() or ()
         )
     return list(infos.values())
+
+
+def active_manager(model: type) -> pluggy.PluginManager:
+    """A plugin manager holding the installed plugins that ``model`` activates.
+
+    For tools that work from the model alone (indexes); a session factory
+    builds its own in :meth:`FactoryConfig.build`.
+    """
+    pm = _spec_manager()
+    for info in discover():
+        if info.plugin is not None and info.activated_by(model):
+            pm.register(info.plugin, name=info.name)
+    return pm
 
 
 def _version(dist: str) -> str | None:

@@ -1,0 +1,254 @@
+"""``psessions``: look after an application's sessions from the command line.
+
+Like ``pshell`` and ``proutes``, it takes the application's ``config_uri``,
+bootstraps the application and uses the session factory it configured::
+
+    psessions development.ini gc             # delete expired sessions
+    psessions development.ini gc --dry-run   # count them
+    psessions development.ini plugins        # installed plugins, active ones, settings
+    psessions development.ini indexes        # indexes the active plugins need
+
+Exit codes, for schedulers: 0 done (also when nothing was expired), 1 the
+database failed, 2 bad usage or an application without a sessions_kernel
+factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from . import maintenance
+from .factory import SessionFactory
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_DATABASE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Something the user can fix in the command line or the application."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psessions",
+        description="Look after the server-side sessions of a Pyramid application.",
+        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error.",
+    )
+    parser.add_argument("config_uri", help="the application's config file, e.g. development.ini")
+    parser.add_argument(
+        "--app-name", default="main", help="the app section of the config file (default: main)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gc = commands.add_parser("gc", help="delete expired sessions in batches")
+    gc.add_argument(
+        "--batch-size",
+        type=int,
+        default=5000,
+        help="rows per batch; each batch is its own transaction (default: %(default)s)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="count expired sessions, delete none")
+    gc.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and what is active")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    indexes = commands.add_parser("indexes", help="list the indexes the active plugins need")
+    indexes.add_argument("--sql", action="store_true", help="print CREATE INDEX for missing ones")
+    return parser
+
+
+def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any]:
+    from pyramid.interfaces import ISessionFactory
+    from pyramid.paster import bootstrap, setup_logging
+
+    if not os.path.exists(config_uri.split("#", 1)[0]):
+        raise UsageError(f"no such config file: {config_uri}")
+    setup_logging(config_uri)
+    env = bootstrap(f"{config_uri}#{app_name}" if "#" not in config_uri else config_uri)
+    registry, request = env["registry"], env["request"]
+    factory = registry.get("sessions_kernel.factory") or registry.queryUtility(ISessionFactory)
+    if not isinstance(factory, SessionFactory):
+        env["closer"]()
+        raise UsageError(
+            f"{config_uri} does not configure a sessions_kernel session factory: add "
+            "config.include('sessions_kernel') to the application (found "
+            f"{type(factory).__name__ if factory is not None else 'no session factory'})"
+        )
+    dbsession = getattr(request, factory.dbsession_name)
+    bind = dbsession.get_bind(mapper=sa.inspect(factory.model))
+    return factory, bind, env["closer"]
+
+
+def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    table = factory.model.__tablename__
+    live = sys.stderr.isatty() and not args.quiet
+
+    def progress(p: maintenance.GCProgress) -> None:
+        print(f"\r{p.deleted:,} deleted, {p.rate:,.0f} rows/s", end="", file=sys.stderr)
+
+    result = maintenance.collect_garbage(
+        factory,
+        bind,
+        batch_size=args.batch_size,
+        dry_run=args.dry_run,
+        progress=progress if live else None,
+    )
+    if live and result.batches:
+        print(file=sys.stderr)
+    if args.quiet:
+        return EXIT_OK
+    if not result.expiring:
+        print(
+            f"nothing to do: no active plugin of {factory.model.__name__} expires sessions "
+            "(add a timeout mixin and set its timeout to have expired sessions collected)",
+            file=out,
+        )
+    elif result.dry_run:
+        print(f"{result.deleted:,} expired sessions in {table} would be deleted", file=out)
+    else:
+        rate = result.deleted / result.seconds if result.seconds else 0
+        print(
+            f"deleted {result.deleted:,} expired sessions from {table} in {result.batches} "
+            f"batches, {result.seconds:.1f} s ({rate:,.0f} rows/s)",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[str]) -> int:
+    reports = maintenance.plugin_report(factory)
+    if args.json:
+        json.dump([_report_dict(r) for r in reports], out, indent=2, default=repr)
+        print(file=out)
+        return EXIT_OK
+    for r in reports:
+        version = f" {r.version}" if r.version else ""
+        dist = f" ({r.distribution}{version})" if r.distribution else ""
+        if r.error:
+            state = f"BROKEN: {r.error}"
+        elif r.active:
+            state = f"active through {r.active_mixin}"
+            state += ", runtime-configurable" if r.configurable else ""
+        else:
+            state = f"inactive (add {' or '.join(r.mixins) or 'its mixin'} to the model)"
+        print(f"{r.name}{dist}: {state}", file=out)
+        if r.hooks:
+            print(f"    hooks: {', '.join(r.hooks)}", file=out)
+        for s in r.settings:
+            value = f" = {s.value!r}" if r.active and s.name not in _SECRET else ""
+            flag = " [per session]" if s.configurable else ""
+            print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
+    return EXIT_OK
+
+
+_SECRET = frozenset({"secret_key", "serializer"})
+
+
+def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "distribution": r.distribution,
+        "version": r.version,
+        "error": r.error,
+        "active": r.active,
+        "active_mixin": r.active_mixin,
+        "configurable": r.configurable,
+        "mixins": list(r.mixins),
+        "hooks": list(r.hooks),
+        "settings": [
+            {
+                "name": s.name,
+                "default": s.default,
+                "value": None if s.name in _SECRET else s.value,
+                "runtime": s.runtime,
+                "configurable": s.configurable,
+                "doc": s.doc,
+            }
+            for s in r.settings
+        ],
+    }
+
+
+def _indexes(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
+    model = factory.model
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    required = maintenance.required_indexes(model)
+    missing = maintenance.missing_indexes(model)
+    in_database = {
+        tuple(index["column_names"]) for index in sa.inspect(bind).get_indexes(table.name)
+    }
+    if not required:
+        print(f"the active plugins of {model.__name__} need no index", file=out)
+        return EXIT_OK
+    for columns in required:
+        declared = "missing from the model" if columns in missing else "declared in the model"
+        stored = "present" if columns in in_database else "absent"
+        print(f"({', '.join(columns)}): {declared}, {stored} in the database", file=out)
+    if args.sql:
+        copy = table.to_metadata(sa.MetaData())
+        for columns in required:
+            if columns in in_database:
+                continue
+            index = sa.Index(maintenance.index_name(table, columns), *(copy.c[c] for c in columns))
+            ddl = sa.schema.CreateIndex(index).compile(dialect=bind.dialect)
+            print(f"{str(ddl).strip()};", file=out)
+    if missing:
+        print(
+            f"add them with sessions_kernel.add_indexes({model.__name__}) after the class, "
+            "then create_all() or an Alembic revision (--autogenerate)",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    """Run ``psessions``; return its exit code."""
+    from pyramid.exceptions import ConfigurationError
+
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    closer = None
+    try:
+        try:
+            factory, bind, closer = _bootstrap(args.config_uri, args.app_name)
+        except ConfigurationError as exc:
+            if args.command != "plugins":
+                raise UsageError(f"the application does not start: {exc}") from exc
+            # List what is installed anyway: a broken plugin is what the user wants to see.
+            print(f"psessions: the application does not start: {exc}", file=sys.stderr)
+            _plugins(args, None, out)
+            return EXIT_USAGE
+        if args.command == "gc":
+            return _gc(args, factory, bind, out)
+        if args.command == "plugins":
+            return _plugins(args, factory, out)
+        return _indexes(args, factory, bind, out)
+    except UsageError as exc:
+        print(f"psessions: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"psessions: database error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    finally:
+        if closer is not None:
+            closer()
+
+
+def main_entry() -> None:
+    """The ``psessions`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

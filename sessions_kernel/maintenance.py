@@ -1,0 +1,285 @@
+"""Maintenance: expired-session cleanup, the plugin listing, the indexes plugins need.
+
+Nothing here runs on the request path. The ``psessions`` command
+(:mod:`sessions_kernel.cli`) is a thin shell over these functions, which tests
+and debug toolbars can call directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import hookspecs
+from .factory import SessionFactory
+from .plugins import FactoryConfig, PluginInfo, active_manager, discover
+
+__all__ = [
+    "GCProgress",
+    "GCResult",
+    "PluginReport",
+    "SettingReport",
+    "add_indexes",
+    "collect_garbage",
+    "count_expired",
+    "expired_condition",
+    "index_name",
+    "missing_indexes",
+    "plugin_report",
+    "required_indexes",
+]
+
+
+# -- garbage collection ------------------------------------------------------------------
+
+
+def expired_condition(factory: SessionFactory, now: int | None = None) -> Any:
+    """The SQL condition true for rows that some active plugin considers expired.
+
+    ``None`` when no active plugin expires sessions (a model without timeout
+    mixins, or with every timeout set to ``None``): then nothing is garbage.
+    """
+    config = factory.config
+    now = int(factory.clock()) if now is None else now
+    conditions = [
+        condition
+        for answer in config.hook.session_expired_conditions(
+            model=config.model, settings=config.values, now=now
+        )
+        for condition in answer or ()
+    ]
+    return sa.or_(*conditions) if conditions else None
+
+
+@dataclass(frozen=True)
+class GCProgress:
+    """Handed to a ``progress`` callback after each batch."""
+
+    deleted: int
+    batches: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Rows deleted per second so far."""
+        return self.deleted / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class GCResult:
+    """What :func:`collect_garbage` did (or, with ``dry_run``, would do)."""
+
+    #: rows deleted, or for a dry run the rows that would be
+    deleted: int
+    batches: int
+    seconds: float
+    dry_run: bool = False
+    #: ``False`` when no active plugin expires sessions: nothing was looked at
+    expiring: bool = True
+
+
+def count_expired(factory: SessionFactory, bind: sa.Engine, now: int | None = None) -> int:
+    """How many stored sessions are expired now (one ``COUNT``)."""
+    condition = expired_condition(factory, now)
+    if condition is None:
+        return 0
+    with bind.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(factory.model).where(condition)
+        return int(conn.scalar(query) or 0)
+
+
+def collect_garbage(
+    factory: SessionFactory,
+    bind: sa.Engine,
+    *,
+    batch_size: int = 5000,
+    now: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[GCProgress], None] | None = None,
+) -> GCResult:
+    """Delete expired sessions in batches, each batch in a transaction of its own.
+
+    A batch selects up to ``batch_size`` primary keys of expired rows, then
+    deletes those rows by primary key, checking the condition again so that a
+    session extended meanwhile by a request survives. No statement touches
+    more than ``batch_size`` rows, so locks are short, and memory does not grow
+    with the table. ``now`` defaults to the factory's clock, read once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    start = time.perf_counter()
+    now = int(factory.clock()) if now is None else now
+    condition = expired_condition(factory, now)
+    if condition is None:
+        return GCResult(0, 0, time.perf_counter() - start, dry_run, expiring=False)
+    if dry_run:
+        count = count_expired(factory, bind, now)
+        return GCResult(count, 0, time.perf_counter() - start, dry_run=True)
+
+    model = factory.model
+    pk = sa.inspect(model).primary_key[0]
+    select_batch = sa.select(pk).where(condition).limit(batch_size)
+    deleted = batches = 0
+    while True:
+        with bind.begin() as conn:
+            ids = list(conn.scalars(select_batch))
+            if not ids:
+                break
+            result = conn.execute(sa.delete(model).where(pk.in_(ids), condition))
+        deleted += result.rowcount
+        batches += 1
+        if progress is not None:
+            progress(GCProgress(deleted, batches, time.perf_counter() - start))
+        if len(ids) < batch_size:
+            break
+    return GCResult(deleted, batches, time.perf_counter() - start)
+
+
+# -- the plugin listing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingReport:
+    """One setting in :class:`PluginReport`."""
+
+    name: str
+    default: Any
+    doc: str
+    #: whether ``request.session.settings`` shows it
+    runtime: bool
+    #: whether the model lets it be changed per session
+    configurable: bool = False
+    #: the value in force (``None`` too when the plugin is not active)
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class PluginReport:
+    """One installed plugin, as ``psessions plugins`` lists it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    #: the import error of an entry point that failed to load, else ``None``
+    error: str | None
+    #: the mixin through which the model activates the plugin, else ``None``
+    active_mixin: str | None
+    mixins: tuple[str, ...]
+    hooks: tuple[str, ...]
+    settings: tuple[SettingReport, ...] = field(default=())
+
+    @property
+    def active(self) -> bool:
+        return self.active_mixin is not None
+
+    @property
+    def configurable(self) -> bool:
+        """Whether any of its settings can be changed per session with this model."""
+        return any(s.configurable for s in self.settings)
+
+
+_HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("session_")))
+
+
+def _hook_names(plugin: object) -> tuple[str, ...]:
+    return tuple(name for name in _HOOK_NAMES if callable(getattr(plugin, name, None)))
+
+
+def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
+    active = info.activated_by(config.model) if config and info.plugin is not None else None
+    configurable = config.configurable if config else frozenset()
+    values = config.values if config and active else {}
+    return PluginReport(
+        name=info.name,
+        distribution=info.distribution,
+        version=info.version,
+        error=info.error,
+        active_mixin=active.__name__ if active else None,
+        mixins=tuple(m.__name__ for m in info.mixins),
+        hooks=_hook_names(info.plugin) if info.plugin is not None else (),
+        settings=tuple(
+            SettingReport(
+                name=s.name,
+                default=s.default,
+                doc=s.doc,
+                runtime=s.runtime,
+                configurable=s.name in configurable,
+                value=values.get(s.name),
+            )
+            for s in info.settings
+        ),
+    )
+
+
+def plugin_report(factory: SessionFactory | None = None) -> list[PluginReport]:
+    """Every installed plugin, the kernel's own first, and what ``factory`` makes of it.
+
+    Without a factory, only what is installed (no plugin is marked active).
+    An entry point that fails to import is listed with its ``error`` instead
+    of raising, so a listing shows what is broken.
+    """
+    config = factory.config if factory is not None else None
+    return [_report(info, config) for info in discover(strict=False)]
+
+
+# -- indexes -----------------------------------------------------------------------------
+
+
+def required_indexes(model: type) -> list[tuple[str, ...]]:
+    """The indexes the plugins active for ``model`` ask for, as tuples of column names.
+
+    Plugins answer the ``session_indexes`` hook; the answers are merged in
+    plugin order without repeats.
+    """
+    wanted: list[tuple[str, ...]] = []
+    for answer in reversed(active_manager(model).hook.session_indexes(model=model)):
+        for item in answer or ():
+            columns = (item,) if isinstance(item, str) else tuple(item)
+            if columns not in wanted:
+                wanted.append(columns)
+    return wanted
+
+
+def missing_indexes(model: type) -> list[tuple[str, ...]]:
+    """:func:`required_indexes` that ``model``'s table does not declare yet.
+
+    An index (or primary key) whose leading columns are the ones asked for
+    counts as present.
+    """
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    present = [tuple(c.name for c in index.columns) for index in table.indexes]
+    present.append(tuple(c.name for c in table.primary_key.columns))
+    return [
+        columns
+        for columns in required_indexes(model)
+        if not any(have[: len(columns)] == columns for have in present)
+    ]
+
+
+def index_name(table: sa.Table, columns: tuple[str, ...]) -> str:
+    """``ix_<table>_<column>[_<column>...]``, the name :func:`add_indexes` gives."""
+    return "_".join(("ix", table.name, *columns))
+
+
+def add_indexes(model: type) -> list[sa.Index]:
+    """Add to ``model``'s table the indexes its active plugins need; return those added.
+
+    Call it once, right after the model's class statement, so that
+    ``metadata.create_all()`` and Alembic's autogenerate see them::
+
+        class Session(ConfigIdleMixin, UseridMixin, BaseMixin, Base):
+            __tablename__ = "session"
+
+        sessions_kernel.add_indexes(Session)
+
+    Calling it again adds nothing.
+    """
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    return [
+        sa.Index(index_name(table, columns), *(table.c[name] for name in columns))
+        for columns in missing_indexes(model)
+    ]
