@@ -12,7 +12,7 @@ SESSIONS_TEST_POSTGRESQL_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/tes
 SESSIONS_TEST_MARIADB_URL ?= mariadb+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4
 export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint docs demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -60,12 +60,14 @@ class Clock:
 
 
 class StatementCounter:
-    """Records every SQL statement an engine executes while it is active::
+    """Records every SQL statement an engine executes while it is active.
 
-    counter = StatementCounter(engine)
-    with counter:
-        app.get("/read")
-    assert counter.count == 1, counter.statements
+    ::
+
+        counter = StatementCounter(engine)
+        with counter:
+            app.get("/read")
+        assert counter.count == 1, counter.statements
     """
 
     def __init__(self, engine: sa.Engine) -> None:
