@@ -247,7 +247,9 @@ class Session(MutableMapping[str, Any]):
             if action == "set":
                 response.set_cookie(name, value, **attrs)
             else:
-                response.delete_cookie(name, path=attrs["path"], domain=attrs["domain"])
+                # value None: WebOb sends Max-Age=0 and a past Expires. The other attributes
+                # go along, because browsers ignore a __Host-/__Secure- deletion without Secure.
+                response.set_cookie(name, None, **{**attrs, "max_age": None})
 
     def _cookie_attributes(self) -> dict[str, Any]:
         setting = self._setting
