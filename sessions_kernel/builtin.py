@@ -90,6 +90,7 @@ SETTINGS = (
         optional(_secret_keys),
         "keys of the cookie's encryption; the first encrypts, all decrypt",
         runtime=False,
+        secret=True,
     ),
     Setting(
         "model_class",
