@@ -49,9 +49,13 @@ class Session(MutableMapping[str, Any]):
         self._loaded = False
 
     def __getattr__(self, name: str) -> Any:
-        if name in _LAZY and not self._loaded:
-            self._load()
-            return getattr(self, name)
+        if name in _LAZY:
+            if not self._loaded:
+                self._load()
+                return getattr(self, name)
+            error = self.__dict__.get("_load_error")
+            if error is not None:  # every later use sees the same error, not an AttributeError
+                raise type(error)(*error.args)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the load and validate stages --------------------------------------------
@@ -111,7 +115,11 @@ class Session(MutableMapping[str, Any]):
                 self._notify(events.SessionRejected(request, row.id, reason))
                 self._start_new()
             else:
-                self._read_row(row)
+                try:
+                    self._read_row(row)
+                except InconsistentDataError as exc:
+                    self._load_error = exc
+                    raise
 
         txn = request.tm.get()
         txn.addBeforeCommitHook(self._persist)
