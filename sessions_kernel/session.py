@@ -58,6 +58,11 @@ class Session(MutableMapping[str, Any]):
                 raise type(error)(*error.args)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    @property
+    def model(self) -> type:
+        """The factory's session model class."""
+        return self._factory.model
+
     # -- the load and validate stages --------------------------------------------
     def _load(self) -> None:
         factory = self._factory
