@@ -197,7 +197,7 @@ class Session(MutableMapping[str, Any]):
                 "string, say), or set session.data_serializer."
             ) from exc
         if row is None:
-            if self._data or self._flash or self._force:
+            if self._data or self._flash or self._force or self._settings_values:
                 row = self.row = factory.model(
                     id=session_id_for(self._token),
                     created=self._created,
@@ -244,7 +244,7 @@ class Session(MutableMapping[str, Any]):
         """Whether this request will write the session's row (so far)."""
         row = self.row
         if row is None:
-            return bool(self._data or self._flash or self._force)
+            return bool(self._data or self._flash or self._force or self._settings_values)
         return self.new or self._force or self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
