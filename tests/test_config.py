@@ -6,11 +6,12 @@ import kernel_support
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm
+import webtest
 from kernel_support import make_included_app, set_cookies
 from pyramid.config import Configurator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sessions_kernel import BaseMixin, ConfigurationError, session_factory
+from sessions_kernel import BaseMixin, ConfigurationError, SessionError, session_factory
 from sessions_kernel.testing import TEST_SECRET_KEY, Clock, make_model
 
 
@@ -181,3 +182,34 @@ def test_ini_strings_are_parsed():
     values = factory.config.values
     assert (values["cookie_max_age"], values["cookie_secure"]) == (None, True)
     assert (values["cookie_httponly"], values["cookie_domain"]) == (False, None)
+
+
+def _touching_app(include_tm: bool, dbsession: bool) -> webtest.TestApp:
+    def view(request):
+        try:
+            request.session["a"] = 1
+        except SessionError as exc:
+            return {"error": str(exc)}
+        return {}
+
+    with Configurator(settings={"tm.manager_hook": "pyramid_tm.explicit_manager"}) as config:
+        if include_tm:
+            config.include("pyramid_tm")
+        if dbsession:
+            config.add_request_method(lambda request: None, "dbsession", reify=True)
+        config.set_session_factory(_factory())
+        config.add_route("touch", "/touch")
+        config.add_view(view, route_name="touch", renderer="json")
+        return webtest.TestApp(config.make_wsgi_app())
+
+
+def test_session_outside_pyramid_tm_is_a_clear_error():
+    error = _touching_app(include_tm=False, dbsession=True).get("/touch").json["error"]
+    assert error.startswith("request.session was first used outside the request's transaction")
+    assert "config.include('pyramid_tm')" in error
+
+
+def test_missing_dbsession_is_a_clear_error():
+    error = _touching_app(include_tm=True, dbsession=False).get("/touch").json["error"]
+    assert error.startswith("request.dbsession does not exist")
+    assert "session.dbsession_name" in error
