@@ -331,7 +331,10 @@ class Session(MutableMapping[str, Any]):
 
         Call it at login and at every change of privilege (OWASP session
         fixation defence). The row keeps its data under its new key: one
-        UPDATE of the primary key, no copy.
+        UPDATE of the primary key, no copy, and
+        :class:`~sessions_kernel.events.SessionRegenerated` is sent. On a
+        session that has no row yet only the token changes (no event: no
+        stored id was replaced); its row is inserted under the new id.
         """
         old = self.row.id if self.row is not None and not self.new else None
         self._token = os.urandom(TOKEN_BYTES)
