@@ -64,6 +64,16 @@ def _cookie_path(value: Any) -> str:
     return path
 
 
+_samesite_choice = choice("Strict", "Lax", "None")
+
+
+def _cookie_samesite(value: Any) -> str | None:
+    """Strict, Lax or None (the attribute value); empty or Python None to omit the attribute"""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _samesite_choice(value)
+
+
 def _cookie_name(value: Any) -> str:
     """a cookie name (letters, digits and !#$%&'*+-.^_`|~)"""
     name = text(value)
@@ -80,6 +90,7 @@ SETTINGS = (
         optional(_secret_keys),
         "keys of the cookie's encryption; the first encrypts, all decrypt",
         runtime=False,
+        secret=True,
     ),
     Setting(
         "model_class",
@@ -130,8 +141,8 @@ SETTINGS = (
     Setting(
         "cookie_samesite",
         "Lax",
-        optional(choice("Strict", "Lax", "None")),
-        "SameSite attribute of the cookie: Strict, Lax or None",
+        _cookie_samesite,
+        "SameSite attribute of the cookie: Strict, Lax or None; empty to omit it",
     ),
 )
 

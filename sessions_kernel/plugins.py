@@ -210,17 +210,17 @@ class FactoryConfig:
                 parsed = setting.parse(value)
             except ValueError as exc:
                 raise ConfigurationError(
-                    f"session.{name} = {value!r}: {exc}. "
+                    f"session.{name} = {setting.shown(value)}: {exc}. "
                     f"({setting.doc}; default: {setting.default!r})"
                 ) from None
             info = owner[name]
             if info.name not in active_names:
                 if parsed != setting.default:
                     raise ConfigurationError(
-                        f"session.{name} = {value!r} is set, but {model.__name__} does not "
-                        f"include {_mixin_names(info.mixins)} from {info.label}, so that "
-                        f"feature is off. Add the mixin to the bases of {model.__name__}, "
-                        f"or remove session.{name}."
+                        f"session.{name} = {setting.shown(value)} is set, but "
+                        f"{model.__name__} does not include {_mixin_names(info.mixins)} "
+                        f"from {info.label}, so that feature is off. Add the mixin to the "
+                        f"bases of {model.__name__}, or remove session.{name}."
                     )
                 continue
             values[name] = parsed

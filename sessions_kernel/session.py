@@ -49,10 +49,19 @@ class Session(MutableMapping[str, Any]):
         self._loaded = False
 
     def __getattr__(self, name: str) -> Any:
-        if name in _LAZY and not self._loaded:
-            self._load()
-            return getattr(self, name)
+        if name in _LAZY:
+            if not self._loaded:
+                self._load()
+                return getattr(self, name)
+            error = self.__dict__.get("_load_error")
+            if error is not None:  # every later use sees the same error, not an AttributeError
+                raise type(error)(*error.args)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def model(self) -> type:
+        """The factory's session model class."""
+        return self._factory.model
 
     # -- the load and validate stages --------------------------------------------
     def _load(self) -> None:
@@ -111,7 +120,11 @@ class Session(MutableMapping[str, Any]):
                 self._notify(events.SessionRejected(request, row.id, reason))
                 self._start_new()
             else:
-                self._read_row(row)
+                try:
+                    self._read_row(row)
+                except InconsistentDataError as exc:
+                    self._load_error = exc
+                    raise
 
         txn = request.tm.get()
         txn.addBeforeCommitHook(self._persist)
@@ -184,7 +197,7 @@ class Session(MutableMapping[str, Any]):
                 "string, say), or set session.data_serializer."
             ) from exc
         if row is None:
-            if self._data or self._flash or self._force:
+            if self._data or self._flash or self._force or self._settings_values:
                 row = self.row = factory.model(
                     id=session_id_for(self._token),
                     created=self._created,
@@ -231,7 +244,7 @@ class Session(MutableMapping[str, Any]):
         """Whether this request will write the session's row (so far)."""
         row = self.row
         if row is None:
-            return bool(self._data or self._flash or self._force)
+            return bool(self._data or self._flash or self._force or self._settings_values)
         return self.new or self._force or self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
@@ -247,7 +260,9 @@ class Session(MutableMapping[str, Any]):
             if action == "set":
                 response.set_cookie(name, value, **attrs)
             else:
-                response.delete_cookie(name, path=attrs["path"], domain=attrs["domain"])
+                # value None: WebOb sends Max-Age=0 and a past Expires. The other attributes
+                # go along, because browsers ignore a __Host-/__Secure- deletion without Secure.
+                response.set_cookie(name, None, **{**attrs, "max_age": None})
 
     def _cookie_attributes(self) -> dict[str, Any]:
         setting = self._setting
@@ -316,7 +331,10 @@ class Session(MutableMapping[str, Any]):
 
         Call it at login and at every change of privilege (OWASP session
         fixation defence). The row keeps its data under its new key: one
-        UPDATE of the primary key, no copy.
+        UPDATE of the primary key, no copy, and
+        :class:`~sessions_kernel.events.SessionRegenerated` is sent. On a
+        session that has no row yet only the token changes (no event: no
+        stored id was replaced); its row is inserted under the new id.
         """
         old = self.row.id if self.row is not None and not self.new else None
         self._token = os.urandom(TOKEN_BYTES)

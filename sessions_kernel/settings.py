@@ -47,6 +47,7 @@ class Setting:
     :param doc: one line for listings and error messages.
     :param runtime: whether ``request.session.settings`` shows it at all
         (secrets and factory-only settings say ``False``).
+    :param secret: never show the value in error messages (keys, passwords).
     """
 
     name: str
@@ -55,6 +56,11 @@ class Setting:
     doc: str = ""
     runtime: bool = True
     plugin: str = field(default="", compare=False)
+    secret: bool = False
+
+    def shown(self, value: Any) -> str:
+        """``value`` as error messages show it: its repr, or a placeholder for a secret."""
+        return "<hidden>" if self.secret else repr(value)
 
 
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pyramid.interfaces import ISessionFactory
 
+from sessions_kernel import AESGCMCookieSerializer, generate_secret_key
+from sessions_kernel.crypto import encode_payload, parse_secret_keys
 from sessions_kernel.testing import make_model
 
 
@@ -90,3 +94,48 @@ def test_describe_reads_a_stored_row_without_sql(app):
     assert sql.count == 0
     assert info.session_id == row.id
     assert (info.created, info.last_active, info.expires) == (created, created + 30, None)
+
+
+def test_invalidate_is_select_plus_delete(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        response = app.get("/invalidate")
+    assert sql.kinds() == ["SELECT", "DELETE"], sql.statements
+    assert response.headers["Set-Cookie"].startswith("session=; Max-Age=0")
+
+
+def test_regenerate_is_select_plus_update(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        app.get("/regenerate")
+    assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
+
+
+def test_cookie_made_with_another_key_costs_nothing(app):
+    forged = AESGCMCookieSerializer(parse_secret_keys(generate_secret_key()))
+    app.set_cookie("session", forged.dumps(encode_payload(os.urandom(32), {})))
+    with app.count() as sql:
+        response = app.get("/read")
+    assert sql.count == 0
+    assert response.json["new"] is True
+
+
+def test_valid_cookie_of_a_deleted_session_is_one_select(app):
+    app.post_json("/set", {"a": 1})
+    cookie = app.cookies["session"]
+    app.get("/invalidate")
+    browser = app.new_browser()
+    browser.set_cookie("session", cookie)
+    with app.count() as sql:
+        browser.get("/read")
+    assert sql.kinds() == ["SELECT"]
+
+
+def test_flash_and_pop_flash_cost_a_select_and_an_update(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        app.post_json("/flash", {"msg": "hi"})
+    assert sql.kinds() == ["SELECT", "UPDATE"]
+    with app.count() as sql:
+        app.get("/pop_flash")
+    assert sql.kinds() == ["SELECT", "UPDATE"]

@@ -1,0 +1,92 @@
+"""Plugins come from entry points; a factory sees only those its model activates."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from kernel_support import factory_of, install_distribution, table_name
+
+from sessions_kernel import ConfigurationError, session_factory
+from sessions_kernel.plugins import LOAD_PLUGINS_ENV, discover
+from sessions_kernel.testing import TEST_SECRET_KEY, make_app, make_model
+
+BROKEN = "raise ImportError('sessions_broken_plugin needs libfoo 2')\n"
+
+
+@pytest.fixture
+def broken_dist(tmp_path, monkeypatch):
+    install_distribution(
+        tmp_path / "broken",
+        "sessions-broken",
+        {"broken": "sessions_broken_plugin"},
+        {"sessions_broken_plugin": BROKEN},
+        version="0.3",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "broken"))
+    importlib.invalidate_caches()
+
+
+def test_entry_point_that_fails_to_import_is_a_start_up_error(broken_dist):
+    with pytest.raises(ConfigurationError) as info:
+        session_factory(model_class=make_model(), secret_key=TEST_SECRET_KEY)
+    message = str(info.value)
+    assert "session plugin 'broken' from distribution 'sessions-broken'" in message
+    assert "ImportError: sessions_broken_plugin needs libfoo 2" in message
+    assert "Fix or uninstall sessions-broken" in message
+    assert LOAD_PLUGINS_ENV in message
+
+
+def test_listing_reports_the_broken_plugin_without_failing(broken_dist):
+    [broken] = [i for i in discover(strict=False) if i.name == "broken"]
+    assert (broken.distribution, broken.version, broken.plugin) == ("sessions-broken", "0.3", None)
+    assert broken.error == "ImportError: sessions_broken_plugin needs libfoo 2"
+
+
+def test_load_plugins_variable_restricts_loading(broken_dist, example_plugin, monkeypatch):
+    model = make_model(example_plugin.ExampleMixin)
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "example")
+    factory = session_factory(model_class=model, secret_key=TEST_SECRET_KEY)
+    assert [i.name for i in factory.config.active] == ["sessions_kernel", "example"]
+    assert "broken" not in {i.name for i in factory.config.installed}
+
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    factory = session_factory(model_class=model, secret_key=TEST_SECRET_KEY)
+    assert [i.name for i in factory.config.installed] == ["sessions_kernel"]
+    # with the plugin not loaded, its setting is unknown
+    with pytest.raises(ConfigurationError, match="no installed session plugin has a setting"):
+        session_factory(model_class=model, secret_key=TEST_SECRET_KEY, example_epoch="1")
+
+
+def test_plugin_is_inactive_without_its_mixin(example_plugin):
+    factory = session_factory(model_class=make_model(), secret_key=TEST_SECRET_KEY)
+    assert "example" in {i.name for i in factory.config.installed}
+    assert "example" not in {i.name for i in factory.config.active}
+    assert "example_note" not in factory.config.runtime_names
+
+
+def test_two_factories_do_not_see_each_others_plugins(session_engine, example_plugin):
+    with_plugin = make_model(example_plugin.ExampleMixin, tablename=table_name("_with"))
+    without = make_model(name="Plain", tablename=table_name("_without"))
+    app_with = make_app(with_plugin, session_engine)
+    app_without = make_app(without, session_engine)
+    try:
+        app_without.post_json("/set", {"a": 1})
+        app_without.get("/incr/a")
+        app_without.get("/read")
+        assert example_plugin.CALLS == []  # not one call for the model without the mixin
+        app_with.post_json("/set", {"a": 1})
+        app_with.get("/incr/a")
+        assert {model for _, model in example_plugin.CALLS} == {"Session"}
+        assert {hook for hook, _ in example_plugin.CALLS} == {
+            "session_load",
+            "session_validate",
+            "session_persist",
+        }
+        assert not hasattr(app_without.row(), "example_created_epoch")
+        assert app_with.row().example_created_epoch == 0
+        assert "example" not in repr(factory_of(app_without))
+        assert "example" in repr(factory_of(app_with))
+    finally:
+        with_plugin.metadata.drop_all(session_engine)
+        without.metadata.drop_all(session_engine)

@@ -1,0 +1,105 @@
+"""regenerate_id(): new id and cookie, same data, the old id stops working."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kernel_support import EventLog, set_cookies
+
+from sessions_kernel import events
+from sessions_kernel.testing import make_model
+
+
+def _views(config: Any) -> None:
+    def login(request: Any) -> Any:
+        request.session["user"] = "alice"
+        request.session.regenerate_id()
+        return {"session_id": request.session.session_id}
+
+    def regenerate_then_invalidate(request: Any) -> Any:
+        request.session.regenerate_id()
+        request.session.invalidate()
+        return {}
+
+    for name, view in [("login", login), ("regen_inval", regenerate_then_invalidate)]:
+        config.add_route(name, f"/{name}")
+        config.add_view(view, route_name=name, renderer="json")
+
+
+@pytest.fixture
+def log() -> EventLog:
+    return EventLog()
+
+
+@pytest.fixture
+def app(session_app, log):
+    def configure(config: Any) -> None:
+        _views(config)
+        log.configure(config)
+
+    return session_app(make_model(), configure=configure)
+
+
+def test_regenerate_keeps_data_under_a_new_id(app, log):
+    app.post_json("/set", {"a": 1})
+    app.post_json("/flash", {"msg": "hi"})
+    old_cookie = app.cookies["session"]
+    old = app.row()
+    app.clock.advance(7)
+    with app.count() as sql:
+        response = app.get("/regenerate")
+    assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
+    assert len(set_cookies(response)) == 1
+    assert app.cookies["session"] != old_cookie
+    new = app.row()  # one row: renamed, not copied
+    assert new.id != old.id
+    assert (new.data, new.flash, new.created) == (old.data, old.flash, old.created)
+    assert new.updated == int(app.clock())
+    [event] = log.of(events.SessionRegenerated)
+    assert (event.old_session_id, event.session_id) == (old.id, new.id)
+    assert app.get("/read").json["data"] == {"a": 1}
+    assert app.get("/pop_flash").json == {"messages": ["hi"]}
+
+
+def test_old_cookie_gives_a_fresh_session(app, log):
+    app.post_json("/set", {"a": 1})
+    old_cookie = app.cookies["session"]
+    old_id = app.row().id
+    app.get("/regenerate")
+    thief = app.new_browser()
+    thief.set_cookie("session", old_cookie)
+    with app.count() as sql:
+        response = thief.get("/read")
+    assert sql.kinds() == ["SELECT"]
+    assert response.json["new"] is True and response.json["data"] == {}
+    assert set_cookies(response)[0].startswith("session=; Max-Age=0")
+    assert [e.session_id for e in log.of(events.SessionNotFound)] == [old_id]
+    assert app.get("/read").json["data"] == {"a": 1}  # the owner still has it
+
+
+def test_regenerate_on_a_brand_new_session(app, log):
+    with app.count() as sql:
+        response = app.get("/login")
+    assert sql.kinds() == ["INSERT"]
+    assert len(set_cookies(response)) == 1
+    row = app.row()
+    assert row.id == response.json["session_id"]
+    assert app.get("/read").json["data"] == {"user": "alice"}
+    # no stored session was renamed, so no SessionRegenerated; the session is created
+    assert log.of(events.SessionRegenerated) == []
+    assert [e.session_id for e in log.of(events.SessionCreated)] == [row.id]
+
+
+def test_regenerate_of_a_new_empty_session_stores_nothing(app):
+    with app.count() as sql:
+        response = app.get("/regenerate")
+    assert sql.count == 0
+    assert set_cookies(response) == []
+
+
+def test_regenerate_then_invalidate_leaves_no_row(app):
+    app.post_json("/set", {"a": 1})
+    response = app.get("/regen_inval")
+    assert app.rows() == []
+    assert set_cookies(response)[0].startswith("session=; Max-Age=0")
