@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -56,12 +57,42 @@ def _callable(value: Any) -> Any:
     return obj
 
 
+#: Browsers ignore a Path or Domain attribute longer than this (RFC 6265bis, 5.6).
+MAX_COOKIE_PATH = 1024
+#: The longest DNS name.
+MAX_COOKIE_DOMAIN = 253
+_DOMAIN_CHARS = frozenset(string.ascii_letters + string.digits + "-.")
+
+
 def _cookie_path(value: Any) -> str:
-    """a URL path starting with /"""
+    """a URL path starting with / (printable ASCII without ';', at most 1024 characters)"""
     path = text(value)
     if not path.startswith("/"):
         raise ValueError(f"expected a path starting with '/', got {value!r}")
+    if len(path) > MAX_COOKIE_PATH:
+        raise ValueError(f"expected at most {MAX_COOKIE_PATH} characters, got {len(path)}")
+    if not all(" " < c < "\x7f" and c != ";" for c in path):
+        raise ValueError(
+            f"expected printable ASCII without spaces or ';' (percent-encode others), got {value!r}"
+        )
     return path
+
+
+def _cookie_domain(value: Any) -> str:
+    """a host or domain name (letters, digits, '-' and '.', at most 253 characters)"""
+    domain = text(value)
+    bare = domain[1:] if domain.startswith(".") else domain  # a leading dot is allowed, ignored
+    if (
+        not bare
+        or len(domain) > MAX_COOKIE_DOMAIN
+        or not set(bare) <= _DOMAIN_CHARS
+        or any(not label for label in bare.split("."))
+    ):
+        raise ValueError(
+            f"expected a domain name such as example.com (letters, digits, '-' and '.', "
+            f"at most {MAX_COOKIE_DOMAIN} characters; IDNA-encode others), got {value!r}"
+        )
+    return domain
 
 
 _samesite_choice = choice("Strict", "Lax", "None")
@@ -135,7 +166,7 @@ SETTINGS = (
         "seconds the browser keeps the cookie; None for a browser-session cookie",
     ),
     Setting("cookie_path", "/", _cookie_path, "Path attribute of the cookie"),
-    Setting("cookie_domain", None, optional(text), "Domain attribute of the cookie"),
+    Setting("cookie_domain", None, optional(_cookie_domain), "Domain attribute of the cookie"),
     Setting("cookie_secure", False, boolean, "send the cookie over HTTPS only"),
     Setting("cookie_httponly", True, boolean, "hide the cookie from scripts"),
     Setting(

@@ -87,8 +87,11 @@ class Session(MutableMapping[str, Any]):
         self._force = False
         self._regenerated = False
         self._settings_values: dict[str, Any] = {}
+        self._settings_loaded: dict[str, Any] = {}
+        # the cookie the browser holds, to delete: set when it must go (bad cookie, unknown
+        # or dropped session), with the attributes it was set with as far as they are known
         self._delete_cookie: dict[str, Any] | None = None
-        self._cookie: tuple[str, str, dict[str, Any]] | None = None
+        self._cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._committed = False
 
         row, token, extras = None, None, {}
@@ -168,10 +171,12 @@ class Session(MutableMapping[str, Any]):
         self._orig_data = self._orig_flash = None
         self._created = self.now
         self._settings_values = {}
+        self._settings_loaded = {}
 
     def _drop_row(self) -> None:
         row = self.row
-        self._delete_cookie = self._cookie_attributes()
+        # the browser's cookie was set with the stored settings, not with edits of this request
+        self._delete_cookie = self._cookie_attributes(as_loaded=True)
         self._dbsession.delete(row)
         self._orig_data = self._orig_flash = None
 
@@ -231,11 +236,19 @@ class Session(MutableMapping[str, Any]):
                 hook.session_persist(session=self, row=row)
                 write = True
             write = write or extras != self.cookie_extras
+        old = self._delete_cookie
         if write:
             value = factory.serializer.dumps(encode_payload(self._token, self.cookie_extras))
-            self._cookie = ("set", value, self._cookie_attributes())
-        elif self._delete_cookie is not None:
-            self._cookie = ("delete", "", self._delete_cookie)
+            attrs = self._cookie_attributes()
+            if old is None and self._settings_loaded:  # this request changed stored settings
+                old = self._cookie_attributes(as_loaded=True)
+            # A cookie is known by its name, path and domain: a new one set elsewhere leaves
+            # the old one in the browser unless it is deleted too.
+            if old is not None and (old["path"], old["domain"]) != (attrs["path"], attrs["domain"]):
+                self._cookies.append(("delete", "", old))
+            self._cookies.append(("set", value, attrs))
+        elif old is not None:
+            self._cookies.append(("delete", "", old))
         if self._dbsession.new or self._dbsession.dirty or self._dbsession.deleted:
             self._dbsession.flush()
 
@@ -254,18 +267,28 @@ class Session(MutableMapping[str, Any]):
         vary = response.vary or ()
         if "Cookie" not in vary:
             response.vary = (*vary, "Cookie")
-        if self._committed and self._cookie is not None:
-            action, value, attrs = self._cookie
-            name = self._factory.cookie_name
+        if not self._committed:
+            return
+        name = self._factory.cookie_name
+        for action, value, attrs in self._cookies:
             if action == "set":
                 response.set_cookie(name, value, **attrs)
             else:
-                # value None: WebOb sends Max-Age=0 and a past Expires. The other attributes
-                # go along, because browsers ignore a __Host-/__Secure- deletion without Secure.
+                # Same path and domain, or the browser keeps the cookie; same Secure, or it
+                # refuses the deletion of a __Host-/__Secure- cookie. Value None deletes.
                 response.set_cookie(name, None, **{**attrs, "max_age": None})
 
-    def _cookie_attributes(self) -> dict[str, Any]:
-        setting = self._setting
+    def _cookie_attributes(self, as_loaded: bool = False) -> dict[str, Any]:
+        """The cookie's attributes from the settings in force, after the plugins' hook.
+
+        With ``as_loaded``, from the settings as this request found them (the row's
+        stored values), ignoring changes saved in this request: the attributes the
+        browser's cookie was set with.
+        """
+
+        def setting(name: str) -> Any:
+            return self._setting(name, as_loaded)
+
         attrs = {
             "max_age": setting("cookie_max_age"),
             "path": setting("cookie_path"),
@@ -287,14 +310,21 @@ class Session(MutableMapping[str, Any]):
             settings = self.__dict__["_settings"] = SessionSettings(self)
             return settings
 
-    def _setting(self, name: str) -> Any:
+    def _setting(self, name: str, as_loaded: bool = False) -> Any:
+        """The value in force: saved in this request, else the row's own, else the global.
+
+        ``as_loaded`` ignores what was saved in this request (the stored value).
+        """
         if not self._loaded:
             self._load()
-        value = self._settings_values.get(name, _MISSING)
-        if value is not _MISSING:
-            return value
+        if not as_loaded:
+            value = self._settings_values.get(name, _MISSING)
+            if value is not _MISSING:
+                return value
         if self.row is not None and name in self._factory.config.configurable:
-            value = getattr(self.row, name)
+            value = self._settings_loaded.get(name, _MISSING) if as_loaded else _MISSING
+            if value is _MISSING:
+                value = getattr(self.row, name)
             if value is not None:
                 return value
         return self._factory.config.values[name]
@@ -303,6 +333,7 @@ class Session(MutableMapping[str, Any]):
         self._settings_values.update(values)
         if self.row is not None:
             for name, value in values.items():
+                self._settings_loaded.setdefault(name, getattr(self.row, name))
                 setattr(self.row, name, value)
 
     # -- ISession -----------------------------------------------------------------------

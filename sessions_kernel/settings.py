@@ -254,7 +254,10 @@ class SessionSettings(Mapping[str, Any]):
                 parsed[name] = config.settings_by_name[name].parse(value)
             except ValueError as exc:
                 raise SettingsError(f"{name} = {value!r}: {exc}") from None
-        effective = {name: self._session._setting(name) for name in config.runtime_names}
+        # Cross-setting rules see every setting, start-up-only ones (cookie_name) included,
+        # exactly as at start-up: the global values, this session's own, then the edits.
+        effective = dict(config.values)
+        effective.update((name, self._session._setting(name)) for name in config.runtime_names)
         effective.update(parsed)
         problems = config.check(effective)
         if problems:
