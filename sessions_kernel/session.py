@@ -187,6 +187,11 @@ class Session(MutableMapping[str, Any]):
 
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
+        # Unsaved settings edits end with the request; dropping them first means every
+        # hook below reads the settings in force through ``session.settings``.
+        settings = self.__dict__.get("_settings")
+        if settings is not None:
+            settings.discard()
         factory = self._factory
         hook = factory.hook
         ser = factory.data_serializer
