@@ -169,6 +169,10 @@ class Session(MutableMapping[str, Any]):
 
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
+        settings = self.__dict__.get("_settings")
+        if settings is not None:
+            # Unsaved edits end with the request: the hooks below read the settings in force.
+            settings.discard()
         factory = self._factory
         hook = factory.hook
         ser = factory.data_serializer
