@@ -220,7 +220,8 @@ def test_old_id_after_the_grace_window_is_a_violation(app, events):
     with app.count() as sql:
         response = use(late, first)
     assert response.json["new"] is True and response.json["data"] == {}
-    assert "SELECT" in sql.kinds() and "DELETE" in sql.kinds(), sql.statements
+    assert sql.kinds() == ["SELECT", "DELETE"], sql.statements
+    assert response.headers["Set-Cookie"].startswith("session=; Max-Age=0")
     assert [type(e) for e in events] == [RenewalViolation, SessionRejected]
     assert events[0].session_id == sid and events[0].detail == "previous id after the grace window"
     assert events[1].reason == REASON
