@@ -312,13 +312,15 @@ def test_new_session_with_settings_is_one_insert(config_app):
     assert (row.idle_timeout, row.idle_expire) == (30, int(app.clock()) + 30)
 
 
-def test_settings_alone_do_not_store_a_new_session(config_app):
+def test_settings_alone_store_a_new_session_with_its_expiry(config_app):
     app = config_app
     with app.count() as sql:
         response = app.post_json("/idle_save", {"settings": {"idle_timeout": 30}})
     assert response.json["settings"]["idle_timeout"] == 30
-    assert sql.count == 0
-    assert "Set-Cookie" not in response.headers
+    assert sql.kinds() == ["INSERT"]
+    assert "Set-Cookie" in response.headers
+    row = app.row()
+    assert (row.idle_timeout, row.idle_expire) == (30, int(app.clock()) + 30)
 
 
 @pytest.mark.parametrize(
