@@ -223,7 +223,9 @@ def test_log_in_see_identity_log_out(app):
         "can_edit": False,
     }
     session_id = app.row().id
-    response = app.post_json("/logout", {})
+    with app.count() as sql:
+        response = app.post_json("/logout", {})
+    assert sql.kinds() == ["SELECT", "DELETE"], sql.statements
     assert response.json["headers"] == []
     assert response.json["name"] is None
     assert response.headers["Set-Cookie"].startswith("session=; Max-Age=0")
