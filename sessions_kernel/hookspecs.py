@@ -38,6 +38,10 @@ The ``session`` argument of the pipeline hooks is the request's
     by a name the plugin picks. Changing it makes the kernel send the cookie.
 ``session.dirty``
     whether the session will be written in this request so far.
+``session.get_column(name)``, ``session.set_column(name, value)``
+    read and set the plugin's own column, also while the session has no row
+    yet (the value is kept for the INSERT and makes the session stored even
+    without data; ``invalidate()`` forgets it).
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
 """

@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
+_KERNEL_COLUMNS = frozenset({"id", "created", "updated", "data", "flash"})
+
 # Attributes that exist only once the session was loaded; reading one loads it.
-_LAZY = frozenset({"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created"})
+_LAZY = frozenset(
+    {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
+)
 _MISSING = object()
 
 
@@ -88,6 +92,7 @@ class Session(MutableMapping[str, Any]):
         self._regenerated = False
         self._settings_values: dict[str, Any] = {}
         self._settings_loaded: dict[str, Any] = {}
+        self._columns: dict[str, Any] = {}
         # the cookie the browser holds, to delete: set when it must go (bad cookie, unknown
         # or dropped session), with the attributes it was set with as far as they are known
         self._delete_cookie: dict[str, Any] | None = None
@@ -172,6 +177,7 @@ class Session(MutableMapping[str, Any]):
         self._created = self.now
         self._settings_values = {}
         self._settings_loaded = {}
+        self._columns = {}
 
     def _drop_row(self) -> None:
         row = self.row
@@ -207,7 +213,7 @@ class Session(MutableMapping[str, Any]):
                 "string, say), or set session.data_serializer."
             ) from exc
         if row is None:
-            if self._data or self._flash or self._force or self._settings_values:
+            if self.dirty:
                 row = self.row = factory.model(
                     id=session_id_for(self._token),
                     created=self._created,
@@ -215,7 +221,7 @@ class Session(MutableMapping[str, Any]):
                     data=data,
                     flash=flash,
                 )
-                for name, value in self._settings_values.items():
+                for name, value in (*self._settings_values.items(), *self._columns.items()):
                     setattr(row, name, value)
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
@@ -262,8 +268,11 @@ class Session(MutableMapping[str, Any]):
         """Whether this request will write the session's row (so far)."""
         row = self.row
         if row is None:
-            return bool(self._data or self._flash or self._force or self._settings_values)
-        return self.new or self._force or self._dbsession.is_modified(row)
+            return bool(
+                self._data or self._flash or self._force or self._settings_values or self._columns
+            )
+        # a regenerated id must be written and sent even if an autoflush already wrote it
+        return self.new or self._force or self._regenerated or self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
         self._committed = status
@@ -379,6 +388,45 @@ class Session(MutableMapping[str, Any]):
             self.row.id = session_id_for(self._token)
             self._notify(events.SessionRegenerated(self.request, old, self.row.id))
 
+    def get_column(self, name: str, default: Any = None) -> Any:
+        """The value of a plugin's column ``name`` for this session.
+
+        The row's value, or while the session has no row yet the value given
+        to :meth:`set_column`, else ``default``.
+        """
+        if self.row is not None:
+            return getattr(self.row, name)
+        return self._columns.get(name, default)
+
+    def set_column(self, name: str, value: Any) -> None:
+        """Set a plugin's column ``name`` of this session's row.
+
+        An existing row is assigned at once (the change is written before
+        commit, with the other changed columns). While the session has no row,
+        the value is kept for the INSERT, and the session is stored even if it
+        holds no data; :meth:`invalidate` forgets it. The kernel's columns and
+        settings columns are refused (use the dict API, ``regenerate_id()``
+        and ``session.settings``).
+
+        :raises SessionError: ``name`` is not a column plugins may set.
+        """
+        config = self._factory.config
+        if (
+            name not in config.column_names
+            or name in _KERNEL_COLUMNS
+            or name in config.configurable
+        ):
+            raise SessionError(
+                f"request.session.set_column({name!r}): {self.model.__name__} has no plugin "
+                f"column {name!r}. Columns plugins may set: "
+                f"{', '.join(sorted(_plugin_columns(config))) or 'none'}; the kernel's columns "
+                "change through the session's own API, settings through session.settings."
+            )
+        if self.row is not None:
+            setattr(self.row, name, value)
+        else:
+            self._columns[name] = value
+
     @property
     def session_id(self) -> str:
         """The row key of this session (SHA-256 of the token): safe to log, not a secret."""
@@ -435,3 +483,7 @@ class Session(MutableMapping[str, Any]):
             return f"<{type(self).__name__} (not loaded)>"
         sid = "new" if self.new else self.row.id[:12] + "…"
         return f"<{type(self).__name__} {sid} {self._data!r}>"
+
+
+def _plugin_columns(config: Any) -> set[str]:
+    return set(config.column_names) - _KERNEL_COLUMNS - set(config.configurable)
