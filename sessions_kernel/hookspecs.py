@@ -38,6 +38,11 @@ The ``session`` argument of the pipeline hooks is the request's
     by a name the plugin picks. Changing it makes the kernel send the cookie.
 ``session.dirty``
     whether the session will be written in this request so far.
+``session.get_column(name)``, ``session.set_column(name, value)``
+    read and assign a column of the plugin's own, also on a new session
+    whose row does not exist yet: a value set there makes the kernel insert
+    the row with it. ``invalidate()`` drops such values, ``regenerate_id()``
+    keeps them.
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
 """

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionError
+from .model import BaseMixin
 from .settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -23,8 +24,12 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 # Attributes that exist only once the session was loaded; reading one loads it.
-_LAZY = frozenset({"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created"})
+_LAZY = frozenset(
+    {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
+)
 _MISSING = object()
+# The columns of BaseMixin: only the kernel writes them.
+_KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
 
 
 @implementer(ISession)
@@ -78,6 +83,7 @@ class Session(MutableMapping[str, Any]):
         self._force = False
         self._regenerated = False
         self._settings_values: dict[str, Any] = {}
+        self._columns: dict[str, Any] = {}
         self._delete_cookie: dict[str, Any] | None = None
         self._cookie: tuple[str, str, dict[str, Any]] | None = None
         self._committed = False
@@ -155,6 +161,7 @@ class Session(MutableMapping[str, Any]):
         self._orig_data = self._orig_flash = None
         self._created = self.now
         self._settings_values = {}
+        self._columns = {}
 
     def _drop_row(self) -> None:
         row = self.row
@@ -184,7 +191,7 @@ class Session(MutableMapping[str, Any]):
                 "string, say), or set session.data_serializer."
             ) from exc
         if row is None:
-            if self._data or self._flash or self._force:
+            if self._data or self._flash or self._force or self._columns:
                 row = self.row = factory.model(
                     id=session_id_for(self._token),
                     created=self._created,
@@ -192,7 +199,7 @@ class Session(MutableMapping[str, Any]):
                     data=data,
                     flash=flash,
                 )
-                for name, value in self._settings_values.items():
+                for name, value in (*self._settings_values.items(), *self._columns.items()):
                     setattr(row, name, value)
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
@@ -231,7 +238,7 @@ class Session(MutableMapping[str, Any]):
         """Whether this request will write the session's row (so far)."""
         row = self.row
         if row is None:
-            return bool(self._data or self._flash or self._force)
+            return bool(self._data or self._flash or self._force or self._columns)
         return self.new or self._force or self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
@@ -289,6 +296,57 @@ class Session(MutableMapping[str, Any]):
         if self.row is not None:
             for name, value in values.items():
                 setattr(self.row, name, value)
+
+    # -- plugins' own columns -------------------------------------------------------------
+    def get_column(self, name: str) -> Any:
+        """The value of a plugin's column of this session's row, also before the row exists.
+
+        A new session (no row yet) answers what :meth:`set_column` assigned, or
+        ``None``. Raises :class:`SessionError` for a name that is not a plugin's
+        column of the model (see :meth:`set_column`).
+        """
+        self._check_column(name)
+        if self.row is not None:
+            return getattr(self.row, name)
+        return self._columns.get(name)
+
+    def set_column(self, name: str, value: Any) -> None:
+        """Assign a plugin's column of this session's row; it is written before commit.
+
+        For plugins that keep a value in a column of their own and offer it
+        through :func:`~sessions_kernel.hookspecs.session_attributes`. With a row
+        this is ``setattr(session.row, name, value)``: an UPDATE of that column
+        only, and ``updated`` is left alone. A new session keeps the value and
+        is inserted with it even if it holds no data, so a value a later request
+        must see is stored; assigning ``None`` to a new session withdraws the
+        value. :meth:`invalidate` drops what was assigned before it;
+        :meth:`regenerate_id` keeps it.
+
+        Raises :class:`SessionError` for a name that is not a mapped column of
+        the model, or that the kernel owns (the :class:`BaseMixin` columns and
+        runtime-configurable settings, which go through ``session.settings``).
+        """
+        self._check_column(name)
+        if self.row is not None:
+            setattr(self.row, name, value)
+        elif value is None:
+            self._columns.pop(name, None)
+        else:
+            self._columns[name] = value
+
+    def _check_column(self, name: str) -> None:
+        config = self._factory.config
+        if name not in config.column_names or name in _KERNEL_COLUMNS:
+            raise SessionError(
+                f"{config.model.__name__} has no plugin column {name!r}: add the mixin that "
+                "declares it to the model's bases (the kernel's own columns "
+                f"{', '.join(sorted(_KERNEL_COLUMNS))} are not set this way)"
+            )
+        if name in config.configurable:
+            raise SessionError(
+                f"{name!r} is a runtime setting of {config.model.__name__}: change it "
+                "through request.session.settings"
+            )
 
     # -- ISession -----------------------------------------------------------------------
     @property
