@@ -39,9 +39,10 @@ The ``session`` argument of the pipeline hooks is the request's
 ``session.dirty``
     whether the session will be written in this request so far.
 ``session.get_column(name)``, ``session.set_column(name, value)``
-    read and set the plugin's own column, also while the session has no row
-    yet (the value is kept for the INSERT and makes the session stored even
-    without data; ``invalidate()`` forgets it).
+    read and assign a column of the plugin's own, also on a new session
+    whose row does not exist yet: a value set there makes the kernel insert
+    the row with it. ``invalidate()`` drops such values, ``regenerate_id()``
+    keeps them.
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
 """

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionError
+from .model import BaseMixin
 from .settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -22,13 +23,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
-_KERNEL_COLUMNS = frozenset({"id", "created", "updated", "data", "flash"})
 
 # Attributes that exist only once the session was loaded; reading one loads it.
 _LAZY = frozenset(
     {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
 )
 _MISSING = object()
+# The columns of BaseMixin: only the kernel writes them.
+_KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
 
 
 @implementer(ISession)
@@ -350,6 +352,57 @@ class Session(MutableMapping[str, Any]):
                 self._settings_loaded.setdefault(name, getattr(self.row, name))
                 setattr(self.row, name, value)
 
+    # -- plugins' own columns -------------------------------------------------------------
+    def get_column(self, name: str) -> Any:
+        """The value of a plugin's column of this session's row, also before the row exists.
+
+        A new session (no row yet) answers what :meth:`set_column` assigned, or
+        ``None``. Raises :class:`SessionError` for a name that is not a plugin's
+        column of the model (see :meth:`set_column`).
+        """
+        self._check_column(name)
+        if self.row is not None:
+            return getattr(self.row, name)
+        return self._columns.get(name)
+
+    def set_column(self, name: str, value: Any) -> None:
+        """Assign a plugin's column of this session's row; it is written before commit.
+
+        For plugins that keep a value in a column of their own and offer it
+        through :func:`~sessions_kernel.hookspecs.session_attributes`. With a row
+        this is ``setattr(session.row, name, value)``: an UPDATE of that column
+        only, and ``updated`` is left alone. A new session keeps the value and
+        is inserted with it even if it holds no data, so a value a later request
+        must see is stored; assigning ``None`` to a new session withdraws the
+        value. :meth:`invalidate` drops what was assigned before it;
+        :meth:`regenerate_id` keeps it.
+
+        Raises :class:`SessionError` for a name that is not a mapped column of
+        the model, or that the kernel owns (the :class:`BaseMixin` columns and
+        runtime-configurable settings, which go through ``session.settings``).
+        """
+        self._check_column(name)
+        if self.row is not None:
+            setattr(self.row, name, value)
+        elif value is None:
+            self._columns.pop(name, None)
+        else:
+            self._columns[name] = value
+
+    def _check_column(self, name: str) -> None:
+        config = self._factory.config
+        if name not in config.column_names or name in _KERNEL_COLUMNS:
+            raise SessionError(
+                f"{config.model.__name__} has no plugin column {name!r}: add the mixin that "
+                "declares it to the model's bases (the kernel's own columns "
+                f"{', '.join(sorted(_KERNEL_COLUMNS))} are not set this way)"
+            )
+        if name in config.configurable:
+            raise SessionError(
+                f"{name!r} is a runtime setting of {config.model.__name__}: change it "
+                "through request.session.settings"
+            )
+
     # -- ISession -----------------------------------------------------------------------
     @property
     def created(self) -> int:
@@ -387,45 +440,6 @@ class Session(MutableMapping[str, Any]):
         if old is not None:
             self.row.id = session_id_for(self._token)
             self._notify(events.SessionRegenerated(self.request, old, self.row.id))
-
-    def get_column(self, name: str, default: Any = None) -> Any:
-        """The value of a plugin's column ``name`` for this session.
-
-        The row's value, or while the session has no row yet the value given
-        to :meth:`set_column`, else ``default``.
-        """
-        if self.row is not None:
-            return getattr(self.row, name)
-        return self._columns.get(name, default)
-
-    def set_column(self, name: str, value: Any) -> None:
-        """Set a plugin's column ``name`` of this session's row.
-
-        An existing row is assigned at once (the change is written before
-        commit, with the other changed columns). While the session has no row,
-        the value is kept for the INSERT, and the session is stored even if it
-        holds no data; :meth:`invalidate` forgets it. The kernel's columns and
-        settings columns are refused (use the dict API, ``regenerate_id()``
-        and ``session.settings``).
-
-        :raises SessionError: ``name`` is not a column plugins may set.
-        """
-        config = self._factory.config
-        if (
-            name not in config.column_names
-            or name in _KERNEL_COLUMNS
-            or name in config.configurable
-        ):
-            raise SessionError(
-                f"request.session.set_column({name!r}): {self.model.__name__} has no plugin "
-                f"column {name!r}. Columns plugins may set: "
-                f"{', '.join(sorted(_plugin_columns(config))) or 'none'}; the kernel's columns "
-                "change through the session's own API, settings through session.settings."
-            )
-        if self.row is not None:
-            setattr(self.row, name, value)
-        else:
-            self._columns[name] = value
 
     @property
     def session_id(self) -> str:
@@ -483,7 +497,3 @@ class Session(MutableMapping[str, Any]):
             return f"<{type(self).__name__} (not loaded)>"
         sid = "new" if self.new else self.row.id[:12] + "…"
         return f"<{type(self).__name__} {sid} {self._data!r}>"
-
-
-def _plugin_columns(config: Any) -> set[str]:
-    return set(config.column_names) - _KERNEL_COLUMNS - set(config.configurable)
