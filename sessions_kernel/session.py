@@ -102,7 +102,10 @@ class Session(MutableMapping[str, Any]):
         self._committed = False
 
         row, token, extras = None, None, {}
-        value = request.cookies.get(factory.cookie_name)
+        try:
+            value = request.cookies.get(factory.cookie_name)
+        except UnicodeDecodeError:  # WebOb decodes cookie values as UTF-8
+            value = ""
         if value is not None:
             try:
                 token, extras = decode_payload(factory.serializer.loads(value))
