@@ -97,7 +97,7 @@ class Session(MutableMapping[str, Any]):
                     self._notify(events.SessionNotFound(request, sid))
                     self._delete_cookie = factory.default_cookie_attributes
 
-        hook = factory.hook
+        hook = factory.stages
         if row is None:
             self._start_new()
             hook.session_load(session=self)
@@ -170,7 +170,7 @@ class Session(MutableMapping[str, Any]):
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
         factory = self._factory
-        hook = factory.hook
+        hook = factory.stages
         ser = factory.data_serializer
         row = self.row
         write = False
@@ -259,7 +259,7 @@ class Session(MutableMapping[str, Any]):
             "httponly": setting("cookie_httponly"),
             "samesite": setting("cookie_samesite"),
         }
-        self._factory.hook.session_cookie_attributes(session=self, attributes=attrs)
+        self._factory.stages.session_cookie_attributes(session=self, attributes=attrs)
         return attrs
 
     # -- settings ---------------------------------------------------------------------
