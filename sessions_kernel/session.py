@@ -52,7 +52,31 @@ class Session(MutableMapping[str, Any]):
         if name in _LAZY and not self._loaded:
             self._load()
             return getattr(self, name)
+        if name == "_dbsession" and self._loaded:
+            return self._fetch_dbsession()
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _fetch_dbsession(self) -> Any:
+        """``request.<dbsession_name>``, fetched on first need and kept as ``_dbsession``.
+
+        A request without a session cookie never needs it unless it stores
+        something, so an anonymous request does not create (and register with
+        the transaction) a SQLAlchemy session for nothing.
+        """
+        name = self._factory.dbsession_name
+        try:
+            dbsession = getattr(self.request, name)
+        except AttributeError:
+            raise self._no_dbsession_error() from None
+        self._dbsession = dbsession
+        return dbsession
+
+    def _no_dbsession_error(self) -> SessionError:
+        return SessionError(
+            f"request.{self._factory.dbsession_name} does not exist: the session needs the "
+            "SQLAlchemy session joined to the request's transaction there (see the "
+            "Pyramid SQLAlchemy starter), or set session.dbsession_name"
+        )
 
     # -- the load and validate stages --------------------------------------------
     def _load(self) -> None:
@@ -66,14 +90,10 @@ class Session(MutableMapping[str, Any]):
                 "tweens under pyramid_tm."
             )
         self.now = int(factory.clock())
-        try:
-            self._dbsession = getattr(request, factory.dbsession_name)
-        except AttributeError:
-            raise SessionError(
-                f"request.{factory.dbsession_name} does not exist: the session needs the "
-                "SQLAlchemy session joined to the request's transaction there (see the "
-                "Pyramid SQLAlchemy starter), or set session.dbsession_name"
-            ) from None
+        name = factory.dbsession_name
+        if name not in vars(request) and not hasattr(type(request), name):
+            # checked without creating it: request.dbsession is made on first need
+            raise self._no_dbsession_error()
         self._loaded = True
         self._force = False
         self._regenerated = False
@@ -223,8 +243,9 @@ class Session(MutableMapping[str, Any]):
             self._cookie = ("set", value, self._cookie_attributes())
         elif self._delete_cookie is not None:
             self._cookie = ("delete", "", self._delete_cookie)
-        if self._dbsession.new or self._dbsession.dirty or self._dbsession.deleted:
-            self._dbsession.flush()
+        dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
+        if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
+            dbsession.flush()
 
     @property
     def dirty(self) -> bool:
