@@ -25,6 +25,8 @@ __all__ = ["Session"]
 # Attributes that exist only once the session was loaded; reading one loads it.
 _LAZY = frozenset({"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created"})
 _MISSING = object()
+# Values that cannot change in place: handing one out cannot change the data.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 @implementer(ISession)
@@ -40,7 +42,9 @@ class Session(MutableMapping[str, Any]):
     Values must be serializable by the data serializer (JSON by default).
     Changes are found by comparing the serialized data with what was loaded,
     so nested mutation (``session["cart"].append(item)``) is saved without
-    calling :meth:`changed`.
+    calling :meth:`changed`. A request that set or deleted no key and was
+    handed no value that can change in place (only strings, numbers, booleans,
+    ``None``) cannot have changed the data, and skips that serialization.
     """
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
@@ -158,6 +162,7 @@ class Session(MutableMapping[str, Any]):
         if not isinstance(row.created, int):
             raise self._inconsistent(row, "created", f"holds {row.created!r}, not seconds")
         self._data, self._flash = data, flash
+        self._data_touched = False  # see _touched_by
 
     @staticmethod
     def _inconsistent(row: Any, column: str, problem: str) -> InconsistentDataError:
@@ -172,6 +177,7 @@ class Session(MutableMapping[str, Any]):
         self._token = os.urandom(TOKEN_BYTES)
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
+        self._data_touched = True
         self._orig_data = self._orig_flash = None
         self._created = self.now
         self._settings_values = {}
@@ -195,7 +201,7 @@ class Session(MutableMapping[str, Any]):
         row = self.row
         write = False
         try:
-            data = ser.dumps(self._data)
+            data = ser.dumps(self._data) if self._data_touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
         except (TypeError, ValueError) as exc:
             raise SessionError(
@@ -363,15 +369,23 @@ class Session(MutableMapping[str, Any]):
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
 
-    # the dict API
+    # the dict API. Every way to set, delete or hand out a value that can change in
+    # place sets _data_touched, so that the persist stage serializes and compares.
+    def _touched_by(self, value: Any) -> Any:
+        if type(value) not in _IMMUTABLE:
+            self._data_touched = True
+        return value
+
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._data[key] = value
+        self._data_touched = True
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
+        self._data_touched = True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -383,19 +397,25 @@ class Session(MutableMapping[str, Any]):
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        value = self._data.get(key, _MISSING)
+        return default if value is _MISSING else self._touched_by(value)
 
     def keys(self):  # type: ignore[override]
         return self._data.keys()
 
     def values(self):  # type: ignore[override]
-        return self._data.values()
+        view = self._data.values()  # loads the session first
+        self._data_touched = True
+        return view
 
     def items(self):  # type: ignore[override]
-        return self._data.items()
+        view = self._data.items()  # loads the session first
+        self._data_touched = True
+        return view
 
     def clear(self) -> None:
         self._data.clear()
+        self._data_touched = True
 
     def __repr__(self) -> str:
         if not self._loaded:
