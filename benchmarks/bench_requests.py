@@ -156,10 +156,13 @@ class Scenario:
     environ: dict[str, Any]
     expected: tuple[str, ...]
     group: str = "baseline"
+    #: the response body the view must give (``None``: not checked)
+    expected_body: bytes | None = None
     statements: list[str] = field(default_factory=list)
+    body: bytes = b""
 
-    def call(self) -> int:
-        """One request; returns the number of response body bytes."""
+    def call(self) -> bytes:
+        """One request; returns the response body."""
         status: list[str] = []
 
         def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
@@ -167,14 +170,14 @@ class Scenario:
 
         body = self.app(dict(self.environ), start_response)
         try:
-            size = sum(len(chunk) for chunk in body)
+            content = b"".join(body)
         finally:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
         if not status or not status[0].startswith("200"):
             raise RuntimeError(f"{self.name}: {status[0] if status else 'no status'}")
-        return size
+        return content
 
 
 def _environ(path: str, cookie: str | None = None) -> dict[str, Any]:
@@ -262,13 +265,21 @@ def build_scenarios(
     signed_app = make_wsgi_app(model, db.engine, test_views=False, configure=signed)
     signed_cookie = _cookie_from(signed_app, "/new", "session")
     scenarios += [
-        Scenario("no session", "view does not touch the session", app, _environ("/none"), ()),
+        Scenario(
+            "no session",
+            "view does not touch the session",
+            app,
+            _environ("/none"),
+            (),
+            expected_body=b"ok",
+        ),
         Scenario(
             "signed cookie read",
             "Pyramid SignedCookieSessionFactory, existing cookie, read",
             signed_app,
             _environ("/read", signed_cookie),
             (),
+            expected_body=b"1",
         ),
         Scenario(
             "floor: bare PK SELECT",
@@ -276,9 +287,11 @@ def build_scenarios(
             app,
             _environ("/floor"),
             ("SELECT",),
+            expected_body=b"7",  # len(b'{"a":1}')
         ),
     ]
-    scenarios += _kernel_rows("kernel", app, cookie, _stored_session(db, model, app))
+    if "kernel" in models:
+        scenarios += _kernel_rows("kernel", app, cookie, _stored_session(db, model, app))
 
     for name in models:
         if name == "kernel":
@@ -318,6 +331,7 @@ def _kernel_rows(group: str, app: Any, read_cookie: str, write_cookie: str) -> l
             _environ("/read", read_cookie),
             ("SELECT",),
             group,
+            b"1",
         ),
         Scenario(
             f"{group} write",
@@ -334,6 +348,7 @@ def _kernel_rows(group: str, app: Any, read_cookie: str, write_cookie: str) -> l
             _environ("/new"),
             ("INSERT",),
             group,
+            b"1",
         ),
         Scenario(
             f"{group} anonymous",
@@ -342,6 +357,7 @@ def _kernel_rows(group: str, app: Any, read_cookie: str, write_cookie: str) -> l
             _environ("/anonymous"),
             (),
             group,
+            b"None",
         ),
     ]
 
@@ -352,7 +368,7 @@ def count_statements(db: Database, scenarios: Iterable[Scenario]) -> None:
     try:
         for scenario in scenarios:
             with counter:
-                scenario.call()
+                scenario.body = scenario.call()
             scenario.statements = counter.kinds()
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", counter._record)
@@ -446,6 +462,8 @@ def run_database(
         for s in scenarios:
             if tuple(s.statements) != s.expected:
                 notes.append(f"{name}: {s.name} issued {s.statements}, expected {list(s.expected)}")
+            if s.expected_body is not None and s.body != s.expected_body:
+                notes.append(f"{name}: {s.name} answered {s.body!r}, expected {s.expected_body!r}")
         results = measure(scenarios, iterations, rounds, warmup, lambda: prune_new_rows(db))
         rows = [
             {
@@ -454,6 +472,7 @@ def run_database(
                 "description": s.description,
                 "statements": s.statements,
                 "expected_statements": list(s.expected),
+                "body": s.body.decode("utf-8", "replace"),
                 **results[s.name],
             }
             for s in scenarios

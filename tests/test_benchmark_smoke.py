@@ -55,6 +55,18 @@ def test_every_row_issues_the_statements_it_stands_for(report):
         assert row["statements"] == row["expected_statements"], row["name"]
 
 
+def test_every_row_answers_what_its_view_computes(report):
+    (db,) = report["databases"]
+    bodies = {row["name"]: row["body"] for row in db["rows"]}
+    assert bodies["no session"] == "ok"
+    assert bodies["signed cookie read"] == "1"  # the signed cookie was read back
+    assert bodies["floor: bare PK SELECT"] == "7"  # len(b'{"a":1}')
+    assert bodies["kernel read"] == "1"  # the kernel's cookie was read back
+    assert bodies["kernel write"].isdigit()
+    assert bodies["kernel anonymous"] == "None"
+    assert [n for n in report["notes"] if "skipped" not in n] == []
+
+
 def test_rows_report_medians_p90_and_request_counts(report):
     (db,) = report["databases"]
     for row in db["rows"]:
@@ -93,3 +105,24 @@ def test_json_output_and_table(bench, capsys):
 def test_bad_options_are_refused(bench, argv):
     with pytest.raises(SystemExit):
         bench.run(bench.parse_args(["--database", "sqlite", *argv]))
+
+
+class PlainMixin:
+    """A mixin that activates no plugin: stands for a model added to the registry."""
+
+
+def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
+    spec = bench.ModelSpec("plain", "BaseMixin and a mixin of its own", (f"{__name__}:PlainMixin",))
+    monkeypatch.setitem(bench.MODELS, "plain", spec)
+    report = bench.run(bench.parse_args([*FAST, "--model", "plain"]))
+    (db,) = report["databases"]
+    plain = {row["name"]: row["statements"] for row in db["rows"] if row["group"] == "plain"}
+    assert plain == {
+        "plain read": ["SELECT"],
+        "plain write": ["SELECT", "UPDATE"],
+        "plain new": ["INSERT"],
+        "plain anonymous": [],
+    }
+    assert not any(row["group"] == "kernel" for row in db["rows"])
+    assert set(db["ratios"]) == {"plain read / floor"}
+    assert report["notes"] == []
