@@ -35,7 +35,7 @@ demo: install
 	$(VENV)/bin/sessions-demo --port $(PORT)
 
 bench: install
-	$(PY) benchmarks/bench_requests.py
+	$(PY) benchmarks/bench_requests.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,6 +40,34 @@ class SessionInfo:
     expires: int | None
 
 
+def _no_implementation(**kwargs: Any) -> None:
+    return None
+
+
+class Stages:
+    """The per-request hooks of one factory, as the session calls them.
+
+    Each attribute is the pluggy hook caller, or a no-op when no active plugin
+    implements that hook: the set of plugins is fixed when the factory is
+    built, and a pluggy call without implementations still costs its dispatch
+    on every request.
+    """
+
+    __slots__ = (
+        "session_cookie_attributes",
+        "session_extend",
+        "session_load",
+        "session_persist",
+        "session_renew",
+        "session_validate",
+    )
+
+    def __init__(self, hook: Any) -> None:
+        for name in self.__slots__:
+            caller = getattr(hook, name)
+            setattr(self, name, caller if caller.get_hookimpls() else _no_implementation)
+
+
 class SessionFactory:
     """A Pyramid session factory: ``factory(request)`` returns the request's session.
 
@@ -52,6 +80,8 @@ class SessionFactory:
         values = config.values
         self.model = config.model
         self.hook = config.hook
+        #: the per-request hooks, no-ops where no plugin implements them
+        self.stages = Stages(config.hook)
         self.clock = values["clock"]
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]

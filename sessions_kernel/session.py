@@ -31,6 +31,8 @@ _LAZY = frozenset(
 _MISSING = object()
 # The columns of BaseMixin: only the kernel writes them.
 _KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
+# Values that cannot change in place: handing one out cannot change the data.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 @implementer(ISession)
@@ -46,7 +48,9 @@ class Session(MutableMapping[str, Any]):
     Values must be serializable by the data serializer (JSON by default).
     Changes are found by comparing the serialized data with what was loaded,
     so nested mutation (``session["cart"].append(item)``) is saved without
-    calling :meth:`changed`.
+    calling :meth:`changed`. A request that set or deleted no key and was
+    handed no value that can change in place (only strings, numbers, booleans,
+    ``None``) cannot have changed the data, and skips that serialization.
     """
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
@@ -62,12 +66,36 @@ class Session(MutableMapping[str, Any]):
             error = self.__dict__.get("_load_error")
             if error is not None:  # every later use sees the same error, not an AttributeError
                 raise type(error)(*error.args)
+        if name == "_dbsession" and self._loaded:
+            return self._fetch_dbsession()
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def model(self) -> type:
         """The factory's session model class."""
         return self._factory.model
+
+    def _fetch_dbsession(self) -> Any:
+        """``request.<dbsession_name>``, fetched on first need and kept as ``_dbsession``.
+
+        A request without a session cookie never needs it unless it stores
+        something, so an anonymous request does not create (and register with
+        the transaction) a SQLAlchemy session for nothing.
+        """
+        name = self._factory.dbsession_name
+        try:
+            dbsession = getattr(self.request, name)
+        except AttributeError:
+            raise self._no_dbsession_error() from None
+        self._dbsession = dbsession
+        return dbsession
+
+    def _no_dbsession_error(self) -> SessionError:
+        return SessionError(
+            f"request.{self._factory.dbsession_name} does not exist: the session needs the "
+            "SQLAlchemy session joined to the request's transaction there (see the "
+            "Pyramid SQLAlchemy starter), or set session.dbsession_name"
+        )
 
     # -- the load and validate stages --------------------------------------------
     def _load(self) -> None:
@@ -81,14 +109,10 @@ class Session(MutableMapping[str, Any]):
                 "tweens under pyramid_tm."
             )
         self.now = int(factory.clock())
-        try:
-            self._dbsession = getattr(request, factory.dbsession_name)
-        except AttributeError:
-            raise SessionError(
-                f"request.{factory.dbsession_name} does not exist: the session needs the "
-                "SQLAlchemy session joined to the request's transaction there (see the "
-                "Pyramid SQLAlchemy starter), or set session.dbsession_name"
-            ) from None
+        name = factory.dbsession_name
+        if name not in vars(request) and not hasattr(type(request), name):
+            # checked without creating it: request.dbsession is made on first need
+            raise self._no_dbsession_error()
         self._loaded = True
         self._force = False
         self._regenerated = False
@@ -119,7 +143,7 @@ class Session(MutableMapping[str, Any]):
                     self._notify(events.SessionNotFound(request, sid))
                     self._delete_cookie = factory.default_cookie_attributes
 
-        hook = factory.hook
+        hook = factory.stages
         if row is None:
             self._start_new()
             hook.session_load(session=self)
@@ -164,6 +188,7 @@ class Session(MutableMapping[str, Any]):
         if not isinstance(row.created, int):
             raise self._inconsistent(row, "created", f"holds {row.created!r}, not seconds")
         self._data, self._flash = data, flash
+        self._data_touched = False  # see _touched_by
 
     @staticmethod
     def _inconsistent(row: Any, column: str, problem: str) -> InconsistentDataError:
@@ -178,6 +203,7 @@ class Session(MutableMapping[str, Any]):
         self._token = os.urandom(TOKEN_BYTES)
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
+        self._data_touched = True
         self._orig_data = self._orig_flash = None
         self._created = self.now
         self._settings_values = {}
@@ -204,12 +230,12 @@ class Session(MutableMapping[str, Any]):
         if settings is not None:
             settings.discard()
         factory = self._factory
-        hook = factory.hook
+        hook = factory.stages
         ser = factory.data_serializer
         row = self.row
         write = False
         try:
-            data = ser.dumps(self._data)
+            data = ser.dumps(self._data) if self._data_touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
         except (TypeError, ValueError) as exc:
             raise SessionError(
@@ -265,8 +291,9 @@ class Session(MutableMapping[str, Any]):
             self._cookies.append(("set", value, attrs))
         elif old is not None:
             self._cookies.append(("delete", "", old))
-        if self._dbsession.new or self._dbsession.dirty or self._dbsession.deleted:
-            self._dbsession.flush()
+        dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
+        if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
+            dbsession.flush()
 
     @property
     def dirty(self) -> bool:
@@ -316,7 +343,7 @@ class Session(MutableMapping[str, Any]):
             "httponly": setting("cookie_httponly"),
             "samesite": setting("cookie_samesite"),
         }
-        self._factory.hook.session_cookie_attributes(session=self, attributes=attrs)
+        self._factory.stages.session_cookie_attributes(session=self, attributes=attrs)
         return attrs
 
     # -- settings ---------------------------------------------------------------------
@@ -461,15 +488,23 @@ class Session(MutableMapping[str, Any]):
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
 
-    # the dict API
+    # the dict API. Every way to set, delete or hand out a value that can change in
+    # place sets _data_touched, so that the persist stage serializes and compares.
+    def _touched_by(self, value: Any) -> Any:
+        if type(value) not in _IMMUTABLE:
+            self._data_touched = True
+        return value
+
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._data[key] = value
+        self._data_touched = True
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
+        self._data_touched = True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -481,19 +516,25 @@ class Session(MutableMapping[str, Any]):
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        value = self._data.get(key, _MISSING)
+        return default if value is _MISSING else self._touched_by(value)
 
     def keys(self):  # type: ignore[override]
         return self._data.keys()
 
     def values(self):  # type: ignore[override]
-        return self._data.values()
+        view = self._data.values()  # loads the session first
+        self._data_touched = True
+        return view
 
     def items(self):  # type: ignore[override]
-        return self._data.items()
+        view = self._data.items()  # loads the session first
+        self._data_touched = True
+        return view
 
     def clear(self) -> None:
         self._data.clear()
+        self._data_touched = True
 
     def __repr__(self) -> str:
         if not self._loaded:

@@ -1,0 +1,621 @@
+#!/usr/bin/env python
+"""What a request costs, in microseconds: no session, Pyramid's signed cookie, the
+bare primary-key SELECT floor, and sessions_kernel's read/write/new/anonymous requests.
+
+Every row drives a WSGI application in process (no network): a prepared environ is
+copied and handed straight to the application, the same way for every row. The
+applications are all built by :func:`sessions_kernel.testing.make_wsgi_app`, so they
+share the tweens (pyramid_tm, pyramid_retry) and the ``request.dbsession`` set-up;
+the rows differ only in what their view does.
+
+Run ``python benchmarks/bench_requests.py --help`` for the options, and see
+``benchmarks/README.md`` for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from pyramid.response import Response
+from pyramid.session import SignedCookieSessionFactory
+from webob import Request
+
+from sessions_kernel.testing import StatementCounter, make_model, make_wsgi_app
+
+#: Kernel read must stay within this factor of the bare-SELECT floor.
+TARGET_RATIO = 1.3
+
+DATABASE_ENV = {
+    "postgresql": "SESSIONS_TEST_POSTGRESQL_URL",
+    "mariadb": "SESSIONS_TEST_MARIADB_URL",
+}
+
+
+# -- models: one benchmark row group per registered model -------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """A session model the kernel rows are measured with.
+
+    ``mixins`` are ``"module:Name"`` references imported when the model is built;
+    when one cannot be imported (its plugin is not installed) the model is skipped
+    with a note instead of failing the run. ``settings`` are extra ``session.*``
+    settings (without the prefix) its plugins need.
+    """
+
+    name: str
+    description: str
+    mixins: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def load_mixins(self) -> tuple[type, ...]:
+        """Import the mixins; raises ImportError naming the missing one."""
+        classes = []
+        for ref in self.mixins:
+            module_name, _, attr = ref.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+                classes.append(getattr(module, attr))
+            except (ImportError, AttributeError) as exc:
+                raise ImportError(f"{ref} is not importable ({exc})") from exc
+        return tuple(classes)
+
+
+#: Registry of models: add an entry to measure another model (``--model NAME``).
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+register_model(ModelSpec("kernel", "BaseMixin only (no feature plugin)"))
+register_model(
+    ModelSpec(
+        "features",
+        "all four feature plugins (idle, absolute, renewal, cookie settings)",
+        mixins=(
+            "sessions_idle_timeout:IdleMixin",
+            "sessions_absolute_timeout:AbsoluteMixin",
+            "sessions_renewal:RenewalMixin",
+            "sessions_cookie_settings:ConfigCookieMixin",
+        ),
+    )
+)
+
+
+# -- the views: every row returns the same small text response --------------------------
+def _respond(request: Any, text: str) -> Response:
+    response = request.response
+    response.text = text
+    return response
+
+
+def view_none(request: Any) -> Response:
+    return _respond(request, "ok")
+
+
+def view_session_read(request: Any) -> Response:
+    return _respond(request, str(request.session.get("a")))
+
+
+def view_session_write(request: Any) -> Response:
+    session = request.session
+    session["n"] = session.get("n", 0) + 1
+    return _respond(request, str(session["n"]))
+
+
+def view_session_new(request: Any) -> Response:
+    request.session["a"] = 1
+    return _respond(request, "1")
+
+
+def view_session_anonymous(request: Any) -> Response:
+    return _respond(request, str(request.session.get("a")))
+
+
+def _floor_view(model: type, sid: str) -> Callable[[Any], Response]:
+    def view_floor(request: Any) -> Response:
+        row = request.dbsession.get(model, sid)
+        return _respond(request, str(len(row.data)))
+
+    return view_floor
+
+
+def _routes(views: dict[str, Callable[[Any], Response]]) -> Callable[[Any], None]:
+    def configure(config: Any) -> None:
+        for path, view in views.items():
+            name = path.strip("/").replace("/", "_")
+            config.add_route(name, path)
+            config.add_view(view, route_name=name)
+
+    return configure
+
+
+# -- scenarios --------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    """One row: an application, the environ to copy per request, the statements expected."""
+
+    name: str
+    description: str
+    app: Any
+    environ: dict[str, Any]
+    expected: tuple[str, ...]
+    group: str = "baseline"
+    #: the response body the view must give (``None``: not checked)
+    expected_body: bytes | None = None
+    statements: list[str] = field(default_factory=list)
+    body: bytes = b""
+
+    def call(self) -> bytes:
+        """One request; returns the response body."""
+        status: list[str] = []
+
+        def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
+            status.append(s)
+
+        body = self.app(dict(self.environ), start_response)
+        try:
+            content = b"".join(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        if not status or not status[0].startswith("200"):
+            raise RuntimeError(f"{self.name}: {status[0] if status else 'no status'}")
+        return content
+
+
+def _environ(path: str, cookie: str | None = None) -> dict[str, Any]:
+    headers = {"Cookie": cookie} if cookie else {}
+    return Request.blank(path, headers=headers).environ
+
+
+def _cookie_from(app: Any, path: str, name: str) -> str:
+    response = Request.blank(path).get_response(app)
+    for header in response.headers.getall("Set-Cookie"):
+        if header.startswith(name + "="):
+            return header.split(";", 1)[0]
+    raise RuntimeError(f"{path} set no {name} cookie: {response.status}")
+
+
+@dataclass
+class Database:
+    name: str
+    url: str
+    engine: sa.Engine
+    models: list[type] = field(default_factory=list)
+    #: per model, the ids of the sessions the read and write rows use
+    keep: dict[type, list[str]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for model in self.models:
+            model.metadata.drop_all(self.engine)
+        self.engine.dispose()
+
+
+def open_database(name: str, url: str) -> Database:
+    engine = sa.create_engine(url)
+    with engine.connect():
+        pass  # first-connect queries of the dialect happen here
+    return Database(name, url, engine)
+
+
+def _kernel_app(db: Database, spec: ModelSpec, mixins: tuple[type, ...], extra: dict) -> Any:
+    model = make_model(*mixins, tablename=f"bench_{spec.name}_{os.getpid()}")
+    model.metadata.drop_all(db.engine)
+    model.metadata.create_all(db.engine)
+    db.models.append(model)
+    views = {
+        "/none": view_none,
+        "/read": view_session_read,
+        "/write": view_session_write,
+        "/new": view_session_new,
+        "/anonymous": view_session_anonymous,
+        **extra,
+    }
+    app = make_wsgi_app(
+        model,
+        db.engine,
+        settings=dict(spec.settings),
+        test_views=False,
+        configure=_routes(views),
+    )
+    return model, app
+
+
+def build_scenarios(
+    db: Database, models: Sequence[str], notes: list[str] | None = None
+) -> list[Scenario]:
+    """The rows for one database: baselines, then four kernel rows per usable model."""
+    notes = notes if notes is not None else []
+    scenarios: list[Scenario] = []
+
+    # Baselines share one application made exactly like the kernel's: the floor reads
+    # the same table by primary key through the same pyramid_tm + dbsession stack.
+    base = MODELS["kernel"]
+    floor_ref: dict[str, Any] = {}
+
+    def floor(request: Any) -> Response:
+        return floor_ref["view"](request)
+
+    model, app = _kernel_app(db, base, (), {"/floor": floor})
+    cookie = _stored_session(db, model, app)
+    floor_ref["view"] = _floor_view(model, db.keep[model][0])
+
+    def signed(config: Any) -> None:
+        _routes({"/read": view_session_read, "/new": view_session_new})(config)
+        config.commit()  # replace the kernel's factory set by make_wsgi_app
+        config.set_session_factory(SignedCookieSessionFactory("bench-secret" * 4))
+
+    signed_app = make_wsgi_app(model, db.engine, test_views=False, configure=signed)
+    signed_cookie = _cookie_from(signed_app, "/new", "session")
+    scenarios += [
+        Scenario(
+            "no session",
+            "view does not touch the session",
+            app,
+            _environ("/none"),
+            (),
+            expected_body=b"ok",
+        ),
+        Scenario(
+            "signed cookie read",
+            "Pyramid SignedCookieSessionFactory, existing cookie, read",
+            signed_app,
+            _environ("/read", signed_cookie),
+            (),
+            expected_body=b"1",
+        ),
+        Scenario(
+            "floor: bare PK SELECT",
+            "request.dbsession.get(model, id), no session",
+            app,
+            _environ("/floor"),
+            ("SELECT",),
+            expected_body=b"7",  # len(b'{"a":1}')
+        ),
+    ]
+    if "kernel" in models:
+        scenarios += _kernel_rows("kernel", app, cookie, _stored_session(db, model, app))
+
+    for name in models:
+        if name == "kernel":
+            continue
+        spec = MODELS[name]
+        try:
+            mixins = spec.load_mixins()
+        except ImportError as exc:
+            notes.append(f"model {name!r} skipped: {exc}")
+            continue
+        model, app = _kernel_app(db, spec, mixins, {})
+        read_cookie = _stored_session(db, model, app)
+        scenarios += _kernel_rows(name, app, read_cookie, _stored_session(db, model, app))
+    return scenarios
+
+
+def _stored_session(db: Database, model: type, app: Any) -> str:
+    """Store a session for the read (or the write) rows; returns its cookie header value.
+
+    Read and write use two sessions, so that the rows read are never updated
+    during the run (no dead tuples on the floor's and the read's row).
+    """
+    kept = db.keep.setdefault(model, [])
+    cookie = _cookie_from(app, "/new", "session")
+    with sa.orm.Session(db.engine) as dbs:
+        query = sa.select(model.id).where(model.id.not_in(kept)) if kept else sa.select(model.id)
+        kept.append(dbs.scalars(query).one())
+    return cookie
+
+
+def _kernel_rows(group: str, app: Any, read_cookie: str, write_cookie: str) -> list[Scenario]:
+    return [
+        Scenario(
+            f"{group} read",
+            "existing session, no change",
+            app,
+            _environ("/read", read_cookie),
+            ("SELECT",),
+            group,
+            b"1",
+        ),
+        Scenario(
+            f"{group} write",
+            "existing session, one key changed",
+            app,
+            _environ("/write", write_cookie),
+            ("SELECT", "UPDATE"),
+            group,
+        ),
+        Scenario(
+            f"{group} new",
+            "no cookie, stores a key",
+            app,
+            _environ("/new"),
+            ("INSERT",),
+            group,
+            b"1",
+        ),
+        Scenario(
+            f"{group} anonymous",
+            "no cookie, touches the session, stores nothing",
+            app,
+            _environ("/anonymous"),
+            (),
+            group,
+            b"None",
+        ),
+    ]
+
+
+def count_statements(db: Database, scenarios: Iterable[Scenario]) -> None:
+    """Run each scenario once, recording the SQL statements it issues (not timed)."""
+    counter = StatementCounter(db.engine)
+    try:
+        for scenario in scenarios:
+            with counter:
+                scenario.body = scenario.call()
+            scenario.statements = counter.kinds()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", counter._record)
+
+
+def prune_new_rows(db: Database) -> None:
+    """Delete the rows the "new" rows made, keeping the sessions read and write use."""
+    with db.engine.begin() as conn:
+        for model in db.models:
+            table = model.__table__
+            conn.execute(table.delete().where(table.c.id.not_in(db.keep[model])))
+
+
+# -- timing -----------------------------------------------------------------------------
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def measure(
+    scenarios: Sequence[Scenario],
+    iterations: int,
+    rounds: int,
+    warmup: int,
+    after_round: Callable[[], None] | None = None,
+    chunk: int = 20,
+) -> dict[str, dict[str, Any]]:
+    """Time each scenario: ``rounds`` rounds of ``iterations`` requests each, interleaved.
+
+    A round runs the scenarios in turn, ``chunk`` requests at a time, in an order
+    rotated at every turn, until each has made ``iterations`` requests, so that
+    background load (other processes, the database server) falls on every row
+    alike. Returns per scenario the median of the rounds' medians, the median of
+    the rounds' 90th percentiles (microseconds) and the number of timed requests.
+    """
+    clock = time.perf_counter_ns
+    for scenario in scenarios:
+        for _ in range(warmup):
+            scenario.call()
+    medians: dict[str, list[float]] = {s.name: [] for s in scenarios}
+    p90s: dict[str, list[float]] = {s.name: [] for s in scenarios}
+    turn = 0
+    for _ in range(rounds):
+        samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
+        gc.collect()
+        done = 0
+        while done < iterations:
+            n = min(chunk, iterations - done)
+            shift = turn % len(scenarios)
+            turn += 1
+            for scenario in [*scenarios[shift:], *scenarios[:shift]]:
+                call = scenario.call
+                out = samples[scenario.name]
+                for _ in range(n):
+                    start = clock()
+                    call()
+                    out.append((clock() - start) / 1000)
+            done += n
+        for name, values in samples.items():
+            medians[name].append(statistics.median(values))
+            p90s[name].append(_percentile(values, 0.9))
+        if after_round is not None:
+            after_round()
+    return {
+        s.name: {
+            "median_us": statistics.median(medians[s.name]),
+            "p90_us": statistics.median(p90s[s.name]),
+            "round_medians_us": medians[s.name],
+            "requests": iterations * rounds,
+        }
+        for s in scenarios
+    }
+
+
+def run_database(
+    name: str,
+    url: str,
+    *,
+    models: Sequence[str],
+    iterations: int,
+    rounds: int,
+    warmup: int,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Build, check and time every scenario on one database; returns its JSON record."""
+    db = open_database(name, url)
+    try:
+        scenarios = build_scenarios(db, models, notes)
+        count_statements(db, scenarios)
+        for s in scenarios:
+            if tuple(s.statements) != s.expected:
+                notes.append(f"{name}: {s.name} issued {s.statements}, expected {list(s.expected)}")
+            if s.expected_body is not None and s.body != s.expected_body:
+                notes.append(f"{name}: {s.name} answered {s.body!r}, expected {s.expected_body!r}")
+        results = measure(scenarios, iterations, rounds, warmup, lambda: prune_new_rows(db))
+        rows = [
+            {
+                "name": s.name,
+                "group": s.group,
+                "description": s.description,
+                "statements": s.statements,
+                "expected_statements": list(s.expected),
+                "body": s.body.decode("utf-8", "replace"),
+                **results[s.name],
+            }
+            for s in scenarios
+        ]
+        floor = results["floor: bare PK SELECT"]["median_us"]
+        ratios = {
+            f"{s.group} read / floor": results[s.name]["median_us"] / floor
+            for s in scenarios
+            if s.name.endswith(" read") and s.group != "baseline"
+        }
+        return {
+            "database": name,
+            "dialect": db.engine.dialect.name,
+            "rows": rows,
+            "ratios": ratios,
+        }
+    finally:
+        db.close()
+
+
+def database_urls(args: argparse.Namespace, tmpdir: str) -> dict[str, str]:
+    """The databases to run on, in order, from ``--database`` and the URL options."""
+    urls = {
+        "sqlite": f"sqlite:///{os.path.join(tmpdir, 'bench.sqlite')}",
+        "postgresql": args.postgresql or os.environ.get(DATABASE_ENV["postgresql"]),
+        "mariadb": args.mariadb or os.environ.get(DATABASE_ENV["mariadb"]),
+    }
+    if args.database:
+        wanted = [d.strip() for d in args.database.split(",") if d.strip()]
+        unknown = [d for d in wanted if d not in urls]
+        if unknown:
+            raise SystemExit(f"--database: unknown {unknown}; choose from {list(urls)}")
+        missing = [d for d in wanted if not urls[d]]
+        if missing:
+            options = ", ".join(f"--{d} URL or {DATABASE_ENV[d]}" for d in missing)
+            raise SystemExit(f"--database {','.join(missing)} needs a URL: set {options}")
+        return {d: urls[d] for d in wanted}
+    return {d: url for d, url in urls.items() if url}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else []
+    models = models or list(MODELS)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"--model: unknown {unknown}; registered: {list(MODELS)}")
+    notes: list[str] = []
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "iterations": args.iterations,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "target_ratio": TARGET_RATIO,
+        "databases": [],
+        "notes": notes,
+    }
+    with tempfile.TemporaryDirectory(prefix="sessions-bench-") as tmpdir:
+        for name, url in database_urls(args, tmpdir).items():
+            if not args.json:
+                print(f"running on {name} ...", file=sys.stderr, flush=True)
+            report["databases"].append(
+                run_database(
+                    name,
+                    url,
+                    models=models,
+                    iterations=args.iterations,
+                    rounds=args.rounds,
+                    warmup=args.warmup,
+                    notes=notes,
+                )
+            )
+    # a model skipped on every database is reported once
+    report["notes"] = list(dict.fromkeys(notes))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"Python {report['python']}; {report['rounds']} rounds x {report['iterations']} "
+        f"requests per row (after {report['warmup']} warm-up requests); "
+        "µs per request: median of the rounds' medians, median of their p90s",
+        "",
+    ]
+    for db in report["databases"]:
+        floor = next(r for r in db["rows"] if r["name"] == "floor: bare PK SELECT")["median_us"]
+        lines.append(f"== {db['database']} ==")
+        header = (
+            f"{'scenario':<24} {'median µs':>10} {'p90 µs':>9} {'x floor':>8} {'requests':>9}  SQL"
+        )
+        lines += [header, "-" * len(header)]
+        for row in db["rows"]:
+            sql = " ".join(row["statements"]) or "-"
+            lines.append(
+                f"{row['name']:<24} {row['median_us']:>10.1f} {row['p90_us']:>9.1f} "
+                f"{row['median_us'] / floor:>8.2f} {row['requests']:>9}  {sql}"
+            )
+        for label, ratio in db["ratios"].items():
+            verdict = "met" if ratio <= report["target_ratio"] else "NOT met"
+            lines.append(f"{label}: {ratio:.2f} (target <= {report['target_ratio']}: {verdict})")
+        lines.append("")
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--iterations", type=int, default=500, help="timed requests per row per round (500)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed requests per row (100)")
+    parser.add_argument(
+        "--database",
+        help="comma-separated: sqlite, postgresql, mariadb (default: sqlite and every "
+        "server with a URL)",
+    )
+    parser.add_argument(
+        "--postgresql", help=f"PostgreSQL URL (default ${DATABASE_ENV['postgresql']})"
+    )
+    parser.add_argument("--mariadb", help=f"MariaDB URL (default ${DATABASE_ENV['mariadb']})")
+    parser.add_argument(
+        "--model",
+        help=f"comma-separated models for the kernel rows (default: all of {list(MODELS)}; "
+        "a model whose plugins are not installed is skipped with a note)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--iterations and --rounds must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Keeps benchmarks/bench_requests.py from rotting: a couple of requests per row on SQLite.
+
+Asserts on what each row does (its SQL statements) and on the output's shape, never
+on time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_requests.py"
+FAST = ["--database", "sqlite", "--iterations", "3", "--rounds", "2", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_requests", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def report(bench):
+    return bench.run(bench.parse_args(FAST))
+
+
+def test_every_row_issues_the_statements_it_stands_for(report):
+    (db,) = report["databases"]
+    assert db["database"] == "sqlite"
+    statements = {row["name"]: row["statements"] for row in db["rows"]}
+    assert statements == {
+        "no session": [],
+        "signed cookie read": [],
+        "floor: bare PK SELECT": ["SELECT"],
+        "kernel read": ["SELECT"],
+        "kernel write": ["SELECT", "UPDATE"],
+        "kernel new": ["INSERT"],
+        "kernel anonymous": [],
+    } | {
+        row["name"]: row["expected_statements"]
+        for row in db["rows"]
+        if row["group"] not in ("baseline", "kernel")
+    }
+    for row in db["rows"]:
+        assert row["statements"] == row["expected_statements"], row["name"]
+
+
+def test_every_row_answers_what_its_view_computes(report):
+    (db,) = report["databases"]
+    bodies = {row["name"]: row["body"] for row in db["rows"]}
+    assert bodies["no session"] == "ok"
+    assert bodies["signed cookie read"] == "1"  # the signed cookie was read back
+    assert bodies["floor: bare PK SELECT"] == "7"  # len(b'{"a":1}')
+    assert bodies["kernel read"] == "1"  # the kernel's cookie was read back
+    assert bodies["kernel write"].isdigit()
+    assert bodies["kernel anonymous"] == "None"
+    assert [n for n in report["notes"] if "skipped" not in n] == []
+
+
+def test_rows_report_medians_p90_and_request_counts(report):
+    (db,) = report["databases"]
+    for row in db["rows"]:
+        assert row["requests"] == 3 * 2
+        assert len(row["round_medians_us"]) == 2
+        assert row["median_us"] > 0 and row["p90_us"] > 0
+    assert set(db["ratios"]) >= {"kernel read / floor"}
+
+
+def test_a_model_whose_plugins_are_missing_is_skipped_with_a_note(bench, report):
+    groups = {row["group"] for row in report["databases"][0]["rows"]}
+    try:
+        bench.MODELS["features"].load_mixins()
+    except ImportError:
+        assert "features" not in groups
+        assert any("'features' skipped" in note for note in report["notes"])
+    else:
+        assert "features" in groups
+
+
+def test_json_output_and_table(bench, capsys):
+    assert bench.main([*FAST, "--json", "--model", "kernel"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in data["databases"][0]["rows"]][:3] == [
+        "no session",
+        "signed cookie read",
+        "floor: bare PK SELECT",
+    ]
+    table = bench.format_report(data)
+    assert "== sqlite ==" in table and "kernel read / floor:" in table
+
+
+@pytest.mark.parametrize(
+    "argv", [["--model", "nope"], ["--database", "oracle"], ["--iterations", "0"]]
+)
+def test_bad_options_are_refused(bench, argv):
+    with pytest.raises(SystemExit):
+        bench.run(bench.parse_args(["--database", "sqlite", *argv]))
+
+
+class PlainMixin:
+    """A mixin that activates no plugin: stands for a model added to the registry."""
+
+
+def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
+    spec = bench.ModelSpec("plain", "BaseMixin and a mixin of its own", (f"{__name__}:PlainMixin",))
+    monkeypatch.setitem(bench.MODELS, "plain", spec)
+    report = bench.run(bench.parse_args([*FAST, "--model", "plain"]))
+    (db,) = report["databases"]
+    plain = {row["name"]: row["statements"] for row in db["rows"] if row["group"] == "plain"}
+    assert plain == {
+        "plain read": ["SELECT"],
+        "plain write": ["SELECT", "UPDATE"],
+        "plain new": ["INSERT"],
+        "plain anonymous": [],
+    }
+    assert not any(row["group"] == "kernel" for row in db["rows"])
+    assert set(db["ratios"]) == {"plain read / floor"}
+    assert report["notes"] == []

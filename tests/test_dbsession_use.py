@@ -1,0 +1,61 @@
+"""When the session uses request.dbsession: only when it has a row to read or write."""
+
+from __future__ import annotations
+
+import pytest
+
+from sessions_kernel import SessionError
+from sessions_kernel.testing import make_model
+
+
+def probe_views(config):
+    def touch(request):
+        new = request.session.new
+        return {"new": new, "dbsession_made": "dbsession" in vars(request)}
+
+    def store(request):
+        request.session["a"] = 1
+        return {"dbsession_made": "dbsession" in vars(request)}
+
+    config.add_route("probe_touch", "/probe/touch")
+    config.add_view(touch, route_name="probe_touch", renderer="json")
+    config.add_route("probe_store", "/probe/store")
+    config.add_view(store, route_name="probe_store", renderer="json")
+
+
+@pytest.fixture
+def app(session_app):
+    return session_app(make_model(), configure=probe_views)
+
+
+def test_anonymous_request_makes_no_sqlalchemy_session(app):
+    with app.count() as sql:
+        response = app.get("/probe/touch")
+    assert response.json == {"new": True, "dbsession_made": False}
+    assert sql.count == 0
+    assert response.headers["Vary"] == "Cookie"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_anonymous_request_that_stores_data_writes_through_the_dbsession(app):
+    with app.count() as sql:
+        response = app.get("/probe/store")
+    assert sql.kinds() == ["INSERT"]
+    assert response.headers["Set-Cookie"].startswith("session=")
+    assert app.get("/read").json["data"] == {"a": 1}
+
+
+def test_request_with_a_cookie_reads_through_the_dbsession(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        response = app.get("/probe/touch")
+    assert response.json == {"new": False, "dbsession_made": True}
+    assert sql.kinds() == ["SELECT"]
+
+
+def test_missing_dbsession_is_a_clear_error_at_first_use(session_app):
+    app = session_app(make_model(), settings={"dbsession_name": "nodb"})
+    response = app.get("/touch", status=500)  # the test app's view for RuntimeError
+    assert response.json["error"].startswith("request.nodb does not exist")
+    assert issubclass(SessionError, RuntimeError)
+    assert app.get("/none").json == {"ok": True}
