@@ -31,18 +31,18 @@ NOW = 1_750_000_000
 def fill(engine: sa.Engine, table: str, rows: int) -> None:
     """Insert ``rows`` sessions, every other one expired at NOW, without Python-side rows."""
     expire = f"CASE WHEN i % 2 = 0 THEN {NOW - 1} ELSE {NOW + 3600} END"
-    insert = f"INSERT INTO {table} (id, created, updated, data, idle_expire)"
+    insert = f"INSERT INTO {table} (id, created, updated, data, idle_expire, version)"
     numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)"
     dialect = engine.dialect.name
     if dialect == "postgresql":
         sql = (
-            f"{insert} SELECT lpad(to_hex(i), 64, '0'), 0, 0, '\\x7b7d'::bytea, {expire} "
+            f"{insert} SELECT lpad(to_hex(i), 64, '0'), 0, 0, '\\x7b7d'::bytea, {expire}, 1 "
             "FROM generate_series(1, :rows) AS i"
         )
     elif dialect in {"mysql", "mariadb"}:
-        sql = f"{insert} {numbers} SELECT lpad(hex(i), 64, '0'), 0, 0, '{{}}', {expire} FROM n"
+        sql = f"{insert} {numbers} SELECT lpad(hex(i), 64, '0'), 0, 0, '{{}}', {expire}, 1 FROM n"
     else:
-        sql = f"{numbers} {insert} SELECT printf('%064x', i), 0, 0, X'7b7d', {expire} FROM n"
+        sql = f"{numbers} {insert} SELECT printf('%064x', i), 0, 0, X'7b7d', {expire}, 1 FROM n"
     with engine.begin() as conn:
         conn.execute(sa.text(sql), {"rows": rows})
         if dialect == "postgresql":

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pluggy
 
 from .crypto import AESGCMCookieSerializer, generate_secret_key
-from .errors import ConfigurationError, InconsistentDataError, SessionError, SettingsError
+from .errors import (
+    ConfigurationError,
+    InconsistentDataError,
+    SessionConflictError,
+    SessionError,
+    SettingsError,
+)
 from .factory import (
     SessionFactory,
     SessionInfo,
@@ -28,6 +34,7 @@ __all__ = [
     "ConfigurationError",
     "InconsistentDataError",
     "Session",
+    "SessionConflictError",
     "SessionError",
     "SessionFactory",
     "SessionInfo",

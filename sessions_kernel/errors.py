@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pyramid.exceptions import ConfigurationError
+from transaction.interfaces import TransientError
 
 __all__ = [
     "ConfigurationError",
     "InconsistentDataError",
+    "SessionConflictError",
     "SessionError",
     "SettingsError",
 ]
@@ -30,4 +32,16 @@ class InconsistentDataError(RuntimeError):
 
     The message names the session (a prefix of the row's hashed key, never the
     cookie's token) and the column at fault.
+    """
+
+
+class SessionConflictError(SessionError, TransientError):
+    """This request and a concurrent one changed the same part of one session.
+
+    Raised before commit when the kernel could not merge: both requests set
+    the same key of the data (or the same flash queue, or the same plugin
+    column) to different values. It is a :class:`transaction.interfaces.TransientError`,
+    so with ``pyramid_retry`` the request runs again on the newer session
+    (``retry.attempts`` in your settings); without it the request fails with
+    this error instead of dropping one of the two writes.
     """

@@ -15,6 +15,7 @@ __all__ = [
     "SessionCreated",
     "SessionEvent",
     "SessionInvalidated",
+    "SessionMerged",
     "SessionNotFound",
     "SessionRegenerated",
     "SessionRejected",
@@ -70,3 +71,15 @@ class SessionInvalidated(SessionEvent):
     """``invalidate()`` deleted a stored session."""
 
     session_id: str
+
+
+@dataclass(frozen=True)
+class SessionMerged(SessionEvent):
+    """A concurrent request wrote the session first; this request's changes were merged.
+
+    ``keys`` names what this request changed (data keys, flash queues as
+    ``flash:<queue>``, plugin columns), applied onto the other request's write.
+    """
+
+    session_id: str
+    keys: tuple[str, ...]

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError
 from .plugins import FactoryConfig
@@ -96,6 +98,21 @@ class SessionFactory:
             "samesite": values["cookie_samesite"],
         }
         self.session_class = _session_class(config)
+        # What the kernel's own UPDATE and DELETE statements need, resolved once.
+        mapper = sa.inspect(self.model)
+        if mapper.version_id_col is None:
+            raise ConfigurationError(
+                f"{self.model.__name__} declares __mapper_args__ without the version column "
+                "the kernel uses to notice concurrent writes; include "
+                '"version_id_col": cls.__table__.c.version in it'
+            )
+        self.table = mapper.local_table
+        self.pk_column = mapper.primary_key[0]
+        self.version_column = mapper.version_id_col
+        self.columns = {prop.key: prop.columns[0] for prop in mapper.column_attrs}
+        self.pk_key = mapper.get_property_by_column(self.pk_column).key
+        self.version_key = mapper.get_property_by_column(self.version_column).key
+        self.column_keys = tuple(k for k in self.columns if k != self.version_key)
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, LargeBinary, String
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, LargeBinary, String
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 __all__ = ["BaseMixin", "BlobType"]
 
@@ -24,8 +26,12 @@ class BaseMixin:
     clock: ``updated`` is when the data, the flash queues, the per-session
     settings or the id last changed (a plugin's own write, such as an idle
     extension, leaves it alone). ``data`` and ``flash`` hold the serialized
-    session dict and flash queues. Override any column in your class if you
-    need to.
+    session dict and flash queues. ``version`` counts the row's writes: every
+    UPDATE checks and increments it, which is how the kernel notices that a
+    concurrent request wrote the row first (and merges instead of overwriting).
+    Override any column in your class if you need to; if you declare
+    ``__mapper_args__``, keep ``"version_id_col": cls.__table__.c.version``
+    in it.
     """
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -33,3 +39,8 @@ class BaseMixin:
     updated: Mapped[int] = mapped_column(BigInteger, nullable=False)
     data: Mapped[bytes] = mapped_column(BlobType, nullable=False)
     flash: Mapped[bytes | None] = mapped_column(BlobType, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]

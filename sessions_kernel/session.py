@@ -6,12 +6,16 @@ import os
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from pyramid.interfaces import ISession
+from sqlalchemy.orm.attributes import set_committed_value
 from zope.interface import implementer
+from zope.sqlalchemy import mark_changed
 
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
-from .errors import InconsistentDataError, SessionError
+from .errors import InconsistentDataError, SessionConflictError, SessionError
+from .merge import MISSING, merge_mappings
 from .model import BaseMixin
 from .settings import SessionSettings
 
@@ -211,10 +215,14 @@ class Session(MutableMapping[str, Any]):
         self._columns = {}
 
     def _drop_row(self) -> None:
+        # A plain DELETE by key, whatever the version: a logout wins over a concurrent write.
         row = self.row
+        factory = self._factory
         # the browser's cookie was set with the stored settings, not with edits of this request
         self._delete_cookie = self._cookie_attributes(as_loaded=True)
-        self._dbsession.delete(row)
+        stored_id = sa.inspect(row).identity[0]
+        self._dbsession.expunge(row)
+        self._execute(sa.delete(factory.table).where(factory.pk_column == stored_id))
         self._orig_data = self._orig_flash = None
 
     def _notify(self, event: events.SessionEvent) -> None:
@@ -224,6 +232,19 @@ class Session(MutableMapping[str, Any]):
 
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
+        """The before-commit hook: run the extend, renew and persist stages."""
+        try:
+            self._persist_stages()
+        except BaseException:
+            # A failing before-commit hook stops the commit, but the transaction package
+            # aborts nothing itself, and pyramid_tm aborts only if no exception view
+            # rendered the error. Roll back now so no connection keeps its locks.
+            dbsession = self.__dict__.get("_dbsession")
+            if dbsession is not None:
+                dbsession.rollback()
+            raise
+
+    def _persist_stages(self) -> None:
         # Unsaved settings edits end with the request; dropping them first means every
         # hook below reads the settings in force through ``session.settings``.
         settings = self.__dict__.get("_settings")
@@ -276,7 +297,7 @@ class Session(MutableMapping[str, Any]):
             hook.session_renew(session=self)
             if self.dirty:
                 hook.session_persist(session=self, row=row)
-                write = True
+                write = self._write_row(row)
             write = write or extras != self.cookie_extras
         old = self._delete_cookie
         if write:
@@ -294,6 +315,115 @@ class Session(MutableMapping[str, Any]):
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
         if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
             dbsession.flush()
+
+    def _write_row(self, row: Any) -> bool:
+        """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
+
+        Returns ``False`` when a concurrent request deleted the session: it
+        stays deleted and its cookie is removed.
+        """
+        factory = self._factory
+        state = sa.inspect(row)
+        changes: dict[str, tuple[Any, Any]] = {}
+        for key in factory.column_keys:
+            history = state.attrs[key].history
+            if history.added:
+                changes[key] = (history.added[0], history.deleted[0] if history.deleted else None)
+        if not changes:
+            return True
+        stored_id = state.identity[0]
+        version = getattr(row, factory.version_key)
+        values = {key: new for key, (new, _) in changes.items()}
+        if not self._update(stored_id, version, values):
+            merged = self._merge(stored_id, changes)
+            if merged is None:
+                self._dbsession.expunge(row)
+                self._delete_cookie = self._cookie_attributes()
+                self._notify(events.SessionNotFound(self.request, stored_id))
+                return False
+            values, version = merged
+        for key, value in values.items():
+            set_committed_value(row, key, value)
+        set_committed_value(row, factory.version_key, version + 1)
+        if factory.pk_key in values:  # regenerated: the identity map still has the old key
+            self._dbsession.expunge(row)
+        return True
+
+    def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
+        factory = self._factory
+        statement = (
+            sa.update(factory.table)
+            .where(factory.pk_column == stored_id, factory.version_column == version)
+            .values({factory.columns[key]: value for key, value in values.items()})
+            .values({factory.version_column: version + 1})
+        )
+        return self._execute(statement).rowcount == 1
+
+    def _execute(self, statement: Any) -> Any:
+        """Run the kernel's own UPDATE or DELETE in the request's transaction."""
+        dbsession = self._dbsession
+        with dbsession.no_autoflush:  # the ORM must not write the row itself first
+            result = dbsession.execute(statement)
+        # zope.sqlalchemy commits only sessions it saw change; SQL it did not run
+        # through the ORM's unit of work has to say so, or it is rolled back.
+        mark_changed(dbsession)
+        return result
+
+    def _merge(
+        self, stored_id: str, changes: dict[str, tuple[Any, Any]]
+    ) -> tuple[dict[str, Any], int] | None:
+        """Re-read the row another request wrote, apply our changes onto it, write it."""
+        factory = self._factory
+        ser = factory.data_serializer
+        query = sa.select(factory.table).where(factory.pk_column == stored_id).with_for_update()
+        with self._dbsession.no_autoflush:
+            fresh = self._dbsession.execute(query).mappings().one_or_none()
+        if fresh is None:
+            return None
+        values: dict[str, Any] = {}
+        conflicts: list[str] = []
+        merged_keys: list[str] = []
+        for key, (new, old) in changes.items():
+            theirs = fresh[factory.columns[key]]
+            if key == "data":
+                base = ser.loads(self._orig_data) if self._orig_data is not None else {}
+                data, clash = merge_mappings(base, self._data, ser.loads(theirs))
+                values[key] = ser.dumps(data)
+                conflicts += clash
+                merged_keys += sorted(
+                    k
+                    for k in base.keys() | self._data.keys()
+                    if base.get(k, MISSING) != self._data.get(k, MISSING)
+                )
+            elif key == "flash":
+                base = ser.loads(self._orig_flash) if self._orig_flash is not None else {}
+                now = ser.loads(theirs) if theirs is not None else {}
+                flash, clash = merge_mappings(base, self._flash, now)
+                values[key] = ser.dumps(flash) if flash else None
+                conflicts += [f"flash:{q}" for q in clash]
+                merged_keys.append("flash")
+            elif key == "updated":
+                values[key] = max(new, theirs)
+            elif theirs == old or key == factory.pk_key:
+                values[key] = new
+                merged_keys.append(key)
+            else:
+                conflicts.append(key)
+        version = fresh[factory.version_column]
+        if conflicts:
+            raise SessionConflictError(
+                f"session {stored_id[:12]}…: this request and a concurrent one both changed "
+                f"{', '.join(map(repr, conflicts))}. Include pyramid_retry "
+                "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
+                "again on the newer session; nothing was overwritten."
+            )
+        if not self._update(stored_id, version, values):
+            raise SessionConflictError(
+                f"session {stored_id[:12]}… changed again while its changes were merged; "
+                "retry the request (pyramid_retry does it for you)"
+            )
+        self._notify(events.SessionMerged(self.request, stored_id, tuple(merged_keys)))
+        return values, version
 
     @property
     def dirty(self) -> bool:

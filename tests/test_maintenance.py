@@ -283,8 +283,8 @@ def fill(db: Path, expired: int, live: int, now: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO session (id, created, updated, data, ttl_expire) "
-                "VALUES (:id, 0, 0, :data, :expire)"
+                "INSERT INTO session (id, created, updated, data, ttl_expire, version) "
+                "VALUES (:id, 0, 0, :data, :expire, 1)"
             ),
             [
                 {

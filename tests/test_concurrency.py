@@ -1,0 +1,267 @@
+"""Concurrent requests of one session lose nothing, on every database and isolation level.
+
+Two kinds of tests: scripted interleavings (threads paused at chosen points,
+so each outcome is exact), and a hammer (many threads at once, through the
+whole WSGI stack, each with its own database connection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import webtest
+from pyramid.events import NewRequest
+
+from sessions_kernel import events
+from sessions_kernel.testing import SessionTestApp, make_model
+
+LEVELS = [
+    ("sqlite", None),
+    ("postgresql", "READ COMMITTED"),
+    ("postgresql", "REPEATABLE READ"),
+    ("postgresql", "SERIALIZABLE"),
+    ("mariadb", "REPEATABLE READ"),
+    ("mariadb", "READ COMMITTED"),
+]
+URLS = {"postgresql": "SESSIONS_TEST_POSTGRESQL_URL", "mariadb": "SESSIONS_TEST_MARIADB_URL"}
+
+
+@pytest.fixture(params=LEVELS, ids=lambda p: f"{p[0]}-{(p[1] or 'default').replace(' ', '_')}")
+def engine(request, tmp_path):
+    database, level = request.param
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'concurrency.sqlite'}"
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+    else:
+        url = os.environ.get(URLS[database])
+        if not url:
+            pytest.skip(f"{URLS[database]} is not set: no {database} server to test against")
+        engine = sa.create_engine(url, isolation_level=level, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
+class Recorder:
+    """Counts attempts (one NewRequest per pyramid_retry attempt) and session events."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, event: Any) -> None:
+        with self.lock:
+            self.counts[type(event).__name__] += 1
+
+    def configure(self, config: Any) -> None:
+        config.add_subscriber(self, NewRequest)
+        config.add_subscriber(self, events.SessionMerged)
+        config.add_subscriber(self, events.SessionNotFound)
+
+
+class Gate:
+    """Lets a test pause a request after it loaded the session, and release it later."""
+
+    def __init__(self) -> None:
+        self.loaded = threading.Event()
+        self.go = threading.Event()
+
+    def configure(self, config: Any) -> None:
+        def paused(request: Any) -> dict[str, Any]:
+            session = request.session
+            session.get("x")  # load now, under this request's snapshot
+            self.loaded.set()
+            assert self.go.wait(30), "the test never released the paused request"
+            body = request.json_body
+            if body.get("logout"):
+                session.invalidate()
+            for key, value in body.get("set", {}).items():
+                session[key] = value
+            for key in body.get("incr", []):
+                session[key] = session.get(key, 0) + 1
+            for message in body.get("flash", []):
+                session.flash(message)
+            return {"data": dict(session)}
+
+        config.add_route("paused", "/paused")
+        config.add_view(paused, route_name="paused", renderer="json")
+
+
+def build(engine: sa.Engine, *, retry: bool = True, attempts: int = 5) -> Any:
+    recorder, gate = Recorder(), Gate()
+
+    def configure(config: Any) -> None:
+        recorder.configure(config)
+        gate.configure(config)
+
+    model = make_model()
+    model.metadata.drop_all(engine)
+    model.metadata.create_all(engine)
+    app = SessionTestApp(
+        model,
+        engine,
+        settings={"retry.attempts": str(attempts)},
+        retry=retry,
+        configure=configure,
+    )
+    app.recorder, app.gate = recorder, gate
+    return app
+
+
+@pytest.fixture
+def app(engine):
+    app = build(engine)
+    yield app
+    app.model.metadata.drop_all(engine)
+
+
+def browser_with(app: Any, cookie: str) -> webtest.TestApp:
+    browser = app.new_browser()
+    browser.set_cookie("session", cookie)
+    return browser
+
+
+def run_paused(app: Any, body: dict[str, Any], then: Any) -> Any:
+    """Start a paused request, run ``then()`` while it waits, release it, return both."""
+    slow = browser_with(app, app.cookies["session"])
+    result: dict[str, Any] = {}
+
+    def slow_request() -> None:
+        try:
+            result["response"] = slow.post_json("/paused", body, expect_errors=True)
+        except Exception as exc:  # an error no exception view rendered reaches WebTest
+            result["response"] = exc
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    assert app.gate.loaded.wait(30)
+    other = then()
+    app.gate.go.set()
+    thread.join(30)
+    return result["response"], other
+
+
+def data(app: Any) -> dict[str, Any]:
+    (row,) = app.rows()
+    return json.loads(row.data)
+
+
+# -- scripted interleavings -------------------------------------------------------------------
+
+
+def test_different_keys_are_merged(app):
+    app.post_json("/set", {"base": 0})
+    slow, _ = run_paused(app, {"set": {"slow": 1}}, lambda: app.post_json("/set", {"fast": 2}))
+    assert slow.status_int == 200
+    assert data(app) == {"base": 0, "slow": 1, "fast": 2}
+    counts = app.recorder.counts
+    # READ COMMITTED and MariaDB merge without running the view again; PostgreSQL's
+    # REPEATABLE READ and SERIALIZABLE refuse the UPDATE, and pyramid_retry runs it again.
+    assert counts["SessionMerged"] + (counts["NewRequest"] - 3) == 1
+
+
+def test_same_key_is_retried_not_overwritten(app):
+    app.post_json("/set", {"n": 0})
+    slow, _ = run_paused(app, {"incr": ["n"]}, lambda: app.get("/incr/n"))
+    assert slow.status_int == 200
+    assert data(app) == {"n": 2}
+    assert app.recorder.counts["NewRequest"] == 4  # set, slow, fast, slow again
+
+
+def test_flash_queues_merge(app):
+    app.post_json("/set", {"a": 1})
+    run_paused(
+        app,
+        {"flash": ["from slow"]},
+        lambda: app.post_json("/flash", {"msg": "from fast", "queue": "other"}),
+    )
+    assert app.get("/pop_flash").json == {"messages": ["from slow"]}
+    assert app.get("/pop_flash?queue=other").json == {"messages": ["from fast"]}
+
+
+def test_without_pyramid_retry_a_conflict_fails_clearly(engine):
+    app = build(engine, retry=False)
+    try:
+        app.post_json("/set", {"n": 0})
+        slow, _ = run_paused(app, {"incr": ["n"]}, lambda: app.get("/incr/n"))
+        assert data(app) == {"n": 1}  # the fast write stands; nothing silently dropped
+        if isinstance(slow, Exception):  # PostgreSQL refused the UPDATE itself
+            assert engine.dialect.name == "postgresql"
+            assert "could not serialize access" in str(slow)
+        else:
+            assert slow.status_int == 500
+            assert "both changed 'n'" in slow.json["error"]
+            assert "pyramid_retry" in slow.json["error"]
+    finally:
+        app.model.metadata.drop_all(engine)
+
+
+def test_a_logout_is_not_undone_by_a_slower_write(app):
+    app.post_json("/set", {"user": "ann"})
+    (old,) = app.rows()
+    logout = app.new_browser()
+    logout.set_cookie("session", app.cookies["session"])
+    slow, out = run_paused(app, {"set": {"late": 1}}, lambda: logout.post_json("/invalidate"))
+    assert out.headers["Set-Cookie"].startswith("session=; Max-Age=0")
+    assert slow.status_int == 200
+    rows = app.rows()
+    assert old.id not in {row.id for row in rows}  # not resurrected
+    if app.recorder.counts["NewRequest"] == 3:
+        # READ COMMITTED, MariaDB, SQLite: the slow write finds the row gone, drops its
+        # change and deletes the cookie
+        assert rows == []
+        assert slow.headers["Set-Cookie"].startswith("session=; Max-Age=0")
+    else:
+        # PostgreSQL REPEATABLE READ / SERIALIZABLE refuse the UPDATE; pyramid_retry runs
+        # the request again, as if it had come after the logout: a new, anonymous session
+        assert [json.loads(row.data) for row in rows] == [{"late": 1}]
+
+
+def test_a_slower_logout_wins_over_a_write(app):
+    app.post_json("/set", {"user": "ann"})
+    writer = browser_with(app, app.cookies["session"])
+    run_paused(app, {"logout": True}, lambda: writer.post_json("/set", {"more": 1}))
+    assert app.rows() == []
+
+
+def test_the_common_path_costs_no_extra_statement(app):
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        app.get("/incr/a")
+    assert sql.kinds() == ["SELECT", "UPDATE"]
+    assert "version" in sql.statements[1].split("WHERE")[1]
+
+
+# -- the hammer ---------------------------------------------------------------------------------
+
+KEYS, INCREMENTS, THREADS = 12, 24, 6
+
+
+def test_hammer_loses_nothing(engine):
+    app = build(engine, attempts=50)
+    try:
+        app.post_json("/set", {"start": True})
+        cookie = app.cookies["session"]
+        jobs = [("set", i) for i in range(KEYS)] + [("incr", i) for i in range(INCREMENTS)]
+
+        def request(job: tuple[str, int]) -> int:
+            browser = browser_with(app, cookie)
+            kind, i = job
+            if kind == "set":
+                return browser.post_json("/set", {f"key{i}": i}).status_int
+            return browser.get("/incr/counter").status_int
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            statuses = list(pool.map(request, jobs))
+        assert statuses == [200] * len(jobs)
+        stored = data(app)
+        assert stored["counter"] == INCREMENTS
+        assert all(stored[f"key{i}"] == i for i in range(KEYS))
+    finally:
+        app.model.metadata.drop_all(engine)
