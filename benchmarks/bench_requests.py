@@ -93,6 +93,14 @@ register_model(
             "sessions_renewal:RenewalMixin",
             "sessions_cookie_settings:ConfigCookieMixin",
         ),
+        # timeouts a production site might use; reads inside the extension delay
+        # write nothing, as reads of the bare kernel
+        settings={
+            "idle_timeout": 1800,
+            "extension_delay": 60,
+            "absolute_timeout": 86400,
+            "renewal_timeout": 3600,
+        },
     )
 )
 

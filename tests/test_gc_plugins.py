@@ -1,0 +1,113 @@
+"""Garbage collection with the real timeout plugins: each boundary, per-session timeouts."""
+
+from __future__ import annotations
+
+import pytest
+from pyramid.interfaces import ISessionFactory
+from sessions_absolute_timeout import ConfigAbsoluteMixin
+from sessions_idle_timeout import ConfigIdleMixin
+from sessions_renewal import RenewalMixin
+
+from sessions_kernel import maintenance
+from sessions_kernel.testing import make_model
+
+IDLE, ABSOLUTE = 100, 1000
+
+
+@pytest.fixture
+def app(session_app):
+    model = make_model(ConfigIdleMixin, ConfigAbsoluteMixin)
+    return session_app(model, {"idle_timeout": IDLE, "absolute_timeout": ABSOLUTE})
+
+
+def collect(app) -> int:
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    return maintenance.collect_garbage(factory, app.engine, batch_size=2).deleted
+
+
+def new_session(app, settings=None):
+    browser = app.new_browser()
+    browser.post_json("/set", {"a": 1})
+    if settings:
+        browser.post_json("/settings", settings)
+    return browser
+
+
+def live(app) -> int:
+    return len(app.rows())
+
+
+def test_idle_boundary(app):
+    t0 = int(app.clock())
+    new_session(app)  # idle expiry t0 + 100
+    kept = new_session(app)
+    app.clock.time = t0 + 50
+    kept.get("/incr/a")  # a write extends: expiry t0 + 150
+    app.clock.time = t0 + IDLE - 1
+    assert collect(app) == 0
+    app.clock.time = t0 + IDLE
+    assert collect(app) == 1 and live(app) == 1
+    app.clock.time = t0 + 150 - 1
+    assert collect(app) == 0
+    app.clock.time = t0 + 150
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_absolute_boundary_whatever_the_activity(app):
+    t0 = int(app.clock())
+    browser = new_session(app)
+    for t in range(t0 + 90, t0 + ABSOLUTE, 90):  # active all along: never idle
+        app.clock.time = t
+        browser.get("/incr/a")
+    app.clock.time = t0 + ABSOLUTE - 1
+    assert collect(app) == 0
+    app.clock.time = t0 + ABSOLUTE
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_per_session_timeouts(app):
+    t0 = int(app.clock())
+    new_session(app)  # global: idle 100
+    new_session(app, {"idle_timeout": 400, "absolute_timeout": 500})
+    new_session(app, {"idle_timeout": 20})
+    app.clock.time = t0 + 20
+    assert collect(app) == 1  # the 20 s idle timeout
+    app.clock.time = t0 + IDLE
+    assert collect(app) == 1  # the global one
+    app.clock.time = t0 + 399
+    assert collect(app) == 0
+    app.clock.time = t0 + 400
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_dry_run_and_live_sessions_left_alone(app):
+    t0 = int(app.clock())
+    for _ in range(3):
+        new_session(app)
+    app.clock.time = t0 + 60
+    new_session(app)
+    app.clock.time = t0 + IDLE
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    assert maintenance.count_expired(factory, app.engine) == 3
+    assert collect(app) == 3
+    (row,) = app.rows()
+    assert row.idle_expire == t0 + 60 + IDLE
+
+
+def test_a_model_without_expiring_feature_has_nothing_to_collect(session_app):
+    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300})
+    new_session(app)
+    app.clock.advance(10**6)
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    result = maintenance.collect_garbage(factory, app.engine)
+    assert (result.expiring, result.deleted, live(app)) == (False, 0, 1)
+
+
+def test_indexes_of_the_timeout_plugins():
+    model = make_model(ConfigIdleMixin, ConfigAbsoluteMixin, tablename="gc_indexes")
+    required = maintenance.required_indexes(model)
+    assert ("idle_expire",) in required and ("absolute_expire",) in required
+    added = maintenance.add_indexes(model)
+    # idle_expire is indexed by its own column declaration already
+    assert ("idle_expire",) not in [tuple(c.name for c in i.columns) for i in added]
+    assert maintenance.missing_indexes(model) == []
