@@ -329,8 +329,10 @@ def _resolve_model(value: Any, setting: Setting) -> type:
 def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean session.{close[0]}?" if close else ""
+    # a misspelt secret (session.secret_kye = ...) must not reach the logs either
+    shown = known[close[0]].shown(value) if close else repr(value)
     return (
-        f"session.{name} = {value!r}: no installed session plugin has a setting {name!r}."
+        f"session.{name} = {shown}: no installed session plugin has a setting {name!r}."
         f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "
         "install that plugin's distribution."
     )

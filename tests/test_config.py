@@ -96,6 +96,13 @@ def test_unknown_setting_suggests_the_close_one():
     assert "install that plugin's distribution" in message
 
 
+def test_a_misspelt_secret_key_is_not_shown():
+    message = _message(secret_kye=TEST_SECRET_KEY)
+    assert message.startswith("session.secret_kye = <hidden>: no installed session plugin")
+    assert "Did you mean session.secret_key?" in message
+    assert TEST_SECRET_KEY not in message
+
+
 def test_unknown_setting_without_a_close_one():
     message = _message(frobnicate="1")
     assert "Did you mean" not in message and "Known settings: " in message
