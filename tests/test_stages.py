@@ -42,7 +42,7 @@ def make_probe(calls: list[str], reject: bool = False) -> types.SimpleNamespace:
     )
 
 
-def test_unimplemented_stages_are_no_ops_and_implemented_ones_are_the_hook():
+def test_unimplemented_stages_are_no_ops_and_implemented_ones_answer_as_the_hook():
     model = make_model(ProbeMixin)
     probe = make_probe([])
     factory = sessions_kernel.session_factory(
@@ -50,12 +50,72 @@ def test_unimplemented_stages_are_no_ops_and_implemented_ones_are_the_hook():
     )
     stages = factory.stages
     assert isinstance(stages, Stages)
-    assert stages.session_load is factory.hook.session_load
-    assert stages.session_validate is factory.hook.session_validate
-    assert stages.session_renew is factory.hook.session_renew
+    for name in ("session_load", "session_validate", "session_renew"):
+        assert getattr(stages, name)(session=None) == getattr(factory.hook, name)(session=None)
     for name in ("session_extend", "session_persist", "session_cookie_attributes"):
         assert not getattr(factory.hook, name).get_hookimpls()
         assert getattr(stages, name)(session=None) is None
+
+
+def _factory(*plugins):
+    return sessions_kernel.session_factory(
+        plugins=plugins,
+        model_class=make_model(ProbeMixin),
+        secret_key=sessions_kernel.generate_secret_key(),
+    )
+
+
+def _voter(name, calls, answer):
+    @sessions_kernel.hookimpl
+    def session_validate(session):
+        calls.append(name)
+        return answer
+
+    return types.SimpleNamespace(
+        __name__=name,
+        session_mixins=sessions_kernel.hookimpl(lambda: [ProbeMixin]),
+        session_validate=session_validate,
+    )
+
+
+def test_direct_stages_keep_pluggys_order_and_first_result():
+    calls: list[str] = []
+    factory = _factory(_voter("a", calls, None), _voter("b", calls, "b says no"))
+    expected = factory.hook.session_validate(session=None)
+    pluggy_order = list(calls)
+    calls.clear()
+    assert factory.stages.session_validate(session=None) == expected == "b says no"
+    assert calls == pluggy_order == ["b"]  # last registered first; stops at the answer
+
+
+def test_direct_stages_pass_only_the_arguments_an_implementation_names():
+    seen = []
+
+    @sessions_kernel.hookimpl
+    def session_persist(row):  # asks for row only, not session
+        seen.append(row)
+
+    plugin = types.SimpleNamespace(
+        __name__="rowonly",
+        session_mixins=sessions_kernel.hookimpl(lambda: [ProbeMixin]),
+        session_persist=session_persist,
+    )
+    _factory(plugin).stages.session_persist(session="s", row="r")
+    assert seen == ["r"]
+
+
+def test_a_wrapper_keeps_pluggys_own_caller():
+    @sessions_kernel.hookimpl(wrapper=True)
+    def session_renew(session):
+        return (yield)
+
+    plugin = types.SimpleNamespace(
+        __name__="wrapping",
+        session_mixins=sessions_kernel.hookimpl(lambda: [ProbeMixin]),
+        session_renew=session_renew,
+    )
+    factory = _factory(plugin)
+    assert factory.stages.session_renew is factory.hook.session_renew
 
 
 def test_plugin_stages_run_on_every_request(session_app):
