@@ -1,0 +1,101 @@
+"""The demo application without a browser: what its requests cost and store (SQLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sessions_demo import DemoOptions, make_app
+from webtest import TestApp
+
+from sessions_kernel.testing import Clock, StatementCounter
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Any:
+    clock = Clock(1_800_000_000)
+    wsgi = make_app(f"sqlite:///{tmp_path / 'demo.sqlite'}", options=DemoOptions(), clock=clock)
+    app = TestApp(wsgi)
+    app.clock = clock
+    app.sql = StatementCounter(wsgi.registry["demo.engine"])
+    return app
+
+
+def sign_up(app: TestApp, name: str = "ann", remember: bool = False) -> Any:
+    form = app.get("/").forms["signup-form"]
+    form["name"], form["password"] = name, "long enough"
+    form["remember"] = remember
+    return form.submit(status=303).follow(status=200)
+
+
+def test_status_poll_reads_without_extending(demo: TestApp) -> None:
+    sign_up(demo)
+    demo.clock.advance(20)
+    with demo.sql:
+        status = demo.get("/status.json").json
+    assert demo.sql.count == 1, demo.sql.statements  # one SELECT, no UPDATE of idle_expire
+    assert "Set-Cookie" not in demo.get("/status.json").headers
+    assert status["state"] == "live"
+    assert status["idle"]["remaining"] == 10
+    assert status["absolute"]["remaining"] == 280
+    assert status["user"] == "ann"
+    demo.clock.advance(10)
+    assert demo.get("/status.json").json["state"] == "expired"
+    response = demo.get("/session", status=303).follow()
+    assert "Your session ended (idle timeout)." in response.text
+
+
+def test_page_load_extends(demo: TestApp) -> None:
+    sign_up(demo)
+    demo.clock.advance(20)
+    demo.get("/session", status=200)
+    assert demo.get("/status.json").json["idle"]["remaining"] == 30
+
+
+def test_wrong_password_and_taken_name(demo: TestApp) -> None:
+    sign_up(demo)
+    demo.post(
+        "/logout", {"csrf_token": demo.get("/session").forms["note-form"]["csrf_token"].value}
+    )
+    form = demo.get("/").forms["login-form"]
+    form["name"], form["password"] = "ann", "wrong password"
+    assert "Wrong name or password." in form.submit(status=303).follow().text
+    form = demo.get("/").forms["signup-form"]
+    form["name"], form["password"] = "ann", "another password"
+    assert "is taken" in form.submit(status=303).follow().text
+
+
+def test_csrf_token_is_new_after_login(demo: TestApp) -> None:
+    before = demo.get("/").forms["login-form"]["csrf_token"].value
+    page = sign_up(demo)
+    after = page.forms["note-form"]["csrf_token"].value
+    assert before != after
+    demo.post("/session/note", {"note": "x", "csrf_token": before}, status=400)
+    demo.post("/session/note", {"note": "x", "csrf_token": after}, status=303)
+
+
+def test_per_session_idle_timeout(demo: TestApp) -> None:
+    page = sign_up(demo)
+    form = page.forms["settings-form"]
+    form["idle_timeout"] = "400"  # longer than the absolute timeout: refused with the reason
+    assert "Not changed: " in form.submit(status=303).follow().text
+    form = demo.get("/session").forms["settings-form"]
+    form["idle_timeout"] = "120"
+    assert "idle timeout is now 120 s" in form.submit(status=303).follow().text
+    status = demo.get("/status.json").json
+    assert status["idle"] == {
+        "timeout": 120,
+        "own": True,
+        "expires": 1_800_000_120,
+        "remaining": 120,
+    }
+
+
+def test_remember_me_sets_max_age(demo: TestApp) -> None:
+    form = demo.get("/").forms["signup-form"]
+    form["name"], form["password"], form["remember"] = "bob", "long enough", True
+    response = form.submit(status=303)
+    cookie = response.headers["Set-Cookie"]
+    assert f"Max-Age={DemoOptions().remember_max_age}" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
