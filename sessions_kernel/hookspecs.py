@@ -19,7 +19,8 @@ Hooks come in three groups:
   :func:`session_cookie_attributes` when a cookie is sent;
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`,
-  :func:`session_expires_at`, :func:`session_last_active`.
+  :func:`session_expires_at`, :func:`session_last_active`,
+  :func:`session_details`.
 
 The ``session`` argument of the pipeline hooks is the request's
 :class:`sessions_kernel.Session`. What plugins use of it:
@@ -257,4 +258,22 @@ def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
     changed; a plugin that writes on read-only activity (an idle extension)
     knows a later time. The kernel shows the latest of ``row.updated`` and
     every answer. Issue no SQL.
+    """
+
+
+@hookspec
+def session_details(row: Any, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return what a listing should show of a stored row beyond the kernel's fields.
+
+    :param row: a model instance read from the database (not the request's).
+    :param settings: as for :func:`session_expires_at`.
+
+    Return a mapping of small, displayable values (strings, numbers,
+    ``None``) read from the plugin's own columns, or ``None``. The kernel
+    merges every active plugin's answer into ``SessionInfo.details`` (see
+    ``SessionFactory.describe``), which "your sessions" listings pass on.
+    Prefix the keys with your plugin's name: two plugins reporting one key is
+    a :class:`~sessions_kernel.SessionError`. Called with
+    :func:`session_expires_at` and :func:`session_last_active`, by tools and
+    listings only, never per request. Issue no SQL.
     """
