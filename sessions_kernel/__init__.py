@@ -20,6 +20,7 @@ from .factory import (
     session_factory,
 )
 from .hookspecs import PROJECT
+from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
 from .session import Session
 from .settings import SessionSettings, Setting
@@ -41,6 +42,7 @@ __all__ = [
     "SessionSettings",
     "Setting",
     "SettingsError",
+    "add_indexes",
     "factory_args_from_settings",
     "generate_secret_key",
     "hookimpl",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .crypto import AESGCMCookieSerializer
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SessionError
 from .plugins import FactoryConfig
 from .session import Session
 
@@ -40,6 +41,8 @@ class SessionInfo:
     last_active: int
     #: when the session expires, or ``None`` if no active feature expires it
     expires: int | None
+    #: what the active plugins report of the row (``session_details``), read-only
+    details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
 
 def _no_implementation(**kwargs: Any) -> None:
@@ -159,16 +162,30 @@ class SessionFactory:
 
         Issues no SQL: ``row`` was read by the caller. The expiry is the
         earliest the active plugins report (``session_expires_at``), ``None``
-        when no feature expires the session.
+        when no feature expires the session; ``details`` merges what they
+        report through ``session_details``.
+
+        Raises :class:`~sessions_kernel.SessionError` when two plugins report
+        the same detail.
         """
         settings = self.config.row_settings(row)
         expiries = [t for t in self.hook.session_expires_at(row=row, settings=settings) if t]
         active = [t for t in self.hook.session_last_active(row=row, settings=settings) if t]
+        details: dict[str, Any] = {}
+        for answer in self.hook.session_details(row=row, settings=settings):
+            for key, value in (answer or {}).items():
+                if key in details:
+                    raise SessionError(
+                        f"two session plugins report the detail {key!r} of a session; "
+                        "each plugin must prefix its detail names with its own name"
+                    )
+                details[key] = value
         return SessionInfo(
             session_id=row.id,
             created=row.created,
             last_active=max([row.updated, *active]),
             expires=min(expiries) if expiries else None,
+            details=MappingProxyType(details),
         )
 
     def __repr__(self) -> str:

@@ -19,7 +19,8 @@ Hooks come in three groups:
   :func:`session_cookie_attributes` when a cookie is sent;
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`,
-  :func:`session_expires_at`, :func:`session_last_active`.
+  :func:`session_expires_at`, :func:`session_last_active`,
+  :func:`session_details`.
 
 The ``session`` argument of the pipeline hooks is the request's
 :class:`sessions_kernel.Session`. What plugins use of it:
@@ -76,7 +77,7 @@ def session_mixins() -> Sequence[type]:
     other hook. The plugin is active for a factory when its model subclasses
     any class returned; list the plain mixin first and its runtime-configurable
     subclass after it (their order names them in error messages). A plugin
-    that returns nothing is never active.
+    that returns nothing is never active. Next: :func:`session_settings`.
     """
 
 
@@ -90,6 +91,10 @@ def session_settings() -> Sequence[Setting]:
     two plugins declaring one name is a start-up error. A setting becomes
     runtime-configurable for models that have a column of its name (ship that
     column in your ``Config...Mixin``).
+
+    Called after :func:`session_mixins`. When a factory is built, the kernel
+    parses each value with its setting's ``parse``, then calls
+    :func:`session_check_settings`.
     """
 
 
@@ -104,8 +109,9 @@ def session_check_settings(settings: Mapping[str, Any]) -> Iterable[str] | None:
     Return messages (strings) that say what is wrong and how to fix it, or
     ``None``/empty when all is well. The kernel raises them as a
     :class:`~pyramid.exceptions.ConfigurationError` at start-up and as
-    :class:`~sessions_kernel.SettingsError` at runtime. Called after each
-    setting was parsed on its own.
+    :class:`~sessions_kernel.SettingsError` at runtime (and nothing is
+    saved). Called after each setting was parsed on its own (see
+    :func:`session_settings`); at start-up :func:`session_attributes` follows.
     """
 
 
@@ -118,7 +124,8 @@ def session_attributes() -> Mapping[str, Any]:
     builds a subclass of :class:`~sessions_kernel.Session` for that factory
     only, so two factories never see each other's attributes. Two active
     plugins adding one name, or a name the kernel already uses, is a
-    start-up error.
+    start-up error. Called after :func:`session_check_settings`, before any
+    request.
     """
 
 
@@ -129,11 +136,13 @@ def session_attributes() -> Mapping[str, Any]:
 def session_load(session: Session) -> None:
     """The session was touched for the first time in this request.
 
+    :param session: the request's session.
+
     Called once, after the cookie was decrypted and the row fetched by its
     primary key (``session.row``; ``None`` for a new session), before
     :func:`session_validate`. ``session.cookie_extras`` holds what the cookie
     carried. Do not touch ``session`` data here, and issue no SQL: the read of
-    an existing session is one statement.
+    an existing session is one statement. The return value is ignored.
     """
 
 
@@ -141,11 +150,16 @@ def session_load(session: Session) -> None:
 def session_validate(session: Session) -> str | None:
     """Decide whether a loaded row may be used; return the reason if not.
 
+    :param session: the request's session; ``session.row`` is the stored row.
+
     Called after :func:`session_load`, only for a session whose row was found.
     Return a short reason (``"idle timeout"``) to reject the row: the kernel
     deletes it, notifies :class:`~sessions_kernel.events.SessionRejected` with
     the reason, and starts a new, empty session. Return ``None`` to accept.
-    The first plugin to reject wins; later ones are not called.
+    The first plugin to reject wins; later ones are not called. After a
+    rejection no hook sees that row again (the new session gets no
+    :func:`session_load`). Issue no SQL. Next, the view runs; then, before
+    commit, :func:`session_extend`.
     """
 
 
@@ -153,10 +167,16 @@ def session_validate(session: Session) -> str | None:
 def session_extend(session: Session) -> None:
     """Before commit: decide whether an otherwise unchanged session needs a write.
 
-    Called for every session that has a row, before :func:`session_renew`.
+    :param session: the request's session; ``session.row`` is the stored row.
+
+    Called for every session that has a row (not for a new one), after the
+    view and after the kernel applied the request's changes of data, flash
+    and settings to the row, before :func:`session_renew`.
     ``session.dirty`` tells whether the session will be written anyway. To
     ask for a write, assign the row's columns (e.g. a later expiry); the
-    kernel writes exactly the columns that changed.
+    kernel writes exactly the columns that changed (``updated`` is left
+    alone). Assign only what differs: any assignment is a write. The return
+    value is ignored.
     """
 
 
@@ -164,9 +184,14 @@ def session_extend(session: Session) -> None:
 def session_renew(session: Session) -> None:
     """Before commit: rotate secrets the cookie carries.
 
+    :param session: the request's session; ``session.new`` with a row means
+        the row is about to be inserted.
+
     Called after :func:`session_extend` for every session that has or is
     about to get a row. Change ``session.cookie_extras`` to have the kernel
     send a new cookie, and the row's columns to record what was offered.
+    Next: :func:`session_persist` if the row is written. The return value is
+    ignored.
     """
 
 
@@ -174,12 +199,15 @@ def session_renew(session: Session) -> None:
 def session_persist(session: Session, row: Any) -> None:
     """Before commit: the row is about to be inserted or updated.
 
+    :param session: the request's session.
     :param row: the model instance (``session.new`` tells an insert from an
         update).
 
     Set columns that every write must refresh (an idle expiry, say). Called
     after :func:`session_extend` and :func:`session_renew`, only when a write
-    happens. Not called for a deleted session.
+    happens. Not called for a deleted session. The kernel then writes the
+    row (merging with a concurrent write if needed) and decides the cookie
+    (:func:`session_cookie_attributes`). The return value is ignored.
     """
 
 
@@ -187,13 +215,17 @@ def session_persist(session: Session, row: Any) -> None:
 def session_cookie_attributes(session: Session, attributes: dict[str, Any]) -> None:
     """Adjust the attributes of the cookie about to be set or deleted.
 
+    :param session: the request's session.
     :param attributes: keyword arguments for WebOb's ``Response.set_cookie``
         (``max_age``, ``path``, ``domain``, ``secure``, ``httponly``,
         ``samesite``), already filled from the settings in force. Change it
         in place.
 
-    Called before commit, when the kernel has decided to send or delete the
-    cookie.
+    Called before commit, after :func:`session_persist`, when the kernel has
+    decided to send or delete the cookie; possibly twice in one request (the
+    old cookie to delete, the new one to set), and for a rejected session
+    when it is dropped. The return value is ignored; the cookie is sent only
+    once the transaction committed.
     """
 
 
@@ -210,8 +242,11 @@ def session_expired_conditions(
     :param settings: the global settings in force.
     :param now: the current time in whole seconds.
 
-    A row is expired when any condition of any active plugin holds. Used by
-    garbage collection; never called per request.
+    A row is expired when any condition of any active plugin holds; return
+    ``None`` or nothing for "no rule of mine applies". Used by garbage
+    collection (``psessions gc``) and by listings that leave expired rows out;
+    never called per request. It must agree with :func:`session_validate`
+    and :func:`session_expires_at`.
     """
 
 
@@ -257,4 +292,22 @@ def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
     changed; a plugin that writes on read-only activity (an idle extension)
     knows a later time. The kernel shows the latest of ``row.updated`` and
     every answer. Issue no SQL.
+    """
+
+
+@hookspec
+def session_details(row: Any, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return what a listing should show of a stored row beyond the kernel's fields.
+
+    :param row: a model instance read from the database (not the request's).
+    :param settings: as for :func:`session_expires_at`.
+
+    Return a mapping of small, displayable values (strings, numbers,
+    ``None``) read from the plugin's own columns, or ``None``. The kernel
+    merges every active plugin's answer into ``SessionInfo.details`` (see
+    ``SessionFactory.describe``), which "your sessions" listings pass on.
+    Prefix the keys with your plugin's name: two plugins reporting one key is
+    a :class:`~sessions_kernel.SessionError`. Called with
+    :func:`session_expires_at` and :func:`session_last_active`, by tools and
+    listings only, never per request. Issue no SQL.
     """

@@ -1,7 +1,10 @@
-"""The documentation's examples run: the getting-started application, the keys shown."""
+"""The documentation's examples run: the getting-started application, the features guide's
+examples, the keys shown."""
 
 from __future__ import annotations
 
+import configparser
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ import sqlalchemy as sa
 import webtest
 
 from sessions_kernel.crypto import parse_secret_keys
-from sessions_kernel.testing import TEST_SECRET_KEY
+from sessions_kernel.testing import TEST_SECRET_KEY, Clock, make_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -55,3 +58,92 @@ def test_keys_shown_in_the_docs_are_valid():
     assert shown, "the docs show no example key"
     for key in shown:
         assert len(parse_secret_keys(key)) == 1
+
+
+# -- the features guide (docs/features.rst) -------------------------------------------------
+# Its models use the table name "session", as a project's would: they run on a SQLite file of
+# their own so that they never meet another test run's table on a shared server.
+
+
+def feature_app(tmp_path, monkeypatch, name):
+    """The example module ``features.<name>`` with its ini section, as a test app."""
+    monkeypatch.syspath_prepend(str(DOCS / "examples"))
+    module = importlib.import_module(f"features.{name}")
+    parser = configparser.ConfigParser()
+    parser.read(DOCS / "examples" / "features.ini")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'features.sqlite'}")
+    app = make_app(
+        module.Session,
+        engine,
+        settings=dict(parser[name]),
+        clock=Clock(),
+        configure=module.includeme,
+    )
+    return module, app
+
+
+def test_features_idle(tmp_path, monkeypatch):
+    _, app = feature_app(tmp_path, monkeypatch, "idle")
+    app.post_json("/set", {"a": 1})
+    app.clock.advance(1799)
+    assert app.get("/read").json["data"] == {"a": 1}
+    app.clock.advance(1800)
+    assert app.get("/read").json["new"] is True
+    app.post_json("/set", {"a": 1})
+    assert app.post("/keep-me-signed-in").json == {"idle_timeout": 8 * 3600}
+    app.clock.advance(7 * 3600)
+    assert app.get("/read").json["data"] == {"a": 1}
+
+
+def test_features_absolute(tmp_path, monkeypatch):
+    _, app = feature_app(tmp_path, monkeypatch, "absolute")
+    app.post_json("/set", {"a": 1})
+    for _ in range(12):
+        app.clock.advance(3599)
+        assert app.get("/incr/a").json["new"] is False  # activity does not extend it
+    app.clock.advance(12)
+    assert app.get("/read").json["new"] is True
+
+
+def test_features_renewal(tmp_path, monkeypatch, caplog):
+    _, app = feature_app(tmp_path, monkeypatch, "renewal")
+    app.post_json("/set", {"a": 1})
+    stale = app.cookies["session"]
+    app.clock.advance(900)
+    assert "Set-Cookie" in app.get("/read").headers  # the offer
+    app.get("/read")  # the acknowledgement
+    app.clock.advance(60)
+    thief = app.new_browser()
+    thief.set_cookie("session", stale)
+    assert thief.get("/read").json["new"] is True
+    assert "copied session cookie" in caplog.text
+    assert app.get("/read").json["new"] is True  # every copy is logged out
+
+
+def test_features_cookies(tmp_path, monkeypatch):
+    _, app = feature_app(tmp_path, monkeypatch, "cookies")
+    cookie = app.post("/remember-me").headers["Set-Cookie"]
+    assert "Max-Age=2592000" in cookie and "secure" in cookie.lower()
+
+
+def test_features_userid(tmp_path, monkeypatch):
+    module, app = feature_app(tmp_path, monkeypatch, "userid")
+    with sa.orm.Session(app.engine) as db:
+        db.add(module.User(name="ann"))
+        db.commit()
+    phone = app.new_browser()
+    phone.post_json("/login", {"name": "ann"})
+    assert app.post_json("/login", {"name": "ann"}).json == {"name": "ann"}
+    with app.count() as sql:
+        listing = app.get("/your-sessions").json
+    assert sql.kinds() == ["SELECT", "SELECT"]  # the session (user joined), the listing
+    assert sorted(s["current"] for s in listing) == [False, True]
+    app.post("/logout")
+    assert len(app.rows()) == 1
+
+
+def test_features_csrf(tmp_path, monkeypatch):
+    _, app = feature_app(tmp_path, monkeypatch, "csrf")
+    token = app.get("/form").json["csrf_token"]
+    assert app.post("/form", expect_errors=True).status_int == 400
+    assert app.post("/form", {"csrf_token": token}).json == {"posted": True}

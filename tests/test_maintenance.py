@@ -191,6 +191,12 @@ def test_add_indexes_feeds_create_all(ttl_installed, session_engine):
         model.metadata.drop_all(session_engine)
 
 
+def test_add_indexes_is_exported_under_the_name_the_docs_and_psessions_print():
+    import sessions_kernel
+
+    assert sessions_kernel.add_indexes is maintenance.add_indexes
+
+
 def test_an_index_the_model_declares_is_not_asked_again(ttl_installed):
     from ttl_plugin import TTLMixin
 

@@ -144,6 +144,7 @@ def user_sessions(
                 created=info.created,
                 last_active=info.last_active,
                 expires=info.expires,
+                details=info.details,
                 current=info.session_id == ctx.current_id,
             )
         )
