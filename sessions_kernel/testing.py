@@ -32,6 +32,7 @@ __all__ = [
     "Clock",
     "SessionTestApp",
     "StatementCounter",
+    "add_dbsession",
     "add_test_views",
     "make_app",
     "make_model",
@@ -206,6 +207,23 @@ def add_test_views(config: Configurator) -> None:
     config.add_exception_view(failed, context=RuntimeError, renderer="json")
 
 
+def add_dbsession(config: Configurator, engine: sa.Engine, name: str = "dbsession") -> None:
+    """Give requests ``request.<name>``: a SQLAlchemy session joined to the request's transaction.
+
+    What Pyramid's SQLAlchemy starter sets up (include ``pyramid_tm`` first):
+    one session per request, created on first use, registered with
+    zope.sqlalchemy so that pyramid_tm commits or aborts it with the request.
+    """
+    factory = sessionmaker(bind=engine)
+
+    def dbsession(request: Any) -> Any:
+        session = factory(info={"request": request})
+        zope.sqlalchemy.register(session, transaction_manager=request.tm)
+        return session
+
+    config.add_request_method(dbsession, name=name, reify=True)
+
+
 def make_wsgi_app(
     model: type,
     engine: sa.Engine,
@@ -231,14 +249,7 @@ def make_wsgi_app(
         config.include("pyramid_tm")
         if retry:
             config.include("pyramid_retry")
-        factory = sessionmaker(bind=engine)
-
-        def dbsession(request: Any) -> Any:
-            session = factory(info={"request": request})
-            zope.sqlalchemy.register(session, transaction_manager=request.tm)
-            return session
-
-        config.add_request_method(dbsession, reify=True)
+        add_dbsession(config, engine)
         from .factory import factory_args_from_settings, session_factory
 
         args = factory_args_from_settings(config.get_settings())

@@ -10,14 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 import webtest
-import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.interfaces import ISessionFactory
-from sqlalchemy.orm import sessionmaker
 
 from sessions_kernel import events
 from sessions_kernel.crypto import encode_payload
-from sessions_kernel.testing import add_test_views
+from sessions_kernel.testing import add_dbsession, add_test_views
 
 
 def table_name(suffix: str = "") -> str:
@@ -82,14 +80,7 @@ def make_included_app(
     ``config.include('sessions_kernel')`` (pyramid_tm, ``request.dbsession``)."""
     with Configurator(settings=dict(settings)) as config:
         config.include("pyramid_tm")
-        maker = sessionmaker(bind=engine)
-
-        def dbsession(request: Any) -> Any:
-            db = maker(info={"request": request})
-            zope.sqlalchemy.register(db, transaction_manager=request.tm)
-            return db
-
-        config.add_request_method(dbsession, reify=True)
+        add_dbsession(config, engine)
         config.include("sessions_kernel")
         add_test_views(config)
         if configure is not None:

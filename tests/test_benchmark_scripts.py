@@ -1,0 +1,60 @@
+"""Keeps benchmarks/bench_gc.py and bench_concurrency.py from rotting: small runs on SQLite.
+
+Asserts on what they count (rows deleted, updates lost), never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_gc_benchmark_deletes_the_expired_half(tmp_path):
+    out = run(
+        "bench_gc.py",
+        "--rows",
+        "1000",
+        "--batch-size",
+        "300",
+        "--url",
+        f"sqlite:///{tmp_path}/gc.sqlite",
+    )
+    assert "deleted          500 in 2 batches of 300" in out
+    assert "left             500" in out
+    assert "longest" in out and "peak memory" in out
+
+
+def test_concurrency_benchmark_loses_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path}/c.sqlite"
+    out = run(
+        "bench_concurrency.py",
+        "--url",
+        url,
+        "--isolation",
+        "",
+        "--keys",
+        "6",
+        "--increments",
+        "6",
+        "--threads",
+        "3",
+        "--json",
+    )
+    (result,) = json.loads(out)
+    assert result["statuses"] == {"200": 12}
+    assert (result["lost_increments"], result["lost_keys"]) == (0, 0)
