@@ -111,3 +111,23 @@ def test_indexes_of_the_timeout_plugins():
     # idle_expire is indexed by its own column declaration already
     assert ("idle_expire",) not in [tuple(c.name for c in i.columns) for i in added]
     assert maintenance.missing_indexes(model) == []
+
+
+def test_alembic_autogenerate_writes_the_table_and_the_plugins_indexes(tmp_path):
+    """What getting-started.rst and operations.rst promise of ``alembic --autogenerate``."""
+    import sqlalchemy as sa
+    from alembic.autogenerate import produce_migrations, render_python_code
+    from alembic.migration import MigrationContext
+
+    model = make_model(ConfigIdleMixin, ConfigAbsoluteMixin, tablename="session")
+    maintenance.add_indexes(model)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    with engine.connect() as conn:
+        script = produce_migrations(MigrationContext.configure(conn), model.metadata)
+    code = render_python_code(script.upgrade_ops)
+    assert "op.create_table('session'" in code
+    for column in ("id", "created", "updated", "data", "flash", "version", "idle_expire"):
+        assert f"sa.Column('{column}'" in code
+    assert "server_default='1'" in code
+    assert "op.create_index(op.f('ix_session_idle_expire')" in code
+    assert "'absolute_expire'" in code and "ix_session_absolute_expire" in code
