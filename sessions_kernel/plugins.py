@@ -144,10 +144,18 @@ def active_manager(model: type) -> pluggy.PluginManager:
     For tools that work from the model alone (indexes); a session factory
     builds its own in :meth:`FactoryConfig.build`.
     """
+    return _manager_of(_active(discover(), model))
+
+
+def _active(installed: Iterable[PluginInfo], model: type) -> list[PluginInfo]:
+    """The installed plugins that ``model`` activates (through one of their mixins)."""
+    return [info for info in installed if info.plugin is not None and info.activated_by(model)]
+
+
+def _manager_of(active: Iterable[PluginInfo]) -> pluggy.PluginManager:
     pm = _spec_manager()
-    for info in discover():
-        if info.plugin is not None and info.activated_by(model):
-            pm.register(info.plugin, name=info.name)
+    for info in active:
+        pm.register(info.plugin, name=info.name)
     return pm
 
 
@@ -195,7 +203,7 @@ class FactoryConfig:
                 known[setting.name] = setting
 
         model = _resolve_model(raw.get("model_class"), known["model_class"])
-        active = [info for info in installed if info.plugin and info.activated_by(model)]
+        active = _active(installed, model)
         active_names = {info.name for info in active}
         owner = {s.name: info for info in installed for s in info.settings}
 
@@ -239,9 +247,7 @@ class FactoryConfig:
                 f"ini file, for example:\n    session.secret_key = {generate_secret_key()}"
             )
 
-        pm = _spec_manager()
-        for info in active:
-            pm.register(info.plugin, name=info.name)
+        pm = _manager_of(active)
         columns = _column_names(model)
         runtime = tuple(s.name for s in settings_by_name.values() if s.runtime)
         config = cls(
