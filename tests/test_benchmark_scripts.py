@@ -58,3 +58,18 @@ def test_concurrency_benchmark_loses_nothing(tmp_path):
     (result,) = json.loads(out)
     assert result["statuses"] == {"200": 12}
     assert (result["lost_increments"], result["lost_keys"]) == (0, 0)
+
+
+def test_plugin_benchmark_measures_every_model(tmp_path):
+    out = run("bench_plugins.py", "--rounds", "1", "--iterations", "3")
+    lines = out.splitlines()
+    assert lines[0].startswith("sqlite: median µs per read")
+    labels = [line[:18].strip() for line in lines[1:]]
+    assert labels == [
+        "kernel",
+        "idle timeout",
+        "absolute timeout",
+        "renewal",
+        "cookie settings",
+        "all four",
+    ]
