@@ -28,26 +28,27 @@ MISSING: Any = _Missing()
 
 def merge_mappings(
     base: Mapping[str, Any], mine: Mapping[str, Any], theirs: Mapping[str, Any]
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, Any], list[str], list[str]]:
     """Apply the changes from ``base`` to ``mine`` onto ``theirs``.
 
     :param base: what this request read.
     :param mine: what this request wants to write.
     :param theirs: what the row holds now, written by another request.
 
-    Returns the merged mapping and the keys in conflict: keys this request
-    changed (set, replaced or deleted) that the other request changed too.
+    Returns the merged mapping, the keys this request changed (set, replaced
+    or deleted), and those of them in conflict: changed by the other request too.
     Both having written the same value is still a conflict: two requests that
     each read 0 and wrote 1 meant two increments. Keys only the other request
     changed keep its values. Values are compared with ``==``, so a nested list
     or dict that a request left equal counts as unchanged.
     """
     merged = dict(theirs)
-    conflicts = []
+    changed, conflicts = [], []
     for key in base.keys() | mine.keys():
         before, after = base.get(key, MISSING), mine.get(key, MISSING)
         if before == after:
             continue
+        changed.append(key)
         now = theirs.get(key, MISSING)
         if now != before:
             conflicts.append(key)
@@ -55,4 +56,4 @@ def merge_mappings(
             merged.pop(key, None)
         else:
             merged[key] = after
-    return merged, sorted(conflicts)
+    return merged, sorted(changed), sorted(conflicts)

@@ -15,7 +15,7 @@ from zope.sqlalchemy import mark_changed
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionConflictError, SessionError
-from .merge import MISSING, merge_mappings
+from .merge import merge_mappings
 from .model import BaseMixin
 from .settings import SessionSettings
 
@@ -338,7 +338,8 @@ class Session(MutableMapping[str, Any]):
             merged = self._merge(stored_id, changes)
             if merged is None:
                 self._dbsession.expunge(row)
-                self._delete_cookie = self._cookie_attributes()
+                # the browser's cookie was set with the stored settings, as in _drop_row
+                self._delete_cookie = self._cookie_attributes(as_loaded=True)
                 self._notify(events.SessionNotFound(self.request, stored_id))
                 return False
             values, version = merged
@@ -387,21 +388,17 @@ class Session(MutableMapping[str, Any]):
             theirs = fresh[factory.columns[key]]
             if key == "data":
                 base = ser.loads(self._orig_data) if self._orig_data is not None else {}
-                data, clash = merge_mappings(base, self._data, ser.loads(theirs))
+                data, changed, clash = merge_mappings(base, self._data, ser.loads(theirs))
                 values[key] = ser.dumps(data)
+                merged_keys += changed
                 conflicts += clash
-                merged_keys += sorted(
-                    k
-                    for k in base.keys() | self._data.keys()
-                    if base.get(k, MISSING) != self._data.get(k, MISSING)
-                )
             elif key == "flash":
                 base = ser.loads(self._orig_flash) if self._orig_flash is not None else {}
                 now = ser.loads(theirs) if theirs is not None else {}
-                flash, clash = merge_mappings(base, self._flash, now)
+                flash, changed, clash = merge_mappings(base, self._flash, now)
                 values[key] = ser.dumps(flash) if flash else None
-                conflicts += [f"flash:{q}" for q in clash]
-                merged_keys.append("flash")
+                merged_keys += [f"flash:{queue}" for queue in changed]
+                conflicts += [f"flash:{queue}" for queue in clash]
             elif key == "updated":
                 values[key] = max(new, theirs)
             elif theirs == old or key == factory.pk_key:

@@ -16,15 +16,18 @@ from sessions_kernel.testing import SessionTestApp, make_model
 
 
 class Recorder:
-    """Counts attempts (one NewRequest per pyramid_retry attempt) and session events."""
+    """Counts attempts (one NewRequest per pyramid_retry attempt) and keeps session events."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.merged: list[events.SessionMerged] = []
 
     def __call__(self, event: Any) -> None:
         with self.lock:
             self.counts[type(event).__name__] += 1
+            if isinstance(event, events.SessionMerged):
+                self.merged.append(event)
 
     def configure(self, config: Any) -> None:
         config.add_subscriber(self, NewRequest)
@@ -54,6 +57,10 @@ class Gate:
                 session[key] = session.get(key, 0) + 1
             for message in body.get("flash", []):
                 session.flash(message)
+            if body.get("settings"):
+                with session.settings as settings:
+                    for name, value in body["settings"].items():
+                        settings[name] = value
             return {"data": dict(session)}
 
         config.add_route("paused", "/paused")

@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from concurrency_support import browser_with, build, data, run_paused
 
+from sessions_kernel.testing import make_model
+
 LEVELS = [
     ("sqlite", None),
     ("postgresql", "READ COMMITTED"),
@@ -60,6 +62,7 @@ def test_different_keys_are_merged(app):
     # READ COMMITTED and MariaDB merge without running the view again; PostgreSQL's
     # REPEATABLE READ and SERIALIZABLE refuse the UPDATE, and pyramid_retry runs it again.
     assert counts["SessionMerged"] + (counts["NewRequest"] - 3) == 1
+    assert [event.keys for event in app.recorder.merged] in ([], [("slow",)])
 
 
 def test_same_key_is_retried_not_overwritten(app):
@@ -77,6 +80,11 @@ def test_flash_queues_merge(app):
         {"flash": ["from slow"]},
         lambda: app.post_json("/flash", {"msg": "from fast", "queue": "other"}),
     )
+    merged = [event.keys for event in app.recorder.merged]
+    retried = app.recorder.counts["NewRequest"] > 3
+    # merged (a flash queue is named flash:<queue>, the default queue is ""), or, on
+    # PostgreSQL's REPEATABLE READ and SERIALIZABLE, retried
+    assert merged == [("flash:",)] or (retried and merged == [])
     assert app.get("/pop_flash").json == {"messages": ["from slow"]}
     assert app.get("/pop_flash?queue=other").json == {"messages": ["from fast"]}
 
@@ -117,6 +125,27 @@ def test_a_logout_is_not_undone_by_a_slower_write(app):
         # PostgreSQL REPEATABLE READ / SERIALIZABLE refuse the UPDATE; pyramid_retry runs
         # the request again, as if it had come after the logout: a new, anonymous session
         assert [json.loads(row.data) for row in rows] == [{"late": 1}]
+
+
+def test_a_session_deleted_meanwhile_loses_the_cookie_it_was_set_with(engine):
+    """The slower request moved the cookie to another path; the browser's is still at /."""
+    from sessions_cookie_settings import ConfigCookieMixin
+
+    app = build(engine, model=make_model(ConfigCookieMixin))
+    try:
+        app.post_json("/set", {"user": "ann"})
+        logout = browser_with(app, app.cookies["session"])
+        slow, _ = run_paused(
+            app,
+            {"set": {"late": 1}, "settings": {"cookie_path": "/app"}},
+            lambda: logout.post_json("/invalidate"),
+        )
+        assert app.rows() == [] or app.recorder.counts["NewRequest"] > 3
+        if app.recorder.counts["NewRequest"] == 3:  # the merge found the row gone
+            [header] = [v for k, v in slow.headerlist if k == "Set-Cookie"]
+            assert header.startswith("session=; Max-Age=0; Path=/;"), header
+    finally:
+        app.model.metadata.drop_all(engine)
 
 
 def test_a_slower_logout_wins_over_a_write(app):
