@@ -44,6 +44,9 @@ The ``session`` argument of the pipeline hooks is the request's
     whose row does not exist yet: a value set there makes the kernel insert
     the row with it. ``invalidate()`` drops such values, ``regenerate_id()``
     keeps them.
+``session.notify(event)``
+    send an event of the plugin's own through Pyramid's registry (nothing is
+    done when no subscriber listens).
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
 """

@@ -138,13 +138,13 @@ class Session(MutableMapping[str, Any]):
             try:
                 token, extras = decode_payload(factory.serializer.loads(value))
             except Exception as exc:
-                self._notify(events.CookieRejected(request, str(exc)))
+                self.notify(events.CookieRejected(request, str(exc)))
                 self._delete_cookie = factory.default_cookie_attributes
             else:
                 sid = session_id_for(token)
                 row = self._dbsession.get(factory.model, sid)
                 if row is None:
-                    self._notify(events.SessionNotFound(request, sid))
+                    self.notify(events.SessionNotFound(request, sid))
                     self._delete_cookie = factory.default_cookie_attributes
 
         hook = factory.stages
@@ -158,7 +158,7 @@ class Session(MutableMapping[str, Any]):
             reason = hook.session_validate(session=self)
             if reason:
                 self._drop_row()
-                self._notify(events.SessionRejected(request, row.id, reason))
+                self.notify(events.SessionRejected(request, row.id, reason))
                 self._start_new()
             else:
                 try:
@@ -225,7 +225,11 @@ class Session(MutableMapping[str, Any]):
         self._execute(sa.delete(factory.table).where(factory.pk_column == stored_id))
         self._orig_data = self._orig_flash = None
 
-    def _notify(self, event: events.SessionEvent) -> None:
+    def notify(self, event: Any) -> None:
+        """Send ``event`` through the request's registry, skipped when nobody subscribed.
+
+        For the kernel's events and plugins' own (``RenewalViolation``, say).
+        """
         registry = self.request.registry
         if getattr(registry, "has_listeners", True):
             registry.notify(event)
@@ -278,7 +282,7 @@ class Session(MutableMapping[str, Any]):
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
                 self._dbsession.add(row)
-                self._notify(events.SessionCreated(self.request, row.id))
+                self.notify(events.SessionCreated(self.request, row.id))
                 write = True
         else:
             # ``updated`` records the last change of what the kernel owns (data, flash,
@@ -340,7 +344,7 @@ class Session(MutableMapping[str, Any]):
                 self._dbsession.expunge(row)
                 # the browser's cookie was set with the stored settings, as in _drop_row
                 self._delete_cookie = self._cookie_attributes(as_loaded=True)
-                self._notify(events.SessionNotFound(self.request, stored_id))
+                self.notify(events.SessionNotFound(self.request, stored_id))
                 return False
             values, version = merged
         for key, value in values.items():
@@ -419,7 +423,7 @@ class Session(MutableMapping[str, Any]):
                 f"session {stored_id[:12]}… changed again while its changes were merged; "
                 "retry the request (pyramid_retry does it for you)"
             )
-        self._notify(events.SessionMerged(self.request, stored_id, tuple(merged_keys)))
+        self.notify(events.SessionMerged(self.request, stored_id, tuple(merged_keys)))
         return values, version
 
     @property
@@ -577,7 +581,7 @@ class Session(MutableMapping[str, Any]):
         if self.row is not None and not self.new:
             sid = self.row.id
             self._drop_row()
-            self._notify(events.SessionInvalidated(self.request, sid))
+            self.notify(events.SessionInvalidated(self.request, sid))
         self._start_new()
         self._force = self._regenerated = False
 
@@ -596,7 +600,7 @@ class Session(MutableMapping[str, Any]):
         self._regenerated = True
         if old is not None:
             self.row.id = session_id_for(self._token)
-            self._notify(events.SessionRegenerated(self.request, old, self.row.id))
+            self.notify(events.SessionRegenerated(self.request, old, self.row.id))
 
     @property
     def session_id(self) -> str:

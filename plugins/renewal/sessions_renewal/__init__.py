@@ -236,9 +236,7 @@ def session_validate(session: Session) -> str | None:
     kind = _classify(row, session.cookie_extras.get(COOKIE_KEY), session.now, try_every)
     if kind not in _VIOLATIONS:
         return None
-    registry = session.request.registry
-    if getattr(registry, "has_listeners", True):
-        registry.notify(RenewalViolation(session.request, row.id, kind))
+    session.notify(RenewalViolation(session.request, row.id, kind))
     return REASON
 
 

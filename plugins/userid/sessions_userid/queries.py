@@ -18,6 +18,7 @@ from pyramid.interfaces import ISessionFactory
 
 from sessions_kernel import SessionFactory, SessionInfo
 from sessions_kernel.events import SessionInvalidated
+from sessions_kernel.maintenance import expired_condition
 
 if TYPE_CHECKING:
     from pyramid.request import Request
@@ -94,17 +95,9 @@ def _check_model(factory: SessionFactory, function: str) -> None:
 
 def _expired(ctx: _Context) -> sa.ColumnElement[bool] | None:
     """Rows any active plugin considers expired (``None`` when no plugin expires rows)."""
-    conditions = [
-        condition
-        for answer in ctx.factory.hook.session_expired_conditions(
-            model=ctx.factory.model, settings=ctx.factory.config.values, now=ctx.now
-        )
-        for condition in answer or ()
-    ]
-    if not conditions:
-        return None
+    condition = expired_condition(ctx.factory, ctx.now)
     # a condition that is NULL for a row does not expire it (as in garbage collection)
-    return sa.func.coalesce(sa.or_(*conditions), sa.false())
+    return None if condition is None else sa.func.coalesce(condition, sa.false())
 
 
 def user_sessions(
@@ -191,11 +184,9 @@ def invalidate_user_sessions(
     deleted = len(ids)
     request = ctx.request
     if request is not None:
-        registry = request.registry
-        if getattr(registry, "has_listeners", True):
-            for session_id in ids:
-                registry.notify(SessionInvalidated(request, session_id))
         session = request.session
+        for session_id in ids:
+            session.notify(SessionInvalidated(request, session_id))
         if not except_current and session.userid == userid:
             # also a login made in this request; invalidate() notifies and deletes the cookie
             deleted += ctx.current_id is not None
