@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 import pytest
-from kernel_support import install_distribution
+from kernel_support import EventLog, install_distribution
 
 
 @pytest.fixture
@@ -22,3 +22,9 @@ def example_plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     importlib.invalidate_caches()
     plugin_example.CALLS.clear()
     return plugin_example
+
+
+@pytest.fixture
+def log() -> EventLog:
+    """Every session event a test application sends (``log.configure(config)``)."""
+    return EventLog()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kernel_support import EventLog, set_cookies
+from kernel_support import set_cookies
 from pyramid.interfaces import ISession
 from zope.interface.verify import verifyObject
 
@@ -62,11 +62,6 @@ def _views(config: Any) -> None:
     ]:
         config.add_route(name, f"/{name}")
         config.add_view(view, route_name=name, renderer="json")
-
-
-@pytest.fixture
-def log() -> EventLog:
-    return EventLog()
 
 
 @pytest.fixture

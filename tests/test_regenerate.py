@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kernel_support import EventLog, set_cookies
+import sqlalchemy as sa
+from kernel_support import set_cookies
 
 from sessions_kernel import events
 from sessions_kernel.testing import make_model
@@ -22,14 +23,20 @@ def _views(config: Any) -> None:
         request.session.invalidate()
         return {}
 
-    for name, view in [("login", login), ("regen_inval", regenerate_then_invalidate)]:
+    def regenerate_and_query(request: Any) -> Any:
+        request.session.regenerate_id()
+        model = request.session.model
+        # an ORM query autoflushes the row's new id before the kernel's persist stage
+        ids = request.dbsession.scalars(sa.select(model.id)).all()
+        return {"session_id": request.session.session_id, "ids": ids}
+
+    for name, view in [
+        ("login", login),
+        ("regen_inval", regenerate_then_invalidate),
+        ("regenerate_and_query", regenerate_and_query),
+    ]:
         config.add_route(name, f"/{name}")
         config.add_view(view, route_name=name, renderer="json")
-
-
-@pytest.fixture
-def log() -> EventLog:
-    return EventLog()
 
 
 @pytest.fixture
@@ -103,3 +110,18 @@ def test_regenerate_then_invalidate_leaves_no_row(app):
     response = app.get("/regen_inval")
     assert app.rows() == []
     assert set_cookies(response)[0].startswith("session=; Max-Age=0")
+
+
+def test_regenerate_id_sends_the_cookie_even_when_the_row_was_flushed_early(app):
+    app.post_json("/set", {"a": 1})
+    old_cookie = app.cookies["session"]
+    old_id = app.row().id
+    response = app.get("/regenerate_and_query")
+    assert "Set-Cookie" in response.headers
+    new_id = response.json["session_id"]
+    assert new_id != old_id and response.json["ids"] == [new_id]
+    assert app.row().id == new_id
+    assert app.get("/read").json["data"] == {"a": 1}
+    stale = app.new_browser()
+    stale.set_cookie("session", old_cookie)
+    assert stale.get("/read").json["new"] is True
