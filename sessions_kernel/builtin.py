@@ -5,12 +5,13 @@ from __future__ import annotations
 import string
 import time
 from collections.abc import Mapping
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pluggy
 
 from . import serializers
-from .crypto import parse_secret_keys
+from .crypto import UNBOUND_EXTRA, parse_secret_keys
 from .hookspecs import PROJECT
 from .model import BaseMixin
 from .settings import Setting, boolean, choice, dotted, integer, optional, text
@@ -23,6 +24,30 @@ NAME = "sessions_kernel"
 def _secret_keys(value: Any) -> list[bytes]:
     """one or more 256-bit keys in URL-safe base64, separated by white space"""
     return parse_secret_keys(value)
+
+
+#: How far ahead ``accept_unbound_cookies_until`` may be: the window ends.
+MAX_UNBOUND_WINDOW = 366 * 24 * 3600
+
+
+def _moment(value: Any) -> int:
+    """a date (midnight UTC) or date-time in ISO 8601 (UTC unless it says otherwise)"""
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            value = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"expected a date such as 2026-03-31 or a date-time such as "
+                f"2026-03-31T12:00:00+00:00, got {value!r}"
+            ) from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a date or a date-time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp())
 
 
 def _data_serializer(value: Any) -> Any:
@@ -124,6 +149,14 @@ SETTINGS = (
         secret=True,
     ),
     Setting(
+        "accept_unbound_cookies_until",
+        None,
+        optional(_moment),
+        "until when cookies of sessions-kernel 0.1, not bound to the cookie name, are still "
+        "read (and sent again, bound); at most a year ahead",
+        runtime=False,
+    ),
+    Setting(
         "model_class",
         None,
         optional(dotted),
@@ -189,8 +222,29 @@ def session_settings() -> tuple[Setting, ...]:
 
 
 @hookimpl
+def session_renew(session: Any) -> None:
+    # A cookie of the unbound format read during accept_unbound_cookies_until carries
+    # this extra (see crypto.AESGCMCookieSerializer.loads); removing it changes the
+    # cookie's extras, so the kernel sends the cookie again, in the bound format.
+    session.cookie_extras.pop(UNBOUND_EXTRA, None)
+
+
+@hookimpl
 def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
     problems = []
+    until = settings.get("accept_unbound_cookies_until")
+    if until is not None:
+        if settings.get("serializer") is not None:
+            problems.append(
+                "accept_unbound_cookies_until applies to the built-in cookie serializer only; "
+                "remove it, or remove serializer"
+            )
+        elif until > settings.get("clock", time.time)() + MAX_UNBOUND_WINDOW:
+            problems.append(
+                "accept_unbound_cookies_until is more than a year ahead; the window is for "
+                "the cookies issued before the upgrade to be sent again, bound: your longest "
+                "session lifetime is enough (every visit in the window renews a cookie)"
+            )
     name = settings.get("cookie_name") or ""
     secure = settings.get("cookie_secure")
     if name.startswith("__Host-"):

@@ -146,13 +146,18 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
         if r.hooks:
             print(f"    hooks: {', '.join(r.hooks)}", file=out)
         for s in r.settings:
-            value = f" = {s.value!r}" if r.active and s.name not in _SECRET else ""
+            value = f" = {s.value!r}" if r.active and not _hidden(s) else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
     return EXIT_OK
 
 
+# the kernel's cookie serializer holds the keys; a plugin's secret says so itself
 _SECRET = frozenset({"secret_key", "serializer"})
+
+
+def _hidden(s: maintenance.SettingReport) -> bool:
+    return s.secret or s.name in _SECRET
 
 
 def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
             {
                 "name": s.name,
                 "default": s.default,
-                "value": None if s.name in _SECRET else s.value,
+                "value": None if _hidden(s) else s.value,
                 "runtime": s.runtime,
                 "configurable": s.configurable,
                 "doc": s.doc,

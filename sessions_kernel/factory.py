@@ -128,7 +128,12 @@ class SessionFactory:
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
-        self.serializer = values["serializer"] or AESGCMCookieSerializer(values["secret_key"])
+        self.serializer = values["serializer"] or AESGCMCookieSerializer(
+            values["secret_key"],
+            cookie_name=self.cookie_name,
+            accept_unbound_until=values["accept_unbound_cookies_until"],
+            clock=self.clock,
+        )
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
             "path": values["cookie_path"],

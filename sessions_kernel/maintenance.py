@@ -153,8 +153,11 @@ class SettingReport:
     runtime: bool
     #: whether the model lets it be changed per session
     configurable: bool = False
-    #: the value in force (``None`` too when the plugin is not active)
+    #: the value in force (``None`` too when the plugin is not active, and always for a
+    #: secret setting)
     value: Any = None
+    #: a secret (a key, a password): its value is never reported
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,8 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
                 doc=s.doc,
                 runtime=s.runtime,
                 configurable=s.name in configurable,
-                value=values.get(s.name),
+                value=None if s.secret else values.get(s.name),
+                secret=s.secret,
             )
             for s in info.settings
         ),

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,11 +241,12 @@ class FactoryConfig:
         values["model_class"] = model
 
         if values.get("secret_key") is None and values.get("serializer") is None:
-            from .crypto import generate_secret_key
-
+            # no key in the message: a start-up error goes to logs, and a key copied
+            # from a log is no secret
             raise ConfigurationError(
-                "session.secret_key is required (or a serializer of your own). Add to your "
-                f"ini file, for example:\n    session.secret_key = {generate_secret_key()}"
+                "session.secret_key is required (or a serializer of your own). Make a key "
+                "with\n    python -m sessions_kernel\nand add it to your ini file:\n"
+                "    session.secret_key = <the key it printed>"
             )
 
         pm = _manager_of(active)
@@ -332,11 +334,27 @@ def _resolve_model(value: Any, setting: Setting) -> type:
     return model
 
 
+_SECRET_WORDS = ("key", "secret", "pass", "token", "salt", "credential", "private")
+# what keys, tokens and hashes look like: a long run of base64 or hex characters
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{20,}")
+
+
+def _may_be_secret(name: str, value: Any) -> bool:
+    """Whether an unknown setting may hold a secret: by its name, or by its value."""
+    if any(word in name.lower() for word in _SECRET_WORDS):
+        return True
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return isinstance(value, str) and _KEY_LIKE.search(value) is not None
+
+
 def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean session.{close[0]}?" if close else ""
-    # a misspelt secret (session.secret_kye = ...) must not reach the logs either
-    shown = known[close[0]].shown(value) if close else repr(value)
+    # a misspelt secret (session.secret_kye = ...) must not reach the logs either, nor
+    # a key under a name of its own (session.aes = <a key>)
+    secret = (close and known[close[0]].secret) or _may_be_secret(name, value)
+    shown = "<hidden>" if secret else repr(value)
     return (
         f"session.{name} = {shown}: no installed session plugin has a setting {name!r}."
         f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "

@@ -25,6 +25,7 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from .crypto import KitKey
 from .model import BaseMixin
 
 __all__ = [
@@ -38,8 +39,10 @@ __all__ = [
     "make_model",
 ]
 
-#: A fixed key for tests only.
-TEST_SECRET_KEY = "c2Vzc2lvbnMta2VybmVsLXRlc3Qta2V5LTMyYnl0ZXM="
+#: A fixed key for tests only. It is published, so the kernel refuses its text
+#: (copied into an ini file, say); it accepts this object, wherever a test passes
+#: it (``secret_key=TEST_SECRET_KEY``, an application's settings).
+TEST_SECRET_KEY = KitKey("c2Vzc2lvbnMta2VybmVsLXRlc3Qta2V5LTMyYnl0ZXM=")
 
 
 class Clock:

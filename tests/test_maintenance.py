@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 from pyramid.interfaces import ISessionFactory
 
-from sessions_kernel import maintenance
-from sessions_kernel.testing import TEST_SECRET_KEY, make_model
+from sessions_kernel import generate_secret_key, maintenance
+from sessions_kernel.testing import make_model
 
 HERE = Path(__file__).resolve().parent
+# an ini file holds text: the kit's TEST_SECRET_KEY is accepted only as its object
+INI_KEY = generate_secret_key()
 
 
 def install_distribution(root: Path, name: str, entry_points: dict[str, str]) -> Path:
@@ -254,7 +256,7 @@ def ini_app(tmp_path, ttl_installed):
         lines = {
             "use": "call:opsapp:main",
             "sqlalchemy.url": f"sqlite:///{db}",
-            "session.secret_key": TEST_SECRET_KEY,
+            "session.secret_key": INI_KEY,
             "session.model_class": "opsapp.Session",
             "session.ttl": "60",
             **settings,
@@ -340,7 +342,7 @@ def test_psessions_plugins_subprocess(ini_app):
     assert "ttl (sessions-ttl-test 1.0): active through ConfigTTLMixin, runtime-configurable" in (
         text.stdout
     )
-    assert "secret_key" in text.stdout and TEST_SECRET_KEY not in text.stdout
+    assert "secret_key" in text.stdout and INI_KEY not in text.stdout
     listed = json.loads(ini_app("plugins", "--json").stdout)
     ttl = next(p for p in listed if p["name"] == "ttl")
     assert ttl["active"] and ttl["settings"][0]["value"] == 60
