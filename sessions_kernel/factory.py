@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
 from .plugins import FactoryConfig
+from .serializers import PickleSerializer
 from .session import Session
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+
+logger = logging.getLogger("sessions_kernel")
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,14 @@ class SessionFactory:
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
+        if isinstance(self.data_serializer, PickleSerializer):
+            logger.warning(
+                "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
+                "injection anywhere in the application, another application's database "
+                "user, a restored backup) can run code in this application when a session "
+                "is read; keep json unless you trust every writer",
+                config.model.__table__.name,
+            )
         self.serializer = values["serializer"] or AESGCMCookieSerializer(
             values["secret_key"],
             cookie_name=self.cookie_name,
