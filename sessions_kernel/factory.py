@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
+from .merge import MergeRule
+from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
 from .session import Session
 
@@ -153,6 +155,12 @@ class SessionFactory:
         self.pk_key = mapper.get_property_by_column(self.pk_column).key
         self.version_key = mapper.get_property_by_column(self.version_column).key
         self.column_keys = tuple(k for k in self.columns if k != self.version_key)
+        #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
+        self.merge_rules = _merge_rules(config, self.columns)
+        #: columns whose write may give way to a concurrent one (``merge.droppable``)
+        self.droppable_columns = frozenset(
+            name for name, (_, rule) in self.merge_rules.items() if getattr(rule, "droppable", 0)
+        )
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
@@ -209,6 +217,39 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     if not namespace:
         return Session
     return type(f"{config.model.__name__}Session", (Session,), namespace)
+
+
+def _merge_rules(
+    config: FactoryConfig, columns: Mapping[str, Any]
+) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+    rules: dict[str, tuple[tuple[str, ...], MergeRule]] = {}
+    owners: dict[str, str] = {}
+    for impl in config.pm.hook.session_merge_rules.get_hookimpls():
+        arguments = {"model": config.model}
+        answer = impl.function(*[arguments[name] for name in impl.argnames]) or {}
+        for key, rule in answer.items():
+            group = (key,) if isinstance(key, str) else tuple(key)
+            where = f"session plugin {impl.plugin_name!r} declares a merge rule for {key!r}"
+            if not group or not callable(rule):
+                raise ConfigurationError(
+                    f"{where}: expected a column name (or a tuple of them) mapped to a "
+                    f"callable rule(base, mine, theirs), got {rule!r}"
+                )
+            for name in group:
+                if name not in columns or name in KERNEL_COLUMNS:
+                    raise ConfigurationError(
+                        f"{where}, but {name!r} is not a plugin column of "
+                        f"{config.model.__name__} (its plugin columns: "
+                        f"{', '.join(sorted(set(columns) - KERNEL_COLUMNS)) or 'none'})"
+                    )
+                if name in owners:
+                    raise ConfigurationError(
+                        f"{where}, but {owners[name]!r} already declared one for {name!r}; "
+                        "a column merges by one rule"
+                    )
+                owners[name] = impl.plugin_name
+                rules[name] = (group, rule)
+    return rules
 
 
 def session_factory(plugins: Iterable[object] = (), **settings: Any) -> SessionFactory:
