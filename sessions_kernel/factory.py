@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
 
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+log = logging.getLogger("sessions_kernel")
 
 
 @dataclass(frozen=True)
@@ -283,3 +286,17 @@ def includeme(config: Configurator) -> None:
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
     config.set_session_factory(factory)
     config.registry["sessions_kernel.factory"] = factory
+    registry = config.registry
+
+    def check_retry() -> None:
+        policy = registry.queryUtility(IExecutionPolicy)
+        if not getattr(policy, "__module__", "").startswith("pyramid_retry"):
+            log.warning(
+                "pyramid_retry is not included: a request that changes the same session key "
+                "as a concurrent request of that session fails with SessionConflictError "
+                "instead of running again. Add config.include('pyramid_retry') to your main() "
+                "(retry.attempts defaults to 3, which is enough)."
+            )
+
+    # after pyramid_retry's own action has set its execution policy (default order)
+    config.action(None, check_retry, order=PHASE3_CONFIG + 1)
