@@ -34,8 +34,6 @@ __all__ = [
 SETTINGS_PREFIX = "session."
 log = logging.getLogger("sessions_kernel")
 
-logger = logging.getLogger("sessions_kernel")
-
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -137,7 +135,7 @@ class SessionFactory:
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
         if isinstance(self.data_serializer, PickleSerializer):
-            logger.warning(
+            log.warning(
                 "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
                 "injection anywhere in the application, another application's database "
                 "user, a restored backup) can run code in this application when a session "
