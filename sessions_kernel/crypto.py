@@ -62,8 +62,9 @@ UNBOUND_EXTRA = "sessions_kernel.unbound"
 MAX_COOKIE_LENGTH = 2048
 
 _URLSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# the first line says it all (a message may be cut there); the next explains rotation
 _MAKE_ONE = (
-    "Make a new one with\n    python -m sessions_kernel\n"
+    "Make a new one with: python -m sessions_kernel\n"
     "(to rotate keys, list the new key first and keep the old ones after it, "
     "separated by white space)"
 )
