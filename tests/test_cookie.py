@@ -108,7 +108,11 @@ def test_python_m_sessions_kernel_prints_a_key():
     assert [len(k) for k in parse_secret_keys(out.strip())] == [32]
 
 
-@pytest.mark.parametrize("bad", ["short", "x" * 44, KEY_B[:-2], f"{KEY_B} oops", "  "])
+@pytest.mark.parametrize(
+    "bad",
+    ["short", "x" * 44, KEY_B[:-2], f"{KEY_B} oops", "  "],
+    ids=["short", "x44", "truncated", "a bad second key", "blank"],
+)
 def test_bad_key_at_start_up_says_how_to_make_one(bad):
     with pytest.raises(ConfigurationError) as info:
         session_factory(model_class=make_model(), secret_key=bad)
