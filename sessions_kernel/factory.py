@@ -133,6 +133,7 @@ class SessionFactory:
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
+        self.max_data_size = values["max_data_size"]
         self.serializer = values["serializer"] or AESGCMCookieSerializer(values["secret_key"])
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
