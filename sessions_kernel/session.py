@@ -323,16 +323,17 @@ class Session(MutableMapping[str, Any]):
         The row is deleted by its key. If that finds nothing, another request
         regenerated the id (or deleted the row) since this one read it: the
         session's lineage, which every id of the session starts with, finds
-        it by a range of the primary key. Either way the DELETE is held (see
-        :meth:`execute_logout`).
+        it by a range of the primary key. The lineage's DELETE is what holds
+        (see :meth:`execute_logout`), since by the time it is replayed the id
+        may have moved again.
         """
         factory = self._factory
-        by_key = sa.delete(factory.table).where(factory.pk_column == stored_id)
-        if self.execute_logout(by_key).rowcount:
-            return
         pk = factory.pk_column
         in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
-        self.execute_logout(sa.delete(factory.table).where(in_lineage))
+        by_lineage = sa.delete(factory.table).where(in_lineage)
+        self._held.append(by_lineage)
+        if not self._execute(sa.delete(factory.table).where(pk == stored_id)).rowcount:
+            self._execute(by_lineage)
 
     def execute_logout(self, statement: Any) -> Any:
         """Run a statement that logs sessions out, and make it hold; return its result.
@@ -685,14 +686,15 @@ class Session(MutableMapping[str, Any]):
             return
         self._cookies = list(self._held_cookies)
         self._committed = True  # what the response says is now what the database holds
+        # A retried attempt (pyramid_retry reuses the environ) must present the new id;
+        # a deleted session's cookie it presents finds no row, and is deleted then.
         environ = self.request.environ
         name = factory.cookie_name
         for action, value, _ in self._cookies:
-            header = environ.get("HTTP_COOKIE", "")
-            others = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
             if action == "set":
-                others.append(f" {name}={value}")
-            environ["HTTP_COOKIE"] = ";".join(others).strip()
+                header = environ.get("HTTP_COOKIE", "")
+                kept = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
+                environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
         vary = response.vary or ()

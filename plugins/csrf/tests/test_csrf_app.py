@@ -295,9 +295,7 @@ def test_the_cookies_token_moves_into_the_first_insert(app):
     assert app.cookies["session"] != planted
     # The stored session got a token of its own: a cookie-only session planted in a
     # victim's browser (from a sibling subdomain) does not fix the stored session's id.
-    assert app.new_browser().get("/read", headers={"Cookie": f"session={planted}"}).json[
-        "new"
-    ]
+    assert app.new_browser().get("/read", headers={"Cookie": f"session={planted}"}).json["new"]
 
 
 def test_first_token_of_a_stored_session_updates_that_column_only(app):

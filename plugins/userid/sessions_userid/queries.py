@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["UserSession", "invalidate_user_sessions", "user_sessions"]
 
+
 @dataclass(frozen=True)
 class UserSession(SessionInfo):
     """One live session of a user, as :func:`user_sessions` lists it."""
