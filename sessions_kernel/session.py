@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -28,7 +30,30 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
 
-__all__ = ["Session"]
+__all__ = ["Peek", "Session"]
+
+
+@dataclass(frozen=True)
+class Peek:
+    """What :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>` found."""
+
+    #: the stored row, only when every active plugin accepted it
+    row: Any = None
+    #: a read-only copy of the session's data; empty unless the session is valid
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: what listings show of the row (``SessionFactory.describe``), when valid
+    info: Any = None
+    #: why there is no valid session: ``"no session cookie"``, ``"no stored session"``,
+    #: ``"nothing stored yet"``, or the reason a plugin rejected it (``"idle timeout"``)
+    reason: str | None = None
+    #: whether a stored session was found but a plugin rejected it (``reason`` says why);
+    #: the next real use of the session deletes it
+    rejected: bool = False
+
+    @property
+    def valid(self) -> bool:
+        """Whether the request's cookie names a stored session the plugins accept."""
+        return self.row is not None
 
 
 # Attributes that exist only once the session was loaded; reading one loads it.
@@ -157,6 +182,16 @@ class Session(MutableMapping[str, Any]):
         if name not in vars(request) and not hasattr(type(request), name):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
+        self._reset_state()
+        self._use(*self._find_row())
+
+        txn = request.tm.get()
+        txn.addBeforeCommitHook(self._persist)
+        txn.addAfterCommitHook(self._after_commit)
+        txn.addAfterAbortHook(self._after_abort)
+        request.add_response_callback(self._respond)
+
+    def _reset_state(self) -> None:
         self._loaded = True
         self._force = False
         self._regenerated = False
@@ -171,7 +206,18 @@ class Session(MutableMapping[str, Any]):
 
         self._held: list[Any] = []  # logouts that must hold (see execute_logout)
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
-        row, token, extras, unstored = self._find_row()
+        self._peeking = False
+
+    def _use(
+        self,
+        row: Any,
+        token: bytes | None,
+        extras: dict[str, bytes],
+        unstored: dict[str, bytes] | None,
+    ) -> None:
+        """Run the load and validate stages over what the cookie found."""
+        factory = self._factory
+        request = self.request
 
         hook = factory.stages
         if row is None:
@@ -199,11 +245,29 @@ class Session(MutableMapping[str, Any]):
                     self._load_error = exc
                     raise
 
-        txn = request.tm.get()
-        txn.addBeforeCommitHook(self._persist)
-        txn.addAfterCommitHook(self._after_commit)
-        txn.addAfterAbortHook(self._after_abort)
-        request.add_response_callback(self._respond)
+    def _peek(self) -> Peek:
+        """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
+        factory = self._factory
+        self.now = int(factory.clock())
+        self._reset_state()
+        self._peeking = True  # no events: a peek is not the visitor's activity
+        header = self.request.environ.get("HTTP_COOKIE") or ""
+        if not _cookie_values(header, factory.cookie_name):
+            return Peek(reason="no session cookie")
+        row, token, extras, unstored = self._find_row()
+        if row is None:
+            why = "nothing stored yet" if unstored is not None else "no stored session"
+            return Peek(reason=why)
+        self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
+        self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+        self._created = None
+        factory.stages.session_load(session=self)
+        reason = factory.stages.session_validate(session=self)
+        if reason:
+            return Peek(reason=reason, rejected=True)
+        self._read_row(row)
+        data = factory.data_serializer.loads(row.data)  # a copy of its own
+        return Peek(row=row, data=MappingProxyType(data), info=factory.describe(row))
 
     def _find_row(self) -> tuple[Any, bytes | None, dict[str, bytes], dict[str, bytes] | None]:
         """The stored session the request's cookie names: (row, token, extras, unstored).
@@ -357,7 +421,7 @@ class Session(MutableMapping[str, Any]):
         For the kernel's events and plugins' own (``RenewalViolation``, say).
         """
         registry = self.request.registry
-        if getattr(registry, "has_listeners", True):
+        if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
             registry.notify(event)
 
     # -- the extend, renew and persist stages (before commit) ----------------------
