@@ -89,10 +89,16 @@ def test_the_cookie_names_its_format_and_its_name_is_authenticated():
 # -- the unbound cookies of sessions-kernel 0.1 -------------------------------------------
 
 
+def with_cookie(value: str) -> dict[str, str]:
+    """The request header of a browser holding the cookie as the application set it
+    (WebTest's set_cookie would store it under another domain, beside the new one)."""
+    return {"Cookie": f"session={value}"}
+
+
 @pytest.fixture
 def upgraded(session_app, log):
-    """An application upgraded from 0.1 with a week's window, and a browser holding an
-    unbound cookie of a session storing {"a": 1}."""
+    """An application upgraded from 0.1 with a week's window, a session storing {"a": 1},
+    its cookie as 0.1 made it and a browser with an empty cookie jar."""
     key = generate_secret_key()
     clock = Clock()
     app = session_app(
@@ -103,16 +109,13 @@ def upgraded(session_app, log):
     )
     app.post_json("/set", {"a": 1})
     token, extras = token_of(app, app.cookies["session"])
-    old = unbound_cookie(key, token, extras)
-    browser = app.new_browser()
-    browser.set_cookie("session", old)
-    return app, browser, token, old
+    return app, app.new_browser(), token, unbound_cookie(key, token, extras)
 
 
 def test_an_unbound_cookie_is_read_in_the_window_and_sent_again_bound(upgraded, log):
-    app, browser, token, _ = upgraded
+    app, browser, token, old = upgraded
     with app.count() as sql:
-        response = browser.get("/read")
+        response = browser.get("/read", headers=with_cookie(old))
     assert response.json["data"] == {"a": 1} and response.json["new"] is False
     assert sql.kinds() == ["SELECT"]  # the cookie is sent again; the row is not written
     [cookie] = set_cookies(response)
@@ -125,8 +128,8 @@ def test_an_unbound_cookie_is_read_in_the_window_and_sent_again_bound(upgraded, 
 
 
 def test_an_unbound_cookie_is_answered_bound_on_its_next_write(upgraded):
-    app, browser, token, _ = upgraded
-    assert browser.get("/incr/a").json["data"] == {"a": 2}
+    app, browser, token, old = upgraded
+    assert browser.get("/incr/a", headers=with_cookie(old)).json["data"] == {"a": 2}
     bound = browser.cookies["session"]
     assert raw(bound)[0] == 2 and token_of(app, bound) == (token, {})
     assert app.row().data is not None and browser.get("/read").json["data"] == {"a": 2}
@@ -135,12 +138,11 @@ def test_an_unbound_cookie_is_answered_bound_on_its_next_write(upgraded):
 def test_an_unbound_cookie_is_refused_after_the_window(upgraded, log):
     app, browser, _, old = upgraded
     reissued = app.new_browser()
-    reissued.set_cookie("session", old)
-    assert set_cookies(reissued.get("/read"))  # in the window: sent again bound
+    assert set_cookies(reissued.get("/read", headers=with_cookie(old)))  # sent again bound
 
     app.clock.advance(7 * DAY)
     with app.count() as sql:
-        response = browser.get("/read")
+        response = browser.get("/read", headers=with_cookie(old))
     assert response.json["new"] is True and response.json["data"] == {}
     assert sql.count == 0
     assert set_cookies(response)[0].startswith("session=; Max-Age=0")
@@ -156,9 +158,9 @@ def test_an_unbound_cookie_is_refused_without_a_window(session_app, log):
     app = session_app(make_model(), {"secret_key": key}, configure=log.configure)
     app.post_json("/set", {"a": 1})
     token, extras = token_of(app, app.cookies["session"])
-    app.set_cookie("session", unbound_cookie(key, token, extras))
+    old = unbound_cookie(key, token, extras)
     with app.count() as sql:
-        assert app.get("/read").json["new"] is True
+        assert app.new_browser().get("/read", headers=with_cookie(old)).json["new"] is True
     assert sql.count == 0
     assert "unbound format" in log.of(events.CookieRejected)[0].reason
 
