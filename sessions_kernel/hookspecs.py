@@ -10,8 +10,9 @@ specification names; pluggy passes only those it asks for.
 
 Hooks come in three groups:
 
-* configuration (called once per factory, at start-up): :func:`session_mixins`,
-  :func:`session_settings`, :func:`session_check_settings`,
+* configuration (called once per plugin manager or factory, at start-up):
+  :func:`session_addhooks`, :func:`session_mixins`, :func:`session_settings`,
+  :func:`session_check_settings`,
   :func:`session_attributes`, :func:`session_merge_rules`;
 * the request pipeline, in this order: :func:`session_load`,
   :func:`session_validate`, then before commit :func:`session_extend`,
@@ -71,6 +72,26 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 # -- configuration ------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def session_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add hook specifications of this plugin's own, for other plugins to implement.
+
+    :param pluginmanager: the :class:`pluggy.PluginManager` the plugin is being
+        registered with. Call ``pluginmanager.add_hookspecs(module)`` with a
+        module of functions marked ``@sessions_kernel.hookspec``.
+
+    Called as the plugin is registered, on every plugin manager the kernel
+    builds (one at discovery, one per session factory), before any other
+    hook; the specifications of the plugins registered so far are in place
+    by the time the kernel checks that every implementation has one, so a
+    misspelt hook name still fails at start-up. Call the new hooks through
+    the factory's manager (``SessionFactory.hook``). A plugin that implements
+    a hook of another plugin marks it ``@hookimpl(optionalhook=True)``, so
+    that it works without that plugin installed or active. Modelled on
+    pytest's ``pytest_addhooks``. The return value is ignored.
+    """
 
 
 @hookspec

@@ -13,7 +13,9 @@ and ``get_csrf_token()`` in templates then use the token stored here.
 A token is created only when something asks for it. Asked for on a session
 that has no row yet, it makes the kernel insert the row, since the token must
 be there to be checked on the next request. ``regenerate_id()`` keeps the
-token; ``invalidate()`` drops it with the row.
+token; ``invalidate()`` drops it with the row. A login (``remember()``) or any
+change of ``request.session.userid`` replaces it (the ``session_user_changed``
+hook of sessions-userid): a token handed out before the login is refused after it.
 """
 
 from __future__ import annotations
@@ -209,6 +211,17 @@ def includeme(config: Configurator) -> None:
 @hookimpl
 def session_mixins() -> Sequence[type]:
     return [CSRFMixin]
+
+
+@hookimpl(optionalhook=True)
+def session_user_changed(session: Session) -> None:
+    """A login or a change of user (sessions-userid): issue a new token.
+
+    A token the visitor (or someone who watched them) held before the change
+    of privilege passes no check after it. Optional: this plugin works
+    without sessions-userid.
+    """
+    _new_csrf_token(session)
 
 
 @hookimpl
