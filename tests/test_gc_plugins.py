@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pyramid.interfaces import ISessionFactory
 from sessions_absolute_timeout import ConfigAbsoluteMixin
-from sessions_idle_timeout import ConfigIdleMixin
+from sessions_idle_timeout import ConfigIdleMixin, IdleMixin
 from sessions_renewal import RenewalMixin
 
 from sessions_kernel import maintenance
-from sessions_kernel.testing import make_model
+from sessions_kernel.testing import SessionTestApp, make_model
 
 IDLE, ABSOLUTE = 100, 1000
 
@@ -101,6 +101,36 @@ def test_a_model_without_expiring_feature_has_nothing_to_collect(session_app):
     factory = app.wsgi.registry.queryUtility(ISessionFactory)
     result = maintenance.collect_garbage(factory, app.engine)
     assert (result.expiring, result.deleted, live(app)) == (False, 0, 1)
+
+
+# -- every kind of dead row -----------------------------------------------------------------
+
+
+def test_rows_written_before_the_idle_timeout_was_turned_on_are_collected(session_app):
+    """A row written while the idle timeout was off has no idle expiry (NULL): it expires
+    idle_timeout after its last write (``updated``), for gc and for a returning cookie."""
+    app = session_app(make_model(IdleMixin))  # idle_timeout off: rows get idle_expire NULL
+    t0 = int(app.clock())
+    new_session(app)
+    returning = new_session(app)
+    app.clock.time = t0 + 20
+    new_session(app)  # written later
+    assert [row.idle_expire for row in app.rows()] == [None] * 3
+
+    on = SessionTestApp(app.model, app.engine, settings={"idle_timeout": IDLE}, clock=app.clock)
+    factory = on.wsgi.registry.queryUtility(ISessionFactory)
+    assert {factory.describe(row).expires for row in app.rows()} == {t0 + IDLE, t0 + 20 + IDLE}
+    app.clock.time = t0 + IDLE - 1
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 0
+    app.clock.time = t0 + IDLE
+    # the cookie of one of them comes back: refused, not extended
+    on.browser.set_cookie("session", returning.cookies["session"])
+    assert on.get("/read").json["new"] is True
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 1
+    assert live(app) == 1
+    app.clock.time = t0 + 20 + IDLE
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 1
+    assert live(app) == 0
 
 
 def test_indexes_of_the_timeout_plugins():
