@@ -110,8 +110,8 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
         return EXIT_OK
     if not result.expiring:
         print(
-            f"nothing to do: no active plugin of {factory.model.__name__} expires sessions "
-            "(add a timeout mixin and set its timeout to have expired sessions collected)",
+            f"nothing to do: sessions of {factory.model.__name__} never expire "
+            "(session.max_age = none, and no active plugin expires sessions)",
             file=out,
         )
     elif result.dry_run:

@@ -40,8 +40,10 @@ __all__ = [
 def expired_condition(factory: SessionFactory, now: int | None = None) -> Any:
     """The SQL condition true for rows that some active plugin considers expired.
 
-    ``None`` when no active plugin expires sessions (a model without timeout
-    mixins, or with every timeout set to ``None``): then nothing is garbage.
+    The kernel's ``session.max_age`` counts as such a plugin while it is in
+    force (no active plugin expires every session, or it was set explicitly).
+    ``None`` when nothing expires sessions (``session.max_age = none`` and no
+    timeout in force): then nothing is garbage.
     """
     config = factory.config
     now = int(factory.clock()) if now is None else now
@@ -78,7 +80,8 @@ class GCResult:
     batches: int
     seconds: float
     dry_run: bool = False
-    #: ``False`` when no active plugin expires sessions: nothing was looked at
+    #: ``False`` when nothing expires sessions (``session.max_age = none`` and no
+    #: timeout plugin in force): nothing was looked at
     expiring: bool = True
 
 

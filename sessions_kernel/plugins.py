@@ -197,6 +197,8 @@ class FactoryConfig:
     runtime_names: tuple[str, ...] = ()
     configurable: frozenset[str] = frozenset()
     column_names: frozenset[str] = field(default_factory=frozenset)
+    #: which expiry is in force, in words (logged by ``includeme``)
+    expiry: str = ""
 
     @classmethod
     def build(cls, raw: Mapping[str, Any], extra_plugins: Iterable[object] = ()) -> FactoryConfig:
@@ -275,6 +277,10 @@ class FactoryConfig:
             raise ConfigurationError(
                 "session settings do not fit together:\n  " + "\n  ".join(problems)
             )
+        policies = [str(p) for p in reversed(pm.hook.session_expiry_policy(settings=values)) if p]
+        max_age, config.expiry = builtin.expiry(values["max_age"], "max_age" in raw, policies)
+        if max_age is not None:
+            pm.register(max_age, name=f"{builtin.NAME}.max_age")
         return config
 
     @property

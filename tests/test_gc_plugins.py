@@ -95,7 +95,8 @@ def test_dry_run_and_live_sessions_left_alone(app):
 
 
 def test_a_model_without_expiring_feature_has_nothing_to_collect(session_app):
-    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300})
+    # only when the application chose sessions that never expire (session.max_age = none)
+    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300, "max_age": "none"})
     new_session(app)
     app.clock.advance(10**6)
     factory = app.wsgi.registry.queryUtility(ISessionFactory)
@@ -104,6 +105,36 @@ def test_a_model_without_expiring_feature_has_nothing_to_collect(session_app):
 
 
 # -- every kind of dead row -----------------------------------------------------------------
+
+DAY = 24 * 3600
+
+
+def test_sessions_past_the_default_max_age_are_collected(session_app):
+    # no timeout plugin: the kernel's session.max_age (30 days after creation)
+    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300})
+    t0 = int(app.clock())
+    new_session(app)
+    app.clock.time = t0 + 10
+    new_session(app)
+    app.clock.time = t0 + 30 * DAY - 1
+    assert collect(app) == 0
+    app.clock.time = t0 + 30 * DAY
+    assert collect(app) == 1 and live(app) == 1
+    app.clock.time = t0 + 30 * DAY + 10
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_an_explicit_max_age_is_collected_beside_the_plugins(session_app):
+    model = make_model(ConfigIdleMixin, ConfigAbsoluteMixin)
+    app = session_app(model, {"idle_timeout": IDLE, "max_age": 5 * IDLE})
+    t0 = int(app.clock())
+    browser = new_session(app)
+    for t in range(t0 + 50, t0 + 5 * IDLE, 50):  # never idle
+        app.clock.time = t
+        browser.get("/incr/a")
+        assert collect(app) == 0
+    app.clock.time = t0 + 5 * IDLE
+    assert collect(app) == 1 and live(app) == 0
 
 
 def test_rows_written_before_the_idle_timeout_was_turned_on_are_collected(session_app):

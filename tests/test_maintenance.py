@@ -108,12 +108,24 @@ def test_gc_statements_stay_within_one_batch(ttl_app):
     assert all("LIMIT" in s.upper() for s in statements if s.startswith("SELECT"))
 
 
-def test_gc_without_expiring_feature_deletes_nothing(session_app):
-    app = session_app(make_model())
+def test_gc_when_sessions_never_expire_deletes_nothing(session_app):
+    app = session_app(make_model(), {"max_age": "none"})  # chosen by the application
     make_sessions(app, 2)
+    app.clock.advance(10 * 365 * 24 * 3600)
     result = maintenance.collect_garbage(factory_of(app), app.engine)
     assert (result.expiring, result.deleted) == (False, 0)
     assert len(app.rows()) == 2
+
+
+def test_gc_without_timeout_plugins_collects_by_max_age(session_app):
+    app = session_app(make_model(), {"max_age": "1000"})
+    make_sessions(app, 2)
+    app.clock.advance(999)
+    assert maintenance.collect_garbage(factory_of(app), app.engine).deleted == 0
+    app.clock.advance(1)
+    result = maintenance.collect_garbage(factory_of(app), app.engine)
+    assert (result.expiring, result.deleted) == (True, 2)
+    assert app.rows() == []
 
 
 def test_gc_with_timeout_off_deletes_nothing(ttl_installed, session_app):
@@ -319,6 +331,16 @@ def test_psessions_gc_subprocess(ini_app):
     assert done.stdout.startswith("deleted 7 expired sessions from session in 3 batches")
     again = ini_app("gc")
     assert again.stdout.startswith("deleted 0 expired sessions")
+
+
+def test_psessions_gc_collects_by_max_age_without_timeout(ini_app):
+    import time
+
+    assert ini_app("gc", "--dry-run", **{"session.ttl": None}).returncode == 0
+    fill(ini_app.db, expired=0, live=4, now=int(time.time()))  # created in 1970
+    done = ini_app("gc")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 4 expired sessions from session in 1 batches")
 
 
 def test_psessions_gc_usage_errors(ini_app):

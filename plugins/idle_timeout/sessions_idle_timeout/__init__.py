@@ -220,6 +220,15 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
 
 
 @hookimpl
+def session_expiry_policy(settings: Mapping[str, Any]) -> str | None:
+    """Every session expires when the global ``idle_timeout`` is set (a session's own value
+    replaces it, but cannot turn it off); while it is ``None`` only sessions with a
+    timeout of their own expire."""
+    timeout = settings.get("idle_timeout")
+    return None if timeout is None else f"idle_timeout {timeout} s"
+
+
+@hookimpl
 def session_merge_rules() -> dict[str, MergeRule]:
     """Two requests extended the expiry at once (parallel reads): the later expiry wins."""
     return {"idle_expire": latest}
