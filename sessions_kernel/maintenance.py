@@ -185,11 +185,20 @@ class PluginReport:
         return any(s.configurable for s in self.settings)
 
 
-_HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("session_")))
+_IMPL_MARK = f"{hookspecs.PROJECT}_impl"  # where pluggy's HookimplMarker records its options
 
 
 def _hook_names(plugin: object) -> tuple[str, ...]:
-    return tuple(name for name in _HOOK_NAMES if callable(getattr(plugin, name, None)))
+    """The hooks ``plugin`` implements: the kernel's and those other plugins offer."""
+    return tuple(
+        sorted(
+            name
+            for name in dir(plugin)
+            if name.startswith("session_")
+            and callable(getattr(plugin, name, None))
+            and hasattr(getattr(plugin, name), _IMPL_MARK)
+        )
+    )
 
 
 def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:

@@ -160,6 +160,13 @@ def test_plugin_report_lists_installed_active_and_configurable(ttl_app):
     assert "session_expired_conditions" in ttl.hooks
 
 
+def test_plugin_report_lists_hooks_offered_by_other_plugins():
+    reports = {report.name: report for report in maintenance.plugin_report()}
+    assert "session_user_changed" in reports["csrf"].hooks
+    assert "session_addhooks" in reports["userid"].hooks
+    assert "session_expiry_policy" in reports["idle_timeout"].hooks
+
+
 def test_plugin_report_lists_a_broken_entry_point(tmp_path, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
     install_distribution(tmp_path, "sessions-broken", {"broken": "broken_plugin"})
