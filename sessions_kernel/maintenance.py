@@ -245,15 +245,28 @@ def required_indexes(model: type) -> list[tuple[str, ...]]:
     """The indexes the plugins active for ``model`` ask for, as tuples of column names.
 
     Plugins answer the ``session_indexes`` hook; the answers are merged in
-    plugin order without repeats.
+    plugin order without repeats. When no active plugin can expire every
+    session (none implements ``session_expiry_policy``), the kernel's
+    ``session.max_age`` is in force by default and ``gc`` selects by
+    ``created``: the kernel asks for that index first. An index that is the
+    leading part of another one asked for is left out (the longer one serves).
     """
+    pm = active_manager(model)
     wanted: list[tuple[str, ...]] = []
-    for answer in reversed(active_manager(model).hook.session_indexes(model=model)):
+    if not pm.hook.session_expiry_policy.get_hookimpls():
+        wanted.append(("created",))
+    for answer in reversed(pm.hook.session_indexes(model=model)):
         for item in answer or ():
             columns = (item,) if isinstance(item, str) else tuple(item)
             if columns not in wanted:
                 wanted.append(columns)
-    return wanted
+    return [
+        columns
+        for columns in wanted
+        if not any(
+            len(other) > len(columns) and other[: len(columns)] == columns for other in wanted
+        )
+    ]
 
 
 def missing_indexes(model: type) -> list[tuple[str, ...]]:

@@ -212,3 +212,23 @@ def included(caplog, model, **settings):
 def test_includeme_logs_the_expiry_in_force_once(caplog, mixins, settings, message):
     records = included(caplog, make_model(*mixins), **settings)
     assert [r.getMessage() for r in records] == [message]
+
+
+# -- the index gc uses ------------------------------------------------------------------------
+
+
+def test_the_index_on_created_is_asked_for_where_max_age_is_in_force_by_default():
+    from sessions_userid import UseridMixin
+
+    assert maintenance.required_indexes(make_model(tablename="ix_plain")) == [("created",)]
+    assert maintenance.required_indexes(make_model(UseridMixin, tablename="ix_user")) == [
+        ("created",),
+        ("userid",),
+    ]
+    # a plugin that can expire every session: its own indexes only
+    assert maintenance.required_indexes(make_model(IdleMixin, tablename="ix_idle")) == [
+        ("idle_expire",)
+    ]
+    assert maintenance.required_indexes(make_model(AbsoluteMixin, tablename="ix_abs")) == [
+        ("created",)
+    ]
