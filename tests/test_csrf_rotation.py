@@ -59,8 +59,26 @@ def checked(app, token):
     return app.get("/check", headers={"X-CSRF-Token": token}).json["ok"]
 
 
-def test_remember_issues_a_new_token_and_refuses_the_pre_login_one(app):
+def test_remember_refuses_the_token_a_visitor_got_before_login(app):
+    # a visitor without a stored session: the token travels in the cookie, no row
     before = app.get("/token").json["token"]
+    assert app.rows() == []
+    assert accepted(app, before)
+
+    after = app.post("/login", {"user": "1"}).json["token"]
+
+    assert after and after != before
+    assert app.row().csrf_token == after
+    assert not accepted(app, before)
+    assert not checked(app, before)
+    assert accepted(app, after)
+    assert checked(app, after)
+
+
+def test_remember_issues_a_new_token_and_refuses_the_pre_login_one(app):
+    app.post_json("/set", {"cart": [1]})  # a stored anonymous session: the token in the column
+    before = app.get("/token").json["token"]
+    assert app.row().csrf_token == before
     assert accepted(app, before)
 
     after = app.post("/login", {"user": "1"}).json["token"]
