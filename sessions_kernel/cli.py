@@ -149,6 +149,8 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
             value = f" = {s.value!r}" if r.active and s.name not in _SECRET else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
+    if factory is not None:
+        print(f"expiry: {factory.config.expiry}", file=out)
     return EXIT_OK
 
 

@@ -370,6 +370,7 @@ def test_psessions_plugins_subprocess(ini_app):
         text.stdout
     )
     assert "secret_key" in text.stdout and TEST_SECRET_KEY not in text.stdout
+    assert text.stdout.endswith("expiry: sessions expire by ttl 60 s\n")
     listed = json.loads(ini_app("plugins", "--json").stdout)
     ttl = next(p for p in listed if p["name"] == "ttl")
     assert ttl["active"] and ttl["settings"][0]["value"] == 60
