@@ -136,3 +136,14 @@ def test_forget_drops_the_token_with_the_session(app):
     assert app.post("/logout").json["token"] is None
     assert not accepted(app, token)
     assert app.rows() == []
+
+
+def test_the_csrf_plugin_loads_without_the_userid_plugin(monkeypatch):
+    from sessions_kernel import session_factory
+    from sessions_kernel.plugins import LOAD_PLUGINS_ENV
+    from sessions_kernel.testing import TEST_SECRET_KEY
+
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "csrf")  # sessions-userid not loaded at all
+    factory = session_factory(model_class=make_model(CSRFMixin), secret_key=TEST_SECRET_KEY)
+    assert [info.name for info in factory.config.installed] == ["sessions_kernel", "csrf"]
+    assert factory.session_class.new_csrf_token  # active, its optional hook unspecified
