@@ -50,6 +50,12 @@ The ``session`` argument of the pipeline hooks is the request's
     done when no subscriber listens).
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
+``session.hook``
+    the factory's hook relay, to call a hook that a plugin offers
+    (:func:`session_addhooks`), e.g. ``session.hook.session_user_changed(...)``.
+``session.execute_logout(statement)``
+    run a ``DELETE`` of session rows that must hold even if the request's
+    transaction is then aborted (a logout feature of the plugin's own).
 """
 
 from __future__ import annotations

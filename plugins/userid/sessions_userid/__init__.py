@@ -106,7 +106,7 @@ def user_changed(session: Session, old: Any, new: Any) -> None:
     :meth:`UserSessionSecurityPolicy.remember` when the user logging in is
     the one already logged in. Call it yourself if you log users in another way.
     """
-    session._factory.hook.session_user_changed(session=session, old=old, new=new)
+    session.hook.session_user_changed(session=session, old=old, new=new)
 
 
 @hookimpl
