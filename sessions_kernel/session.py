@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from pyramid.interfaces import ISession
 from sqlalchemy.orm.attributes import set_committed_value
+from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 from zope.sqlalchemy import mark_changed
 
@@ -33,6 +35,8 @@ _LAZY = frozenset(
     {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
 )
 _MISSING = object()
+# transaction.Transaction.status of a transaction one can still write into
+_OPEN_STATUSES = frozenset({"Active", "Doomed"})
 # The columns of BaseMixin: only the kernel writes them.
 _KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
 # Values that cannot change in place: handing one out cannot change the data.
@@ -105,13 +109,7 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         factory = self._factory
         request = self.request
-        if not request.environ.get("tm.active"):
-            raise SessionError(
-                "request.session was first used outside the request's transaction. "
-                "Sessions are stored in the request's transaction: include pyramid_tm "
-                "(config.include('pyramid_tm')) and use the session in views or in "
-                "tweens under pyramid_tm."
-            )
+        txn = self._txn = self._transaction()
         self.now = int(factory.clock())
         name = factory.dbsession_name
         if name not in vars(request) and not hasattr(type(request), name):
@@ -167,10 +165,43 @@ class Session(MutableMapping[str, Any]):
                     self._load_error = exc
                     raise
 
-        txn = request.tm.get()
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         request.add_response_callback(self._respond)
+
+    def _transaction(self) -> Any:
+        """The transaction of ``request.tm`` the session joins, or a SessionError saying why not.
+
+        pyramid_tm's tween begins one for each request it handles; outside it
+        (pshell, ``bootstrap``/``prepare`` scripts, tests sharing a transaction
+        across requests) whoever manages ``request.tm`` must have begun one.
+        """
+        request = self.request
+        try:
+            manager = request.tm
+        except AttributeError:
+            raise SessionError(
+                "request.session needs request.tm, the request's transaction manager: "
+                "include pyramid_tm (config.include('pyramid_tm'), as the SQLAlchemy "
+                "starter's models/__init__.py does)"
+            ) from None
+        txn = None
+        if request.environ.get("tm.active") or getattr(manager, "explicit", True):
+            with contextlib.suppress(NoTransaction):
+                txn = manager.get()
+        elif getattr(getattr(manager, "manager", manager), "_txn", True) is not None:
+            # an implicit manager's get() would begin a transaction nobody commits
+            txn = manager.get()
+        if txn is None:
+            raise SessionError(
+                "request.session was first used while request.tm has no transaction "
+                "begun, so nothing could store it. In pshell, call request.tm.begin() "
+                "first (the starter's pshell setup does) and request.tm.commit() to "
+                "store the session; in a script, use it inside 'with request.tm:'; in "
+                "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
+                "under='pyramid_tm.tm_tween_factory')."
+            )
+        return txn
 
     def _read_row(self, row: Any) -> None:
         ser = self._factory.data_serializer
@@ -236,7 +267,10 @@ class Session(MutableMapping[str, Any]):
 
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
-        """The before-commit hook: run the extend, renew and persist stages."""
+        """The before-commit hook: run the extend, renew and persist stages (once)."""
+        if self.__dict__.get("_persisted"):  # already written into a shared transaction
+            return
+        self._persisted = True
         try:
             self._persist_stages()
         except BaseException:
@@ -444,7 +478,7 @@ class Session(MutableMapping[str, Any]):
         vary = response.vary or ()
         if "Cookie" not in vary:
             response.vary = (*vary, "Cookie")
-        if not self._committed:
+        if not (self._committed or self._in_shared_transaction()):
             return
         name = self._factory.cookie_name
         for action, value, attrs in self._cookies:
@@ -454,6 +488,24 @@ class Session(MutableMapping[str, Any]):
                 # Same path and domain, or the browser keeps the cookie; same Secure, or it
                 # refuses the deletion of a __Host-/__Secure- cookie. Value None deletes.
                 response.set_cookie(name, None, **{**attrs, "max_age": None})
+
+    def _in_shared_transaction(self) -> bool:
+        """Write the session into a transaction this request does not own; True if done.
+
+        pyramid_tm's tween clears ``tm.active`` before it commits or aborts, so
+        a response that still finds it set comes from a request whose
+        transaction is someone else's: the starter's test fixtures put
+        ``tm.active`` and ``tm.manager`` in the environ and share one
+        transaction across requests. The stages run now, into that transaction
+        (flushed, so the next request in it sees the row), and the cookie is
+        sent; committing or aborting is the owner's business.
+        """
+        if not self.request.environ.get("tm.active"):
+            return False
+        if self._txn.status not in _OPEN_STATUSES:  # committed, or its commit failed
+            return False
+        self._persist()
+        return True
 
     def _cookie_attributes(self, as_loaded: bool = False) -> dict[str, Any]:
         """The cookie's attributes from the settings in force, after the plugins' hook.
