@@ -498,12 +498,16 @@ class Session(MutableMapping[str, Any]):
         ``tm.active`` and ``tm.manager`` in the environ and share one
         transaction across requests. The stages run now, into that transaction
         (flushed, so the next request in it sees the row), and the cookie is
-        sent; committing or aborting is the owner's business.
+        sent; committing or aborting is the owner's business. As pyramid_tm
+        would abort, a response an exception view rendered writes nothing.
         """
-        if not self.request.environ.get("tm.active"):
+        request = self.request
+        if not request.environ.get("tm.active"):
             return False
         if self._txn.status not in _OPEN_STATUSES:  # committed, or its commit failed
             return False
+        if getattr(request, "exc_info", None) is not None:
+            return False  # an exception view answered: pyramid_tm would have aborted
         self._persist()
         return True
 

@@ -116,6 +116,13 @@ def test_shared_transaction_sends_the_cookie_and_the_next_request_sees_the_sessi
     assert testapp.get("/read").json["data"] == {"user": "ann", "n": 1}
 
 
+def test_shared_transaction_failed_view_writes_nothing_and_sends_no_cookie(testapp):
+    testapp.post_json("/set", {"a": 1})
+    response = testapp.post_json("/fail", {"a": 2}, status=500)  # an exception view answers
+    assert set_cookies(response) == []
+    assert testapp.get("/read").json["data"] == {"a": 1}
+
+
 def test_shared_transaction_is_rolled_back_by_its_owner(testapp, tm, engine):
     testapp.post_json("/set", {"a": 1})
     tm.abort()
