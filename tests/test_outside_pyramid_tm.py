@@ -29,8 +29,13 @@ def main(global_config: Any, **settings: Any) -> Any:
     """An application laid out like the starter's: its models/__init__.py test hooks included
     (``dbengine`` in the settings, ``app.dbsession`` in the environ)."""
     with Configurator(settings=settings) as config:
-        config.get_settings()["tm.manager_hook"] = "pyramid_tm.explicit_manager"
+        if not settings.get("implicit_tm"):  # the starter's; without it, transaction.manager
+            config.get_settings()["tm.manager_hook"] = "pyramid_tm.explicit_manager"
         config.include("pyramid_tm")
+        if settings.get("tween_over_tm"):
+            config.add_tween(
+                "test_outside_pyramid_tm.touching_tween", over="pyramid_tm.tm_tween_factory"
+            )
         engine = settings.get("dbengine") or sa.engine_from_config(settings, "sqlalchemy.")
         maker = sessionmaker(bind=engine)
         config.registry["dbsession_factory"] = maker
@@ -197,6 +202,37 @@ def test_session_before_begin_says_what_to_do(app):
             env["request"].session["a"] = 1
     finally:
         env["closer"]()
+
+
+def touching_tween(handler, registry):
+    def tween(request):
+        request.session["early"] = True
+        return handler(request)
+
+    return tween
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit_tm", "implicit_tm"])
+def test_session_in_a_tween_over_pyramid_tm_says_where_to_put_it(engine, implicit):
+    app = main({}, dbengine=engine, tween_over_tm=True, implicit_tm=implicit)
+    with pytest.raises(SessionError, match=r"in a tween, add the tween under pyramid_tm's"):
+        webtest.TestApp(app).get("/read")
+    transaction.manager.abort()
+
+
+def test_implicit_transaction_manager_in_a_script(engine):
+    app = main({}, dbengine=engine, implicit_tm=True)
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        with pytest.raises(SessionError, match="no transaction begun"):
+            request.session["a"] = 1
+        with request.tm:  # begins, commits
+            request.session["a"] = 1
+    finally:
+        env["closer"]()
+        transaction.manager.abort()
+    assert stored_rows(engine) == 1
 
 
 def test_bootstrap_script_stores_the_session(engine, tmp_path, monkeypatch):
