@@ -296,8 +296,14 @@ class _Browsers:
         with sa.orm.Session(self.engine) as db:
             return list(db.scalars(sa.select(self.model)))
 
+    def row(self) -> Any:
+        rows = self.rows()
+        assert len(rows) == 1, f"expected one session row, found {len(rows)}"
+        return rows[0]
+
     @property
     def model(self) -> type:
+        """The session model (the application's, for :class:`ApplicationTestApp`)."""
         return self.__dict__.get("_model") or self.factory.model
 
     @property
@@ -373,11 +379,6 @@ class ApplicationTestApp(_Browsers):
         """Drop the metadata's tables."""
         if self.metadata is not None:
             self.metadata.drop_all(self.engine)
-
-    def row(self) -> Any:
-        rows = self.rows()
-        assert len(rows) == 1, f"expected one session row, found {len(rows)}"
-        return rows[0]
 
 
 def make_app(model: type, engine: sa.Engine, **kwargs: Any) -> SessionTestApp:
