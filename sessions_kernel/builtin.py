@@ -211,6 +211,14 @@ SETTINGS = (
         runtime=False,
     ),
     Setting(
+        "max_data_size",
+        1024 * 1024,
+        optional(integer(1024, 1024**3)),
+        "bytes the serialized data and flash messages of one session may take; a write "
+        "over it raises SessionError and stores nothing; none for no limit",
+        runtime=False,
+    ),
+    Setting(
         "dbsession_name",
         "dbsession",
         text,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pyramid.interfaces import ISession
+from pyramid.response import Response as _HeaderMaker
+from sqlalchemy.orm import make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from transaction.interfaces import NoTransaction
 from zope.interface import implementer
@@ -17,8 +20,8 @@ from zope.sqlalchemy import mark_changed
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionConflictError, SessionError
-from .merge import merge_mappings
-from .model import BaseMixin
+from .merge import MergeConflict, merge_mappings
+from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -37,10 +40,47 @@ _LAZY = frozenset(
 _MISSING = object()
 # transaction.Transaction.status of a transaction one can still write into
 _OPEN_STATUSES = frozenset({"Active", "Doomed"})
-# The columns of BaseMixin: only the kernel writes them.
-_KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
+#: Cookie extras the kernel owns (a plugin's extras have other names).
+LINEAGE_EXTRA = "sessions_kernel.lineage"
+UNSTORED_EXTRA = "sessions_kernel.unstored"
+#: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
+LINEAGE_CHARS = 24
+#: How many cookies of the session's name one request may look up.
+MAX_COOKIES_TRIED = 4
+log = logging.getLogger("sessions_kernel")
+# Where a pooled connection remembers its isolation level (see _refuses_concurrent_updates).
+_ISOLATION_KEY = "sessions_kernel.isolation_level"
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def row_id(token: bytes, lineage: str | None = None) -> str:
+    """The row key of a token: its SHA-256 (hex), led by the session's lineage if it has one.
+
+    A session's first id is the plain SHA-256 of its first token. Its first
+    :data:`LINEAGE_CHARS` hex digits are the session's *lineage*, which every
+    later id keeps (``regenerate_id`` replaces only the rest, from the new
+    token), so that a logout can find the session even when a concurrent
+    request regenerated its id: by a range of the primary key.
+    """
+    digest = session_id_for(token)
+    return digest if lineage is None else lineage + digest[LINEAGE_CHARS:]
+
+
+def _cookie_values(header: str, name: str) -> list[str]:
+    """Every value of the cookie ``name`` in a Cookie header, in the browser's order."""
+    values = []
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip().strip('"'))
+    return values
+
+
+def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL's "could not serialize access" (SQLSTATE 40001) or a deadlock (40P01)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40001", "40P01")
 
 
 @implementer(ISession)
@@ -127,30 +167,21 @@ class Session(MutableMapping[str, Any]):
         self._cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._committed = False
 
-        row, token, extras = None, None, {}
-        try:
-            value = request.cookies.get(factory.cookie_name)
-        except UnicodeDecodeError:  # WebOb decodes cookie values as UTF-8
-            value = ""
-        if value is not None:
-            try:
-                token, extras = decode_payload(factory.serializer.loads(value))
-            except Exception as exc:
-                self.notify(events.CookieRejected(request, str(exc)))
-                self._delete_cookie = factory.default_cookie_attributes
-            else:
-                sid = session_id_for(token)
-                row = self._dbsession.get(factory.model, sid)
-                if row is None:
-                    self.notify(events.SessionNotFound(request, sid))
-                    self._delete_cookie = factory.default_cookie_attributes
+        self._held: list[Any] = []  # logouts that must hold (see execute_logout)
+        self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
+        row, token, extras, unstored = self._find_row()
 
         hook = factory.stages
         if row is None:
             self._start_new()
+            if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
+                self.cookie_extras = unstored
+            self._loaded_extras = dict(self.cookie_extras)
             hook.session_load(session=self)
         else:
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
+            self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+            self._loaded_extras = dict(extras)
             self._created = None
             hook.session_load(session=self)
             reason = hook.session_validate(session=self)
@@ -158,6 +189,7 @@ class Session(MutableMapping[str, Any]):
                 self._drop_row()
                 self.notify(events.SessionRejected(request, row.id, reason))
                 self._start_new()
+                self._loaded_extras = {}
             else:
                 try:
                     self._read_row(row)
@@ -167,6 +199,7 @@ class Session(MutableMapping[str, Any]):
 
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
+        txn.addAfterAbortHook(self._after_abort)
         request.add_response_callback(self._respond)
 
     def _transaction(self) -> Any:
@@ -203,6 +236,65 @@ class Session(MutableMapping[str, Any]):
             )
         return txn
 
+    def _find_row(self) -> tuple[Any, bytes | None, dict[str, bytes], dict[str, bytes] | None]:
+        """The stored session the request's cookie names: (row, token, extras, unstored).
+
+        A browser may send several cookies of the session's name (one planted
+        from a sibling subdomain, say). They are tried in the order sent, and
+        the first that decrypts to a stored session is used; a cookie that
+        does not decrypt, or names no row, is passed over. The browser's
+        cookie is deleted only when none was good, so a bad cookie never
+        logs the user out. ``unstored`` is the extras of a cookie-only
+        session (nothing stored yet) when no stored one was found.
+        """
+        factory = self._factory
+        request = self.request
+        header = request.environ.get("HTTP_COOKIE")
+        values = _cookie_values(header, factory.cookie_name) if header else []
+        unstored = None
+        bad = False
+        for value in values[:MAX_COOKIES_TRIED]:
+            try:
+                token, extras = decode_payload(factory.serializer.loads(value))
+            except Exception as exc:
+                self.notify(events.CookieRejected(request, str(exc)))
+                bad = True
+                continue
+            if UNSTORED_EXTRA in extras:
+                if unstored is None:
+                    del extras[UNSTORED_EXTRA]
+                    unstored = extras
+                continue
+            lineage = extras.get(LINEAGE_EXTRA)
+            sid = row_id(token, lineage.decode("ascii") if lineage else None)
+            row = self._fetch_row(sid)
+            if row is not None:
+                return row, token, extras, None
+            self.notify(events.SessionNotFound(request, sid))
+            bad = True
+        if bad and unstored is None:
+            self._delete_cookie = factory.default_cookie_attributes
+        return None, None, {}, unstored
+
+    def _fetch_row(self, sid: str) -> Any:
+        """The row by its primary key; on a retried attempt, locked until commit.
+
+        pyramid_retry runs a request again when it lost to a concurrent one
+        (both changed one key). Loading the row locked (``SELECT … FOR
+        UPDATE``; on SQLite, which locks the whole database instead, by
+        taking its write lock first) means no other request can write the
+        row before this attempt commits, so it cannot lose again. The first
+        attempt, the common path, reads without a lock.
+        """
+        factory = self._factory
+        dbsession = self._dbsession
+        if not self.request.environ.get("retry.attempt"):
+            return dbsession.get(factory.model, sid)
+        if dbsession.get_bind(factory.model).dialect.name == "sqlite":
+            keep = sa.update(factory.table).where(factory.pk_column == sid)
+            self._execute(keep.values({factory.version_column: factory.version_column}))
+        return dbsession.get(factory.model, sid, with_for_update=True, populate_existing=True)
+
     def _read_row(self, row: Any) -> None:
         ser = self._factory.data_serializer
         self._orig_data, self._orig_flash = row.data, row.flash
@@ -236,6 +328,7 @@ class Session(MutableMapping[str, Any]):
         self.row = None
         self.new = True
         self._token = os.urandom(TOKEN_BYTES)
+        self._lineage = None
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
         self._data_touched = True
@@ -248,13 +341,45 @@ class Session(MutableMapping[str, Any]):
     def _drop_row(self) -> None:
         # A plain DELETE by key, whatever the version: a logout wins over a concurrent write.
         row = self.row
-        factory = self._factory
         # the browser's cookie was set with the stored settings, not with edits of this request
         self._delete_cookie = self._cookie_attributes(as_loaded=True)
         stored_id = sa.inspect(row).identity[0]
         self._dbsession.expunge(row)
-        self._execute(sa.delete(factory.table).where(factory.pk_column == stored_id))
+        self._delete_session(stored_id, self._lineage or stored_id[:LINEAGE_CHARS])
         self._orig_data = self._orig_flash = None
+
+    def _delete_session(self, stored_id: str, lineage: str) -> None:
+        """DELETE the row, also when a concurrent request gave it a new id meanwhile; hold it.
+
+        The row is deleted by its key. If that finds nothing, another request
+        regenerated the id (or deleted the row) since this one read it: the
+        session's lineage, which every id of the session starts with, finds
+        it by a range of the primary key. Either way the DELETE is held (see
+        :meth:`execute_logout`).
+        """
+        factory = self._factory
+        by_key = sa.delete(factory.table).where(factory.pk_column == stored_id)
+        if self.execute_logout(by_key).rowcount:
+            return
+        pk = factory.pk_column
+        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
+        self.execute_logout(sa.delete(factory.table).where(in_lineage))
+
+    def execute_logout(self, statement: Any) -> Any:
+        """Run a statement that logs sessions out, and make it hold; return its result.
+
+        For a ``DELETE`` of session rows (``invalidate()`` and the userid
+        plugin's ``invalidate_user_sessions`` use it) or an ``UPDATE`` that
+        takes ids away. It runs at once in the request's transaction. If
+        that transaction then does not commit (the view raised
+        ``HTTPFound(headers=forget(request))``, an exception view rendered an
+        error, a conflict aborted it), the kernel runs it again in a
+        transaction of its own right after the abort, and the response still
+        deletes (or replaces) the browser's cookie: a logout holds, whatever
+        the view did afterwards.
+        """
+        self._held.append(statement)
+        return self._execute(statement)
 
     def notify(self, event: Any) -> None:
         """Send ``event`` through the request's registry, skipped when nobody subscribed.
@@ -292,7 +417,7 @@ class Session(MutableMapping[str, Any]):
         hook = factory.stages
         ser = factory.data_serializer
         row = self.row
-        write = False
+        write = unstored = False
         try:
             data = ser.dumps(self._data) if self._data_touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
@@ -302,10 +427,12 @@ class Session(MutableMapping[str, Any]):
                 "Pyramid sessions hold JSON values: convert it (a datetime to an ISO "
                 "string, say), or set session.data_serializer."
             ) from exc
+        if data != self._orig_data or flash != self._orig_flash:
+            self._check_size(data, flash)
         if row is None:
             if self.dirty:
                 row = self.row = factory.model(
-                    id=session_id_for(self._token),
+                    id=self.session_id,
                     created=self._created,
                     updated=self.now,
                     data=data,
@@ -318,6 +445,14 @@ class Session(MutableMapping[str, Any]):
                 self._dbsession.add(row)
                 self.notify(events.SessionCreated(self.request, row.id))
                 write = True
+            elif self.cookie_extras != self._loaded_extras:
+                # Nothing to store, but a plugin keeps something in the cookie (a CSRF
+                # token for a form): a cookie-only session, no row. Its first store
+                # gets a new token, so a planted cookie-only session fixes no id.
+                if self.cookie_extras:
+                    write = unstored = True
+                else:
+                    self._delete_cookie = self._delete_cookie or factory.default_cookie_attributes
         else:
             # ``updated`` records the last change of what the kernel owns (data, flash,
             # settings, id); a plugin's own write (an idle extension) sets only its columns.
@@ -335,11 +470,11 @@ class Session(MutableMapping[str, Any]):
             hook.session_renew(session=self)
             if self.dirty:
                 hook.session_persist(session=self, row=row)
-                write = self._write_row(row)
+                write = self._write_row(row, extras)
             write = write or extras != self.cookie_extras
         old = self._delete_cookie
         if write:
-            value = factory.serializer.dumps(encode_payload(self._token, self.cookie_extras))
+            value = self._cookie_value(unstored=unstored)
             attrs = self._cookie_attributes()
             if old is None and self._settings_loaded:  # this request changed stored settings
                 old = self._cookie_attributes(as_loaded=True)
@@ -354,11 +489,23 @@ class Session(MutableMapping[str, Any]):
         if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
             dbsession.flush()
 
-    def _write_row(self, row: Any) -> bool:
+    def _check_size(self, data: bytes, flash: bytes | None) -> None:
+        """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
+        size = len(data) + len(flash or b"")
+        limit = self._factory.max_data_size
+        if limit is not None and size > limit:
+            raise SessionError(
+                f"the session's data is {size} bytes serialized, over session.max_data_size "
+                f"= {limit}; nothing was stored and the stored data is unchanged. Keep large "
+                "values in a table of your own and a key to them in the session, or raise "
+                "session.max_data_size."
+            )
+
+    def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
         """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
 
-        Returns ``False`` when a concurrent request deleted the session: it
-        stays deleted and its cookie is removed.
+        ``extras`` is the cookie as the browser holds it, restored if this
+        request's write is dropped. Returns whether the row was written.
         """
         factory = self._factory
         state = sa.inspect(row)
@@ -372,8 +519,27 @@ class Session(MutableMapping[str, Any]):
         stored_id = state.identity[0]
         version = getattr(row, factory.version_key)
         values = {key: new for key, (new, _) in changes.items()}
-        if not self._update(stored_id, version, values):
-            merged = self._merge(stored_id, changes)
+        if factory.droppable_columns.issuperset(changes) and self._refuses_concurrent_updates():
+            # Only plugins' bookkeeping changed (an idle extension, say), and this database
+            # refuses a write over a concurrent one before any rule could merge them. Try it
+            # under a savepoint; refused, the concurrent write stands and the browser keeps
+            # its cookie, as if this request had come first (see merge.droppable).
+            savepoint = self._dbsession.connection().begin_nested()
+            try:
+                written = self._update(stored_id, version, values)
+            except sa.exc.DBAPIError as exc:
+                savepoint.rollback()
+                if not _is_serialization_failure(exc):
+                    raise
+                for key, (_, old) in changes.items():
+                    set_committed_value(row, key, old)
+                self.cookie_extras = extras
+                return False
+            savepoint.commit()
+        else:
+            written = self._update(stored_id, version, values)
+        if not written:
+            merged = self._merge(row, stored_id, changes)
             if merged is None:
                 self._dbsession.expunge(row)
                 # the browser's cookie was set with the stored settings, as in _drop_row
@@ -387,6 +553,23 @@ class Session(MutableMapping[str, Any]):
         if factory.pk_key in values:  # regenerated: the identity map still has the old key
             self._dbsession.expunge(row)
         return True
+
+    def _refuses_concurrent_updates(self) -> bool:
+        """Whether the database fails an UPDATE of a row a concurrent transaction changed.
+
+        PostgreSQL does at REPEATABLE READ and SERIALIZABLE. The level is asked
+        once per pooled connection (unless set per connection through
+        execution options).
+        """
+        connection = self._dbsession.connection()
+        if connection.dialect.name != "postgresql":
+            return False
+        level = connection.get_execution_options().get("isolation_level")
+        if level is None:
+            level = connection.info.get(_ISOLATION_KEY)
+            if level is None:
+                level = connection.info[_ISOLATION_KEY] = connection.get_isolation_level()
+        return level in ("REPEATABLE READ", "SERIALIZABLE")
 
     def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
         factory = self._factory
@@ -409,9 +592,15 @@ class Session(MutableMapping[str, Any]):
         return result
 
     def _merge(
-        self, stored_id: str, changes: dict[str, tuple[Any, Any]]
+        self, row: Any, stored_id: str, changes: dict[str, tuple[Any, Any]]
     ) -> tuple[dict[str, Any], int] | None:
-        """Re-read the row another request wrote, apply our changes onto it, write it."""
+        """Re-read the row another request wrote, apply our changes onto it, write it.
+
+        The data and the flash queues merge key by key (:func:`merge_mappings`);
+        ``updated`` takes the later time; a plugin's column merges by the rule
+        its plugin declared (``session_merge_rules``); any other column both
+        requests changed is a conflict.
+        """
         factory = self._factory
         ser = factory.data_serializer
         query = sa.select(factory.table).where(factory.pk_column == stored_id).with_for_update()
@@ -422,6 +611,8 @@ class Session(MutableMapping[str, Any]):
         values: dict[str, Any] = {}
         conflicts: list[str] = []
         merged_keys: list[str] = []
+        reasons: list[str] = []
+        groups_done: set[tuple[str, ...]] = set()
         for key, (new, old) in changes.items():
             theirs = fresh[factory.columns[key]]
             if key == "data":
@@ -439,6 +630,29 @@ class Session(MutableMapping[str, Any]):
                 conflicts += [f"flash:{queue}" for queue in clash]
             elif key == "updated":
                 values[key] = max(new, theirs)
+            elif key in factory.merge_rules:
+                group, rule = factory.merge_rules[key]
+                if group in groups_done:
+                    continue
+                groups_done.add(group)
+                mine = {name: getattr(row, name) for name in group}
+                base = {name: changes[name][1] if name in changes else mine[name] for name in group}
+                current = {name: fresh[factory.columns[name]] for name in group}
+                try:
+                    if current == base:  # the other request left the group alone
+                        result = mine
+                    elif len(group) == 1:
+                        result = {key: rule(old, new, theirs)}
+                    else:
+                        result = rule(base, mine, current)
+                except MergeConflict as exc:
+                    conflicts += group
+                    reasons.append(str(exc))
+                    continue
+                for name in group:
+                    if result[name] != current[name]:
+                        values[name] = result[name]
+                merged_keys += [name for name in group if name in changes]
             elif theirs == old or key == factory.pk_key:
                 values[key] = new
                 merged_keys.append(key)
@@ -446,9 +660,10 @@ class Session(MutableMapping[str, Any]):
                 conflicts.append(key)
         version = fresh[factory.version_column]
         if conflicts:
+            why = f" ({'; '.join(reasons)})" if reasons else ""
             raise SessionConflictError(
                 f"session {stored_id[:12]}…: this request and a concurrent one both changed "
-                f"{', '.join(map(repr, conflicts))}. Include pyramid_retry "
+                f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "
                 "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
                 "again on the newer session; nothing was overwritten."
             )
@@ -473,21 +688,85 @@ class Session(MutableMapping[str, Any]):
 
     def _after_commit(self, status: bool) -> None:
         self._committed = status
+        if not status:
+            self._replay_logouts()
+
+    def _after_abort(self) -> None:
+        self._replay_logouts()
+
+    def _replay_logouts(self) -> None:
+        """The request's transaction did not commit: run its logouts again, in one of their own.
+
+        Then the response still deletes (or, for a held regenerate, replaces)
+        the browser's cookie, and a retried attempt of the request
+        (pyramid_retry reuses the environ) sees the cookie the response sends.
+        """
+        held, self._held = self._held, []
+        if not held:
+            return
+        factory = self._factory
+        try:
+            engine = self._dbsession.get_bind(factory.model)
+            with engine.begin() as connection:
+                for statement in held:
+                    connection.execute(statement)
+        except Exception:
+            log.exception(
+                "a logout of session %s… could not be replayed after its request's "
+                "transaction was aborted; the session may still be valid",
+                self.session_id[:12],
+            )
+            return
+        self._cookies = list(self._held_cookies)
+        self._committed = True  # what the response says is now what the database holds
+        environ = self.request.environ
+        name = factory.cookie_name
+        for action, value, _ in self._cookies:
+            header = environ.get("HTTP_COOKIE", "")
+            others = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
+            if action == "set":
+                others.append(f" {name}={value}")
+            environ["HTTP_COOKIE"] = ";".join(others).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
         vary = response.vary or ()
         if "Cookie" not in vary:
             response.vary = (*vary, "Cookie")
-        if not (self._committed or self._in_shared_transaction()):
+        if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
+        # A shared cache must never store a response that sets or deletes the cookie.
+        cache = response.cache_control
+        if not (cache.private or cache.no_store):
+            cache.public = False
+            cache.private = True
         name = self._factory.cookie_name
+        sent = response.headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:
             if action == "set":
                 response.set_cookie(name, value, **attrs)
             else:
-                # Same path and domain, or the browser keeps the cookie; same Secure, or it
-                # refuses the deletion of a __Host-/__Secure- cookie. Value None deletes.
-                response.set_cookie(name, None, **{**attrs, "max_age": None})
+                header = self._deletion_header(attrs)
+                if header not in sent:  # forget() may have returned it already
+                    response.headerlist.append(("Set-Cookie", header))
+
+    def _deletion_header(self, attrs: dict[str, Any]) -> str:
+        """The Set-Cookie value that deletes the cookie set with ``attrs``.
+
+        Same path and domain, or the browser keeps the cookie; same Secure,
+        or it refuses the deletion of a __Host-/__Secure- cookie.
+        """
+        response = _HeaderMaker()
+        response.set_cookie(self._factory.cookie_name, None, **{**attrs, "max_age": None})
+        return response.headers["Set-Cookie"]
+
+    def _cookie_value(self, *, unstored: bool = False) -> str:
+        """The cookie's value: the token and the extras, with the kernel's own, encrypted."""
+        extras = dict(self.cookie_extras)
+        if self._lineage is not None:
+            extras[LINEAGE_EXTRA] = self._lineage.encode("ascii")
+        if unstored:
+            extras[UNSTORED_EXTRA] = b""
+        return self._factory.serializer.dumps(encode_payload(self._token, extras))
 
     def _in_shared_transaction(self) -> bool:
         """Write the session into a transaction this request does not own; True if done.
@@ -608,11 +887,11 @@ class Session(MutableMapping[str, Any]):
 
     def _check_column(self, name: str) -> None:
         config = self._factory.config
-        if name not in config.column_names or name in _KERNEL_COLUMNS:
+        if name not in config.column_names or name in KERNEL_COLUMNS:
             raise SessionError(
                 f"{config.model.__name__} has no plugin column {name!r}: add the mixin that "
                 "declares it to the model's bases (the kernel's own columns "
-                f"{', '.join(sorted(_KERNEL_COLUMNS))} are not set this way)"
+                f"{', '.join(sorted(KERNEL_COLUMNS))} are not set this way)"
             )
         if name in config.configurable:
             raise SessionError(
@@ -633,15 +912,23 @@ class Session(MutableMapping[str, Any]):
         self._force = True
 
     def invalidate(self) -> None:
-        """Delete the stored session and its cookie; later use starts a new session."""
+        """Delete the stored session and its cookie; later use starts a new session.
+
+        The logout holds: if the request then fails or raises (a redirect
+        with ``headers=forget(request)``), the row is deleted all the same and
+        the response deletes the cookie (see :meth:`execute_logout`). No copy
+        of the cookie works afterwards, not even one whose id a concurrent
+        request regenerated meanwhile.
+        """
         if self.row is not None and not self.new:
             sid = self.row.id
             self._drop_row()
+            self._held_cookies = [("delete", "", self._delete_cookie)]
             self.notify(events.SessionInvalidated(self.request, sid))
         self._start_new()
         self._force = self._regenerated = False
 
-    def regenerate_id(self) -> None:
+    def regenerate_id(self, *, hold: bool = False) -> None:
         """Give the session a new id and cookie, keeping its data; the old id stops working.
 
         Call it at login and at every change of privilege (OWASP session
@@ -650,18 +937,73 @@ class Session(MutableMapping[str, Any]):
         :class:`~sessions_kernel.events.SessionRegenerated` is sent. On a
         session that has no row yet only the token changes (no event: no
         stored id was replaced); its row is inserted under the new id.
+
+        With ``hold=True`` (a logout of every other copy of the cookie, as
+        ``invalidate_user_sessions(..., except_current=True)`` does) the new
+        id is written at once and holds like :meth:`execute_logout`: if the
+        request then fails, the old id is gone all the same and the response
+        sends the new cookie.
         """
         old = self.row.id if self.row is not None and not self.new else None
         self._token = os.urandom(TOKEN_BYTES)
         self._regenerated = True
-        if old is not None:
-            self.row.id = session_id_for(self._token)
-            self.notify(events.SessionRegenerated(self.request, old, self.row.id))
+        if old is None:
+            return
+        self._lineage = self._lineage or old[:LINEAGE_CHARS]
+        new = self.row.id = row_id(self._token, self._lineage)
+        if hold:
+            self._move_row(new)
+            attrs = self._cookie_attributes(as_loaded=True)
+            self._held_cookies = [("set", self._cookie_value(), attrs)]
+        self.notify(events.SessionRegenerated(self.request, old, new))
+
+    def _move_row(self, new: str) -> None:
+        """UPDATE the row's key now, held, and re-key the ORM's copy of the row to match."""
+        factory, dbsession, row = self._factory, self._dbsession, self.row
+        state = sa.inspect(row)
+        stored_id = state.identity[0]
+        pending = {
+            key: state.attrs[key].history.added[0]
+            for key in factory.column_keys
+            if key != factory.pk_key and state.attrs[key].history.added
+        }
+        # the key, and what the kernel's own UPDATE would write with it: one statement
+        committed = {
+            factory.pk_key: new,
+            "updated": self.now,
+            factory.version_key: getattr(row, factory.version_key) + 1,
+        }
+        columns = {factory.columns[key]: value for key, value in committed.items()}
+        self.execute_logout(
+            sa.update(factory.table).where(factory.pk_column == stored_id).values(columns)
+        )
+        dbsession.expunge(row)
+        make_transient(row)
+        for key, value in committed.items():
+            set_committed_value(row, key, value)
+        make_transient_to_detached(row)
+        dbsession.add(row)
+        for key, value in pending.items():  # what this request assigned stays to be written
+            setattr(row, key, value)
 
     @property
     def session_id(self) -> str:
-        """The row key of this session (SHA-256 of the token): safe to log, not a secret."""
-        return session_id_for(self._token)
+        """The row key of this session (derived from the token): safe to log, not a secret."""
+        return row_id(self._token, self._lineage)
+
+    def logout_headers(self) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers deleting the browser's session cookie, for ``forget()``.
+
+        A security policy's ``forget(request)`` returns these after
+        :meth:`invalidate`, as cookie-based policies do, so that a view that
+        raises ``HTTPFound(headers=forget(request))`` deletes the cookie in
+        the response it sends. (The kernel deletes it anyway; it does not
+        send the same header twice.)
+        """
+        if not self._loaded:
+            self._load()
+        attrs = self._delete_cookie or self._factory.default_cookie_attributes
+        return [("Set-Cookie", self._deletion_header(attrs))]
 
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:

@@ -98,10 +98,18 @@ class UserSessionSecurityPolicy:
         return []
 
     def forget(self, request: Request, **kw: Any) -> list[tuple[str, str]]:
-        """Log out: invalidate the session (its row, data and cookie). Returns no headers."""
-        request.session.invalidate()
+        """Log out: invalidate the session (its row, data and cookie).
+
+        Returns the ``Set-Cookie`` header that deletes the browser's cookie,
+        for ``HTTPFound(location, headers=forget(request))``. The logout holds
+        even when the view then raises that redirect (which aborts the
+        transaction): the row is deleted all the same, and no copy of the
+        cookie works afterwards.
+        """
+        session = request.session
+        session.invalidate()
         self._cache.clear(request)
-        return []
+        return session.logout_headers()
 
     # -- authorization ---------------------------------------------------------------
     def effective_principals(self, request: Request) -> list[Any]:
