@@ -25,7 +25,7 @@ from pyramid.paster import bootstrap, get_app, get_appsettings
 from pyramid.path import DottedNameResolver
 from pyramid.request import Request
 
-from sessions_kernel.testing import TEST_SECRET_KEY
+from sessions_kernel import generate_secret_key
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "examples" / "tutorial"
 sys.path.insert(0, str(TUTORIAL))
@@ -67,7 +67,7 @@ def fast_passwords(monkeypatch):
 def ini_file(tmp_path, session_db_url):
     """testing.ini: the tutorial's development.ini on the database under test, and the
     key in a file beside it (as a deployment's secret would be)."""
-    (tmp_path / "session.key").write_text(TEST_SECRET_KEY + "\n")
+    (tmp_path / "session.key").write_text(generate_secret_key() + "\n")
     text = (TUTORIAL / "development.ini").read_text()
     assert "session.secret_key =" not in text  # the key comes from the file
     url = session_db_url.replace("%", "%%")
@@ -237,7 +237,7 @@ def test_pshell_shows_and_changes_a_users_session(ini_file, dbengine):
 
 @pytest.fixture
 def real_app(session_application, tmp_path):
-    (tmp_path / "session.key").write_text(TEST_SECRET_KEY)
+    (tmp_path / "session.key").write_text(generate_secret_key())
     settings = get_appsettings(str(TUTORIAL / "development.ini"))
     settings["session.secret_key_file"] = str(tmp_path / "session.key")
     app = session_application(tutorial.main, settings, metadata=Base.metadata)
