@@ -22,7 +22,7 @@ from .factory import (
 from .hookspecs import PROJECT
 from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
-from .session import Session
+from .session import Peek, Session
 from .settings import SessionSettings, Setting
 
 #: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``.
@@ -34,6 +34,7 @@ __all__ = [
     "BlobType",
     "ConfigurationError",
     "InconsistentDataError",
+    "Peek",
     "Session",
     "SessionConflictError",
     "SessionError",

@@ -16,7 +16,7 @@ from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
-from .session import Session
+from .session import Peek, Session
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -168,6 +168,21 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    def peek(self, request: Request) -> Peek:
+        """Look at the request's session without using it: validated, never extended.
+
+        For a status poll, an admin view, a debug toolbar: loading
+        ``request.session`` is the visitor's activity (the idle timeout is
+        extended, renewal may offer a new id), a peek is not. It decrypts the
+        cookie, reads the row (one SELECT, in the request's database
+        session), and runs the plugins' ``session_load`` and
+        ``session_validate`` hooks, so an expired session or a stale cookie
+        that renewal would reject is reported as such, with its data
+        withheld. It writes nothing, sends no cookie and no event, and leaves
+        ``request.session`` as it was. Returns a :class:`~sessions_kernel.Peek`.
+        """
+        return self.session_class(request, self)._peek()
 
     def describe(self, row: Any) -> SessionInfo:
         """What a listing shows of a stored row ("your sessions", a debug toolbar).

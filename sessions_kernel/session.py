@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -30,7 +32,30 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
 
-__all__ = ["Session"]
+__all__ = ["Peek", "Session"]
+
+
+@dataclass(frozen=True)
+class Peek:
+    """What :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>` found."""
+
+    #: the stored row, only when every active plugin accepted it
+    row: Any = None
+    #: a read-only copy of the session's data; empty unless the session is valid
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: what listings show of the row (``SessionFactory.describe``), when valid
+    info: Any = None
+    #: why there is no valid session: ``"no session cookie"``, ``"no stored session"``,
+    #: ``"nothing stored yet"``, or the reason a plugin rejected it (``"idle timeout"``)
+    reason: str | None = None
+    #: whether a stored session was found but a plugin rejected it (``reason`` says why);
+    #: the next real use of the session deletes it
+    rejected: bool = False
+
+    @property
+    def valid(self) -> bool:
+        """Whether the request's cookie names a stored session the plugins accept."""
+        return self.row is not None
 
 
 # Attributes that exist only once the session was loaded; reading one loads it.
@@ -155,6 +180,15 @@ class Session(MutableMapping[str, Any]):
         if name not in vars(request) and not hasattr(type(request), name):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
+        self._reset_state()
+        self._use(*self._find_row())
+
+        txn.addBeforeCommitHook(self._persist)
+        txn.addAfterCommitHook(self._after_commit)
+        txn.addAfterAbortHook(self._after_abort)
+        request.add_response_callback(self._respond)
+
+    def _reset_state(self) -> None:
         self._loaded = True
         self._force = False
         self._regenerated = False
@@ -169,7 +203,18 @@ class Session(MutableMapping[str, Any]):
 
         self._held: list[Any] = []  # logouts that must hold (see execute_logout)
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
-        row, token, extras, unstored = self._find_row()
+        self._peeking = False
+
+    def _use(
+        self,
+        row: Any,
+        token: bytes | None,
+        extras: dict[str, bytes],
+        unstored: dict[str, bytes] | None,
+    ) -> None:
+        """Run the load and validate stages over what the cookie found."""
+        factory = self._factory
+        request = self.request
 
         hook = factory.stages
         if row is None:
@@ -197,10 +242,29 @@ class Session(MutableMapping[str, Any]):
                     self._load_error = exc
                     raise
 
-        txn.addBeforeCommitHook(self._persist)
-        txn.addAfterCommitHook(self._after_commit)
-        txn.addAfterAbortHook(self._after_abort)
-        request.add_response_callback(self._respond)
+    def _peek(self) -> Peek:
+        """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
+        factory = self._factory
+        self.now = int(factory.clock())
+        self._reset_state()
+        self._peeking = True  # no events: a peek is not the visitor's activity
+        header = self.request.environ.get("HTTP_COOKIE") or ""
+        if not _cookie_values(header, factory.cookie_name):
+            return Peek(reason="no session cookie")
+        row, token, extras, unstored = self._find_row()
+        if row is None:
+            why = "nothing stored yet" if unstored is not None else "no stored session"
+            return Peek(reason=why)
+        self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
+        self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+        self._created = None
+        factory.stages.session_load(session=self)
+        reason = factory.stages.session_validate(session=self)
+        if reason:
+            return Peek(reason=reason, rejected=True)
+        self._read_row(row)
+        data = factory.data_serializer.loads(row.data)  # a copy of its own
+        return Peek(row=row, data=MappingProxyType(data), info=factory.describe(row))
 
     def _transaction(self) -> Any:
         """The transaction of ``request.tm`` the session joins, or a SessionError saying why not.
@@ -288,7 +352,7 @@ class Session(MutableMapping[str, Any]):
         """
         factory = self._factory
         dbsession = self._dbsession
-        if not self.request.environ.get("retry.attempt"):
+        if self._peeking or not self.request.environ.get("retry.attempt"):
             return dbsession.get(factory.model, sid)
         if dbsession.get_bind(factory.model).dialect.name == "sqlite":
             keep = sa.update(factory.table).where(factory.pk_column == sid)
@@ -354,16 +418,17 @@ class Session(MutableMapping[str, Any]):
         The row is deleted by its key. If that finds nothing, another request
         regenerated the id (or deleted the row) since this one read it: the
         session's lineage, which every id of the session starts with, finds
-        it by a range of the primary key. Either way the DELETE is held (see
-        :meth:`execute_logout`).
+        it by a range of the primary key. The lineage's DELETE is what holds
+        (see :meth:`execute_logout`), since by the time it is replayed the id
+        may have moved again.
         """
         factory = self._factory
-        by_key = sa.delete(factory.table).where(factory.pk_column == stored_id)
-        if self.execute_logout(by_key).rowcount:
-            return
         pk = factory.pk_column
         in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
-        self.execute_logout(sa.delete(factory.table).where(in_lineage))
+        by_lineage = sa.delete(factory.table).where(in_lineage)
+        self._held.append(by_lineage)
+        if not self._execute(sa.delete(factory.table).where(pk == stored_id)).rowcount:
+            self._execute(by_lineage)
 
     def execute_logout(self, statement: Any) -> Any:
         """Run a statement that logs sessions out, and make it hold; return its result.
@@ -387,7 +452,7 @@ class Session(MutableMapping[str, Any]):
         For the kernel's events and plugins' own (``RenewalViolation``, say).
         """
         registry = self.request.registry
-        if getattr(registry, "has_listeners", True):
+        if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
             registry.notify(event)
 
     # -- the extend, renew and persist stages (before commit) ----------------------
@@ -719,14 +784,15 @@ class Session(MutableMapping[str, Any]):
             return
         self._cookies = list(self._held_cookies)
         self._committed = True  # what the response says is now what the database holds
+        # A retried attempt (pyramid_retry reuses the environ) must present the new id;
+        # a deleted session's cookie it presents finds no row, and is deleted then.
         environ = self.request.environ
         name = factory.cookie_name
         for action, value, _ in self._cookies:
-            header = environ.get("HTTP_COOKIE", "")
-            others = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
             if action == "set":
-                others.append(f" {name}={value}")
-            environ["HTTP_COOKIE"] = ";".join(others).strip()
+                header = environ.get("HTTP_COOKIE", "")
+                kept = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
+                environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
         vary = response.vary or ()
