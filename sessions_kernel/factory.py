@@ -296,10 +296,12 @@ def includeme(config: Configurator) -> None:
     """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
 
     Discovers the installed plugins, keeps those the model activates,
-    validates every setting and registers the factory. The factory is also
+    validates every setting and registers the factory. Logs which expiry is
+    in force (logger ``sessions_kernel``, INFO). The factory is also
     stored in ``registry['sessions_kernel.factory']`` for tools.
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
+    log.info("%s", factory.config.expiry)
     config.set_session_factory(factory)
     config.registry["sessions_kernel.factory"] = factory
     registry = config.registry

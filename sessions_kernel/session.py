@@ -148,6 +148,11 @@ class Session(MutableMapping[str, Any]):
         """The factory's session model class."""
         return self._factory.model
 
+    @property
+    def hook(self) -> Any:
+        """The factory's pluggy hook relay, to call hooks plugins offer (session_addhooks)."""
+        return self._factory.hook
+
     def _fetch_dbsession(self) -> Any:
         """``request.<dbsession_name>``, fetched on first need and kept as ``_dbsession``.
 
