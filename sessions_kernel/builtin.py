@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 import time
 from collections.abc import Mapping
@@ -48,6 +49,55 @@ def _moment(value: Any) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return int(value.timestamp())
+
+
+def _secret_key_file(value: Any) -> list[bytes]:
+    """the path of a file holding the key(s), as container secrets are mounted"""
+    path = os.path.expanduser(text(value))
+    try:
+        with open(path, encoding="ascii") as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(
+            f"cannot read the key file {path!r}: {reason}. Write a key into it "
+            "(python -m sessions_kernel > FILE), readable by the application's user only"
+        ) from None
+    if not content.strip():
+        raise ValueError(f"the key file {path!r} is empty: write a key into it")
+    try:
+        return parse_secret_keys(content)
+    except ValueError as exc:
+        raise ValueError(f"the key file {path!r} holds no valid key: {_first_line(exc)}") from None
+
+
+def _secret_key_env(value: Any) -> list[bytes]:
+    """the name of an environment variable holding the key(s)"""
+    name = text(value)
+    if not name or "=" in name:
+        raise ValueError(f"expected the name of an environment variable, got {value!r}")
+    content = os.environ.get(name)
+    if content is None or not content.strip():
+        raise ValueError(
+            f"the environment variable {name} is {'empty' if content is not None else 'not set'}: "
+            "export it in the environment the application starts in (a systemd "
+            "EnvironmentFile=, the container's environment), not on the pserve command line, "
+            "where process listings show it"
+        )
+    try:
+        return parse_secret_keys(content)
+    except ValueError as exc:
+        raise ValueError(
+            f"the environment variable {name} holds no valid key: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).split("\n", 1)[0].rstrip(". ") + " (python -m sessions_kernel prints a new key)"
+
+
+#: The settings that can give the cookie's keys; at most one of them may be set.
+SECRET_KEY_SOURCES = ("secret_key", "secret_key_file", "secret_key_env")
 
 
 def _data_serializer(value: Any) -> Any:
@@ -168,6 +218,22 @@ SETTINGS = (
         "until when cookies of sessions-kernel 0.1, not bound to the cookie name, are still "
         "read (and sent again, bound); at most a year ahead",
         runtime=False,
+    ),
+    Setting(
+        "secret_key_file",
+        None,
+        optional(_secret_key_file),
+        "a file holding secret_key's value (a container secret), instead of secret_key",
+        runtime=False,
+        secret=True,
+    ),
+    Setting(
+        "secret_key_env",
+        None,
+        optional(_secret_key_env),
+        "an environment variable holding secret_key's value, instead of secret_key",
+        runtime=False,
+        secret=True,
     ),
     Setting(
         "model_class",

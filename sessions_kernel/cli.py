@@ -154,8 +154,8 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
     return EXIT_OK
 
 
-# the kernel's cookie serializer holds the keys; a plugin's secret says so itself
-_SECRET = frozenset({"secret_key", "serializer"})
+# never printed (a key file or variable holds the keys themselves once read)
+_SECRET = frozenset({"secret_key", "secret_key_file", "secret_key_env", "serializer"})
 
 
 def _hidden(s: maintenance.SettingReport) -> bool:

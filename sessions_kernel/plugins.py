@@ -251,12 +251,22 @@ class FactoryConfig:
                 values[name] = setting.parse(default) if isinstance(default, str) else default
         values["model_class"] = model
 
+        sources = [name for name in builtin.SECRET_KEY_SOURCES if values.get(name) is not None]
+        if len(sources) > 1:
+            raise ConfigurationError(
+                f"session.{' and session.'.join(sources)} are set; the key must come "
+                "from one place: keep one of them"
+            )
+        if sources:  # the keys read from a file or the environment are secret_key's value
+            values["secret_key"] = values[sources[0]]
         if values.get("secret_key") is None and values.get("serializer") is None:
             # no key in the message: a start-up error goes to logs, and a key copied
             # from a log is no secret
             raise ConfigurationError(
-                "session.secret_key is required (or a serializer of your own). Make a key "
-                "with\n    python -m sessions_kernel\nand add it to your ini file:\n"
+                "session.secret_key is required (or a serializer of your own; to keep the "
+                "key out of the ini file, session.secret_key_file names a file holding it "
+                "and session.secret_key_env an environment variable). Make a key with\n"
+                "    python -m sessions_kernel\nand add it to your ini file:\n"
                 "    session.secret_key = <the key it printed>"
             )
 

@@ -5,7 +5,9 @@
 * :func:`make_model`: a session model on a fresh declarative base;
 * :func:`make_app`: a real Pyramid application (pyramid_tm, zope.sqlalchemy,
   pyramid_retry, ``request.dbsession``) with the session factory and a few
-  JSON views over the session, wrapped for WebTest.
+  JSON views over the session, wrapped for WebTest;
+* :class:`ApplicationTestApp`: your own application, from its ``main()``,
+  wrapped the same way (real commits, the clock, the statement counter).
 
 The pytest plugin :mod:`sessions_kernel.pytest_plugin` turns these into
 fixtures that run a test on SQLite, PostgreSQL and MariaDB.
@@ -32,6 +34,7 @@ from .model import BaseMixin
 
 __all__ = [
     "TEST_SECRET_KEY",
+    "ApplicationTestApp",
     "Clock",
     "SessionTestApp",
     "StatementCounter",
@@ -269,16 +272,13 @@ def make_wsgi_app(
         return config.make_wsgi_app()
 
 
-class SessionTestApp:
-    """A test application on one database: WebTest browsers, a clock, a statement counter."""
+class _Browsers:
+    """WebTest browsers over ``self.wsgi``, counting statements on ``self.engine``."""
 
-    def __init__(self, model: type, engine: sa.Engine, **kwargs: Any) -> None:
-        self.model = model
-        self.engine = engine
-        self.clock: Clock = kwargs.pop("clock", None) or Clock()
-        self.counter = StatementCounter(engine)
-        self.wsgi = make_wsgi_app(model, engine, clock=self.clock, **kwargs)
-        self.browser = self.new_browser()
+    wsgi: Any
+    engine: sa.Engine
+    counter: StatementCounter
+    browser: Any
 
     def new_browser(self) -> Any:
         """A WebTest app with a cookie jar of its own (another browser).
@@ -309,6 +309,85 @@ class SessionTestApp:
         rows = self.rows()
         assert len(rows) == 1, f"expected one session row, found {len(rows)}"
         return rows[0]
+
+    @property
+    def model(self) -> type:
+        """The session model (the application's, for :class:`ApplicationTestApp`)."""
+        return self.__dict__.get("_model") or self.factory.model
+
+    @property
+    def factory(self) -> Any:
+        """The application's session factory."""
+        from pyramid.interfaces import ISessionFactory
+
+        return self.wsgi.registry.queryUtility(ISessionFactory)
+
+
+class SessionTestApp(_Browsers):
+    """A test application on one database: WebTest browsers, a clock, a statement counter."""
+
+    def __init__(self, model: type, engine: sa.Engine, **kwargs: Any) -> None:
+        self._model = model
+        self.engine = engine
+        self.clock: Clock = kwargs.pop("clock", None) or Clock()
+        self.counter = StatementCounter(engine)
+        self.wsgi = make_wsgi_app(model, engine, clock=self.clock, **kwargs)
+        self.browser = self.new_browser()
+
+
+class ApplicationTestApp(_Browsers):
+    """Your application, built by its own ``main()``, under WebTest with real commits.
+
+    ::
+
+        app = ApplicationTestApp(myapp.main, get_appsettings("testing.ini"),
+                                 engine=engine, metadata=Base.metadata)
+        app.post("/login", {...})
+        app.clock.advance(3600)            # the factory's clock: session.clock
+        with app.count() as sql:
+            app.get("/")
+        assert sql.kinds() == ["SELECT"]
+
+    Each request runs through pyramid_tm and commits, as in production; the
+    next request reads what the previous one stored. ``main(global_config,
+    **settings)`` receives ``settings`` plus ``sqlalchemy.url`` (the
+    engine's), ``dbengine`` (the engine itself: the SQLAlchemy starter's
+    ``models/__init__.py`` uses it instead of making an engine, so the
+    statement counter sees every statement) and ``session.clock``.
+
+    ``metadata``: its tables are dropped and created on ``engine`` first, and
+    dropped by :meth:`close`. The pytest fixture ``session_application``
+    builds one per database and closes it.
+    """
+
+    def __init__(
+        self,
+        main: Callable[..., Any],
+        settings: dict[str, Any] | None = None,
+        *,
+        engine: sa.Engine,
+        metadata: sa.MetaData | None = None,
+        clock: Clock | None = None,
+        global_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.clock = clock or Clock()
+        self.counter = StatementCounter(engine)
+        if metadata is not None:
+            metadata.drop_all(engine)
+            metadata.create_all(engine)
+        app_settings = dict(settings or {})
+        app_settings["sqlalchemy.url"] = engine.url.render_as_string(hide_password=False)
+        app_settings["dbengine"] = engine
+        app_settings["session.clock"] = self.clock
+        self.wsgi = main(dict(global_config or {}), **app_settings)
+        self.browser = self.new_browser()
+
+    def close(self) -> None:
+        """Drop the metadata's tables."""
+        if self.metadata is not None:
+            self.metadata.drop_all(self.engine)
 
 
 @functools.cache

@@ -213,7 +213,7 @@ def _touching_app(include_tm: bool, dbsession: bool) -> webtest.TestApp:
 
 def test_session_outside_pyramid_tm_is_a_clear_error():
     error = _touching_app(include_tm=False, dbsession=True).get("/touch").json["error"]
-    assert error.startswith("request.session was first used outside the request's transaction")
+    assert error.startswith("request.session needs request.tm")
     assert "config.include('pyramid_tm')" in error
 
 
