@@ -25,6 +25,7 @@ batch again that a conflict aborted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -216,10 +217,8 @@ def track_error_phase(engine: sa.Engine) -> sa.Engine:
             where = "rollback"
         for error in (context.sqlalchemy_exception, context.original_exception):
             if error is not None:
-                try:
+                with contextlib.suppress(AttributeError, TypeError):  # a type with __slots__
                     setattr(error, PHASE_ATTRIBUTE, where)
-                except (AttributeError, TypeError):  # an exception type with __slots__
-                    pass
 
     return engine
 
@@ -262,9 +261,7 @@ def _unavailable(request: Any, error: BaseException, kind: str) -> Any:
         request.environ.get("retry.attempt", 0) + 1,
         error,
     )
-    response = HTTPServiceUnavailable(
-        detail="The database is failing over; try again in a moment."
-    )
+    response = HTTPServiceUnavailable(detail="The database is failing over; try again in a moment.")
     response.headers["Retry-After"] = "1"
     return response
 
