@@ -13,7 +13,9 @@ reads, attempts, the fault test's stall and failures) are printed and, when
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import random
 import subprocess
@@ -72,7 +74,8 @@ class Attempts:
 
     def __call__(self, event: Any) -> None:
         environ = event.request.environ
-        job = environ.get("job")
+        # pyramid_retry hands every attempt of a request the same environ
+        job = environ.setdefault("job", f"request-{id(environ)}-{time.perf_counter_ns()}")
         if job is not None:
             with self.lock:
                 self.by_job[job] = max(self.by_job.get(job, 0), environ["retry.attempt"] + 1)
@@ -259,8 +262,12 @@ def test_hammer_with_writes_spread_over_all_nodes(cluster, allowed):
     attempts = Attempts()
     first = build(engines[0], attempts=allowed, configure=attempts.configure)
     apps = [first] + [
-        SessionTestApp(first.model, engine, settings={"retry.attempts": str(allowed)},
-                       configure=attempts.configure)
+        SessionTestApp(
+            first.model,
+            engine,
+            settings={"retry.attempts": str(allowed)},
+            configure=attempts.configure,
+        )
         for engine in engines[1:]
     ]
     try:
@@ -320,50 +327,51 @@ def checksums(urls: list[str], table: str) -> list[Any]:
     return sums
 
 
-def test_killing_the_writer_loses_no_acknowledged_write(cluster):
-    """kill -9 of the node HAProxy writes to, under reads and writes; it rejoins by IST."""
-    cluster_script()
-    writers, readers = 4, 2
-    engine = galera_engine(cluster["haproxy"], pool_size=writers + readers + 2)
-    model = make_model(tablename=f"galera_fault_{os.getpid()}")
-    attempts = Attempts()
-    app = build(engine, attempts=3, model=model, configure=attempts.configure)
-    lock = threading.Lock()
-    acknowledged: dict[int, list[int]] = {w: [] for w in range(writers)}
-    outcomes: Counter[Any] = Counter()
-    completions: list[tuple[float, float, str, Any]] = []  # start, end, kind, status
-    stop = threading.Event()
-    cookies = []
-    for _ in range(writers):
-        browser = app.new_browser()
-        browser.post_json("/set", {"start": True})
-        cookies.append(browser.cookies["session"])
+class Load:
+    """Writer threads (each its own session, a new key per request) and reader threads,
+    recording every outcome, until stopped (bounded: at most ``limit`` requests each)."""
 
-    def record(kind: str, started: float, status: Any) -> None:
-        with lock:
-            outcomes[(kind, status)] += 1
-            completions.append((started, time.perf_counter(), kind, status))
+    def __init__(self, app: Any, writers: int, readers: int, limit: int = 20_000) -> None:
+        self.app, self.limit = app, limit
+        self.lock = threading.Lock()
+        self.cookies = []
+        for _ in range(writers):
+            browser = app.new_browser()
+            browser.post_json("/set", {"start": True})
+            self.cookies.append(browser.cookies["session"])
+        self.acknowledged: dict[int, list[int]] = {w: [] for w in range(writers)}
+        self.outcomes: Counter[tuple[str, Any]] = Counter()
+        self.completions: list[tuple[float, float, str, Any]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.writer, args=(w,)) for w in range(writers)]
+        self.threads += [threading.Thread(target=self.reader, args=(r,)) for r in range(readers)]
+        self.unavailable = ServiceUnavailableLog()
 
-    def writer(w: int) -> None:
-        browser = browser_with(app, cookies[w])
-        for i in range(100_000):  # bounded: stop is set after at most a few minutes
-            if stop.is_set():
+    def record(self, kind: str, started: float, status: Any) -> None:
+        with self.lock:
+            self.outcomes[(kind, status)] += 1
+            self.completions.append((started, time.perf_counter(), kind, status))
+
+    def writer(self, w: int) -> None:
+        browser = browser_with(self.app, self.cookies[w])
+        for i in range(self.limit):
+            if self.stop.is_set():
                 return
             started = time.perf_counter()
             try:
                 status = browser.post_json("/set", {f"w{w}_{i}": i}, expect_errors=True)
                 status = status.status_int
-            except Exception as exc:
+            except Exception as exc:  # an error no view rendered: a traceback
                 status = type(exc).__name__
             if status == 200:
-                with lock:
-                    acknowledged[w].append(i)
-            record("write", started, status)
+                with self.lock:
+                    self.acknowledged[w].append(i)
+            self.record("write", started, status)
 
-    def reader(r: int) -> None:
-        browser = browser_with(app, cookies[r % writers])
-        for _ in range(100_000):
-            if stop.is_set():
+    def reader(self, r: int) -> None:
+        browser = browser_with(self.app, self.cookies[r % len(self.cookies)])
+        for _ in range(self.limit):
+            if self.stop.is_set():
                 return
             started = time.perf_counter()
             try:
@@ -373,73 +381,160 @@ def test_killing_the_writer_loses_no_acknowledged_write(cluster):
                     status = "logged out"
             except Exception as exc:
                 status = type(exc).__name__
-            record("read", started, status)
+            self.record("read", started, status)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    threads += [threading.Thread(target=reader, args=(r,)) for r in range(readers)]
-    timeline: dict[str, float] = {}
-    t0 = time.perf_counter()
-    try:
-        for thread in threads:
+    def __enter__(self) -> Load:
+        self.t0 = time.perf_counter()
+        self.unavailable.start()
+        for thread in self.threads:
             thread.start()
-        time.sleep(3)
-        timeline["kill"] = time.perf_counter() - t0
-        script("kill", "1")
-        time.sleep(10)  # the survivors evict node 1 (suspect timeout), HAProxy fails over
-        timeline["restart"] = time.perf_counter() - t0
-        restarted = script("start-node", "1")
-        timeline["synced"] = time.perf_counter() - t0
-        time.sleep(6)  # HAProxy sees node 1 Synced again (rise 2) and moves writes back
-    finally:
-        stop.set()
-        for thread in threads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
             thread.join(120)
-        timeline["end"] = time.perf_counter() - t0
+        self.unavailable.stop()
+
+    def since(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+    def figures(self) -> dict[str, Any]:
+        writes = sorted(
+            (end, status) for _, end, kind, status in self.completions if kind == "write"
+        )
+        ok = [self.t0] + [end for end, status in writes if status == 200]
+        return {
+            "requests": sum(self.outcomes.values()),
+            "acknowledged_writes": sum(map(len, self.acknowledged.values())),
+            "failed": {f"{k} {s}": n for (k, s), n in self.outcomes.items() if s != 200},
+            "causes_of_503": dict(self.unavailable.causes),
+            "longest_write_stall_s": round(max(b - a for a, b in itertools.pairwise(ok)), 2),
+            "slowest_request_s": round(max(e - s for s, e, _, _ in self.completions), 2),
+        }
+
+    def missing_on(self, urls: list[str], model: type) -> list[int]:
+        """Acknowledged writes missing from each node's copy of the table."""
+        missing = []
+        for url in urls:
+            engine = galera_engine(url)
+            try:
+                with sa.orm.Session(engine) as db:
+                    rows = [json.loads(row.data) for row in db.scalars(sa.select(model))]
+            finally:
+                engine.dispose()
+            lost = 0
+            for w, keys in self.acknowledged.items():
+                held = [d for d in rows if f"w{w}_{keys[0]}" in d] if keys else [{}]
+                present = held[0] if held else {}
+                lost += sum(f"w{w}_{i}" not in present for i in keys)
+            missing.append(lost)
+        return missing
+
+
+class ServiceUnavailableLog(logging.Handler):
+    """Counts the database errors behind the cluster tween's 503 answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.causes: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.causes[record.getMessage().split(" after ")[0]] += 1
+
+    def start(self) -> None:
+        logging.getLogger("sessions_kernel.cluster").addHandler(self)
+
+    def stop(self) -> None:
+        logging.getLogger("sessions_kernel.cluster").removeHandler(self)
+
+
+def test_killing_the_writer_loses_no_acknowledged_write(cluster):
+    """kill -9 of the node HAProxy writes to, under reads and writes; it rejoins by IST."""
+    cluster_script()
+    engine = galera_engine(cluster["haproxy"], pool_size=8)
+    model = make_model(tablename=f"galera_fault_{os.getpid()}")
+    attempts = Attempts()
+    app = build(engine, attempts=3, model=model, configure=attempts.configure)
+    timeline: dict[str, float] = {}
     try:
+        with Load(app, writers=4, readers=2) as load:
+            time.sleep(3)
+            timeline["kill"] = load.since()
+            script("kill", "1")
+            time.sleep(10)  # the survivors evict node 1 (suspect timeout), HAProxy fails over
+            timeline["restart"] = load.since()
+            restarted = script("start-node", "1")
+            timeline["synced"] = load.since()
+            time.sleep(6)  # HAProxy sees node 1 Synced again (rise 2) and moves writes back
+        timeline["end"] = load.since()
         # the application goes on without a restart, on the rejoined writer
         after = [app.post_json("/set", {"after": n}).status_int for n in range(20)]
         with engine.connect() as conn:
-            node = conn.execute(sa.text("SELECT @@wsrep_node_name")).scalar()
+            writer_after = conn.execute(sa.text("SELECT @@wsrep_node_name")).scalar()
         script("wait-synced")
-        per_node = []
-        for url in cluster["nodes"]:
-            node_engine = galera_engine(url)
-            with sa.orm.Session(node_engine) as db:
-                rows = {row.id: json.loads(row.data) for row in db.scalars(sa.select(model))}
-            node_engine.dispose()
-            per_node.append(rows)
+        missing = load.missing_on(cluster["nodes"], model)
         sums = checksums(cluster["nodes"], model.__tablename__)
     finally:
         model.metadata.drop_all(engine)
         engine.dispose()
-
-    writes = sorted((end, status) for _, end, kind, status in completions if kind == "write")
-    ok_times = [t0] + [end for end, status in writes if status == 200]
-    stall = max(b - a for a, b in zip(ok_times, ok_times[1:], strict=False))
-    slowest = max(end - start for start, end, _, _ in completions)
-    failed = {f"{kind} {status}": n for (kind, status), n in outcomes.items() if status != 200}
-    missing = 0
-    for rows in per_node:
-        stored = [data for data in rows.values() if "start" in data]
-        for w, keys in acknowledged.items():
-            holder = [d for d in stored if any(k.startswith(f"w{w}_") for k in d)]
-            present = holder[0] if holder else {}
-            missing += sum(f"w{w}_{i}" not in present for i in keys)
+    figures = load.figures()
     report(
         "fault_kill_writer",
-        timeline_s={k: round(v, 1) for k, v in timeline.items()},
+        timeline_s=timeline,
         rejoin=restarted.strip().splitlines()[-1],
-        requests=sum(outcomes.values()),
-        acknowledged_writes=sum(map(len, acknowledged.values())),
-        failed=failed,
-        longest_write_stall_s=round(stall, 2),
-        slowest_request_s=round(slowest, 2),
+        **figures,
         attempts_used=attempts.histogram(),
-        lost_acknowledged_writes=missing,
+        lost_acknowledged_writes_per_node=missing,
         checksums=sums,
-        writer_after=node,
+        writer_after=writer_after,
     )
-    assert missing == 0
+    assert missing == [0, 0, 0]
     assert len(set(sums)) == 1
     assert after == [200] * 20
-    assert set(failed) <= {"write 503", "read 503"}, failed
+    assert writer_after == "node1"
+    assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
+
+
+def test_an_application_on_a_killed_node_answers_503_until_the_node_is_back(cluster):
+    """No proxy: the application's only node dies and rejoins. Connection refused (2003),
+    lost (2013), then 'WSREP has not yet prepared node' (1047) while it joins: 503s,
+    never a traceback, and the same application works again once the node is Synced."""
+    cluster_script()
+    engine = galera_engine(cluster["nodes"][2], pool_size=6)
+    model = make_model(tablename=f"galera_pinned_{os.getpid()}")
+    attempts = Attempts()
+    app = build(engine, attempts=3, model=model, configure=attempts.configure)
+    timeline: dict[str, float] = {}
+    try:
+        with Load(app, writers=2, readers=1) as load:
+            time.sleep(2)
+            timeline["kill"] = load.since()
+            script("kill", "3")
+            time.sleep(4)
+            timeline["restart"] = load.since()
+            restarted = script("start-node", "3")
+            timeline["synced"] = load.since()
+            time.sleep(2)
+        timeline["end"] = load.since()
+        after = [app.post_json("/set", {"after": n}).status_int for n in range(20)]
+        script("wait-synced")
+        missing = load.missing_on(cluster["nodes"], model)
+        sums = checksums(cluster["nodes"], model.__tablename__)
+    finally:
+        model.metadata.drop_all(engine)
+        engine.dispose()
+    figures = load.figures()
+    report(
+        "fault_pinned_node",
+        timeline_s=timeline,
+        rejoin=restarted.strip().splitlines()[-1],
+        **figures,
+        attempts_used=attempts.histogram(),
+        lost_acknowledged_writes_per_node=missing,
+        checksums=sums,
+    )
+    assert missing == [0, 0, 0]
+    assert len(set(sums)) == 1
+    assert after == [200] * 20
+    assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
