@@ -147,6 +147,37 @@ def new_sessions(port: int, count: int) -> list[str]:
     return cookies
 
 
+# The database server's processes, to count the CPU time they spent during a cell.
+SERVER_PROCESSES = {
+    "postgresql": lambda comm, cmd: comm == "postgres",
+    "mariadb": lambda comm, cmd: comm == "mariadbd" and "galera" not in cmd,
+    "galera": lambda comm, cmd: comm == "mariadbd" and "galera" in cmd,
+    "redis": lambda comm, cmd: comm == "redis-server",
+}
+
+
+def server_cpu_seconds(backend: str) -> float | None:
+    """CPU seconds (user + system) the backend's server processes have used so far."""
+    match = SERVER_PROCESSES.get(backend)
+    if match is None:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if match(comm, cmd):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def parse_ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
@@ -210,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration is 1 to 300 seconds")
     results = []
     table = f"bench_http_{os.getpid()}"
+    if not args.json:
+        print(
+            f"{'backend':<11}{'workers':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}"
+            f"{'db cpu s':>9}"
+        )
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         available = backends(args, tmp)
@@ -232,7 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                             "write_percent": args.write_percent,
                         }
                     )
+                    cpu_before = server_cpu_seconds(name)
                     figures = run_wrk(args, port, script)
+                    if cpu_before is not None:
+                        used = server_cpu_seconds(name) - cpu_before
+                        figures["server_cpu_s"] = round(used, 2)
+                        writes = figures["requests"] * args.write_percent / 100
+                        figures["writes_per_server_cpu_s"] = (
+                            round(writes / used, 1) if used else None
+                        )
                 finally:
                     stop(process)
                 drop_table(env, table)
@@ -241,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = results[-1]
                     print(
                         f"{name:<11}{workers:>8}{r['requests_per_second']:>10.1f}"
-                        f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}",
+                        f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}"
+                        f"{r.get('server_cpu_s', '-'):>9}",
                         flush=True,
                     )
     if args.json:
