@@ -538,3 +538,70 @@ def test_an_application_on_a_killed_node_answers_503_until_the_node_is_back(clus
     assert len(set(sums)) == 1
     assert after == [200] * 20
     assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
+
+
+# -- the drivers' real errors ----------------------------------------------------------------
+
+DRIVERS = {"pymysql": "pymysql", "mysqldb": "MySQLdb", "mariadbconnector": "mariadb"}
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def driver_urls(request, cluster) -> list[str]:
+    import importlib.util
+
+    if importlib.util.find_spec(DRIVERS[request.param]) is None:
+        pytest.skip(f"the {DRIVERS[request.param]} driver is not installed")
+    urls = []
+    for url in cluster["nodes"]:
+        parsed = sa.engine.make_url(url).set(drivername=f"mariadb+{request.param}")
+        if request.param == "mariadbconnector":
+            parsed = parsed.difference_update_query(["charset"])
+        urls.append(parsed)
+    return urls
+
+
+def test_each_driver_s_real_errors_are_classified(driver_urls):
+    """A certification conflict between two nodes (1213), a killed connection (lost during
+    a statement), a closed port (2003), raised by the driver itself."""
+    from sessions_kernel.cluster import classify_error, error_code
+
+    one, two = (galera_engine(url) for url in driver_urls[:2])
+    table = f"galera_driver_{os.getpid()}"
+    try:
+        with one.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            conn.exec_driver_sql(f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT)")
+            conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1, 0)")
+        a, b = one.connect(), two.connect()
+        a.exec_driver_sql(f"UPDATE {table} SET n = n + 1 WHERE id = 1")
+        b.exec_driver_sql(f"UPDATE {table} SET n = n + 10 WHERE id = 1")
+        a.commit()
+        with pytest.raises(sa.exc.DBAPIError) as conflict:
+            b.exec_driver_sql(f"SELECT n FROM {table}")  # the conflict aborted b's transaction
+            b.commit()
+        b.rollback()
+        assert (error_code(conflict.value), classify_error(conflict.value)) == (1213, "retry")
+
+        victim = one.connect()
+        victim_id = victim.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        victim.exec_driver_sql("SELECT 1")
+        with one.connect() as killer:
+            killer.exec_driver_sql(f"KILL {victim_id}")
+        with pytest.raises(sa.exc.DBAPIError) as killed:
+            victim.exec_driver_sql(f"SELECT n FROM {table}")
+        victim.invalidate()
+        assert error_code(killed.value) in {2006, 2013, 1927, 4031}, killed.value
+        assert classify_error(killed.value) == "retry"
+
+        closed = galera_engine(sa.engine.make_url(driver_urls[0]).set(port=4399))
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            closed.connect()
+        assert error_code(refused.value) in {2002, 2003}  # libmariadb says 2002 for TCP too
+        assert classify_error(refused.value) == "unavailable"
+        a.close()
+        b.close()
+    finally:
+        with one.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        one.dispose()
+        two.dispose()
