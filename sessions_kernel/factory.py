@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
 
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
+from .merge import MergeRule
+from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
 from .session import Session
 
@@ -27,6 +31,7 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+log = logging.getLogger("sessions_kernel")
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,12 @@ class SessionFactory:
         self.pk_key = mapper.get_property_by_column(self.pk_column).key
         self.version_key = mapper.get_property_by_column(self.version_column).key
         self.column_keys = tuple(k for k in self.columns if k != self.version_key)
+        #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
+        self.merge_rules = _merge_rules(config, self.columns)
+        #: columns whose write may give way to a concurrent one (``merge.droppable``)
+        self.droppable_columns = frozenset(
+            name for name, (_, rule) in self.merge_rules.items() if getattr(rule, "droppable", 0)
+        )
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
@@ -211,6 +222,39 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     return type(f"{config.model.__name__}Session", (Session,), namespace)
 
 
+def _merge_rules(
+    config: FactoryConfig, columns: Mapping[str, Any]
+) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+    rules: dict[str, tuple[tuple[str, ...], MergeRule]] = {}
+    owners: dict[str, str] = {}
+    for impl in config.pm.hook.session_merge_rules.get_hookimpls():
+        arguments = {"model": config.model}
+        answer = impl.function(*[arguments[name] for name in impl.argnames]) or {}
+        for key, rule in answer.items():
+            group = (key,) if isinstance(key, str) else tuple(key)
+            where = f"session plugin {impl.plugin_name!r} declares a merge rule for {key!r}"
+            if not group or not callable(rule):
+                raise ConfigurationError(
+                    f"{where}: expected a column name (or a tuple of them) mapped to a "
+                    f"callable rule(base, mine, theirs), got {rule!r}"
+                )
+            for name in group:
+                if name not in columns or name in KERNEL_COLUMNS:
+                    raise ConfigurationError(
+                        f"{where}, but {name!r} is not a plugin column of "
+                        f"{config.model.__name__} (its plugin columns: "
+                        f"{', '.join(sorted(set(columns) - KERNEL_COLUMNS)) or 'none'})"
+                    )
+                if name in owners:
+                    raise ConfigurationError(
+                        f"{where}, but {owners[name]!r} already declared one for {name!r}; "
+                        "a column merges by one rule"
+                    )
+                owners[name] = impl.plugin_name
+                rules[name] = (group, rule)
+    return rules
+
+
 def session_factory(plugins: Iterable[object] = (), **settings: Any) -> SessionFactory:
     """Build a session factory from settings given as Python values or ini strings.
 
@@ -242,3 +286,17 @@ def includeme(config: Configurator) -> None:
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
     config.set_session_factory(factory)
     config.registry["sessions_kernel.factory"] = factory
+    registry = config.registry
+
+    def check_retry() -> None:
+        policy = registry.queryUtility(IExecutionPolicy)
+        if not getattr(policy, "__module__", "").startswith("pyramid_retry"):
+            log.warning(
+                "pyramid_retry is not included: a request that changes the same session key "
+                "as a concurrent request of that session fails with SessionConflictError "
+                "instead of running again. Add config.include('pyramid_retry') to your main() "
+                "(retry.attempts defaults to 3, which is enough)."
+            )
+
+    # after pyramid_retry's own action has set its execution policy (default order)
+    config.action(None, check_retry, order=PHASE3_CONFIG + 1)

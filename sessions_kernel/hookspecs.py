@@ -12,7 +12,7 @@ Hooks come in three groups:
 
 * configuration (called once per factory, at start-up): :func:`session_mixins`,
   :func:`session_settings`, :func:`session_check_settings`,
-  :func:`session_attributes`;
+  :func:`session_attributes`, :func:`session_merge_rules`;
 * the request pipeline, in this order: :func:`session_load`,
   :func:`session_validate`, then before commit :func:`session_extend`,
   :func:`session_renew`, :func:`session_persist`, and
@@ -61,6 +61,7 @@ import pluggy
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
 
+    from .merge import MergeRule
     from .session import Session
     from .settings import Setting
 
@@ -129,6 +130,53 @@ def session_attributes() -> Mapping[str, Any]:
     plugins adding one name, or a name the kernel already uses, is a
     start-up error. Called after :func:`session_check_settings`, before any
     request.
+    """
+
+
+@hookspec
+def session_merge_rules(model: type) -> Mapping[str | tuple[str, ...], MergeRule] | None:
+    """Say how this plugin's columns merge when two requests of one session both changed them.
+
+    :param model: the factory's model class.
+
+    Two requests of one browser often run at once (a page's parallel API
+    calls). Each read the row; the second to write finds that the first
+    changed it. The kernel then re-reads the row (locked) and applies only
+    what the second request changed: a column only one of them changed
+    takes that request's value. A column both changed is a conflict, and
+    the request fails with :class:`~sessions_kernel.SessionConflictError`
+    (pyramid_retry runs it again) unless its plugin declared a rule here.
+    Declare a rule for every column that requests change as bookkeeping
+    (an expiry a read extends, a counter, the last address seen), so that
+    parallel reads never conflict.
+
+    Return a mapping; each key is either
+
+    * a column name, with a rule ``rule(base, mine, theirs) -> value``:
+      ``base`` is the value this request read, ``mine`` the value it wants
+      to write, ``theirs`` the value the concurrent request wrote; or
+    * a tuple of column names that only make sense together (a protocol's
+      state), with a rule that gets three dicts of those columns and
+      returns a dict of them. It is called when both requests changed any
+      column of the group.
+
+    A rule returns the merged value, or raises
+    :class:`sessions_kernel.merge.MergeConflict` when no merge is right.
+    :mod:`sessions_kernel.merge` has common rules: ``latest`` (the later
+    expiry wins), ``earliest``, ``keep_theirs``, ``add_both``. A rule must be
+    a pure function of its arguments: it runs inside the write, holding the
+    row's lock. Columns are the plugin's own; naming a kernel column, a
+    column the model lacks, or a column another plugin claimed is a start-up
+    error.
+
+    On PostgreSQL at REPEATABLE READ or SERIALIZABLE the database refuses
+    the second write before any rule can run. There a request that changed
+    only columns whose rules are marked
+    :func:`~sessions_kernel.merge.droppable` drops its write (the
+    concurrent one stands, and the cookie is left as the browser has it)
+    instead of failing; otherwise it fails with a retryable error.
+
+    Called once per factory, after :func:`session_attributes`.
     """
 
 

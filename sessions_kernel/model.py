@@ -8,7 +8,7 @@ from sqlalchemy import BigInteger, Integer, LargeBinary, String
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
-__all__ = ["BaseMixin", "BlobType"]
+__all__ = ["KERNEL_COLUMNS", "BaseMixin", "BlobType"]
 
 #: Binary column type for serialized data: MEDIUMBLOB (16 MiB) on MySQL/MariaDB,
 #: where a plain BLOB stops at 64 KiB.
@@ -44,3 +44,7 @@ class BaseMixin:
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:
         return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+
+
+#: The columns of :class:`BaseMixin`: only the kernel writes them.
+KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))

@@ -15,8 +15,8 @@ from zope.sqlalchemy import mark_changed
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionConflictError, SessionError
-from .merge import merge_mappings
-from .model import BaseMixin
+from .merge import MergeConflict, merge_mappings
+from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -33,10 +33,16 @@ _LAZY = frozenset(
     {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
 )
 _MISSING = object()
-# The columns of BaseMixin: only the kernel writes them.
-_KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
+# Where a pooled connection remembers its isolation level (see _refuses_concurrent_updates).
+_ISOLATION_KEY = "sessions_kernel.isolation_level"
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL's "could not serialize access" (SQLSTATE 40001) or a deadlock (40P01)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40001", "40P01")
 
 
 @implementer(ISession)
@@ -142,7 +148,7 @@ class Session(MutableMapping[str, Any]):
                 self._delete_cookie = factory.default_cookie_attributes
             else:
                 sid = session_id_for(token)
-                row = self._dbsession.get(factory.model, sid)
+                row = self._fetch_row(sid)
                 if row is None:
                     self.notify(events.SessionNotFound(request, sid))
                     self._delete_cookie = factory.default_cookie_attributes
@@ -171,6 +177,25 @@ class Session(MutableMapping[str, Any]):
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         request.add_response_callback(self._respond)
+
+    def _fetch_row(self, sid: str) -> Any:
+        """The row by its primary key; on a retried attempt, locked until commit.
+
+        pyramid_retry runs a request again when it lost to a concurrent one
+        (both changed one key). Loading the row locked (``SELECT … FOR
+        UPDATE``; on SQLite, which locks the whole database instead, by
+        taking its write lock first) means no other request can write the
+        row before this attempt commits, so it cannot lose again. The first
+        attempt, the common path, reads without a lock.
+        """
+        factory = self._factory
+        dbsession = self._dbsession
+        if not self.request.environ.get("retry.attempt"):
+            return dbsession.get(factory.model, sid)
+        if dbsession.get_bind(factory.model).dialect.name == "sqlite":
+            keep = sa.update(factory.table).where(factory.pk_column == sid)
+            self._execute(keep.values({factory.version_column: factory.version_column}))
+        return dbsession.get(factory.model, sid, with_for_update=True, populate_existing=True)
 
     def _read_row(self, row: Any) -> None:
         ser = self._factory.data_serializer
@@ -301,7 +326,7 @@ class Session(MutableMapping[str, Any]):
             hook.session_renew(session=self)
             if self.dirty:
                 hook.session_persist(session=self, row=row)
-                write = self._write_row(row)
+                write = self._write_row(row, extras)
             write = write or extras != self.cookie_extras
         old = self._delete_cookie
         if write:
@@ -320,11 +345,11 @@ class Session(MutableMapping[str, Any]):
         if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
             dbsession.flush()
 
-    def _write_row(self, row: Any) -> bool:
+    def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
         """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
 
-        Returns ``False`` when a concurrent request deleted the session: it
-        stays deleted and its cookie is removed.
+        ``extras`` is the cookie as the browser holds it, restored if this
+        request's write is dropped. Returns whether the row was written.
         """
         factory = self._factory
         state = sa.inspect(row)
@@ -338,8 +363,27 @@ class Session(MutableMapping[str, Any]):
         stored_id = state.identity[0]
         version = getattr(row, factory.version_key)
         values = {key: new for key, (new, _) in changes.items()}
-        if not self._update(stored_id, version, values):
-            merged = self._merge(stored_id, changes)
+        if factory.droppable_columns.issuperset(changes) and self._refuses_concurrent_updates():
+            # Only plugins' bookkeeping changed (an idle extension, say), and this database
+            # refuses a write over a concurrent one before any rule could merge them. Try it
+            # under a savepoint; refused, the concurrent write stands and the browser keeps
+            # its cookie, as if this request had come first (see merge.droppable).
+            savepoint = self._dbsession.connection().begin_nested()
+            try:
+                written = self._update(stored_id, version, values)
+            except sa.exc.DBAPIError as exc:
+                savepoint.rollback()
+                if not _is_serialization_failure(exc):
+                    raise
+                for key, (_, old) in changes.items():
+                    set_committed_value(row, key, old)
+                self.cookie_extras = extras
+                return False
+            savepoint.commit()
+        else:
+            written = self._update(stored_id, version, values)
+        if not written:
+            merged = self._merge(row, stored_id, changes)
             if merged is None:
                 self._dbsession.expunge(row)
                 # the browser's cookie was set with the stored settings, as in _drop_row
@@ -353,6 +397,23 @@ class Session(MutableMapping[str, Any]):
         if factory.pk_key in values:  # regenerated: the identity map still has the old key
             self._dbsession.expunge(row)
         return True
+
+    def _refuses_concurrent_updates(self) -> bool:
+        """Whether the database fails an UPDATE of a row a concurrent transaction changed.
+
+        PostgreSQL does at REPEATABLE READ and SERIALIZABLE. The level is asked
+        once per pooled connection (unless set per connection through
+        execution options).
+        """
+        connection = self._dbsession.connection()
+        if connection.dialect.name != "postgresql":
+            return False
+        level = connection.get_execution_options().get("isolation_level")
+        if level is None:
+            level = connection.info.get(_ISOLATION_KEY)
+            if level is None:
+                level = connection.info[_ISOLATION_KEY] = connection.get_isolation_level()
+        return level in ("REPEATABLE READ", "SERIALIZABLE")
 
     def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
         factory = self._factory
@@ -375,9 +436,15 @@ class Session(MutableMapping[str, Any]):
         return result
 
     def _merge(
-        self, stored_id: str, changes: dict[str, tuple[Any, Any]]
+        self, row: Any, stored_id: str, changes: dict[str, tuple[Any, Any]]
     ) -> tuple[dict[str, Any], int] | None:
-        """Re-read the row another request wrote, apply our changes onto it, write it."""
+        """Re-read the row another request wrote, apply our changes onto it, write it.
+
+        The data and the flash queues merge key by key (:func:`merge_mappings`);
+        ``updated`` takes the later time; a plugin's column merges by the rule
+        its plugin declared (``session_merge_rules``); any other column both
+        requests changed is a conflict.
+        """
         factory = self._factory
         ser = factory.data_serializer
         query = sa.select(factory.table).where(factory.pk_column == stored_id).with_for_update()
@@ -388,6 +455,8 @@ class Session(MutableMapping[str, Any]):
         values: dict[str, Any] = {}
         conflicts: list[str] = []
         merged_keys: list[str] = []
+        reasons: list[str] = []
+        groups_done: set[tuple[str, ...]] = set()
         for key, (new, old) in changes.items():
             theirs = fresh[factory.columns[key]]
             if key == "data":
@@ -405,6 +474,29 @@ class Session(MutableMapping[str, Any]):
                 conflicts += [f"flash:{queue}" for queue in clash]
             elif key == "updated":
                 values[key] = max(new, theirs)
+            elif key in factory.merge_rules:
+                group, rule = factory.merge_rules[key]
+                if group in groups_done:
+                    continue
+                groups_done.add(group)
+                mine = {name: getattr(row, name) for name in group}
+                base = {name: changes[name][1] if name in changes else mine[name] for name in group}
+                current = {name: fresh[factory.columns[name]] for name in group}
+                try:
+                    if current == base:  # the other request left the group alone
+                        result = mine
+                    elif len(group) == 1:
+                        result = {key: rule(old, new, theirs)}
+                    else:
+                        result = rule(base, mine, current)
+                except MergeConflict as exc:
+                    conflicts += group
+                    reasons.append(str(exc))
+                    continue
+                for name in group:
+                    if result[name] != current[name]:
+                        values[name] = result[name]
+                merged_keys += [name for name in group if name in changes]
             elif theirs == old or key == factory.pk_key:
                 values[key] = new
                 merged_keys.append(key)
@@ -412,9 +504,10 @@ class Session(MutableMapping[str, Any]):
                 conflicts.append(key)
         version = fresh[factory.version_column]
         if conflicts:
+            why = f" ({'; '.join(reasons)})" if reasons else ""
             raise SessionConflictError(
                 f"session {stored_id[:12]}…: this request and a concurrent one both changed "
-                f"{', '.join(map(repr, conflicts))}. Include pyramid_retry "
+                f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "
                 "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
                 "again on the newer session; nothing was overwritten."
             )
@@ -552,11 +645,11 @@ class Session(MutableMapping[str, Any]):
 
     def _check_column(self, name: str) -> None:
         config = self._factory.config
-        if name not in config.column_names or name in _KERNEL_COLUMNS:
+        if name not in config.column_names or name in KERNEL_COLUMNS:
             raise SessionError(
                 f"{config.model.__name__} has no plugin column {name!r}: add the mixin that "
                 "declares it to the model's bases (the kernel's own columns "
-                f"{', '.join(sorted(_KERNEL_COLUMNS))} are not set this way)"
+                f"{', '.join(sorted(KERNEL_COLUMNS))} are not set this way)"
             )
         if name in config.configurable:
             raise SessionError(

@@ -75,6 +75,7 @@ def build(
     model: type | None = None,
     settings: dict[str, Any] | None = None,
     configure: Any = None,
+    plugins: Any = (),
 ) -> Any:
     """A test app whose requests a test can pause (``/paused``), counting attempts and events."""
     recorder, gate = Recorder(), Gate()
@@ -95,6 +96,7 @@ def build(
         settings={"retry.attempts": str(attempts), **(settings or {})},
         retry=retry,
         configure=configure,
+        plugins=plugins,
     )
     app.recorder, app.gate = recorder, gate
     return app

@@ -39,25 +39,20 @@ def test_gc_benchmark_deletes_the_expired_half(tmp_path):
     assert "longest" in out and "peak memory" in out
 
 
-def test_concurrency_benchmark_loses_nothing(tmp_path):
+def test_concurrency_benchmark_loses_nothing_and_reports_failures(tmp_path):
     url = f"sqlite:///{tmp_path}/c.sqlite"
     out = run(
         "bench_concurrency.py",
-        "--url",
-        url,
-        "--isolation",
-        "",
-        "--keys",
-        "6",
-        "--increments",
-        "6",
-        "--threads",
-        "3",
-        "--json",
+        *("--url", url, "--keys", "6", "--increments", "6", "--threads", "3"),
+        *("--read-rounds", "2", "--readers", "3", "--json"),
     )
-    (result,) = json.loads(out)
-    assert result["statuses"] == {"200": 12}
-    assert (result["lost_increments"], result["lost_keys"]) == (0, 0)
+    hammer, reads = json.loads(out)
+    assert hammer["scenario"] == "hammer" and hammer["attempts"] == 3  # pyramid_retry's default
+    assert hammer["statuses"] == {"200": 12} and hammer["failed"] == 0
+    assert (hammer["lost_increments"], hammer["lost_keys"]) == (0, 0)
+    assert reads["scenario"] == "reads"
+    assert reads["statuses"] == {"200": 6} and reads["failed"] == 0
+    assert reads["retries"] == 0
 
 
 def test_plugin_benchmark_measures_every_model(tmp_path):

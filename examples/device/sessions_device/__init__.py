@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sessions_kernel import Session, Setting, hookimpl
+from sessions_kernel.merge import MergeRule, keep_theirs
 from sessions_kernel.settings import boolean
 
 __all__ = ["REASON", "SETTINGS", "ConfigDeviceMixin", "DeviceMixin", "client_device"]
@@ -121,6 +122,12 @@ def session_persist(session: Session, row: Any) -> None:
         ip, agent = client_device(session.request)
         row.device_login_ip = row.device_last_ip = ip
         row.device_login_user_agent = row.device_last_user_agent = agent
+
+
+@hookimpl
+def session_merge_rules() -> Mapping[Any, MergeRule]:
+    # Two parallel requests from one browser: either's device is the last one seen.
+    return {("device_last_ip", "device_last_user_agent"): keep_theirs}
 
 
 @hookimpl

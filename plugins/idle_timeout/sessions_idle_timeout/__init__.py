@@ -38,6 +38,7 @@ from sqlalchemy import BigInteger, Integer, SmallInteger
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sessions_kernel import Session, Setting, hookimpl
+from sessions_kernel.merge import MergeRule, latest
 from sessions_kernel.settings import integer, optional
 
 __all__ = [
@@ -215,6 +216,12 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
             "that long. Lower idle_timeout or raise absolute_timeout."
         )
     return problems
+
+
+@hookimpl
+def session_merge_rules() -> dict[str, MergeRule]:
+    """Two requests extended the expiry at once (parallel reads): the later expiry wins."""
+    return {"idle_expire": latest}
 
 
 # -- the request pipeline ----------------------------------------------------------------

@@ -47,15 +47,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sessions_kernel import Session, Setting, hookimpl
 from sessions_kernel.events import SessionEvent
+from sessions_kernel.merge import MergeConflict, MergeRule, droppable
 from sessions_kernel.settings import integer, optional
 
 __all__ = [
+    "COLUMNS",
     "COOKIE_KEY",
     "ID_BYTES",
     "REASON",
     "ConfigRenewalMixin",
     "RenewalMixin",
     "RenewalViolation",
+    "merge_states",
     "next_renewal_id",
     "renewal_digest",
 ]
@@ -222,6 +225,52 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
             "Lower renewal_try_every or raise renewal_timeout."
         ]
     return []
+
+
+#: The columns that hold the protocol's state; they merge together.
+COLUMNS = (
+    "renewal_id",
+    "renewal_at",
+    "renewal_candidate",
+    "renewal_offered_at",
+    "renewal_previous",
+)
+
+
+@droppable
+def merge_states(
+    base: Mapping[str, Any], mine: Mapping[str, Any], theirs: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """Two requests of one session moved the protocol at once: keep the state further on.
+
+    Both requests carried ids of one chain, and every candidate is derived
+    from the id before it, so the two states differ only by how far each got:
+    an offer (``renewal_offered_at`` later) or an acknowledgement
+    (``renewal_at`` later). The state further on accepts the cookie either
+    request sent: an offer's candidate is the acknowledged id, and the
+    acknowledged request's own id is its ``renewal_previous``. Two different
+    chains (two requests adopting one old session, each with a random first
+    id) cannot both stand: :class:`~sessions_kernel.merge.MergeConflict`, and
+    the request is retried. Droppable: where the database refuses the write
+    outright, the concurrent state stands and the browser keeps the cookie
+    it has, which that state accepts (the same id, or the previous one
+    within the grace window).
+    """
+    if dict(mine) == dict(theirs):
+        return theirs
+
+    def progress(state: Mapping[str, Any]) -> tuple[int, int]:
+        return (state["renewal_at"] or -1, state["renewal_offered_at"] or -1)
+
+    ahead, behind = (mine, theirs) if progress(mine) > progress(theirs) else (theirs, mine)
+    if behind["renewal_id"] not in (ahead["renewal_id"], ahead["renewal_previous"]):
+        raise MergeConflict("two requests started different renewal chains")
+    return ahead
+
+
+@hookimpl
+def session_merge_rules() -> dict[tuple[str, ...], MergeRule]:
+    return {COLUMNS: merge_states}
 
 
 # -- the request pipeline -------------------------------------------------------------
