@@ -261,7 +261,10 @@ def _unavailable(request: Any, error: BaseException, kind: str) -> Any:
         request.environ.get("retry.attempt", 0) + 1,
         error,
     )
-    response = HTTPServiceUnavailable(detail="The database is failing over; try again in a moment.")
+    response = HTTPServiceUnavailable(
+        detail="The database could not complete the request (a conflict between concurrent "
+        "requests, or a node failing over); try again in a moment."
+    )
     response.headers["Retry-After"] = "1"
     return response
 
