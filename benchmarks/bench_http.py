@@ -156,15 +156,32 @@ SERVER_PROCESSES = {
 }
 
 
-def server_cpu_seconds(backend: str) -> float | None:
-    """CPU seconds (user + system) the backend's server processes have used so far."""
+def postgresql_backends(url: str) -> set[int]:
+    """The pids of the PostgreSQL backends serving the benchmark's application."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_http'"
+            return set(conn.exec_driver_sql(query).scalars())
+    finally:
+        engine.dispose()
+
+
+def server_cpu_seconds(backend: str, pids: set[int] | None = None) -> float | None:
+    """CPU seconds (user + system) the backend's server processes have used so far.
+
+    With ``pids``, only those processes (PostgreSQL's backends of this benchmark, so
+    that other clients of a shared server do not count).
+    """
     match = SERVER_PROCESSES.get(backend)
     if match is None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or (pids is not None and int(proc.name) not in pids):
             continue
         try:
             stat = (proc / "stat").read_text()
@@ -268,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                             "write_percent": args.write_percent,
                         }
                     )
-                    cpu_before = server_cpu_seconds(name)
+                    pids = postgresql_backends(env["BENCH_URL"]) if name == "postgresql" else None
+                    cpu_before = server_cpu_seconds(name, pids)
                     figures = run_wrk(args, port, script)
                     if cpu_before is not None:
-                        used = server_cpu_seconds(name) - cpu_before
+                        used = server_cpu_seconds(name, pids) - cpu_before
                         figures["server_cpu_s"] = round(used, 2)
                         writes = figures["requests"] * args.write_percent / 100
                         figures["writes_per_server_cpu_s"] = (

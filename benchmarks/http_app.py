@@ -81,7 +81,11 @@ def make_app() -> Any:
             elif url.startswith("sqlite"):
                 engine = sa.create_engine(url, connect_args={"timeout": 30})
             else:
-                engine = sa.create_engine(url, pool_size=2, pool_pre_ping=True)
+                # PostgreSQL: the benchmark finds its server processes by this name
+                connect_args = {"application_name": "bench_http"} if "postgres" in url else {}
+                engine = sa.create_engine(
+                    url, pool_size=2, pool_pre_ping=True, connect_args=connect_args
+                )
             add_dbsession(config, engine)
             model = model_for(os.environ.get("BENCH_TABLE", "bench_http"))
             config.set_session_factory(
