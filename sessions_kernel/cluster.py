@@ -15,8 +15,9 @@ Three things, each usable alone:
 * ``config.include("sessions_kernel.cluster")``: a tween over pyramid_tm that
   marks those errors retryable for pyramid_retry, and answers
   ``503 Service Unavailable`` (with ``Retry-After``) instead of a 500 and a
-  traceback when the last attempt fails with one of them, or when a failing
-  connection made pyramid_tm raise ``NoTransaction`` in place of the
+  traceback when the last attempt fails with one of them (or with another
+  transient error, such as the kernel's ``SessionConflictError``), or when a
+  failing connection made pyramid_tm raise ``NoTransaction`` in place of the
   database's error.
 
 ``collect_garbage`` (``psessions gc``) uses :func:`classify_error` to run a
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
+from transaction.interfaces import TransientError
 
 __all__ = [
     "DISCONNECT_CODES",
@@ -151,9 +153,15 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def _database_error(error: BaseException) -> tuple[BaseException, str] | None:
-    """The classified database error in ``error``'s chain, with its class."""
+    """The classified database error in ``error``'s chain, with its class.
+
+    A :class:`transaction.interfaces.TransientError` (the kernel's
+    ``SessionConflictError``, say) counts as ``"retry"``.
+    """
     for item in _chain(error):
         kind = classify_error(item)
+        if kind is None and isinstance(item, TransientError):
+            kind = "retry"
         if kind is not None:
             return item, kind
     return None
@@ -254,10 +262,15 @@ def galera_engine(url: str | sa.URL, *, sync_wait: int = 1, **kwargs: Any) -> sa
 def _unavailable(request: Any, error: BaseException, kind: str) -> Any:
     from pyramid.httpexceptions import HTTPServiceUnavailable
 
+    label = {
+        "retry": "conflict",
+        "unavailable": "database unavailable",
+        "unknown-outcome": "database connection lost at COMMIT",
+    }[kind]
     log.warning(
-        "database %s (%s) after %s attempt(s): %s",
-        "unavailable" if kind != "unknown-outcome" else "connection lost at COMMIT",
-        error_code(error),
+        "%s (%s) after %s attempt(s): %s",
+        label,
+        error_code(error) or type(error).__name__,
         request.environ.get("retry.attempt", 0) + 1,
         error,
     )

@@ -214,6 +214,14 @@ def app_failing_abort(attempts: int, include: bool = True):
         return webtest.TestApp(config.make_wsgi_app())
 
 
+def test_a_session_conflict_on_the_last_attempt_is_a_503():
+    from sessions_kernel import SessionConflictError
+
+    app, calls = app_raising([SessionConflictError("both changed 'n'")] * 3)
+    app.get("/", status=503)
+    assert calls == [0, 1, 2]
+
+
 def test_other_errors_pass_through():
     app, calls = app_raising([RuntimeError("a bug")])
     with pytest.raises(RuntimeError, match="a bug"):
