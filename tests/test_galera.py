@@ -449,6 +449,24 @@ class ServiceUnavailableLog(logging.Handler):
         logging.getLogger("sessions_kernel.cluster").removeHandler(self)
 
 
+def back_on_node1(url: str, seconds: float = 60) -> None:
+    """Wait until HAProxy sends new connections to node 1 again (its checks saw it Synced)."""
+    probe = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                with probe.connect() as conn:
+                    if conn.exec_driver_sql("SELECT @@wsrep_node_name").scalar() == "node1":
+                        return
+            except sa.exc.DBAPIError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"HAProxy did not route to node 1 again within {seconds} s")
+    finally:
+        probe.dispose()
+
+
 def test_killing_the_writer_loses_no_acknowledged_write(cluster):
     """kill -9 of the node HAProxy writes to, under reads and writes; it rejoins by IST."""
     cluster_script()
@@ -468,6 +486,7 @@ def test_killing_the_writer_loses_no_acknowledged_write(cluster):
             timeline["synced"] = load.since()
             time.sleep(6)  # HAProxy sees node 1 Synced again (rise 2) and moves writes back
         timeline["end"] = load.since()
+        back_on_node1(cluster["haproxy"])
         # the application goes on without a restart, on the rejoined writer
         after = [app.post_json("/set", {"after": n}).status_int for n in range(20)]
         with engine.connect() as conn:
