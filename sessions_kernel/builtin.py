@@ -105,6 +105,19 @@ def _cookie_samesite(value: Any) -> str | None:
     return _samesite_choice(value)
 
 
+#: ``session.max_age`` by default: 30 days.
+DEFAULT_MAX_AGE = 30 * 24 * 3600
+#: The longest ``session.max_age``: ten years, as for ``cookie_max_age``.
+MAX_MAX_AGE = 10 * 365 * 24 * 3600
+#: The reason ``SessionRejected`` gives for a session past ``session.max_age``.
+MAX_AGE_REASON = "max age"
+
+
+def _max_age(value: Any) -> int:
+    """seconds from 1 to 315360000 (10 years)"""
+    return integer(1, MAX_MAX_AGE)(value)
+
+
 def _cookie_name(value: Any) -> str:
     """a cookie name (letters, digits and !#$%&'*+-.^_`|~)"""
     name = text(value)
@@ -145,6 +158,14 @@ SETTINGS = (
         runtime=False,
     ),
     Setting(
+        "max_data_size",
+        1024 * 1024,
+        optional(integer(1024, 1024**3)),
+        "bytes the serialized data and flash messages of one session may take; a write "
+        "over it raises SessionError and stores nothing; none for no limit",
+        runtime=False,
+    ),
+    Setting(
         "dbsession_name",
         "dbsession",
         text,
@@ -156,6 +177,15 @@ SETTINGS = (
         time.time,
         _callable,
         "callable returning the time in seconds; every read of the time uses it",
+        runtime=False,
+    ),
+    Setting(
+        "max_age",
+        DEFAULT_MAX_AGE,
+        optional(_max_age),
+        "seconds after its creation at which a stored session ends, unless an active plugin "
+        "expires every session (a value set explicitly always applies); none: sessions "
+        "never expire",
         runtime=False,
     ),
     Setting("cookie_name", "session", _cookie_name, "name of the session cookie", runtime=False),
@@ -212,3 +242,72 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
             "cookies that are not Secure); set cookie_secure = true or choose Lax or Strict"
         )
     return problems
+
+
+# -- session.max_age: no stored session lives forever unless the application says so -------
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 24 * 3600)
+    if days and not rest:
+        return f"{days} day{'s' if days > 1 else ''}"
+    return f"{seconds} s"
+
+
+class MaxAge:
+    """The kernel's expiry: a stored session ends ``seconds`` after its creation.
+
+    Registered in a factory's plugin manager only while it is in force (see
+    :func:`expiry`), so a factory whose plugins expire every session pays
+    nothing for it on any request. The three hooks agree: a row is expired at
+    and after ``created + seconds``.
+    """
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    @hookimpl
+    def session_validate(self, session: Any) -> str | None:
+        if session.now >= session.row.created + self.seconds:
+            return MAX_AGE_REASON
+        return None
+
+    @hookimpl
+    def session_expired_conditions(self, model: type, now: int) -> list[Any]:
+        return [model.created <= now - self.seconds]  # type: ignore[attr-defined]
+
+    @hookimpl
+    def session_expires_at(self, row: Any) -> int:
+        return int(row.created) + self.seconds
+
+    def __repr__(self) -> str:
+        return f"<MaxAge {self.seconds} s>"
+
+
+def expiry(max_age: int | None, explicit: bool, policies: list[str]) -> tuple[MaxAge | None, str]:
+    """Which expiry a factory enforces: the kernel's :class:`MaxAge` if any, and a description.
+
+    :param max_age: ``session.max_age`` as parsed (``None``: never).
+    :param explicit: whether the application set ``session.max_age``.
+    :param policies: what the active plugins answered to ``session_expiry_policy``:
+        each one expires every session.
+
+    ``max_age`` applies when no plugin expires every session, and always when it
+    was set explicitly. The description is what ``includeme`` logs at start-up.
+    """
+    rules = ", ".join(policies)
+    if max_age is None:
+        if rules:
+            return None, f"sessions expire by {rules} (session.max_age = none)"
+        return None, (
+            "stored sessions never expire: session.max_age = none and no active plugin "
+            "expires every session"
+        )
+    kernel = f"{_duration(max_age)} after their creation (session.max_age = {max_age})"
+    if not rules:
+        return MaxAge(max_age), (
+            f"sessions expire {kernel}; no active plugin expires every session"
+        )
+    if explicit:
+        return MaxAge(max_age), f"sessions expire by {rules}, and at the latest {kernel}"
+    return None, f"sessions expire by {rules}"

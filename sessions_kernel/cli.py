@@ -118,8 +118,8 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
         return EXIT_OK
     if not result.expiring:
         print(
-            f"nothing to do: no active plugin of {factory.model.__name__} expires sessions "
-            "(add a timeout mixin and set its timeout to have expired sessions collected)",
+            f"nothing to do: sessions of {factory.model.__name__} never expire "
+            "(session.max_age = none, and no active plugin expires sessions)",
             file=out,
         )
     elif result.dry_run:
@@ -157,6 +157,8 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
             value = f" = {s.value!r}" if r.active and s.name not in _SECRET else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
+    if factory is not None:
+        print(f"expiry: {factory.config.expiry}", file=out)
     return EXIT_OK
 
 

@@ -16,7 +16,7 @@ from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
-from .session import Session
+from .session import Peek, Session
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -133,6 +133,7 @@ class SessionFactory:
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
+        self.max_data_size = values["max_data_size"]
         self.serializer = values["serializer"] or AESGCMCookieSerializer(values["secret_key"])
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
@@ -167,6 +168,21 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    def peek(self, request: Request) -> Peek:
+        """Look at the request's session without using it: validated, never extended.
+
+        For a status poll, an admin view, a debug toolbar: loading
+        ``request.session`` is the visitor's activity (the idle timeout is
+        extended, renewal may offer a new id), a peek is not. It decrypts the
+        cookie, reads the row (one SELECT, in the request's database
+        session), and runs the plugins' ``session_load`` and
+        ``session_validate`` hooks, so an expired session or a stale cookie
+        that renewal would reject is reported as such, with its data
+        withheld. It writes nothing, sends no cookie and no event, and leaves
+        ``request.session`` as it was. Returns a :class:`~sessions_kernel.Peek`.
+        """
+        return self.session_class(request, self)._peek()
 
     def describe(self, row: Any) -> SessionInfo:
         """What a listing shows of a stored row ("your sessions", a debug toolbar).
@@ -280,10 +296,12 @@ def includeme(config: Configurator) -> None:
     """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
 
     Discovers the installed plugins, keeps those the model activates,
-    validates every setting and registers the factory. The factory is also
+    validates every setting and registers the factory. Logs which expiry is
+    in force (logger ``sessions_kernel``, INFO). The factory is also
     stored in ``registry['sessions_kernel.factory']`` for tools.
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
+    log.info("%s", factory.config.expiry)
     config.set_session_factory(factory)
     config.registry["sessions_kernel.factory"] = factory
     registry = config.registry

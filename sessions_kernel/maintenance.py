@@ -40,8 +40,10 @@ __all__ = [
 def expired_condition(factory: SessionFactory, now: int | None = None) -> Any:
     """The SQL condition true for rows that some active plugin considers expired.
 
-    ``None`` when no active plugin expires sessions (a model without timeout
-    mixins, or with every timeout set to ``None``): then nothing is garbage.
+    The kernel's ``session.max_age`` counts as such a plugin while it is in
+    force (no active plugin expires every session, or it was set explicitly).
+    ``None`` when nothing expires sessions (``session.max_age = none`` and no
+    timeout in force): then nothing is garbage.
     """
     config = factory.config
     now = int(factory.clock()) if now is None else now
@@ -78,7 +80,8 @@ class GCResult:
     batches: int
     seconds: float
     dry_run: bool = False
-    #: ``False`` when no active plugin expires sessions: nothing was looked at
+    #: ``False`` when nothing expires sessions (``session.max_age = none`` and no
+    #: timeout plugin in force): nothing was looked at
     expiring: bool = True
 
 
@@ -211,11 +214,20 @@ class PluginReport:
         return any(s.configurable for s in self.settings)
 
 
-_HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("session_")))
+_IMPL_MARK = f"{hookspecs.PROJECT}_impl"  # where pluggy's HookimplMarker records its options
 
 
 def _hook_names(plugin: object) -> tuple[str, ...]:
-    return tuple(name for name in _HOOK_NAMES if callable(getattr(plugin, name, None)))
+    """The hooks ``plugin`` implements: the kernel's and those other plugins offer."""
+    return tuple(
+        sorted(
+            name
+            for name in dir(plugin)
+            if name.startswith("session_")
+            and callable(getattr(plugin, name, None))
+            and hasattr(getattr(plugin, name), _IMPL_MARK)
+        )
+    )
 
 
 def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
@@ -262,15 +274,28 @@ def required_indexes(model: type) -> list[tuple[str, ...]]:
     """The indexes the plugins active for ``model`` ask for, as tuples of column names.
 
     Plugins answer the ``session_indexes`` hook; the answers are merged in
-    plugin order without repeats.
+    plugin order without repeats. When no active plugin can expire every
+    session (none implements ``session_expiry_policy``), the kernel's
+    ``session.max_age`` is in force by default and ``gc`` selects by
+    ``created``: the kernel asks for that index first. An index that is the
+    leading part of another one asked for is left out (the longer one serves).
     """
+    pm = active_manager(model)
     wanted: list[tuple[str, ...]] = []
-    for answer in reversed(active_manager(model).hook.session_indexes(model=model)):
+    if not pm.hook.session_expiry_policy.get_hookimpls():
+        wanted.append(("created",))
+    for answer in reversed(pm.hook.session_indexes(model=model)):
         for item in answer or ():
             columns = (item,) if isinstance(item, str) else tuple(item)
             if columns not in wanted:
                 wanted.append(columns)
-    return wanted
+    return [
+        columns
+        for columns in wanted
+        if not any(
+            len(other) > len(columns) and other[: len(columns)] == columns for other in wanted
+        )
+    ]
 
 
 def missing_indexes(model: type) -> list[tuple[str, ...]]:

@@ -75,8 +75,15 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def _spec_manager() -> pluggy.PluginManager:
+    """A plugin manager with the kernel's hook specifications.
+
+    ``session_addhooks`` is historic: each plugin registered later is called
+    at its registration, so plugins add specifications of their own before
+    ``check_pending()`` looks for implementations that have none.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.hook.session_addhooks.call_historic(kwargs={"pluginmanager": pm})
     return pm
 
 
@@ -98,6 +105,8 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
             )
         try:
             catalog.register(obj, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigurationError(f"session plugin {name!r} ({dist}): {exc}") from exc
         except ValueError:  # the same object under another name: keep the first
             return
         infos[name] = PluginInfo(name, obj, dist, version)
@@ -188,6 +197,8 @@ class FactoryConfig:
     runtime_names: tuple[str, ...] = ()
     configurable: frozenset[str] = frozenset()
     column_names: frozenset[str] = field(default_factory=frozenset)
+    #: which expiry is in force, in words (logged by ``includeme``)
+    expiry: str = ""
 
     @classmethod
     def build(cls, raw: Mapping[str, Any], extra_plugins: Iterable[object] = ()) -> FactoryConfig:
@@ -266,6 +277,10 @@ class FactoryConfig:
             raise ConfigurationError(
                 "session settings do not fit together:\n  " + "\n  ".join(problems)
             )
+        policies = [str(p) for p in reversed(pm.hook.session_expiry_policy(settings=values)) if p]
+        max_age, config.expiry = builtin.expiry(values["max_age"], "max_age" in raw, policies)
+        if max_age is not None:
+            pm.register(max_age, name=f"{builtin.NAME}.max_age")
         return config
 
     @property

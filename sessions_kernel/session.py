@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pyramid.interfaces import ISession
+from pyramid.response import Response as _HeaderMaker
+from sqlalchemy.orm import make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from zope.interface import implementer
 from zope.sqlalchemy import mark_changed
@@ -25,7 +30,30 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
 
-__all__ = ["Session"]
+__all__ = ["Peek", "Session"]
+
+
+@dataclass(frozen=True)
+class Peek:
+    """What :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>` found."""
+
+    #: the stored row, only when every active plugin accepted it
+    row: Any = None
+    #: a read-only copy of the session's data; empty unless the session is valid
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: what listings show of the row (``SessionFactory.describe``), when valid
+    info: Any = None
+    #: why there is no valid session: ``"no session cookie"``, ``"no stored session"``,
+    #: ``"nothing stored yet"``, or the reason a plugin rejected it (``"idle timeout"``)
+    reason: str | None = None
+    #: whether a stored session was found but a plugin rejected it (``reason`` says why);
+    #: the next real use of the session deletes it
+    rejected: bool = False
+
+    @property
+    def valid(self) -> bool:
+        """Whether the request's cookie names a stored session the plugins accept."""
+        return self.row is not None
 
 
 # Attributes that exist only once the session was loaded; reading one loads it.
@@ -33,10 +61,41 @@ _LAZY = frozenset(
     {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
 )
 _MISSING = object()
+#: Cookie extras the kernel owns (a plugin's extras have other names).
+LINEAGE_EXTRA = "sessions_kernel.lineage"
+UNSTORED_EXTRA = "sessions_kernel.unstored"
+#: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
+LINEAGE_CHARS = 24
+#: How many cookies of the session's name one request may look up.
+MAX_COOKIES_TRIED = 4
+log = logging.getLogger("sessions_kernel")
 # Where a pooled connection remembers its isolation level (see _refuses_concurrent_updates).
 _ISOLATION_KEY = "sessions_kernel.isolation_level"
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def row_id(token: bytes, lineage: str | None = None) -> str:
+    """The row key of a token: its SHA-256 (hex), led by the session's lineage if it has one.
+
+    A session's first id is the plain SHA-256 of its first token. Its first
+    :data:`LINEAGE_CHARS` hex digits are the session's *lineage*, which every
+    later id keeps (``regenerate_id`` replaces only the rest, from the new
+    token), so that a logout can find the session even when a concurrent
+    request regenerated its id: by a range of the primary key.
+    """
+    digest = session_id_for(token)
+    return digest if lineage is None else lineage + digest[LINEAGE_CHARS:]
+
+
+def _cookie_values(header: str, name: str) -> list[str]:
+    """Every value of the cookie ``name`` in a Cookie header, in the browser's order."""
+    values = []
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip().strip('"'))
+    return values
 
 
 def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
@@ -85,6 +144,11 @@ class Session(MutableMapping[str, Any]):
         """The factory's session model class."""
         return self._factory.model
 
+    @property
+    def hook(self) -> Any:
+        """The factory's pluggy hook relay, to call hooks plugins offer (session_addhooks)."""
+        return self._factory.hook
+
     def _fetch_dbsession(self) -> Any:
         """``request.<dbsession_name>``, fetched on first need and kept as ``_dbsession``.
 
@@ -123,6 +187,16 @@ class Session(MutableMapping[str, Any]):
         if name not in vars(request) and not hasattr(type(request), name):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
+        self._reset_state()
+        self._use(*self._find_row())
+
+        txn = request.tm.get()
+        txn.addBeforeCommitHook(self._persist)
+        txn.addAfterCommitHook(self._after_commit)
+        txn.addAfterAbortHook(self._after_abort)
+        request.add_response_callback(self._respond)
+
+    def _reset_state(self) -> None:
         self._loaded = True
         self._force = False
         self._regenerated = False
@@ -135,30 +209,32 @@ class Session(MutableMapping[str, Any]):
         self._cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._committed = False
 
-        row, token, extras = None, None, {}
-        try:
-            value = request.cookies.get(factory.cookie_name)
-        except UnicodeDecodeError:  # WebOb decodes cookie values as UTF-8
-            value = ""
-        if value is not None:
-            try:
-                token, extras = decode_payload(factory.serializer.loads(value))
-            except Exception as exc:
-                self.notify(events.CookieRejected(request, str(exc)))
-                self._delete_cookie = factory.default_cookie_attributes
-            else:
-                sid = session_id_for(token)
-                row = self._fetch_row(sid)
-                if row is None:
-                    self.notify(events.SessionNotFound(request, sid))
-                    self._delete_cookie = factory.default_cookie_attributes
+        self._held: list[Any] = []  # logouts that must hold (see execute_logout)
+        self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
+        self._peeking = False
+
+    def _use(
+        self,
+        row: Any,
+        token: bytes | None,
+        extras: dict[str, bytes],
+        unstored: dict[str, bytes] | None,
+    ) -> None:
+        """Run the load and validate stages over what the cookie found."""
+        factory = self._factory
+        request = self.request
 
         hook = factory.stages
         if row is None:
             self._start_new()
+            if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
+                self.cookie_extras = unstored
+            self._loaded_extras = dict(self.cookie_extras)
             hook.session_load(session=self)
         else:
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
+            self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+            self._loaded_extras = dict(extras)
             self._created = None
             hook.session_load(session=self)
             reason = hook.session_validate(session=self)
@@ -166,6 +242,7 @@ class Session(MutableMapping[str, Any]):
                 self._drop_row()
                 self.notify(events.SessionRejected(request, row.id, reason))
                 self._start_new()
+                self._loaded_extras = {}
             else:
                 try:
                     self._read_row(row)
@@ -173,10 +250,69 @@ class Session(MutableMapping[str, Any]):
                     self._load_error = exc
                     raise
 
-        txn = request.tm.get()
-        txn.addBeforeCommitHook(self._persist)
-        txn.addAfterCommitHook(self._after_commit)
-        request.add_response_callback(self._respond)
+    def _peek(self) -> Peek:
+        """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
+        factory = self._factory
+        self.now = int(factory.clock())
+        self._reset_state()
+        self._peeking = True  # no events: a peek is not the visitor's activity
+        header = self.request.environ.get("HTTP_COOKIE") or ""
+        if not _cookie_values(header, factory.cookie_name):
+            return Peek(reason="no session cookie")
+        row, token, extras, unstored = self._find_row()
+        if row is None:
+            why = "nothing stored yet" if unstored is not None else "no stored session"
+            return Peek(reason=why)
+        self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
+        self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+        self._created = None
+        factory.stages.session_load(session=self)
+        reason = factory.stages.session_validate(session=self)
+        if reason:
+            return Peek(reason=reason, rejected=True)
+        self._read_row(row)
+        data = factory.data_serializer.loads(row.data)  # a copy of its own
+        return Peek(row=row, data=MappingProxyType(data), info=factory.describe(row))
+
+    def _find_row(self) -> tuple[Any, bytes | None, dict[str, bytes], dict[str, bytes] | None]:
+        """The stored session the request's cookie names: (row, token, extras, unstored).
+
+        A browser may send several cookies of the session's name (one planted
+        from a sibling subdomain, say). They are tried in the order sent, and
+        the first that decrypts to a stored session is used; a cookie that
+        does not decrypt, or names no row, is passed over. The browser's
+        cookie is deleted only when none was good, so a bad cookie never
+        logs the user out. ``unstored`` is the extras of a cookie-only
+        session (nothing stored yet) when no stored one was found.
+        """
+        factory = self._factory
+        request = self.request
+        header = request.environ.get("HTTP_COOKIE")
+        values = _cookie_values(header, factory.cookie_name) if header else []
+        unstored = None
+        bad = False
+        for value in values[:MAX_COOKIES_TRIED]:
+            try:
+                token, extras = decode_payload(factory.serializer.loads(value))
+            except Exception as exc:
+                self.notify(events.CookieRejected(request, str(exc)))
+                bad = True
+                continue
+            if UNSTORED_EXTRA in extras:
+                if unstored is None:
+                    del extras[UNSTORED_EXTRA]
+                    unstored = extras
+                continue
+            lineage = extras.get(LINEAGE_EXTRA)
+            sid = row_id(token, lineage.decode("ascii") if lineage else None)
+            row = self._fetch_row(sid)
+            if row is not None:
+                return row, token, extras, None
+            self.notify(events.SessionNotFound(request, sid))
+            bad = True
+        if bad and unstored is None:
+            self._delete_cookie = factory.default_cookie_attributes
+        return None, None, {}, unstored
 
     def _fetch_row(self, sid: str) -> Any:
         """The row by its primary key; on a retried attempt, locked until commit.
@@ -190,7 +326,7 @@ class Session(MutableMapping[str, Any]):
         """
         factory = self._factory
         dbsession = self._dbsession
-        if not self.request.environ.get("retry.attempt"):
+        if self._peeking or not self.request.environ.get("retry.attempt"):
             return dbsession.get(factory.model, sid)
         if dbsession.get_bind(factory.model).dialect.name == "sqlite":
             keep = sa.update(factory.table).where(factory.pk_column == sid)
@@ -230,6 +366,7 @@ class Session(MutableMapping[str, Any]):
         self.row = None
         self.new = True
         self._token = os.urandom(TOKEN_BYTES)
+        self._lineage = None
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
         self._data_touched = True
@@ -242,13 +379,46 @@ class Session(MutableMapping[str, Any]):
     def _drop_row(self) -> None:
         # A plain DELETE by key, whatever the version: a logout wins over a concurrent write.
         row = self.row
-        factory = self._factory
         # the browser's cookie was set with the stored settings, not with edits of this request
         self._delete_cookie = self._cookie_attributes(as_loaded=True)
         stored_id = sa.inspect(row).identity[0]
         self._dbsession.expunge(row)
-        self._execute(sa.delete(factory.table).where(factory.pk_column == stored_id))
+        self._delete_session(stored_id, self._lineage or stored_id[:LINEAGE_CHARS])
         self._orig_data = self._orig_flash = None
+
+    def _delete_session(self, stored_id: str, lineage: str) -> None:
+        """DELETE the row, also when a concurrent request gave it a new id meanwhile; hold it.
+
+        The row is deleted by its key. If that finds nothing, another request
+        regenerated the id (or deleted the row) since this one read it: the
+        session's lineage, which every id of the session starts with, finds
+        it by a range of the primary key. The lineage's DELETE is what holds
+        (see :meth:`execute_logout`), since by the time it is replayed the id
+        may have moved again.
+        """
+        factory = self._factory
+        pk = factory.pk_column
+        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
+        by_lineage = sa.delete(factory.table).where(in_lineage)
+        self._held.append(by_lineage)
+        if not self._execute(sa.delete(factory.table).where(pk == stored_id)).rowcount:
+            self._execute(by_lineage)
+
+    def execute_logout(self, statement: Any) -> Any:
+        """Run a statement that logs sessions out, and make it hold; return its result.
+
+        For a ``DELETE`` of session rows (``invalidate()`` and the userid
+        plugin's ``invalidate_user_sessions`` use it) or an ``UPDATE`` that
+        takes ids away. It runs at once in the request's transaction. If
+        that transaction then does not commit (the view raised
+        ``HTTPFound(headers=forget(request))``, an exception view rendered an
+        error, a conflict aborted it), the kernel runs it again in a
+        transaction of its own right after the abort, and the response still
+        deletes (or replaces) the browser's cookie: a logout holds, whatever
+        the view did afterwards.
+        """
+        self._held.append(statement)
+        return self._execute(statement)
 
     def notify(self, event: Any) -> None:
         """Send ``event`` through the request's registry, skipped when nobody subscribed.
@@ -256,7 +426,7 @@ class Session(MutableMapping[str, Any]):
         For the kernel's events and plugins' own (``RenewalViolation``, say).
         """
         registry = self.request.registry
-        if getattr(registry, "has_listeners", True):
+        if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
             registry.notify(event)
 
     # -- the extend, renew and persist stages (before commit) ----------------------
@@ -283,7 +453,7 @@ class Session(MutableMapping[str, Any]):
         hook = factory.stages
         ser = factory.data_serializer
         row = self.row
-        write = False
+        write = unstored = False
         try:
             data = ser.dumps(self._data) if self._data_touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
@@ -293,10 +463,12 @@ class Session(MutableMapping[str, Any]):
                 "Pyramid sessions hold JSON values: convert it (a datetime to an ISO "
                 "string, say), or set session.data_serializer."
             ) from exc
+        if data != self._orig_data or flash != self._orig_flash:
+            self._check_size(data, flash)
         if row is None:
             if self.dirty:
                 row = self.row = factory.model(
-                    id=session_id_for(self._token),
+                    id=self.session_id,
                     created=self._created,
                     updated=self.now,
                     data=data,
@@ -309,6 +481,14 @@ class Session(MutableMapping[str, Any]):
                 self._dbsession.add(row)
                 self.notify(events.SessionCreated(self.request, row.id))
                 write = True
+            elif self.cookie_extras != self._loaded_extras:
+                # Nothing to store, but a plugin keeps something in the cookie (a CSRF
+                # token for a form): a cookie-only session, no row. Its first store
+                # gets a new token, so a planted cookie-only session fixes no id.
+                if self.cookie_extras:
+                    write = unstored = True
+                else:
+                    self._delete_cookie = self._delete_cookie or factory.default_cookie_attributes
         else:
             # ``updated`` records the last change of what the kernel owns (data, flash,
             # settings, id); a plugin's own write (an idle extension) sets only its columns.
@@ -330,7 +510,7 @@ class Session(MutableMapping[str, Any]):
             write = write or extras != self.cookie_extras
         old = self._delete_cookie
         if write:
-            value = factory.serializer.dumps(encode_payload(self._token, self.cookie_extras))
+            value = self._cookie_value(unstored=unstored)
             attrs = self._cookie_attributes()
             if old is None and self._settings_loaded:  # this request changed stored settings
                 old = self._cookie_attributes(as_loaded=True)
@@ -344,6 +524,18 @@ class Session(MutableMapping[str, Any]):
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
         if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
             dbsession.flush()
+
+    def _check_size(self, data: bytes, flash: bytes | None) -> None:
+        """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
+        size = len(data) + len(flash or b"")
+        limit = self._factory.max_data_size
+        if limit is not None and size > limit:
+            raise SessionError(
+                f"the session's data is {size} bytes serialized, over session.max_data_size "
+                f"= {limit}; nothing was stored and the stored data is unchanged. Keep large "
+                "values in a table of your own and a key to them in the session, or raise "
+                "session.max_data_size."
+            )
 
     def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
         """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
@@ -532,21 +724,86 @@ class Session(MutableMapping[str, Any]):
 
     def _after_commit(self, status: bool) -> None:
         self._committed = status
+        if not status:
+            self._replay_logouts()
+
+    def _after_abort(self) -> None:
+        self._replay_logouts()
+
+    def _replay_logouts(self) -> None:
+        """The request's transaction did not commit: run its logouts again, in one of their own.
+
+        Then the response still deletes (or, for a held regenerate, replaces)
+        the browser's cookie, and a retried attempt of the request
+        (pyramid_retry reuses the environ) sees the cookie the response sends.
+        """
+        held, self._held = self._held, []
+        if not held:
+            return
+        factory = self._factory
+        try:
+            engine = self._dbsession.get_bind(factory.model)
+            with engine.begin() as connection:
+                for statement in held:
+                    connection.execute(statement)
+        except Exception:
+            log.exception(
+                "a logout of session %s… could not be replayed after its request's "
+                "transaction was aborted; the session may still be valid",
+                self.session_id[:12],
+            )
+            return
+        self._cookies = list(self._held_cookies)
+        self._committed = True  # what the response says is now what the database holds
+        # A retried attempt (pyramid_retry reuses the environ) must present the new id;
+        # a deleted session's cookie it presents finds no row, and is deleted then.
+        environ = self.request.environ
+        name = factory.cookie_name
+        for action, value, _ in self._cookies:
+            if action == "set":
+                header = environ.get("HTTP_COOKIE", "")
+                kept = [p for p in header.split(";") if p.partition("=")[0].strip() != name]
+                environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
         vary = response.vary or ()
         if "Cookie" not in vary:
             response.vary = (*vary, "Cookie")
-        if not self._committed:
+        if not self._committed or not self._cookies:
             return
+        # A shared cache must never store a response that sets or deletes the cookie.
+        cache = response.cache_control
+        if not (cache.private or cache.no_store):
+            cache.public = False
+            cache.private = True
         name = self._factory.cookie_name
+        sent = response.headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:
             if action == "set":
                 response.set_cookie(name, value, **attrs)
             else:
-                # Same path and domain, or the browser keeps the cookie; same Secure, or it
-                # refuses the deletion of a __Host-/__Secure- cookie. Value None deletes.
-                response.set_cookie(name, None, **{**attrs, "max_age": None})
+                header = self._deletion_header(attrs)
+                if header not in sent:  # forget() may have returned it already
+                    response.headerlist.append(("Set-Cookie", header))
+
+    def _deletion_header(self, attrs: dict[str, Any]) -> str:
+        """The Set-Cookie value that deletes the cookie set with ``attrs``.
+
+        Same path and domain, or the browser keeps the cookie; same Secure,
+        or it refuses the deletion of a __Host-/__Secure- cookie.
+        """
+        response = _HeaderMaker()
+        response.set_cookie(self._factory.cookie_name, None, **{**attrs, "max_age": None})
+        return response.headers["Set-Cookie"]
+
+    def _cookie_value(self, *, unstored: bool = False) -> str:
+        """The cookie's value: the token and the extras, with the kernel's own, encrypted."""
+        extras = dict(self.cookie_extras)
+        if self._lineage is not None:
+            extras[LINEAGE_EXTRA] = self._lineage.encode("ascii")
+        if unstored:
+            extras[UNSTORED_EXTRA] = b""
+        return self._factory.serializer.dumps(encode_payload(self._token, extras))
 
     def _cookie_attributes(self, as_loaded: bool = False) -> dict[str, Any]:
         """The cookie's attributes from the settings in force, after the plugins' hook.
@@ -670,15 +927,23 @@ class Session(MutableMapping[str, Any]):
         self._force = True
 
     def invalidate(self) -> None:
-        """Delete the stored session and its cookie; later use starts a new session."""
+        """Delete the stored session and its cookie; later use starts a new session.
+
+        The logout holds: if the request then fails or raises (a redirect
+        with ``headers=forget(request)``), the row is deleted all the same and
+        the response deletes the cookie (see :meth:`execute_logout`). No copy
+        of the cookie works afterwards, not even one whose id a concurrent
+        request regenerated meanwhile.
+        """
         if self.row is not None and not self.new:
             sid = self.row.id
             self._drop_row()
+            self._held_cookies = [("delete", "", self._delete_cookie)]
             self.notify(events.SessionInvalidated(self.request, sid))
         self._start_new()
         self._force = self._regenerated = False
 
-    def regenerate_id(self) -> None:
+    def regenerate_id(self, *, hold: bool = False) -> None:
         """Give the session a new id and cookie, keeping its data; the old id stops working.
 
         Call it at login and at every change of privilege (OWASP session
@@ -687,18 +952,73 @@ class Session(MutableMapping[str, Any]):
         :class:`~sessions_kernel.events.SessionRegenerated` is sent. On a
         session that has no row yet only the token changes (no event: no
         stored id was replaced); its row is inserted under the new id.
+
+        With ``hold=True`` (a logout of every other copy of the cookie, as
+        ``invalidate_user_sessions(..., except_current=True)`` does) the new
+        id is written at once and holds like :meth:`execute_logout`: if the
+        request then fails, the old id is gone all the same and the response
+        sends the new cookie.
         """
         old = self.row.id if self.row is not None and not self.new else None
         self._token = os.urandom(TOKEN_BYTES)
         self._regenerated = True
-        if old is not None:
-            self.row.id = session_id_for(self._token)
-            self.notify(events.SessionRegenerated(self.request, old, self.row.id))
+        if old is None:
+            return
+        self._lineage = self._lineage or old[:LINEAGE_CHARS]
+        new = self.row.id = row_id(self._token, self._lineage)
+        if hold:
+            self._move_row(new)
+            attrs = self._cookie_attributes(as_loaded=True)
+            self._held_cookies = [("set", self._cookie_value(), attrs)]
+        self.notify(events.SessionRegenerated(self.request, old, new))
+
+    def _move_row(self, new: str) -> None:
+        """UPDATE the row's key now, held, and re-key the ORM's copy of the row to match."""
+        factory, dbsession, row = self._factory, self._dbsession, self.row
+        state = sa.inspect(row)
+        stored_id = state.identity[0]
+        pending = {
+            key: state.attrs[key].history.added[0]
+            for key in factory.column_keys
+            if key != factory.pk_key and state.attrs[key].history.added
+        }
+        # the key, and what the kernel's own UPDATE would write with it: one statement
+        committed = {
+            factory.pk_key: new,
+            "updated": self.now,
+            factory.version_key: getattr(row, factory.version_key) + 1,
+        }
+        columns = {factory.columns[key]: value for key, value in committed.items()}
+        self.execute_logout(
+            sa.update(factory.table).where(factory.pk_column == stored_id).values(columns)
+        )
+        dbsession.expunge(row)
+        make_transient(row)
+        for key, value in committed.items():
+            set_committed_value(row, key, value)
+        make_transient_to_detached(row)
+        dbsession.add(row)
+        for key, value in pending.items():  # what this request assigned stays to be written
+            setattr(row, key, value)
 
     @property
     def session_id(self) -> str:
-        """The row key of this session (SHA-256 of the token): safe to log, not a secret."""
-        return session_id_for(self._token)
+        """The row key of this session (derived from the token): safe to log, not a secret."""
+        return row_id(self._token, self._lineage)
+
+    def logout_headers(self) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers deleting the browser's session cookie, for ``forget()``.
+
+        A security policy's ``forget(request)`` returns these after
+        :meth:`invalidate`, as cookie-based policies do, so that a view that
+        raises ``HTTPFound(headers=forget(request))`` deletes the cookie in
+        the response it sends. (The kernel deletes it anyway; it does not
+        send the same header twice.)
+        """
+        if not self._loaded:
+            self._load()
+        attrs = self._delete_cookie or self._factory.default_cookie_attributes
+        return [("Set-Cookie", self._deletion_header(attrs))]
 
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:

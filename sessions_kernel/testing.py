@@ -13,6 +13,8 @@ fixtures that run a test on SQLite, PostgreSQL and MariaDB.
 
 from __future__ import annotations
 
+import functools
+import http.cookiejar
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -276,10 +278,14 @@ class SessionTestApp:
         self.browser = self.new_browser()
 
     def new_browser(self) -> Any:
-        """A WebTest app with a cookie jar of its own (another browser)."""
-        import webtest
+        """A WebTest app with a cookie jar of its own (another browser).
 
-        return webtest.TestApp(self.wsgi)
+        Its ``set_cookie(name, value)`` stores the cookie as the application's
+        own ``Set-Cookie`` would, so that the application's next cookie of that
+        name replaces it, as in a real browser (WebTest's own keeps both, and
+        sends both).
+        """
+        return _browser_class()(self.wsgi)
 
     def __getattr__(self, name: str) -> Any:
         # app.get(...), app.post_json(...), app.cookies ... go to the default browser
@@ -300,6 +306,24 @@ class SessionTestApp:
         rows = self.rows()
         assert len(rows) == 1, f"expected one session row, found {len(rows)}"
         return rows[0]
+
+
+@functools.cache
+def _browser_class() -> type:
+    import webtest
+    from webtest.app import escape_cookie_value
+
+    class Browser(webtest.TestApp):  # type: ignore[misc]
+        def set_cookie(self, name: str, value: str) -> None:
+            host = self.extra_environ.get("HTTP_HOST", "localhost").split(":", 1)[0]
+            domain = host if "." in host else f"{host}.local"  # what the jar stores for a response
+            cookie = http.cookiejar.Cookie(
+                0, name, escape_cookie_value(value), None, False, domain, False, False,
+                "/", True, False, None, False, None, None, {},
+            )  # fmt: skip
+            self.cookiejar.set_cookie(cookie)
+
+    return Browser
 
 
 def make_app(model: type, engine: sa.Engine, **kwargs: Any) -> SessionTestApp:

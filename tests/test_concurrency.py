@@ -406,3 +406,14 @@ def test_a_locked_retry_cannot_be_overtaken(engine):
         assert data(app) == {"n": 3}
     finally:
         app.model.metadata.drop_all(engine)
+
+
+def test_no_session_survives_a_logout_racing_a_regenerate(app):
+    """The logout read the row; meanwhile a copy of the cookie got the session a new id."""
+    app.post_json("/set", {"user": "ann"})
+    thief = browser_with(app, app.cookies["session"])
+    slow, regenerated = run_paused(app, {"logout": True}, lambda: thief.get("/regenerate"))
+    assert regenerated.status_int == 200 and "session=" in regenerated.headers["Set-Cookie"]
+    assert slow.status_int == 200
+    assert app.rows() == []  # found by its lineage, although its id had moved
+    assert thief.get("/read").json["new"] is True

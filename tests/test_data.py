@@ -97,7 +97,11 @@ def test_inconsistent_row_raises_inconsistent_data_error(session_app, data, prob
     token = os.urandom(32)
     sid = session_id_for(token)
     with app.engine.begin() as db:
-        db.execute(sa.insert(app.model).values(id=sid, created=1, updated=1, data=data))
+        db.execute(
+            sa.insert(app.model).values(
+                id=sid, created=int(app.clock()), updated=int(app.clock()), data=data
+            )
+        )
     app.set_cookie("session", cookie_for(factory_of(app), token))
     response = app.get("/inspect")
     first, second = response.json
@@ -121,7 +125,11 @@ def test_inconsistent_flash_raises_inconsistent_data_error(session_app, flash, p
     with app.engine.begin() as db:
         db.execute(
             sa.insert(app.model).values(
-                id=session_id_for(token), created=1, updated=1, data=b"{}", flash=flash
+                id=session_id_for(token),
+                created=int(app.clock()),
+                updated=int(app.clock()),
+                data=b"{}",
+                flash=flash,
             )
         )
     app.set_cookie("session", cookie_for(factory_of(app), token))

@@ -108,12 +108,24 @@ def test_gc_statements_stay_within_one_batch(ttl_app):
     assert all("LIMIT" in s.upper() for s in statements if s.startswith("SELECT"))
 
 
-def test_gc_without_expiring_feature_deletes_nothing(session_app):
-    app = session_app(make_model())
+def test_gc_when_sessions_never_expire_deletes_nothing(session_app):
+    app = session_app(make_model(), {"max_age": "none"})  # chosen by the application
     make_sessions(app, 2)
+    app.clock.advance(10 * 365 * 24 * 3600)
     result = maintenance.collect_garbage(factory_of(app), app.engine)
     assert (result.expiring, result.deleted) == (False, 0)
     assert len(app.rows()) == 2
+
+
+def test_gc_without_timeout_plugins_collects_by_max_age(session_app):
+    app = session_app(make_model(), {"max_age": "1000"})
+    make_sessions(app, 2)
+    app.clock.advance(999)
+    assert maintenance.collect_garbage(factory_of(app), app.engine).deleted == 0
+    app.clock.advance(1)
+    result = maintenance.collect_garbage(factory_of(app), app.engine)
+    assert (result.expiring, result.deleted) == (True, 2)
+    assert app.rows() == []
 
 
 def test_gc_with_timeout_off_deletes_nothing(ttl_installed, session_app):
@@ -188,6 +200,13 @@ def test_plugin_report_lists_installed_active_and_configurable(ttl_app):
     setting = {s.name: s for s in ttl.settings}["ttl"]
     assert (setting.default, setting.value, setting.configurable) == (None, 100, True)
     assert "session_expired_conditions" in ttl.hooks
+
+
+def test_plugin_report_lists_hooks_offered_by_other_plugins():
+    reports = {report.name: report for report in maintenance.plugin_report()}
+    assert "session_user_changed" in reports["csrf"].hooks
+    assert "session_addhooks" in reports["userid"].hooks
+    assert "session_expiry_policy" in reports["idle_timeout"].hooks
 
 
 def test_plugin_report_lists_a_broken_entry_point(tmp_path, monkeypatch):
@@ -363,6 +382,16 @@ def test_psessions_gc_subprocess(ini_app):
     assert again.stdout.startswith("deleted 0 expired sessions")
 
 
+def test_psessions_gc_collects_by_max_age_without_timeout(ini_app):
+    import time
+
+    assert ini_app("gc", "--dry-run", **{"session.ttl": None}).returncode == 0
+    fill(ini_app.db, expired=0, live=4, now=int(time.time()))  # created in 1970
+    done = ini_app("gc")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 4 expired sessions from session in 1 batches")
+
+
 def test_psessions_gc_usage_errors(ini_app):
     bad = ini_app("gc", "--batch-size", "0")
     assert bad.returncode == 2 and "--batch-size must be at least 1" in bad.stderr
@@ -383,6 +412,7 @@ def test_psessions_plugins_subprocess(ini_app):
         text.stdout
     )
     assert "secret_key" in text.stdout and TEST_SECRET_KEY not in text.stdout
+    assert text.stdout.endswith("expiry: sessions expire by ttl 60 s\n")
     listed = json.loads(ini_app("plugins", "--json").stdout)
     ttl = next(p for p in listed if p["name"] == "ttl")
     assert ttl["active"] and ttl["settings"][0]["value"] == 60

@@ -46,7 +46,10 @@ def test_unimplemented_stages_are_no_ops_and_implemented_ones_answer_as_the_hook
     model = make_model(ProbeMixin)
     probe = make_probe([])
     factory = sessions_kernel.session_factory(
-        plugins=[probe], model_class=model, secret_key=sessions_kernel.generate_secret_key()
+        plugins=[probe],
+        model_class=model,
+        secret_key=sessions_kernel.generate_secret_key(),
+        max_age=None,  # only the probe's hooks
     )
     stages = factory.stages
     assert isinstance(stages, Stages)
@@ -62,6 +65,7 @@ def _factory(*plugins):
         plugins=plugins,
         model_class=make_model(ProbeMixin),
         secret_key=sessions_kernel.generate_secret_key(),
+        max_age=None,  # only these plugins' hooks
     )
 
 

@@ -22,7 +22,6 @@ from pyramid.security import forget, remember
 from sessions_userid import invalidate_user_sessions, user_sessions
 
 from sessions_kernel import SessionFactory, SettingsError
-from sessions_kernel.crypto import decode_payload, session_id_for
 from sessions_kernel.events import SessionRejected
 from sessions_kernel.maintenance import plugin_report
 
@@ -189,29 +188,6 @@ def change_settings(request: Any) -> Any:
     return _see(request, "session")
 
 
-def _peek(request: Any) -> tuple[Session | None, str]:
-    """The row of the request's cookie, read WITHOUT loading ``request.session``.
-
-    Loading the session is activity: the idle plugin would push the expiry
-    back and the renewal plugin could offer a new id. A status poll is not
-    the visitor's activity, so it decrypts the cookie and reads the row
-    itself, changing nothing.
-    """
-    factory = _factory(request)
-    try:
-        value = request.cookies.get(factory.cookie_name)
-    except UnicodeDecodeError:
-        value = None
-    if not value:
-        return None, "no session cookie"
-    try:
-        token, _extras = decode_payload(factory.serializer.loads(value))
-    except Exception:
-        return None, "a cookie this server cannot read"
-    row = request.dbsession.get(Session, session_id_for(token))
-    return row, "" if row is not None else "no stored session for this cookie (it was deleted)"
-
-
 def _remaining(expires: int | None, now: int) -> int | None:
     return None if expires is None else max(0, expires - now)
 
@@ -284,10 +260,12 @@ def status(request: Any) -> Any:
     request.response.cache_control = "no-store"
     factory = _factory(request)
     now = _now(request)
-    row, why = _peek(request)
-    if row is None:
-        return {"state": "none", "now": now, "why": why}
-    return {"now": now, **describe_row(factory, row, now)}
+    # A peek validates the session (an expired one, or a stale cookie renewal would
+    # reject, shows no data) without extending or renewing it: a poll is not activity.
+    peek = factory.peek(request)
+    if not peek.valid:
+        return {"state": "expired" if peek.rejected else "none", "now": now, "why": peek.reason}
+    return {"now": now, **describe_row(factory, peek.row, now)}
 
 
 # -- your sessions ----------------------------------------------------------------------

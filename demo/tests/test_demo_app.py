@@ -41,7 +41,10 @@ def test_status_poll_reads_without_extending(demo: TestApp) -> None:
     assert status["absolute"]["remaining"] == 280
     assert status["user"] == "ann"
     demo.clock.advance(10)
-    assert demo.get("/status.json").json["state"] == "expired"
+    expired = demo.get("/status.json").json
+    # validated: an expired session is reported, its data withheld
+    assert (expired["state"], expired["why"]) == ("expired", "idle timeout")
+    assert "data" not in expired and "user" not in expired
     response = demo.get("/session", status=303).follow()
     assert "Your session ended (idle timeout)." in response.text
 
@@ -99,3 +102,21 @@ def test_remember_me_sets_max_age(demo: TestApp) -> None:
     cookie = response.headers["Set-Cookie"]
     assert f"Max-Age={DemoOptions().remember_max_age}" in cookie
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+
+
+def test_status_poll_withholds_the_data_of_a_stale_cookie(demo: TestApp) -> None:
+    """A copy of the cookie from before a renewal: renewal would reject it, the poll too."""
+    sign_up(demo)
+    stale = demo.cookies["session"]
+    for _ in range(3):  # within the idle timeout (30 s), past renewal's 60 s
+        demo.clock.advance(22)
+        demo.get("/session")  # the third offers a new id
+    demo.get("/session")  # the browser sends it back: acknowledged
+    assert demo.cookies["session"] != stale
+    demo.clock.advance(10)  # past the grace window of the old id (renewal_try_every 5 s)
+    thief = TestApp(demo.app)
+    thief.set_cookie("session", stale)
+    status = thief.get("/status.json").json
+    assert (status["state"], status["why"]) == ("expired", "renewal violation")
+    assert "data" not in status
+    assert demo.get("/status.json").json["state"] == "live"  # a peek deleted nothing

@@ -1,5 +1,5 @@
 // Polls /status.json every second and shows what the session's row holds.
-// The poll reads the row without loading request.session: it is not activity.
+// The poll peeks (factory.peek): validated, never extended; it is not activity.
 (function () {
   "use strict";
   const script = document.getElementById("session-script");
@@ -17,12 +17,16 @@
     if (s.state === "live") {
       banner.textContent = "Live: this session expires in " + secs(s.remaining) + ".";
     } else if (s.state === "expired") {
-      banner.textContent = "Expired: the server will delete this session at its next request. " +
-        "Reload to see it go.";
+      banner.textContent = "Expired (" + s.why + "): the server will delete this session at " +
+        "its next request. Reload to see it go.";
     } else {
       banner.textContent = "No session: " + s.why + ". Reload to log in again.";
     }
-    if (s.state === "none") return;
+    if (s.state !== "live") {
+      // a session the plugins reject shows no data, only that it ended
+      $("idle-remaining").textContent = $("absolute-remaining").textContent = "ended";
+      return;
+    }
     const idle = s.idle, abs = s.absolute, ren = s.renewal;
     $("idle-remaining").textContent = idle.timeout === null ? "off" : secs(idle.remaining) + " left";
     $("idle-remaining").className = "big";

@@ -11,9 +11,13 @@ model at start-up). Pyramid's :func:`pyramid.csrf.check_csrf_token`, views with
 and ``get_csrf_token()`` in templates then use the token stored here.
 
 A token is created only when something asks for it. Asked for on a session
-that has no row yet, it makes the kernel insert the row, since the token must
-be there to be checked on the next request. ``regenerate_id()`` keeps the
-token; ``invalidate()`` drops it with the row.
+that has no row yet (a visitor's login form), it travels in the encrypted
+session cookie and no row is written, so anonymous page views cannot fill the
+table; the session's first INSERT carries it into the column.
+``regenerate_id()`` keeps the token; ``invalidate()`` drops it with the row.
+A login (``remember()``) or any change of ``request.session.userid`` replaces
+it (the ``session_user_changed`` hook of sessions-userid): a token handed out
+before the login, in the column or in the cookie, is refused after it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ __all__ = ["TOKEN_BYTES", "CSRFMixin", "ColumnCSRFStoragePolicy", "includeme"]
 #: Random bytes in a token (256 bits); the token is their URL-safe base64 (43 characters).
 TOKEN_BYTES = 32
 COLUMN = "csrf_token"
+#: The cookie extra that carries the token of a session with no row yet.
+EXTRA = "csrf"
 
 
 class CSRFMixin:
@@ -62,24 +68,35 @@ class CSRFMixin:
 
 
 def _csrf_token(session: Session) -> str | None:
-    """The stored CSRF token, or ``None`` if none was asked for; never creates one."""
-    return session.get_column(COLUMN)
+    """The session's CSRF token, or ``None`` if none was asked for; never creates one."""
+    token = session.get_column(COLUMN)
+    if token is None and session.row is None:
+        carried = session.cookie_extras.get(EXTRA)
+        token = carried.decode("ascii") if carried else None
+    return token
 
 
 def _new_csrf_token(session: Session) -> str:
-    """Store a new random token (256 bits from :mod:`secrets`), replacing any old one.
+    """A new random token (256 bits from :mod:`secrets`), replacing any old one.
 
-    The session is written at the end of the request, inserted if it had no
-    row. Forms rendered with the old token stop passing the check.
+    A session with a row stores it in the ``csrf_token`` column (an UPDATE of
+    that column at the end of the request). A session without one (a visitor
+    who stored nothing yet, rendering a login form) carries it in the
+    encrypted session cookie instead and writes no row; the session's first
+    INSERT moves it into the column. Forms rendered with the old token stop
+    passing the check.
     """
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.set_column(COLUMN, token)
+    if session.row is None:
+        session.cookie_extras[EXTRA] = token.encode("ascii")
+    else:
+        session.set_column(COLUMN, token)
     return token
 
 
 def _get_csrf_token(session: Session) -> str:
     """The stored token, or a new one (see ``new_csrf_token``) if there is none."""
-    return session.get_column(COLUMN) or session.new_csrf_token()  # type: ignore[attr-defined]
+    return _csrf_token(session) or _new_csrf_token(session)
 
 
 def _ready(session_class: type) -> bool:
@@ -211,6 +228,17 @@ def session_mixins() -> Sequence[type]:
     return [CSRFMixin]
 
 
+@hookimpl(optionalhook=True)
+def session_user_changed(session: Session) -> None:
+    """A login or a change of user (sessions-userid): issue a new token.
+
+    A token the visitor (or someone who watched them) held before the change
+    of privilege passes no check after it. Optional: this plugin works
+    without sessions-userid.
+    """
+    _new_csrf_token(session)
+
+
 @hookimpl
 def session_attributes() -> Mapping[str, Any]:
     return {
@@ -218,3 +246,12 @@ def session_attributes() -> Mapping[str, Any]:
         "get_csrf_token": _get_csrf_token,
         "new_csrf_token": _new_csrf_token,
     }
+
+
+@hookimpl
+def session_persist(session: Session, row: Any) -> None:
+    """The first INSERT: the token the cookie carried moves into the column."""
+    if session.new:
+        carried = session.cookie_extras.pop(EXTRA, None)
+        if carried is not None and row.csrf_token is None:
+            row.csrf_token = carried.decode("ascii")

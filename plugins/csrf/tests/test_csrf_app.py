@@ -93,7 +93,8 @@ def test_post_without_token_from_a_known_session_is_400(app):
     token = app.get("/token").json["token"]
     assert app.post("/protected", status=400).status_int == 400
     assert app.post("/protected", {"csrf_token": ""}, status=400).status_int == 400
-    assert app.row().csrf_token == token
+    assert app.rows() == []  # the token lives in the cookie until the session is stored
+    assert app.post("/protected", {"csrf_token": token}).json == {"ok": True}
 
 
 def test_post_with_form_field_succeeds(app):
@@ -162,7 +163,7 @@ def test_template_get_csrf_token(app):
     match = re.search(r'<input name="csrf_token" value="([^"]+)">', page.text)
     assert match, page.text
     token = match.group(1)
-    assert token == app.row().csrf_token
+    assert app.get("/peek").json["token"] == token
     assert app.post("/protected", {"csrf_token": token}).json == {"ok": True}
 
 
@@ -185,6 +186,7 @@ def test_token_is_stable_across_requests(app):
 
 
 def test_new_csrf_token_replaces_the_old_one(app):
+    app.post_json("/set", {"a": 1})
     old = app.get("/token").json["token"]
     with app.count() as sql:
         new = app.post("/rotate", {"csrf_token": old}).json["token"]
@@ -195,8 +197,20 @@ def test_new_csrf_token_replaces_the_old_one(app):
     assert app.post("/protected", {"csrf_token": new}).json == {"ok": True}
 
 
+def test_new_csrf_token_of_a_session_without_a_row_replaces_the_old_one(app):
+    old = app.get("/token").json["token"]
+    with app.count() as sql:
+        new = app.post("/rotate", {"csrf_token": old}).json["token"]
+    assert sql.count == 0 and app.rows() == []
+    assert new != old
+    app.post("/protected", {"csrf_token": old}, status=400)
+    assert app.post("/protected", {"csrf_token": new}).json == {"ok": True}
+
+
 def test_regenerate_keeps_the_token(app):
     token = app.get("/token").json["token"]
+    app.post_json("/set", {"user": "ann"})  # the first INSERT carries the token into the column
+    assert app.row().csrf_token == token
     old_id = app.row().id
     app.get("/regenerate")
     row = app.row()
@@ -208,7 +222,7 @@ def test_regenerate_keeps_the_token(app):
 def test_regenerate_keeps_a_token_created_in_the_same_request(app):
     response = app.get("/token_regenerate").json
     assert response["after"] == response["token"]
-    assert app.row().csrf_token == response["token"]
+    assert app.rows() == []
     assert app.post("/protected", {"csrf_token": response["token"]}).json == {"ok": True}
 
 
@@ -254,14 +268,34 @@ def test_reading_the_attribute_never_creates_a_token(app):
     assert app.rows() == []
 
 
-def test_anonymous_request_that_asks_gets_a_stored_session(app):
+def test_anonymous_visitors_rendering_a_token_write_no_row(app):
+    """Every cookieless GET of a page with a form: a token in the cookie, no INSERT."""
+    for _ in range(50):
+        visitor = app.new_browser()
+        with app.count() as sql:
+            page = visitor.get("/form")
+        assert sql.count == 0, sql.statements
+        assert page.headers["Set-Cookie"].startswith("session=")
+        token = re.search(r'value="([^"]+)"', page.text).group(1)
+        with app.count() as sql:  # the next page: the same token, still no SQL
+            assert visitor.get("/token").json["token"] == token
+        assert sql.count == 0
+    assert app.rows() == []
+
+
+def test_the_cookies_token_moves_into_the_first_insert(app):
+    token = app.get("/token").json["token"]
+    planted = app.cookies["session"]
     with app.count() as sql:
-        response = app.get("/token")
+        app.post_json("/set", {"user": "ann"})
     assert sql.kinds() == ["INSERT"], sql.statements
-    assert response.headers["Set-Cookie"].startswith("session=")
     row = app.row()
-    assert row.csrf_token == response.json["token"]
-    assert app.get("/read").json["data"] == {}
+    assert row.csrf_token == token
+    assert app.post("/protected", {"csrf_token": token}).json == {"ok": True}
+    assert app.cookies["session"] != planted
+    # The stored session got a token of its own: a cookie-only session planted in a
+    # victim's browser (from a sibling subdomain) does not fix the stored session's id.
+    assert app.new_browser().get("/read", headers={"Cookie": f"session={planted}"}).json["new"]
 
 
 def test_first_token_of_a_stored_session_updates_that_column_only(app):
@@ -279,6 +313,7 @@ def test_first_token_of_a_stored_session_updates_that_column_only(app):
 
 
 def test_asking_for_an_existing_token_is_one_select(app):
+    app.post_json("/set", {"a": 1})
     token = app.get("/token").json["token"]
     with app.count() as sql:
         response = app.get("/token")
@@ -288,6 +323,7 @@ def test_asking_for_an_existing_token_is_one_select(app):
 
 
 def test_check_of_an_existing_token_is_one_select_and_no_write(app):
+    app.post_json("/set", {"a": 1})
     token = app.get("/token").json["token"]
     with app.count() as sql:
         response = app.post("/protected", {"csrf_token": token})

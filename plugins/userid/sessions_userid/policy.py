@@ -82,8 +82,10 @@ class UserSessionSecurityPolicy:
         """Log ``userid`` in: store it in the session and give the session a new id.
 
         The id is renewed even when the same user logs in again (a login is
-        an authentication event). The data is kept. Returns no headers: the
-        session sends its cookie itself once the transaction commits.
+        an authentication event), and the plugins' ``session_user_changed``
+        hook runs at every login (a CSRF token of the session is replaced).
+        The data is kept. Returns no headers: the session sends its cookie
+        itself once the transaction commits.
         """
         if userid is None:
             raise ValueError(
@@ -92,16 +94,27 @@ class UserSessionSecurityPolicy:
         session = request.session
         previous = self._userid(request)
         session.userid = userid
-        if previous == userid:
+        if previous == userid:  # else setting userid did both
+            from . import user_changed
+
             session.regenerate_id()
+            user_changed(session, previous, userid)
         self._cache.clear(request)
         return []
 
     def forget(self, request: Request, **kw: Any) -> list[tuple[str, str]]:
-        """Log out: invalidate the session (its row, data and cookie). Returns no headers."""
-        request.session.invalidate()
+        """Log out: invalidate the session (its row, data and cookie).
+
+        Returns the ``Set-Cookie`` header that deletes the browser's cookie,
+        for ``HTTPFound(location, headers=forget(request))``. The logout holds
+        even when the view then raises that redirect (which aborts the
+        transaction): the row is deleted all the same, and no copy of the
+        cookie works afterwards.
+        """
+        session = request.session
+        session.invalidate()
         self._cache.clear(request)
-        return []
+        return session.logout_headers()
 
     # -- authorization ---------------------------------------------------------------
     def effective_principals(self, request: Request) -> list[Any]:

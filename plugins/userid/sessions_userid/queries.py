@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UserSession", "invalidate_user_sessions", "user_sessions"]
 
-#: ids are deleted in chunks of this many (bound parameters per statement stay small)
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class UserSession(SessionInfo):
@@ -155,14 +152,22 @@ def invalidate_user_sessions(
     """Delete every session of ``userid`` (expired or not); return how many were deleted.
 
     :param except_current: keep the request's own session ("log out
-        everywhere else"). Without it, the request's own session is
-        invalidated too if it belongs to ``userid`` (its cookie is deleted).
+        everywhere else"). Its id is regenerated in the same request, keeping
+        its data, so that a stolen copy of the *current* cookie is locked out
+        too (as Django does on a password change). Without it, the request's
+        own session is invalidated too if it belongs to ``userid`` (its
+        cookie is deleted).
 
-    Through a request, :class:`~sessions_kernel.events.SessionInvalidated` is
-    notified for every row deleted, as ``invalidate()`` does, so audit logs
-    and caches see each one. Costs one SELECT of the ids and one DELETE per
-    500 of them. The deletes happen in the caller's transaction: a rollback
-    keeps every session.
+    The other sessions go in one statement, ``DELETE ... WHERE userid = :u
+    AND id <> :current``, so a session whose id a concurrent request
+    regenerates meanwhile is deleted all the same; the count is the
+    statement's own. Through a request, the logout holds
+    (:meth:`~sessions_kernel.Session.execute_logout`): if the view then
+    raises (a redirect), the rows are deleted and the current id replaced
+    all the same. :class:`~sessions_kernel.events.SessionInvalidated` is
+    notified for every row deleted, as ``invalidate()`` does, where the
+    database reports the deleted ids (``DELETE ... RETURNING``: PostgreSQL,
+    SQLite, MariaDB).
     """
     ctx = _context(source, userid, dbsession, "invalidate_user_sessions")
     if except_current and ctx.request is None:
@@ -171,20 +176,25 @@ def invalidate_user_sessions(
             "a current session; pass the request"
         )
     model = ctx.factory.model
-    stmt = sa.select(model.id).where(model.userid == userid)
-    if ctx.current_id is not None:
-        stmt = stmt.where(model.id != ctx.current_id)
-    ids: Sequence[str] = ctx.dbsession.scalars(stmt).all()
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        ctx.dbsession.execute(
-            sa.delete(model).where(model.id.in_(chunk)),
-            execution_options={"synchronize_session": "evaluate"},
-        )
-    deleted = len(ids)
     request = ctx.request
+    session = request.session if request is not None else None
+    current = ctx.current_id
+    if except_current and current is not None and session.userid == userid:
+        session.regenerate_id(hold=True)  # a copy of the current cookie stops working too
+        current = session.session_id
+    statement = sa.delete(model).where(model.userid == userid)
+    if current is not None:
+        statement = statement.where(model.id != current)
+    dialect = ctx.dbsession.get_bind(model).dialect
+    if dialect.delete_returning:
+        statement = statement.returning(model.id)
+    if session is not None:
+        result = session.execute_logout(statement)
+    else:
+        result = ctx.dbsession.execute(statement)
+    ids: Sequence[str] = result.scalars().all() if dialect.delete_returning else ()
+    deleted = len(ids) if dialect.delete_returning else result.rowcount
     if request is not None:
-        session = request.session
         for session_id in ids:
             session.notify(SessionInvalidated(request, session_id))
         if not except_current and session.userid == userid:

@@ -1,0 +1,268 @@
+"""Attacks and coding idioms that must not defeat the session (docs/security.rst cites these).
+
+Every test runs on SQLite, PostgreSQL and MariaDB through a real Pyramid
+application (pyramid_tm, pyramid_retry, WebTest browsers with cookie jars).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kernel_support import set_cookies
+from pyramid.httpexceptions import HTTPFound
+from pyramid.security import forget, remember
+from sessions_userid import UseridMixin, UserSessionSecurityPolicy, invalidate_user_sessions
+
+from sessions_kernel.testing import make_model
+
+
+def _views(config: Any) -> None:
+    config.set_security_policy(UserSessionSecurityPolicy())
+
+    def view(name: str, func: Any) -> None:
+        config.add_route(name, "/" + name)
+        config.add_view(func, route_name=name, renderer="json")
+
+    def login(request: Any) -> Any:
+        body = request.json_body
+        remember(request, body["user"])
+        request.session.update(body.get("data", {}))
+        return {}
+
+    def logout_redirect(request: Any) -> Any:
+        raise HTTPFound(location="/read", headers=forget(request))
+
+    def logout_then_fail(request: Any) -> Any:
+        forget(request)
+        raise RuntimeError("the view failed after logging out")
+
+    def invalidate_redirect(request: Any) -> Any:
+        request.session.invalidate()
+        raise HTTPFound(location="/read")
+
+    def others_redirect(request: Any) -> Any:
+        userid = request.session.userid
+        invalidate_user_sessions(request, userid, except_current=True)
+        raise HTTPFound(location="/read")
+
+    def others(request: Any) -> Any:
+        userid = request.session.userid
+        return {"deleted": invalidate_user_sessions(request, userid, except_current=True)}
+
+    def everyone_redirect(request: Any) -> Any:
+        invalidate_user_sessions(request, request.session.userid)
+        raise HTTPFound(location="/read")
+
+    def whoami(request: Any) -> Any:
+        return {"userid": request.authenticated_userid, "data": dict(request.session)}
+
+    for func in (login, logout_redirect, logout_then_fail, invalidate_redirect, others_redirect):
+        view(func.__name__, func)
+    for func in (others, everyone_redirect, whoami):
+        view(func.__name__, func)
+
+
+@pytest.fixture
+def app(session_app):
+    return session_app(make_model(UseridMixin), configure=_views)
+
+
+def _login(app: Any, browser: Any = None, user: int = 7) -> Any:
+    browser = browser or app.new_browser()
+    browser.post_json("/login", {"user": user, "data": {"cart": [1, 2]}})
+    return browser
+
+
+def _stolen(app: Any, browser: Any) -> Any:
+    """Another browser holding a copy of ``browser``'s current cookie."""
+    thief = app.new_browser()
+    thief.set_cookie("session", browser.cookies["session"])
+    return thief
+
+
+def _deletes_the_cookie(response: Any) -> bool:
+    return any(c.startswith("session=; Max-Age=0") for c in set_cookies(response))
+
+
+# -- 1. a logout holds, whatever the view does afterwards ------------------------------------
+
+
+def test_logout_in_a_view_that_raises_a_redirect_holds(app):
+    """``raise HTTPFound(..., headers=forget(request))`` aborts the transaction."""
+    user = _login(app)
+    thief = _stolen(app, user)
+    response = user.get("/logout_redirect", status=302)
+    assert _deletes_the_cookie(response)
+    assert response.headers.getall("Set-Cookie") == [set_cookies(response)[0]]  # sent once
+    assert app.rows() == []
+    assert "session" not in user.cookies
+    assert thief.get("/whoami").json == {"userid": None, "data": {}}
+
+
+def test_logout_in_a_view_that_then_fails_holds(app):
+    user = _login(app)
+    thief = _stolen(app, user)
+    response = user.get("/logout_then_fail", status=500)
+    assert _deletes_the_cookie(response)
+    assert app.rows() == []
+    assert thief.get("/whoami").json == {"userid": None, "data": {}}
+
+
+def test_invalidate_then_redirect_holds(app):
+    user = _login(app)
+    thief = _stolen(app, user)
+    assert _deletes_the_cookie(user.get("/invalidate_redirect", status=302))
+    assert app.rows() == []
+    assert thief.get("/whoami").json["userid"] is None
+
+
+def test_logging_out_every_session_then_redirecting_holds(app):
+    phone, laptop = _login(app), _login(app)
+    _login(app, user=8)  # another user's session stays
+    assert _deletes_the_cookie(laptop.get("/everyone_redirect", status=302))
+    assert [row.userid for row in app.rows()] == [8]
+    assert phone.get("/whoami").json["userid"] is None
+
+
+# -- 2. log out everywhere else locks out a copy of the current cookie -----------------------
+
+
+def test_log_out_everywhere_else_locks_out_a_copy_of_the_current_cookie(app):
+    phone, laptop = _login(app), _login(app)
+    thief = _stolen(app, laptop)  # the usual case: the current cookie was copied
+    with app.count() as sql:
+        assert laptop.get("/others").json == {"deleted": 1}
+    assert sql.kinds() == ["SELECT", "UPDATE", "DELETE"], sql.statements
+    assert laptop.get("/whoami").json == {"userid": 7, "data": {"cart": [1, 2]}}
+    assert thief.get("/whoami").json["userid"] is None
+    assert phone.get("/whoami").json["userid"] is None
+    assert len(app.rows()) == 1  # the laptop's, under its new id
+
+
+def test_log_out_everywhere_else_then_redirect_holds(app):
+    phone, laptop = _login(app), _login(app)
+    thief = _stolen(app, laptop)
+    response = laptop.get("/others_redirect", status=302)
+    assert any(c.startswith("session=") and "Max-Age=0" not in c for c in set_cookies(response))
+    assert laptop.get("/whoami").json == {"userid": 7, "data": {"cart": [1, 2]}}
+    assert thief.get("/whoami").json["userid"] is None
+    assert phone.get("/whoami").json["userid"] is None
+    assert len(app.rows()) == 1
+
+
+# -- 10. shared caches ----------------------------------------------------------------------------
+
+
+def test_responses_that_set_or_delete_the_cookie_are_private(app):
+    response = app.post_json("/set", {"a": 1})
+    assert response.headers["Cache-Control"] == "private"
+    assert "Cookie" in response.headers["Vary"]
+    response = app.get("/read")  # no cookie sent: no Cache-Control of ours
+    assert "Set-Cookie" not in response.headers and "Cache-Control" not in response.headers
+    response = app.get("/invalidate")
+    assert _deletes_the_cookie(response) and response.headers["Cache-Control"] == "private"
+
+
+# -- 8. a limit on the data's size -------------------------------------------------------------
+
+
+def test_data_over_max_data_size_is_refused_before_any_sql(session_app):
+    app = session_app(make_model(), settings={"max_data_size": "4096"})
+    app.post_json("/set", {"small": "x" * 100})
+    before = app.row()
+    with app.count() as sql:
+        response = app.post_json("/set", {"big": "x" * 5000}, expect_errors=True)
+    assert response.status_int == 500
+    error = response.json["error"]
+    assert "5" in error and "over session.max_data_size = 4096" in error
+    assert sql.kinds() == ["SELECT"], sql.statements  # the load; no write was tried
+    after = app.row()
+    assert (after.data, after.version) == (before.data, before.version)
+    assert json.loads(after.data) == {"small": "x" * 100}
+
+
+def test_the_default_limit_is_one_mebibyte(session_app):
+    app = session_app(make_model())
+    assert app.post_json("/set", {"big": "x" * 1_000_000}).status_int == 200
+    response = app.post_json("/set", {"bigger": "x" * 100_000}, expect_errors=True)
+    assert "over session.max_data_size = 1048576" in response.json["error"]
+
+
+# -- 7. several cookies of the session's name -------------------------------------------------
+
+
+def _cookie_header(*values: str) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"session={value}" for value in values)}
+
+
+@pytest.mark.parametrize("order", ["garbage first", "garbage last"])
+def test_a_bad_cookie_beside_the_good_one_is_passed_over(app, order):
+    user = _login(app)
+    good = user.cookies["session"]
+    values = ["garbage", good] if order == "garbage first" else [good, "garbage"]
+    browser = app.new_browser()  # sends exactly the header given
+    response = browser.get("/whoami", headers=_cookie_header(*values))
+    assert response.json == {"userid": 7, "data": {"cart": [1, 2]}}
+    assert set_cookies(response) == []  # the user's good cookie is not deleted
+
+
+def test_a_planted_cookie_of_a_dead_session_does_not_log_the_user_out(app):
+    """A sibling subdomain planted a real, but logged-out, cookie beside the user's."""
+    dead = _login(app, user=9)
+    planted = dead.cookies["session"]
+    dead.get("/invalidate_redirect", status=302)
+    user = _login(app)
+    good = user.cookies["session"]
+    for values in ([planted, good], [good, planted]):
+        browser = app.new_browser()
+        with app.count() as sql:
+            response = browser.get("/whoami", headers=_cookie_header(*values))
+        assert response.json["userid"] == 7
+        assert set_cookies(response) == []
+        assert sql.kinds() == ["SELECT"] * (1 + (values[0] == planted))
+
+
+def test_the_first_stored_session_wins(app):
+    first, second = _login(app, user=1), _login(app, user=2)
+    header = _cookie_header(first.cookies["session"], second.cookies["session"])
+    assert app.new_browser().get("/whoami", headers=header).json["userid"] == 1
+
+
+def test_only_bad_cookies_are_deleted(app):
+    response = app.new_browser().get("/whoami", headers=_cookie_header("garbage", "junk"))
+    assert response.json["userid"] is None
+    assert _deletes_the_cookie(response)
+
+
+# -- 4. no anonymous rows --------------------------------------------------------------------
+
+
+def test_a_retried_request_after_a_logout_sees_the_logout(session_app):
+    """A logout followed by a conflict: the logout held, and the retry runs logged out."""
+    from pyramid_retry import mark_error_retryable
+
+    class Conflict(Exception):
+        pass
+
+    mark_error_retryable(Conflict)
+    seen = []
+
+    def views(config: Any) -> None:
+        def logout_conflict(request: Any) -> Any:
+            seen.append(dict(request.session))
+            if len(seen) == 1:
+                request.session.invalidate()
+                raise Conflict("a serialization failure, say")
+            return {}
+
+        config.add_route("logout_conflict", "/logout_conflict")
+        config.add_view(logout_conflict, route_name="logout_conflict", renderer="json")
+
+    app = session_app(make_model(), configure=views)
+    app.post_json("/set", {"user": "ann"})
+    response = app.get("/logout_conflict")
+    assert seen == [{"user": "ann"}, {}]
+    assert app.rows() == []
+    assert _deletes_the_cookie(response)
