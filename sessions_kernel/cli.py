@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         default=5000,
         help="rows per batch; each batch is its own transaction (default: %(default)s)",
     )
+    gc.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="run a batch the database aborted (deadlock, cluster conflict) again, up to N "
+        "times (default 5)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="count expired sessions, delete none")
     gc.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -103,6 +110,7 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
         batch_size=args.batch_size,
         dry_run=args.dry_run,
         progress=progress if live else None,
+        retries=max(args.retries, 0),
     )
     if live and result.batches:
         print(file=sys.stderr)

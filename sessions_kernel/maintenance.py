@@ -103,6 +103,7 @@ def collect_garbage(
     now: int | None = None,
     dry_run: bool = False,
     progress: Callable[[GCProgress], None] | None = None,
+    retries: int = 5,
 ) -> GCResult:
     """Delete expired sessions in batches, each batch in a transaction of its own.
 
@@ -111,6 +112,11 @@ def collect_garbage(
     session extended meanwhile by a request survives. No statement touches
     more than ``batch_size`` rows, so locks are short, and memory does not grow
     with the table. ``now`` defaults to the factory's clock, read once.
+
+    A batch the database aborted (a deadlock, a lock wait timeout, a Galera
+    certification conflict: error 1213; a serialization failure on
+    PostgreSQL) is run again, up to ``retries`` times per batch with a short
+    growing pause; the batch's own transaction is all that is lost.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -127,19 +133,42 @@ def collect_garbage(
     pk = sa.inspect(model).primary_key[0]
     select_batch = sa.select(pk).where(condition).limit(batch_size)
     deleted = batches = 0
-    while True:
+
+    def batch() -> tuple[list[Any], int]:
         with bind.begin() as conn:
             ids = list(conn.scalars(select_batch))
             if not ids:
+                return ids, 0
+            return ids, conn.execute(sa.delete(model).where(pk.in_(ids), condition)).rowcount
+
+    while True:
+        for attempt in range(retries + 1):
+            try:
+                ids, count = batch()
                 break
-            result = conn.execute(sa.delete(model).where(pk.in_(ids), condition))
-        deleted += result.rowcount
+            except sa.exc.DBAPIError as exc:
+                if attempt == retries or not _transient(exc):
+                    raise
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        if not ids:
+            break
+        deleted += count
         batches += 1
         if progress is not None:
             progress(GCProgress(deleted, batches, time.perf_counter() - start))
         if len(ids) < batch_size:
             break
     return GCResult(deleted, batches, time.perf_counter() - start)
+
+
+def _transient(error: sa.exc.DBAPIError) -> bool:
+    """An error after which running the batch again is safe and may succeed."""
+    from .cluster import is_retryable
+
+    if is_retryable(error):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("40")  # PostgreSQL class 40
 
 
 # -- the plugin listing ------------------------------------------------------------------

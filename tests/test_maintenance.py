@@ -144,6 +144,48 @@ def test_bad_batch_size_is_refused(ttl_app):
         maintenance.collect_garbage(factory_of(ttl_app), ttl_app.engine, batch_size=0)
 
 
+def fail_deletes(engine, errors):
+    """Make the next DELETEs on ``engine`` fail with ``errors``, one each, in order."""
+
+    def fail(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("DELETE") and errors:
+            raise errors.pop(0)
+
+    sa.event.listen(engine, "before_cursor_execute", fail)
+    return fail
+
+
+def deadlock(code=1213):
+    import pymysql
+
+    return sa.exc.OperationalError("DELETE", {}, pymysql.err.OperationalError(code, "Deadlock"))
+
+
+def test_gc_runs_a_batch_again_that_a_conflict_aborted(ttl_app):
+    """Galera reports a certification conflict as 1213, at the DELETE or at COMMIT."""
+    make_sessions(ttl_app, 5)
+    ttl_app.clock.advance(100)
+    errors = [deadlock(), deadlock(1205), deadlock()]
+    fail_deletes(ttl_app.engine, errors)
+    result = maintenance.collect_garbage(factory_of(ttl_app), ttl_app.engine, batch_size=2)
+    assert errors == []
+    assert (result.deleted, result.batches) == (5, 3)
+    assert ttl_app.rows() == []
+
+
+def test_gc_gives_up_after_its_retries_and_on_other_errors(ttl_app):
+    make_sessions(ttl_app, 2)
+    ttl_app.clock.advance(100)
+    factory = factory_of(ttl_app)
+    fail_deletes(ttl_app.engine, [deadlock(), deadlock(), deadlock()])
+    with pytest.raises(sa.exc.OperationalError, match="Deadlock"):
+        maintenance.collect_garbage(factory, ttl_app.engine, retries=2)
+    fail_deletes(ttl_app.engine, [deadlock(1146)])  # no such table: not transient
+    with pytest.raises(sa.exc.OperationalError):
+        maintenance.collect_garbage(factory, ttl_app.engine)
+    assert len(ttl_app.rows()) == 2
+
+
 # -- the plugin listing --------------------------------------------------------------------
 
 
