@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from pyramid.interfaces import ISession
 from pyramid.response import Response as _HeaderMaker
 from sqlalchemy.orm import make_transient, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from zope.interface import implementer
 from zope.sqlalchemy import mark_changed
 
@@ -203,6 +203,7 @@ class Session(MutableMapping[str, Any]):
         self._delete_cookie: dict[str, Any] | None = None
         self._cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._committed = False
+        self._stale_key = False
 
         self._held: list[Any] = []  # logouts that must hold (see execute_logout)
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
@@ -288,7 +289,7 @@ class Session(MutableMapping[str, Any]):
         bad = False
         for value in values[:MAX_COOKIES_TRIED]:
             try:
-                token, extras = decode_payload(factory.serializer.loads(value))
+                token, extras = decode_payload(self._open_cookie(value))
             except Exception as exc:
                 self.notify(events.CookieRejected(request, str(exc)))
                 bad = True
@@ -308,6 +309,19 @@ class Session(MutableMapping[str, Any]):
         if bad and unstored is None:
             self._delete_cookie = factory.default_cookie_attributes
         return None, None, {}, unstored
+
+    def _open_cookie(self, value: str) -> bytes:
+        """The cookie's plaintext; notes a cookie made with a key that is no longer first."""
+        factory = self._factory
+        primary = factory.primary_serializer
+        if primary is not None:
+            try:
+                return primary.loads(value)
+            except ValueError:
+                payload = factory.serializer.loads(value)
+                self._stale_key = True  # an older key made it: send it again (_resend_cookie)
+                return payload
+        return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
         """The row by its primary key; on a retried attempt, locked until commit.
@@ -473,8 +487,8 @@ class Session(MutableMapping[str, Any]):
                     setattr(row, name, value)
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
-                self._dbsession.add(row)
                 self.notify(events.SessionCreated(self.request, row.id))
+                self._insert_row(row)
                 write = True
             elif self.cookie_extras != self._loaded_extras:
                 # Nothing to store, but a plugin keeps something in the cookie (a CSRF
@@ -499,10 +513,11 @@ class Session(MutableMapping[str, Any]):
             hook.session_extend(session=self)
             extras = dict(self.cookie_extras)
             hook.session_renew(session=self)
+            written = False
             if self.dirty:
                 hook.session_persist(session=self, row=row)
-                write = self._write_row(row, extras)
-            write = write or extras != self.cookie_extras
+                written = self._write_row(row, extras)
+            write = self._resend_cookie(written, extras)
         old = self._delete_cookie
         if write:
             value = self._cookie_value(unstored=unstored)
@@ -519,6 +534,57 @@ class Session(MutableMapping[str, Any]):
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
         if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
             dbsession.flush()
+
+    def _insert_row(self, row: Any) -> None:
+        """INSERT a new session's row: one Core statement, not the ORM's unit of work.
+
+        The row object was built, given the settings and columns of this
+        request and handed to the plugins' ``session_renew`` and
+        ``session_persist`` hooks (and to ``SessionCreated`` subscribers) as
+        before; its column values are what the INSERT writes, with the first
+        version. The ORM's flush of one new object costs more than the
+        statement itself, and nothing needs the row in the identity map:
+        the session is not used after the persist stage. A row that holds
+        anything but column values (a relationship a plugin assigned) goes
+        through ``dbsession.add`` as before.
+        """
+        factory = self._factory
+        keys = factory.insert_keys
+        values = {}
+        for key, value in vars(row).items():
+            column = keys.get(key)
+            if column is not None:
+                values[column] = value
+            elif key != "_sa_instance_state":
+                self._dbsession.add(row)
+                return
+        values[factory.version_column_key] = 1  # what the ORM's version counter starts at
+        dbsession = self._dbsession
+        # autoflush on: the application's pending objects (a user the row refers to) first
+        dbsession.execute(factory.table.insert(), values)
+        mark_changed(dbsession)
+
+    def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
+        """Whether a stored session's cookie must be sent again, its row written or not.
+
+        The browser's cookie holds the token and the plugins' extras, under
+        the attributes it was set with. It is sent again only when one of
+        them changed: a new id (``regenerate_id``), extras a plugin changed
+        (a renewal offer), settings saved in this request (they may change
+        the attributes), a cookie made with a key that is no longer the first
+        (key rotation), or :meth:`changed`; or, when the row was written
+        and the cookie has a ``Max-Age``, so that the browser's expiry slides
+        with the session's activity. A write of the data (or of a plugin's
+        column only, an idle extension) sends no ``Set-Cookie`` otherwise:
+        the browser's cookie is the same.
+        """
+        if self._delete_cookie is not None:  # the row vanished meanwhile (see _write_row)
+            return extras != self.cookie_extras
+        if self._regenerated or self._force or self._settings_loaded or self._stale_key:
+            return True
+        if self.cookie_extras != self._loaded_extras:
+            return True
+        return written and self._setting("cookie_max_age") is not None
 
     def _check_size(self, data: bytes, flash: bytes | None) -> None:
         """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
@@ -715,7 +781,10 @@ class Session(MutableMapping[str, Any]):
                 self._data or self._flash or self._force or self._settings_values or self._columns
             )
         # a regenerated id must be written and sent even if an autoflush already wrote it
-        return self.new or self._force or self._regenerated or self._dbsession.is_modified(row)
+        if self.new or self._force or self._regenerated:
+            return True
+        # no attribute assigned since the load (the common read): nothing to compare
+        return instance_state(row).modified and self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
         self._committed = status
@@ -761,21 +830,28 @@ class Session(MutableMapping[str, Any]):
                 environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
-        vary = response.vary or ()
-        if "Cookie" not in vary:
-            response.vary = (*vary, "Cookie")
+        headers = response.headers
+        if "Vary" not in headers:
+            response.headerlist.append(("Vary", "Cookie"))
+        else:
+            vary = response.vary or ()
+            if "Cookie" not in vary:
+                response.vary = (*vary, "Cookie")
         if not self._committed or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
-        cache = response.cache_control
-        if not (cache.private or cache.no_store):
-            cache.public = False
-            cache.private = True
-        name = self._factory.cookie_name
-        sent = response.headers.getall("Set-Cookie")
+        if "Cache-Control" not in headers:
+            response.headerlist.append(("Cache-Control", "private"))
+        else:
+            cache = response.cache_control
+            if not (cache.private or cache.no_store):
+                cache.public = False
+                cache.private = True
+        factory = self._factory
+        sent = headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:
             if action == "set":
-                response.set_cookie(name, value, **attrs)
+                response.headerlist.append(("Set-Cookie", factory.cookie_header(value, attrs)))
             else:
                 header = self._deletion_header(attrs)
                 if header not in sent:  # forget() may have returned it already
@@ -807,6 +883,10 @@ class Session(MutableMapping[str, Any]):
         stored values), ignoring changes saved in this request: the attributes the
         browser's cookie was set with.
         """
+
+        static = self._factory.static_cookie_attributes
+        if static is not None:  # nothing per session or per request changes them
+            return dict(static)
 
         def setting(name: str) -> Any:
             return self._setting(name, as_loaded)
