@@ -479,14 +479,17 @@ def measure(
     the rounds' 90th percentiles (microseconds) and the number of timed requests.
     """
     clock = time.perf_counter_ns
+    cpu_clock = time.process_time_ns
     for scenario in scenarios:
         for _ in range(warmup):
             scenario.call()
     medians: dict[str, list[float]] = {s.name: [] for s in scenarios}
     p90s: dict[str, list[float]] = {s.name: [] for s in scenarios}
+    cpus: dict[str, list[float]] = {s.name: [] for s in scenarios}
     turn = 0
     for _ in range(rounds):
         samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
+        cpu_samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
         gc.collect()
         done = 0
         while done < iterations:
@@ -496,14 +499,17 @@ def measure(
             for scenario in [*scenarios[shift:], *scenarios[:shift]]:
                 call = scenario.call
                 out = samples[scenario.name]
+                cpu_start = cpu_clock()
                 for _ in range(n):
                     start = clock()
                     call()
                     out.append((clock() - start) / 1000)
+                cpu_samples[scenario.name].append((cpu_clock() - cpu_start) / 1000 / n)
             done += n
         for name, values in samples.items():
             medians[name].append(statistics.median(values))
             p90s[name].append(_percentile(values, 0.9))
+            cpus[name].append(statistics.median(cpu_samples[name]))
         if after_round is not None:
             after_round()
     return {
@@ -511,6 +517,9 @@ def measure(
             "median_us": statistics.median(medians[s.name]),
             "p90_us": statistics.median(p90s[s.name]),
             "round_medians_us": medians[s.name],
+            # this process's CPU time per request (a chunk's, divided): what the Python
+            # side costs, without the waits for the database and the disk
+            "cpu_us": statistics.median(cpus[s.name]),
             "requests": iterations * rounds,
         }
         for s in scenarios
@@ -555,6 +564,7 @@ def run_database(
             }
             if floor is not None:
                 row["x_floor"] = results[s.name]["median_us"] / results[floor]["median_us"]
+                row["cpu_x_floor"] = results[s.name]["cpu_us"] / results[floor]["cpu_us"]
                 ratios[f"{s.group} {kind} / {floor}"] = row["x_floor"]
             rows.append(row)
         return {
@@ -636,15 +646,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"== {db['database']} ==")
         header = (
             f"{'scenario':<24} {'median µs':>10} {'p90 µs':>9} {'x SELECT':>9} "
-            f"{'x own':>6}  {'own floor':<24} SQL"
+            f"{'x own':>6} {'CPU µs':>7} {'CPU x own':>9}  {'own floor':<24} SQL"
         )
         lines += [header, "-" * len(header)]
         for row in db["rows"]:
             sql = " ".join(row["statements"]) or "-"
             own = f"{row['x_floor']:>6.2f}" if row.get("floor") else f"{'':>6}"
+            cpu_own = f"{row['cpu_x_floor']:>9.2f}" if "cpu_x_floor" in row else f"{'':>9}"
             lines.append(
                 f"{row['name']:<24} {row['median_us']:>10.1f} {row['p90_us']:>9.1f} "
-                f"{row['median_us'] / select:>9.2f} {own}  {row.get('floor') or '':<24} {sql}"
+                f"{row['median_us'] / select:>9.2f} {own} {row.get('cpu_us', 0):>7.1f} "
+                f"{cpu_own}  {row.get('floor') or '':<24} {sql}"
             )
         targets = report.get("targets", TARGETS)
         for label, ratio in db["ratios"].items():

@@ -171,6 +171,8 @@ class SessionFactory:
         )
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
+        # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
+        self._updates: dict[tuple[str, ...], Any] = {}
         self.session_class = _session_class(config)
         # What the kernel's own UPDATE and DELETE statements need, resolved once.
         mapper = sa.inspect(self.model)
@@ -199,6 +201,32 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    def versioned_update(
+        self, stored_id: str, version: int, values: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The kernel's UPDATE of a row read at ``version``, and its parameters.
+
+        ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
+        one statement per set of columns, built once with bound parameters and
+        kept, instead of a new statement on every write.
+        """
+        keys = tuple(values)
+        statement = self._updates.get(keys)
+        if statement is None:
+            bind = sa.bindparam
+            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
+            statement = (
+                sa.update(self.table)
+                .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
+                .values(changes)
+                .values({self.version_column: bind("_sk_next")})
+            )
+            if len(self._updates) < 256:
+                self._updates[keys] = statement
+        params = {f"_sk_v{i}": value for i, value in enumerate(values.values())}
+        params.update(_sk_id=stored_id, _sk_ver=version, _sk_next=version + 1)
+        return statement, params
 
     def cookie_header(self, value: str, attributes: Mapping[str, Any]) -> str:
         """The ``Set-Cookie`` value that sets the cookie: what ``response.set_cookie`` makes.

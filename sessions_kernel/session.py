@@ -137,6 +137,9 @@ class Session(MutableMapping[str, Any]):
                 raise type(error)(*error.args)
         if name == "_dbsession" and self._loaded:
             return self._fetch_dbsession()
+        if name == "_token" and self._loaded:  # a new session's: a visitor who stores
+            token = self._token = os.urandom(TOKEN_BYTES)  # nothing never needs one
+            return token
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -374,7 +377,7 @@ class Session(MutableMapping[str, Any]):
     def _start_new(self) -> None:
         self.row = None
         self.new = True
-        self._token = os.urandom(TOKEN_BYTES)
+        self.__dict__.pop("_token", None)  # drawn on first need (see __getattr__)
         self._lineage = None
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
@@ -463,8 +466,10 @@ class Session(MutableMapping[str, Any]):
         ser = factory.data_serializer
         row = self.row
         write = unstored = False
+        # a new session that stores nothing (an anonymous visitor) serializes nothing
+        touched = self._data_touched and (row is not None or self.dirty)
         try:
-            data = ser.dumps(self._data) if self._data_touched else self._orig_data
+            data = ser.dumps(self._data) if touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
         except (TypeError, ValueError) as exc:
             raise SessionError(
@@ -532,8 +537,16 @@ class Session(MutableMapping[str, Any]):
         elif old is not None:
             self._cookies.append(("delete", "", old))
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
-        if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
+        if dbsession is not None and (
+            dbsession.new or dbsession.deleted or self._others_dirty(dbsession, row)
+        ):
             dbsession.flush()
+
+    @staticmethod
+    def _others_dirty(dbsession: Any, row: Any) -> bool:
+        """Whether the flush has anything to write: the row the kernel's own UPDATE just
+        wrote stays "dirty" to the ORM (assigned attributes), with no net change left."""
+        return any(obj is not row or dbsession.is_modified(obj) for obj in dbsession.dirty)
 
     def _insert_row(self, row: Any) -> None:
         """INSERT a new session's row: one Core statement, not the ORM's unit of work.
@@ -669,14 +682,12 @@ class Session(MutableMapping[str, Any]):
         return level in ("REPEATABLE READ", "SERIALIZABLE")
 
     def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
-        factory = self._factory
-        statement = (
-            sa.update(factory.table)
-            .where(factory.pk_column == stored_id, factory.version_column == version)
-            .values({factory.columns[key]: value for key, value in values.items()})
-            .values({factory.version_column: version + 1})
-        )
-        return self._execute(statement).rowcount == 1
+        statement, params = self._factory.versioned_update(stored_id, version, values)
+        dbsession = self._dbsession
+        with dbsession.no_autoflush:  # the ORM must not write the row itself first
+            result = dbsession.execute(statement, params)
+        mark_changed(dbsession)  # see _execute
+        return result.rowcount == 1
 
     def _execute(self, statement: Any) -> Any:
         """Run the kernel's own UPDATE or DELETE in the request's transaction."""
