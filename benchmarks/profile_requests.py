@@ -137,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="requests per row")
     parser.add_argument("--warmup", type=int, default=200, help="untimed requests first")
     parser.add_argument("--top", type=int, default=15, help="functions shown per listing")
+    parser.add_argument(
+        "--tmpdir", help="where the SQLite file goes (/dev/shm: no disk waits, for growth runs)"
+    )
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = {"profile": 2000, "memory": 500, "growth": 100_000}[args.mode]
     bench = _bench()
-    with tempfile.TemporaryDirectory(prefix="sessions-profile-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="sessions-profile-", dir=args.tmpdir) as tmpdir:
         db, scenarios = _scenarios(bench, args, tmpdir)
         try:
             {"profile": profile, "memory": memory, "growth": growth}[args.mode](
