@@ -338,7 +338,7 @@ class Session(MutableMapping[str, Any]):
         """
         factory = self._factory
         dbsession = self._dbsession
-        if not self.request.environ.get("retry.attempt"):
+        if self._peeking or not self.request.environ.get("retry.attempt"):
             return dbsession.get(factory.model, sid)
         if dbsession.get_bind(factory.model).dialect.name == "sqlite":
             keep = sa.update(factory.table).where(factory.pk_column == sid)
