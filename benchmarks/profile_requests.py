@@ -77,19 +77,22 @@ def profile(bench: Any, db: Any, scenarios: list[Any], args: argparse.Namespace)
 
 
 def memory(bench: Any, db: Any, scenarios: list[Any], args: argparse.Namespace) -> None:
-    print(f"{'scenario':<26} {'peak KiB':>9} {'kept B':>8}   (median of {args.requests})")
+    print(f"{'scenario':<26} {'peak KiB':>9} {'kept B':>8}   (median of {args.requests}; kept:")
+    print("    traced memory still allocated after the request and a gc.collect())")
     for scenario in scenarios:
         for _ in range(args.warmup):
             scenario.call()
         peaks, kept = [], []
         tracemalloc.start()
         for _ in range(args.requests):
+            gc.collect()
             tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
             scenario.call()
-            current, peak = tracemalloc.get_traced_memory()
+            peak = tracemalloc.get_traced_memory()[1]
+            gc.collect()  # what stays once the request's cycles are collected
             peaks.append(peak - before)
-            kept.append(current - before)
+            kept.append(tracemalloc.get_traced_memory()[0] - before)
         tracemalloc.stop()
         bench.prune_new_rows(db)
         peaks.sort()
