@@ -7,19 +7,28 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 EXAMPLES := $(patsubst %/pyproject.toml,%,$(wildcard examples/*/pyproject.toml))
 PORT ?= 6543
 # The suite runs on SQLite always and on these servers too (this machine's and CI's);
-# set a URL to empty (make test SESSIONS_TEST_MARIADB_URL=) to skip that database.
+# a server that does not answer is skipped, and the end of the run says which databases
+# ran. Set a URL to empty (make test SESSIONS_TEST_MARIADB_URL=) to skip that database;
+# CI sets SESSIONS_TEST_REQUIRE_SERVERS=1 so that a missing server fails instead.
 SESSIONS_TEST_POSTGRESQL_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 SESSIONS_TEST_MARIADB_URL ?= mariadb+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4
 export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
 
-.PHONY: install test lint docs demo bench clean
+# Installed once; again only when a project file changes (editable installs see code edits).
+STAMP := $(VENV)/.installed
+PROJECTS := pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(EXAMPLES:%=%/pyproject.toml) demo/pyproject.toml
+
+.PHONY: install test lint docs demo bench dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-install: $(PY)
-	$(PY) -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
+$(STAMP): $(PROJECTS) | $(PY)
+	$(PY) -m pip install -q -e '.[test,bench]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
+	touch $@
+
+install: $(STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -37,5 +46,10 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_requests.py $(BENCH_ARGS)
 
+# Wheels of the kernel and of every plugin, into dist/ (pip install dist/*.whl elsewhere).
+dist: install
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-deps -w dist . $(PLUGINS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build

@@ -28,19 +28,35 @@ from sessions_kernel.testing import TEST_SECRET_KEY, Clock, make_model
 NOW = 1_750_000_000
 
 
-def fill(engine: sa.Engine, table: str, rows: int) -> None:
-    """Insert ``rows`` sessions, every other one expired at NOW, without Python-side rows."""
+def fill(engine: sa.Engine, table: str, rows: int, data_bytes: int = 2) -> None:
+    """Insert ``rows`` sessions, every other one expired at NOW, without Python-side rows.
+
+    ``data`` is ``{}`` (2 bytes), or with ``data_bytes`` > 2 a JSON object of that size
+    (``{"k":"xxx..."}``) that differs per row, as real session data does.
+    """
     expire = f"CASE WHEN i % 2 = 0 THEN {NOW - 1} ELSE {NOW + 3600} END"
     insert = f"INSERT INTO {table} (id, created, updated, data, idle_expire, version)"
     numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)"
     dialect = engine.dialect.name
+    pad = max(data_bytes - 16, 0)  # {"k":"<8 hex>...."}
     if dialect == "postgresql":
+        data = (
+            "'\\x7b7d'::bytea"
+            if data_bytes <= 2
+            else f"convert_to('{{\"k\":\"' || lpad(to_hex(i), 8, '0') || repeat('x', {pad}) "
+            "|| '\"}', 'UTF8')"
+        )
         sql = (
-            f"{insert} SELECT lpad(to_hex(i), 64, '0'), 0, 0, '\\x7b7d'::bytea, {expire}, 1 "
+            f"{insert} SELECT lpad(to_hex(i), 64, '0'), 0, 0, {data}, {expire}, 1 "
             "FROM generate_series(1, :rows) AS i"
         )
     elif dialect in {"mysql", "mariadb"}:
-        sql = f"{insert} {numbers} SELECT lpad(hex(i), 64, '0'), 0, 0, '{{}}', {expire}, 1 FROM n"
+        data = (
+            "'{}'"
+            if data_bytes <= 2
+            else f"CONCAT('{{\"k\":\"', lpad(hex(i), 8, '0'), repeat('x', {pad}), '\"}}')"
+        )
+        sql = f"{insert} {numbers} SELECT lpad(hex(i), 64, '0'), 0, 0, {data}, {expire}, 1 FROM n"
     else:
         sql = f"{numbers} {insert} SELECT printf('%064x', i), 0, 0, X'7b7d', {expire}, 1 FROM n"
     with engine.begin() as conn:
@@ -49,6 +65,24 @@ def fill(engine: sa.Engine, table: str, rows: int) -> None:
         conn.execute(sa.text(sql), {"rows": rows})
         if dialect == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {table}")
+
+
+def table_bytes(engine: sa.Engine, table: str) -> int | None:
+    """The table's size on disk with its indexes (PostgreSQL, MariaDB), else ``None``."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            return conn.scalar(sa.text(f"SELECT pg_total_relation_size('{table}')"))
+        if dialect in {"mysql", "mariadb"}:
+            conn.exec_driver_sql(f"ANALYZE TABLE {table}")
+            return conn.scalar(
+                sa.text(
+                    "SELECT data_length + index_length FROM information_schema.TABLES "
+                    "WHERE table_schema = DATABASE() AND table_name = :t"
+                ),
+                {"t": table},
+            )
+    return None
 
 
 class StatementTimer:
@@ -80,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument(
+        "--data-bytes",
+        type=int,
+        default=2,
+        help="size of each row's serialized data (default 2: {}); PostgreSQL and MariaDB",
+    )
+    parser.add_argument(
         "--url",
         default=os.environ.get("SESSIONS_TEST_POSTGRESQL_URL"),
         help="SQLAlchemy URL (default: $SESSIONS_TEST_POSTGRESQL_URL)",
@@ -100,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     model.metadata.create_all(engine)
     try:
         started = time.perf_counter()
-        fill(engine, model.__tablename__, args.rows)
+        fill(engine, model.__tablename__, args.rows, args.data_bytes)
         print(f"filled {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
+        size = table_bytes(engine, model.__tablename__)
+        if size:
+            print(
+                f"table size       {size / 2**20:,.1f} MiB with indexes, {size / args.rows:,.0f} "
+                f"bytes per row ({2**30 * args.rows // size:,} rows per GiB), "
+                f"data {args.data_bytes} bytes"
+            )
         factory = session_factory(
             model_class=model, secret_key=TEST_SECRET_KEY, clock=Clock(NOW), idle_timeout=3600
         )

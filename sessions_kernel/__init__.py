@@ -19,13 +19,14 @@ from .factory import (
     includeme,
     session_factory,
 )
-from .hookspecs import PROJECT
+from .hookspecs import PROJECT, hookspec
 from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
 from .session import Peek, Session
 from .settings import SessionSettings, Setting
 
-#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``.
+#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. Hooks a plugin
+#: offers other plugins are marked ``@sessions_kernel.hookspec`` (see ``session_addhooks``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "factory_args_from_settings",
     "generate_secret_key",
     "hookimpl",
+    "hookspec",
     "includeme",
     "session_factory",
 ]

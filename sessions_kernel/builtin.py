@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import string
 import time
 from collections.abc import Mapping
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pluggy
 
 from . import serializers
-from .crypto import parse_secret_keys
+from .crypto import UNBOUND_EXTRA, parse_secret_keys
 from .hookspecs import PROJECT
 from .model import BaseMixin
 from .settings import Setting, boolean, choice, dotted, integer, optional, text
@@ -23,6 +25,79 @@ NAME = "sessions_kernel"
 def _secret_keys(value: Any) -> list[bytes]:
     """one or more 256-bit keys in URL-safe base64, separated by white space"""
     return parse_secret_keys(value)
+
+
+#: How far ahead ``accept_unbound_cookies_until`` may be: the window ends.
+MAX_UNBOUND_WINDOW = 366 * 24 * 3600
+
+
+def _moment(value: Any) -> int:
+    """a date (midnight UTC) or date-time in ISO 8601 (UTC unless it says otherwise)"""
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            value = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"expected a date such as 2026-03-31 or a date-time such as "
+                f"2026-03-31T12:00:00+00:00, got {value!r}"
+            ) from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a date or a date-time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp())
+
+
+def _secret_key_file(value: Any) -> list[bytes]:
+    """the path of a file holding the key(s), as container secrets are mounted"""
+    path = os.path.expanduser(text(value))
+    try:
+        with open(path, encoding="ascii") as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(
+            f"cannot read the key file {path!r}: {reason}. Write a key into it "
+            "(python -m sessions_kernel > FILE), readable by the application's user only"
+        ) from None
+    if not content.strip():
+        raise ValueError(f"the key file {path!r} is empty: write a key into it")
+    try:
+        return parse_secret_keys(content)
+    except ValueError as exc:
+        raise ValueError(f"the key file {path!r} holds no valid key: {_first_line(exc)}") from None
+
+
+def _secret_key_env(value: Any) -> list[bytes]:
+    """the name of an environment variable holding the key(s)"""
+    name = text(value)
+    if not name or "=" in name:
+        raise ValueError(f"expected the name of an environment variable, got {value!r}")
+    content = os.environ.get(name)
+    if content is None or not content.strip():
+        raise ValueError(
+            f"the environment variable {name} is {'empty' if content is not None else 'not set'}: "
+            "export it in the environment the application starts in (a systemd "
+            "EnvironmentFile=, the container's environment), not on the pserve command line, "
+            "where process listings show it"
+        )
+    try:
+        return parse_secret_keys(content)
+    except ValueError as exc:
+        raise ValueError(
+            f"the environment variable {name} holds no valid key: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).split("\n", 1)[0].rstrip(". ") + " (python -m sessions_kernel prints a new key)"
+
+
+#: The settings that can give the cookie's keys; at most one of them may be set.
+SECRET_KEY_SOURCES = ("secret_key", "secret_key_file", "secret_key_env")
 
 
 def _data_serializer(value: Any) -> Any:
@@ -105,6 +180,19 @@ def _cookie_samesite(value: Any) -> str | None:
     return _samesite_choice(value)
 
 
+#: ``session.max_age`` by default: 30 days.
+DEFAULT_MAX_AGE = 30 * 24 * 3600
+#: The longest ``session.max_age``: ten years, as for ``cookie_max_age``.
+MAX_MAX_AGE = 10 * 365 * 24 * 3600
+#: The reason ``SessionRejected`` gives for a session past ``session.max_age``.
+MAX_AGE_REASON = "max age"
+
+
+def _max_age(value: Any) -> int:
+    """seconds from 1 to 315360000 (10 years)"""
+    return integer(1, MAX_MAX_AGE)(value)
+
+
 def _cookie_name(value: Any) -> str:
     """a cookie name (letters, digits and !#$%&'*+-.^_`|~)"""
     name = text(value)
@@ -120,6 +208,30 @@ SETTINGS = (
         None,
         optional(_secret_keys),
         "keys of the cookie's encryption; the first encrypts, all decrypt",
+        runtime=False,
+        secret=True,
+    ),
+    Setting(
+        "accept_unbound_cookies_until",
+        None,
+        optional(_moment),
+        "until when cookies of sessions-kernel 0.1, not bound to the cookie name, are still "
+        "read (and sent again, bound); at most a year ahead",
+        runtime=False,
+    ),
+    Setting(
+        "secret_key_file",
+        None,
+        optional(_secret_key_file),
+        "a file holding secret_key's value (a container secret), instead of secret_key",
+        runtime=False,
+        secret=True,
+    ),
+    Setting(
+        "secret_key_env",
+        None,
+        optional(_secret_key_env),
+        "an environment variable holding secret_key's value, instead of secret_key",
         runtime=False,
         secret=True,
     ),
@@ -166,6 +278,15 @@ SETTINGS = (
         "callable returning the time in seconds; every read of the time uses it",
         runtime=False,
     ),
+    Setting(
+        "max_age",
+        DEFAULT_MAX_AGE,
+        optional(_max_age),
+        "seconds after its creation at which a stored session ends, unless an active plugin "
+        "expires every session (a value set explicitly always applies); none: sessions "
+        "never expire",
+        runtime=False,
+    ),
     Setting("cookie_name", "session", _cookie_name, "name of the session cookie", runtime=False),
     Setting(
         "cookie_max_age",
@@ -197,8 +318,29 @@ def session_settings() -> tuple[Setting, ...]:
 
 
 @hookimpl
+def session_renew(session: Any) -> None:
+    # A cookie of the unbound format read during accept_unbound_cookies_until carries
+    # this extra (see crypto.AESGCMCookieSerializer.loads); removing it changes the
+    # cookie's extras, so the kernel sends the cookie again, in the bound format.
+    session.cookie_extras.pop(UNBOUND_EXTRA, None)
+
+
+@hookimpl
 def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
     problems = []
+    until = settings.get("accept_unbound_cookies_until")
+    if until is not None:
+        if settings.get("serializer") is not None:
+            problems.append(
+                "accept_unbound_cookies_until applies to the built-in cookie serializer only; "
+                "remove it, or remove serializer"
+            )
+        elif until > settings.get("clock", time.time)() + MAX_UNBOUND_WINDOW:
+            problems.append(
+                "accept_unbound_cookies_until is more than a year ahead; the window is for "
+                "the cookies issued before the upgrade to be sent again, bound: your longest "
+                "session lifetime is enough (every visit in the window renews a cookie)"
+            )
     name = settings.get("cookie_name") or ""
     secure = settings.get("cookie_secure")
     if name.startswith("__Host-"):
@@ -220,3 +362,72 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
             "cookies that are not Secure); set cookie_secure = true or choose Lax or Strict"
         )
     return problems
+
+
+# -- session.max_age: no stored session lives forever unless the application says so -------
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 24 * 3600)
+    if days and not rest:
+        return f"{days} day{'s' if days > 1 else ''}"
+    return f"{seconds} s"
+
+
+class MaxAge:
+    """The kernel's expiry: a stored session ends ``seconds`` after its creation.
+
+    Registered in a factory's plugin manager only while it is in force (see
+    :func:`expiry`), so a factory whose plugins expire every session pays
+    nothing for it on any request. The three hooks agree: a row is expired at
+    and after ``created + seconds``.
+    """
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    @hookimpl
+    def session_validate(self, session: Any) -> str | None:
+        if session.now >= session.row.created + self.seconds:
+            return MAX_AGE_REASON
+        return None
+
+    @hookimpl
+    def session_expired_conditions(self, model: type, now: int) -> list[Any]:
+        return [model.created <= now - self.seconds]  # type: ignore[attr-defined]
+
+    @hookimpl
+    def session_expires_at(self, row: Any) -> int:
+        return int(row.created) + self.seconds
+
+    def __repr__(self) -> str:
+        return f"<MaxAge {self.seconds} s>"
+
+
+def expiry(max_age: int | None, explicit: bool, policies: list[str]) -> tuple[MaxAge | None, str]:
+    """Which expiry a factory enforces: the kernel's :class:`MaxAge` if any, and a description.
+
+    :param max_age: ``session.max_age`` as parsed (``None``: never).
+    :param explicit: whether the application set ``session.max_age``.
+    :param policies: what the active plugins answered to ``session_expiry_policy``:
+        each one expires every session.
+
+    ``max_age`` applies when no plugin expires every session, and always when it
+    was set explicitly. The description is what ``includeme`` logs at start-up.
+    """
+    rules = ", ".join(policies)
+    if max_age is None:
+        if rules:
+            return None, f"sessions expire by {rules} (session.max_age = none)"
+        return None, (
+            "stored sessions never expire: session.max_age = none and no active plugin "
+            "expires every session"
+        )
+    kernel = f"{_duration(max_age)} after their creation (session.max_age = {max_age})"
+    if not rules:
+        return MaxAge(max_age), (
+            f"sessions expire {kernel}; no active plugin expires every session"
+        )
+    if explicit:
+        return MaxAge(max_age), f"sessions expire by {rules}, and at the latest {kernel}"
+    return None, f"sessions expire by {rules}"

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         default=5000,
         help="rows per batch; each batch is its own transaction (default: %(default)s)",
     )
+    gc.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="run a batch the database aborted (deadlock, cluster conflict) again, up to N "
+        "times (default 5)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="count expired sessions, delete none")
     gc.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -103,6 +110,7 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
         batch_size=args.batch_size,
         dry_run=args.dry_run,
         progress=progress if live else None,
+        retries=max(args.retries, 0),
     )
     if live and result.batches:
         print(file=sys.stderr)
@@ -110,8 +118,8 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
         return EXIT_OK
     if not result.expiring:
         print(
-            f"nothing to do: no active plugin of {factory.model.__name__} expires sessions "
-            "(add a timeout mixin and set its timeout to have expired sessions collected)",
+            f"nothing to do: sessions of {factory.model.__name__} never expire "
+            "(session.max_age = none, and no active plugin expires sessions)",
             file=out,
         )
     elif result.dry_run:
@@ -146,13 +154,20 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
         if r.hooks:
             print(f"    hooks: {', '.join(r.hooks)}", file=out)
         for s in r.settings:
-            value = f" = {s.value!r}" if r.active and s.name not in _SECRET else ""
+            value = f" = {s.value!r}" if r.active and not _hidden(s) else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
+    if factory is not None:
+        print(f"expiry: {factory.config.expiry}", file=out)
     return EXIT_OK
 
 
-_SECRET = frozenset({"secret_key", "serializer"})
+# never printed (a key file or variable holds the keys themselves once read)
+_SECRET = frozenset({"secret_key", "secret_key_file", "secret_key_env", "serializer"})
+
+
+def _hidden(s: maintenance.SettingReport) -> bool:
+    return s.secret or s.name in _SECRET
 
 
 def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
@@ -170,7 +185,7 @@ def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
             {
                 "name": s.name,
                 "default": s.default,
-                "value": None if s.name in _SECRET else s.value,
+                "value": None if _hidden(s) else s.value,
                 "runtime": s.runtime,
                 "configurable": s.configurable,
                 "doc": s.doc,

@@ -4,6 +4,17 @@ The cookie never carries session data. Its plaintext is a random 256-bit token
 followed by the small byte strings plugins ask to carry (for example a renewal
 id). The database stores only the SHA-256 hash of the token, so a copy of the
 session table cannot be replayed as cookies.
+
+A cookie is bound to its purpose: the associated data AES-GCM authenticates
+holds a label of this library and the cookie's name, so a cookie issued under
+one name (one application) is refused under another, even when both share the
+key and the table. Cookies of the earlier, unbound format are read only until
+``session.accept_unbound_cookies_until``.
+
+Keys are checked when they are parsed: a key that is not random (repeated or
+patterned bytes, text such as a passphrase) or that was ever printed in this
+project's documentation or tests is refused, and an error names a bad key by
+its position only.
 """
 
 from __future__ import annotations
@@ -11,67 +22,166 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
+    "KEY_BYTES",
+    "PUBLISHED_KEYS",
     "TOKEN_BYTES",
+    "UNBOUND_EXTRA",
     "AESGCMCookieSerializer",
+    "KitKey",
     "decode_payload",
     "encode_payload",
     "generate_secret_key",
+    "key_weakness",
     "parse_secret_keys",
     "session_id_for",
 ]
 
 TOKEN_BYTES = 32
+KEY_BYTES = 32
 _NONCE_BYTES = 12
-_FORMAT = 1
-_AAD = b"sessions_kernel cookie v1"
+_TAG_BYTES = 16
+_FORMAT = 1  # first byte of the plaintext (token and extras)
+# The cookie's first byte since the cookie is bound to its name; the unbound format
+# before it had none (its first byte was the nonce's).
+_BOUND = 2
+_LABEL = b"sessions_kernel cookie v2"
+_AAD_UNBOUND = b"sessions_kernel cookie v1"
+#: The extra a cookie of the unbound format is read with: the kernel's own
+#: ``session_renew`` removes it, so the session's cookie is sent again, bound.
+UNBOUND_EXTRA = "sessions_kernel.unbound"
 # A cookie longer than this is not one of ours; refuse it before decoding.
 MAX_COOKIE_LENGTH = 2048
+
+_URLSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# the first line says it all (a message may be cut there); the next explains rotation
+_MAKE_ONE = (
+    "Make a new one with: python -m sessions_kernel\n"
+    "(to rotate keys, list the new key first and keep the old ones after it, "
+    "separated by white space)"
+)
+
+#: SHA-256 (hex) of the raw 32 bytes of every key ever printed in this project's
+#: documentation, README files, examples or tests. Anyone can read those keys, so
+#: :func:`parse_secret_keys` refuses them. A key added to a page or a test must be
+#: added here (``tests/test_keys.py`` finds key-shaped strings and checks).
+PUBLISHED_KEYS = frozenset(
+    {
+        # docs/getting-started.rst, docs/configuration.rst
+        "f97049f2cd9193389a966a5361d3fb5f589e117f0b7b21b13f8f0436bd6b26f9",
+        # tests/test_cookie.py and tests/test_fuzz.py until version 0.1
+        "c7061572bd3ed2c9bd864ad450342cf81b51673a2c236dae36c3b33a37702e3b",
+        # sessions_kernel.testing.TEST_SECRET_KEY (accepted as that object only)
+        "55493a664321ce40e287d740caeb2001cf61be8fa5300498c8bb8a11bf00e360",
+    }
+)
+_KIT_KEY = "55493a664321ce40e287d740caeb2001cf61be8fa5300498c8bb8a11bf00e360"
+
+
+class KitKey(str):
+    """The testing kit's key, :data:`sessions_kernel.testing.TEST_SECRET_KEY`.
+
+    The key is published, so :func:`parse_secret_keys` refuses its text like
+    any other published key: copied into an ini file, it stops the
+    application. Only this very object (not a string equal to it, not a
+    string containing it) is accepted, so tests that pass
+    ``secret_key=TEST_SECRET_KEY`` keep working.
+    """
+
+    __slots__ = ()
+
+
+def key_weakness(raw: bytes) -> str | None:
+    """Why the 32 raw bytes of a key are not fit to be one, or ``None`` if they are.
+
+    The rules refuse what people write instead of a random key, and almost
+    never a random one (each below one in ten billion):
+
+    * 31 or more of the 32 bytes printable ASCII or white space (a passphrase
+      or a hex string in base64); a random key has about 12;
+    * fewer than 16 distinct byte values, or fewer than 16 distinct steps
+      between neighbouring bytes (all zeros, a repeated pattern, a counter);
+      a random key has about 30 of each;
+    * a key :data:`PUBLISHED_KEYS` lists.
+    """
+    if sum(32 <= b < 127 or 9 <= b <= 13 for b in raw) >= 31:
+        return "decodes to text (a passphrase?), not to random bytes"
+    steps = {(b - a) % 256 for a, b in itertools.pairwise(raw)}
+    if len(set(raw)) < 16 or len(steps) < 16:
+        return "is not random: its bytes repeat or follow a pattern"
+    if hashlib.sha256(raw).hexdigest() in PUBLISHED_KEYS:
+        return (
+            "is published in the documentation or the tests of sessions_kernel, "
+            "so anyone can forge cookies with it"
+        )
+    return None
 
 
 def generate_secret_key() -> str:
     """Return a fresh 256-bit key, URL-safe base64 encoded, for ``session.secret_key``."""
-    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+    while True:
+        raw = os.urandom(KEY_BYTES)
+        if key_weakness(raw) is None:  # the checks refuse about one key in 200 billion
+            return base64.urlsafe_b64encode(raw).decode("ascii")
 
 
-def parse_secret_keys(value: str | bytes | Iterable[str | bytes]) -> list[bytes]:
+def _decode_key(text: str) -> bytes | str:
+    """The 32 bytes of a key in URL-safe base64, or what is wrong with the text."""
+    data = text.encode("ascii", "replace")
+    body = data[:-1] if data.endswith(b"=") else data
+    if b"+" in body or b"/" in body:
+        return (
+            "is standard base64 (it has '+' or '/'); the key must be URL-safe base64: "
+            "write '-' for '+' and '_' for '/' (the same key), or make a new one"
+        )
+    if not set(body) <= _URLSAFE:
+        return (
+            "has characters outside URL-safe base64 (A-Z, a-z, 0-9, '-', '_', one '=' at the end)"
+        )
+    if len(body) != 43:
+        return f"is not a 256-bit key: it has {len(data)} characters, a key has 44"
+    return base64.urlsafe_b64decode(body + b"=")
+
+
+def parse_secret_keys(
+    value: str | bytes | Iterable[str | bytes], setting: str = "session.secret_key"
+) -> list[bytes]:
     """Parse one or more keys (white-space separated in a string) into raw 32-byte keys.
 
-    Raises :class:`ValueError` whose message says what is wrong and shows a
-    freshly generated key to use instead.
+    Each key must be 44 characters of URL-safe base64 decoding to 32 random
+    bytes (:func:`key_weakness`). Raises :class:`ValueError` naming a bad key
+    by its position in ``setting`` only (never any part of it) and saying how
+    to make a new one.
     """
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, KitKey):
+        items: list[str | bytes] = [value]
+    elif isinstance(value, (str, bytes)):
         text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-        items: list[str | bytes] = list(text.split())
+        items = list(text.split())
     else:
         items = list(value)
     if not items:
-        raise ValueError(
-            "no key given. Put one in your ini file, for example\n"
-            f"    session.secret_key = {generate_secret_key()}"
-        )
+        raise ValueError(f"no key given. {_MAKE_ONE}")
     keys = []
     for position, item in enumerate(items, 1):
         text = item.decode("ascii", "replace") if isinstance(item, bytes) else item
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != 32:
-            shown = text if len(text) <= 12 else text[:6] + "…"
-            raise ValueError(
-                f"key {position} ({shown!r}) is not a 256-bit key in URL-safe base64 "
-                "(44 characters). Here is a freshly generated one you can use:\n"
-                f"    session.secret_key = {generate_secret_key()}\n"
-                "(python -m sessions_kernel prints another; to rotate keys, list the new "
-                "key first and keep the old ones after it, separated by white space)"
-            )
+        raw = _decode_key(text.strip())
+        if isinstance(raw, str):
+            problem: str | None = raw
+        elif isinstance(item, KitKey) and hashlib.sha256(raw).hexdigest() == _KIT_KEY:
+            problem = None
+        else:
+            problem = key_weakness(raw)
+        if problem is not None:
+            raise ValueError(f"key {position} of {setting} {problem}. {_MAKE_ONE}")
         keys.append(raw)
     return keys
 
@@ -80,20 +190,50 @@ class AESGCMCookieSerializer:
     """Encrypts and authenticates the cookie's payload with AES-256-GCM.
 
     The first key encrypts; every key is tried to decrypt, so a new key can be
-    put in front of the old ones without logging anybody out. :meth:`loads`
-    raises :class:`ValueError` for anything that is not a cookie this
-    serializer made with one of its keys.
+    put in front of the old ones without logging anybody out.
+
+    The associated data is a label of this library and ``cookie_name``: a
+    cookie made for one name fails authentication under any other. A cookie
+    starts with a format byte. One of the earlier format, whose associated
+    data named no cookie, is read only while the clock is before
+    ``accept_unbound_until`` (seconds since the epoch; ``None``: never), and
+    is read with the extra :data:`UNBOUND_EXTRA` so that the session sends it
+    again in the current format.
+
+    :meth:`loads` raises :class:`ValueError` for anything that is not a cookie
+    this serializer made with one of its keys, under its name.
     """
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(
+        self,
+        keys: Iterable[bytes],
+        *,
+        cookie_name: str = "session",
+        accept_unbound_until: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._ciphers = [AESGCM(key) for key in keys]
         if not self._ciphers:
             raise ValueError("AESGCMCookieSerializer needs at least one key")
+        self._aad = _LABEL + b"\0" + cookie_name.encode("ascii")
+        self._unbound_until = accept_unbound_until
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"<AESGCMCookieSerializer {len(self._ciphers)} key(s), bound>"
 
     def dumps(self, payload: bytes) -> str:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._ciphers[0].encrypt(nonce, payload, _AAD)
-        return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+        sealed = self._ciphers[0].encrypt(nonce, payload, self._aad)
+        return base64.urlsafe_b64encode(bytes((_BOUND,)) + nonce + sealed).rstrip(b"=").decode()
+
+    def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+        for cipher in self._ciphers:
+            try:
+                return cipher.decrypt(nonce, sealed, aad)
+            except InvalidTag:
+                continue
+        return None
 
     def loads(self, value: str) -> bytes:
         if len(value) > MAX_COOKIE_LENGTH:
@@ -102,15 +242,24 @@ class AESGCMCookieSerializer:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError) as exc:
             raise ValueError("cookie is not base64") from exc
-        if len(raw) < _NONCE_BYTES + 16 + TOKEN_BYTES:
+        if len(raw) < _NONCE_BYTES + _TAG_BYTES + 1 + TOKEN_BYTES:
             raise ValueError("cookie too short")
-        nonce, sealed = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
-        for cipher in self._ciphers:
-            try:
-                return cipher.decrypt(nonce, sealed, _AAD)
-            except InvalidTag:
-                continue
-        raise ValueError("cookie failed authentication")
+        if raw[0] == _BOUND:
+            payload = self._open(raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :], self._aad)
+            if payload is not None:
+                return payload
+        # The unbound format: no format byte, the nonce first (which starts with the
+        # format byte once in 256 cookies, hence tried after the bound format fails).
+        payload = self._open(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD_UNBOUND)
+        if payload is None:
+            raise ValueError("cookie failed authentication")
+        if self._unbound_until is None or self._clock() >= self._unbound_until:
+            raise ValueError(
+                "cookie of the unbound format (not bound to its cookie name), read only "
+                "before session.accept_unbound_cookies_until"
+            )
+        name = UNBOUND_EXTRA.encode("ascii")
+        return payload + bytes((len(name),)) + name + b"\0"
 
 
 def encode_payload(token: bytes, extras: Mapping[str, bytes]) -> bytes:

@@ -18,6 +18,7 @@ from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
+from .serializers import PickleSerializer
 from .session import Peek, Session
 
 if TYPE_CHECKING:
@@ -147,7 +148,20 @@ class SessionFactory:
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
         self.max_data_size = values["max_data_size"]
-        self.serializer = values["serializer"] or AESGCMCookieSerializer(values["secret_key"])
+        if isinstance(self.data_serializer, PickleSerializer):
+            log.warning(
+                "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
+                "injection anywhere in the application, another application's database "
+                "user, a restored backup) can run code in this application when a session "
+                "is read; keep json unless you trust every writer",
+                config.model.__table__.name,
+            )
+        self.serializer = values["serializer"] or AESGCMCookieSerializer(
+            values["secret_key"],
+            cookie_name=self.cookie_name,
+            accept_unbound_until=values["accept_unbound_cookies_until"],
+            clock=self.clock,
+        )
         #: the serializer with the first key only, when there are several: a cookie it
         #: cannot read but the serializer can was made with an older key, and is sent
         #: again made with the first (so that old keys can be retired)
@@ -383,10 +397,12 @@ def includeme(config: Configurator) -> None:
     """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
 
     Discovers the installed plugins, keeps those the model activates,
-    validates every setting and registers the factory. The factory is also
+    validates every setting and registers the factory. Logs which expiry is
+    in force (logger ``sessions_kernel``, INFO). The factory is also
     stored in ``registry['sessions_kernel.factory']`` for tools.
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
+    log.info("%s", factory.config.expiry)
     config.set_session_factory(factory)
     config.registry["sessions_kernel.factory"] = factory
     registry = config.registry

@@ -10,8 +10,9 @@ specification names; pluggy passes only those it asks for.
 
 Hooks come in three groups:
 
-* configuration (called once per factory, at start-up): :func:`session_mixins`,
-  :func:`session_settings`, :func:`session_check_settings`,
+* configuration (called once per plugin manager or factory, at start-up):
+  :func:`session_addhooks`, :func:`session_mixins`, :func:`session_settings`,
+  :func:`session_check_settings`, :func:`session_expiry_policy`,
   :func:`session_attributes`, :func:`session_merge_rules`;
 * the request pipeline, in this order: :func:`session_load`,
   :func:`session_validate`, then before commit :func:`session_extend`,
@@ -49,6 +50,12 @@ The ``session`` argument of the pipeline hooks is the request's
     done when no subscriber listens).
 ``session.request``, ``session.model``
     the Pyramid request and the model class.
+``session.hook``
+    the factory's hook relay, to call a hook that a plugin offers
+    (:func:`session_addhooks`), e.g. ``session.hook.session_user_changed(...)``.
+``session.execute_logout(statement)``
+    run a ``DELETE`` of session rows that must hold even if the request's
+    transaction is then aborted (a logout feature of the plugin's own).
 """
 
 from __future__ import annotations
@@ -71,6 +78,26 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 # -- configuration ------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def session_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add hook specifications of this plugin's own, for other plugins to implement.
+
+    :param pluginmanager: the :class:`pluggy.PluginManager` the plugin is being
+        registered with. Call ``pluginmanager.add_hookspecs(module)`` with a
+        module of functions marked ``@sessions_kernel.hookspec``.
+
+    Called as the plugin is registered, on every plugin manager the kernel
+    builds (one at discovery, one per session factory), before any other
+    hook; the specifications of the plugins registered so far are in place
+    by the time the kernel checks that every implementation has one, so a
+    misspelt hook name still fails at start-up. Call the new hooks through
+    the factory's manager (``SessionFactory.hook``). A plugin that implements
+    a hook of another plugin marks it ``@hookimpl(optionalhook=True)``, so
+    that it works without that plugin installed or active. Modelled on
+    pytest's ``pytest_addhooks``. The return value is ignored.
+    """
 
 
 @hookspec
@@ -115,7 +142,30 @@ def session_check_settings(settings: Mapping[str, Any]) -> Iterable[str] | None:
     :class:`~pyramid.exceptions.ConfigurationError` at start-up and as
     :class:`~sessions_kernel.SettingsError` at runtime (and nothing is
     saved). Called after each setting was parsed on its own (see
-    :func:`session_settings`); at start-up :func:`session_attributes` follows.
+    :func:`session_settings`); at start-up :func:`session_expiry_policy`
+    follows.
+    """
+
+
+@hookspec
+def session_expiry_policy(settings: Mapping[str, Any]) -> str | None:
+    """Say how this plugin expires *every* stored session, in a few words; ``None`` if it does not.
+
+    :param settings: the global settings in force, parsed.
+
+    Return a short description with the values in force, such as
+    ``"idle_timeout 1800 s"``, only when, under these settings, every stored
+    session expires by this plugin's rule (what :func:`session_validate`,
+    :func:`session_expired_conditions` and :func:`session_expires_at`
+    enforce), whatever per-session settings it may have. Return ``None``
+    when the feature is off or leaves some sessions unexpired (a timeout
+    only some sessions set for themselves).
+
+    No session lives forever unless the application chose it: when no active
+    plugin answers, the kernel's ``session.max_age`` applies (a session ends
+    that long after its creation). The kernel logs the answers at start-up.
+    Called once per factory, after :func:`session_check_settings`, before
+    :func:`session_attributes`.
     """
 
 
@@ -128,7 +178,7 @@ def session_attributes() -> Mapping[str, Any]:
     builds a subclass of :class:`~sessions_kernel.Session` for that factory
     only, so two factories never see each other's attributes. Two active
     plugins adding one name, or a name the kernel already uses, is a
-    start-up error. Called after :func:`session_check_settings`, before any
+    start-up error. Called after :func:`session_expiry_policy`, before any
     request.
     """
 

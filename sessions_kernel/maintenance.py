@@ -40,8 +40,10 @@ __all__ = [
 def expired_condition(factory: SessionFactory, now: int | None = None) -> Any:
     """The SQL condition true for rows that some active plugin considers expired.
 
-    ``None`` when no active plugin expires sessions (a model without timeout
-    mixins, or with every timeout set to ``None``): then nothing is garbage.
+    The kernel's ``session.max_age`` counts as such a plugin while it is in
+    force (no active plugin expires every session, or it was set explicitly).
+    ``None`` when nothing expires sessions (``session.max_age = none`` and no
+    timeout in force): then nothing is garbage.
     """
     config = factory.config
     now = int(factory.clock()) if now is None else now
@@ -78,7 +80,8 @@ class GCResult:
     batches: int
     seconds: float
     dry_run: bool = False
-    #: ``False`` when no active plugin expires sessions: nothing was looked at
+    #: ``False`` when nothing expires sessions (``session.max_age = none`` and no
+    #: timeout plugin in force): nothing was looked at
     expiring: bool = True
 
 
@@ -100,6 +103,7 @@ def collect_garbage(
     now: int | None = None,
     dry_run: bool = False,
     progress: Callable[[GCProgress], None] | None = None,
+    retries: int = 5,
 ) -> GCResult:
     """Delete expired sessions in batches, each batch in a transaction of its own.
 
@@ -108,6 +112,11 @@ def collect_garbage(
     session extended meanwhile by a request survives. No statement touches
     more than ``batch_size`` rows, so locks are short, and memory does not grow
     with the table. ``now`` defaults to the factory's clock, read once.
+
+    A batch the database aborted (a deadlock, a lock wait timeout, a Galera
+    certification conflict: error 1213; a serialization failure on
+    PostgreSQL) is run again, up to ``retries`` times per batch with a short
+    growing pause; the batch's own transaction is all that is lost.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -124,19 +133,42 @@ def collect_garbage(
     pk = sa.inspect(model).primary_key[0]
     select_batch = sa.select(pk).where(condition).limit(batch_size)
     deleted = batches = 0
-    while True:
+
+    def batch() -> tuple[list[Any], int]:
         with bind.begin() as conn:
             ids = list(conn.scalars(select_batch))
             if not ids:
+                return ids, 0
+            return ids, conn.execute(sa.delete(model).where(pk.in_(ids), condition)).rowcount
+
+    while True:
+        for attempt in range(retries + 1):
+            try:
+                ids, count = batch()
                 break
-            result = conn.execute(sa.delete(model).where(pk.in_(ids), condition))
-        deleted += result.rowcount
+            except sa.exc.DBAPIError as exc:
+                if attempt == retries or not _transient(exc):
+                    raise
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        if not ids:
+            break
+        deleted += count
         batches += 1
         if progress is not None:
             progress(GCProgress(deleted, batches, time.perf_counter() - start))
         if len(ids) < batch_size:
             break
     return GCResult(deleted, batches, time.perf_counter() - start)
+
+
+def _transient(error: sa.exc.DBAPIError) -> bool:
+    """An error after which running the batch again is safe and may succeed."""
+    from .cluster import is_retryable
+
+    if is_retryable(error):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("40")  # PostgreSQL class 40
 
 
 # -- the plugin listing ------------------------------------------------------------------
@@ -153,8 +185,11 @@ class SettingReport:
     runtime: bool
     #: whether the model lets it be changed per session
     configurable: bool = False
-    #: the value in force (``None`` too when the plugin is not active)
+    #: the value in force (``None`` too when the plugin is not active, and always for a
+    #: secret setting)
     value: Any = None
+    #: a secret (a key, a password): its value is never reported
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,11 +217,20 @@ class PluginReport:
         return any(s.configurable for s in self.settings)
 
 
-_HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("session_")))
+_IMPL_MARK = f"{hookspecs.PROJECT}_impl"  # where pluggy's HookimplMarker records its options
 
 
 def _hook_names(plugin: object) -> tuple[str, ...]:
-    return tuple(name for name in _HOOK_NAMES if callable(getattr(plugin, name, None)))
+    """The hooks ``plugin`` implements: the kernel's and those other plugins offer."""
+    return tuple(
+        sorted(
+            name
+            for name in dir(plugin)
+            if name.startswith("session_")
+            and callable(getattr(plugin, name, None))
+            and hasattr(getattr(plugin, name), _IMPL_MARK)
+        )
+    )
 
 
 def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
@@ -208,7 +252,8 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
                 doc=s.doc,
                 runtime=s.runtime,
                 configurable=s.name in configurable,
-                value=values.get(s.name),
+                value=None if s.secret else values.get(s.name),
+                secret=s.secret,
             )
             for s in info.settings
         ),
@@ -233,15 +278,28 @@ def required_indexes(model: type) -> list[tuple[str, ...]]:
     """The indexes the plugins active for ``model`` ask for, as tuples of column names.
 
     Plugins answer the ``session_indexes`` hook; the answers are merged in
-    plugin order without repeats.
+    plugin order without repeats. When no active plugin can expire every
+    session (none implements ``session_expiry_policy``), the kernel's
+    ``session.max_age`` is in force by default and ``gc`` selects by
+    ``created``: the kernel asks for that index first. An index that is the
+    leading part of another one asked for is left out (the longer one serves).
     """
+    pm = active_manager(model)
     wanted: list[tuple[str, ...]] = []
-    for answer in reversed(active_manager(model).hook.session_indexes(model=model)):
+    if not pm.hook.session_expiry_policy.get_hookimpls():
+        wanted.append(("created",))
+    for answer in reversed(pm.hook.session_indexes(model=model)):
         for item in answer or ():
             columns = (item,) if isinstance(item, str) else tuple(item)
             if columns not in wanted:
                 wanted.append(columns)
-    return wanted
+    return [
+        columns
+        for columns in wanted
+        if not any(
+            len(other) > len(columns) and other[: len(columns)] == columns for other in wanted
+        )
+    ]
 
 
 def missing_indexes(model: type) -> list[tuple[str, ...]]:

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,15 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def _spec_manager() -> pluggy.PluginManager:
+    """A plugin manager with the kernel's hook specifications.
+
+    ``session_addhooks`` is historic: each plugin registered later is called
+    at its registration, so plugins add specifications of their own before
+    ``check_pending()`` looks for implementations that have none.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.hook.session_addhooks.call_historic(kwargs={"pluginmanager": pm})
     return pm
 
 
@@ -98,6 +106,8 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
             )
         try:
             catalog.register(obj, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigurationError(f"session plugin {name!r} ({dist}): {exc}") from exc
         except ValueError:  # the same object under another name: keep the first
             return
         infos[name] = PluginInfo(name, obj, dist, version)
@@ -188,6 +198,8 @@ class FactoryConfig:
     runtime_names: tuple[str, ...] = ()
     configurable: frozenset[str] = frozenset()
     column_names: frozenset[str] = field(default_factory=frozenset)
+    #: which expiry is in force, in words (logged by ``includeme``)
+    expiry: str = ""
 
     @classmethod
     def build(cls, raw: Mapping[str, Any], extra_plugins: Iterable[object] = ()) -> FactoryConfig:
@@ -239,12 +251,23 @@ class FactoryConfig:
                 values[name] = setting.parse(default) if isinstance(default, str) else default
         values["model_class"] = model
 
-        if values.get("secret_key") is None and values.get("serializer") is None:
-            from .crypto import generate_secret_key
-
+        sources = [name for name in builtin.SECRET_KEY_SOURCES if values.get(name) is not None]
+        if len(sources) > 1:
             raise ConfigurationError(
-                "session.secret_key is required (or a serializer of your own). Add to your "
-                f"ini file, for example:\n    session.secret_key = {generate_secret_key()}"
+                f"session.{' and session.'.join(sources)} are set; the key must come "
+                "from one place: keep one of them"
+            )
+        if sources:  # the keys read from a file or the environment are secret_key's value
+            values["secret_key"] = values[sources[0]]
+        if values.get("secret_key") is None and values.get("serializer") is None:
+            # no key in the message: a start-up error goes to logs, and a key copied
+            # from a log is no secret
+            raise ConfigurationError(
+                "session.secret_key is required (or a serializer of your own; to keep the "
+                "key out of the ini file, session.secret_key_file names a file holding it "
+                "and session.secret_key_env an environment variable). Make a key with\n"
+                "    python -m sessions_kernel\nand add it to your ini file:\n"
+                "    session.secret_key = <the key it printed>"
             )
 
         pm = _manager_of(active)
@@ -266,6 +289,10 @@ class FactoryConfig:
             raise ConfigurationError(
                 "session settings do not fit together:\n  " + "\n  ".join(problems)
             )
+        policies = [str(p) for p in reversed(pm.hook.session_expiry_policy(settings=values)) if p]
+        max_age, config.expiry = builtin.expiry(values["max_age"], "max_age" in raw, policies)
+        if max_age is not None:
+            pm.register(max_age, name=f"{builtin.NAME}.max_age")
         return config
 
     @property
@@ -332,11 +359,27 @@ def _resolve_model(value: Any, setting: Setting) -> type:
     return model
 
 
+_SECRET_WORDS = ("key", "secret", "pass", "token", "salt", "credential", "private")
+# what keys, tokens and hashes look like: a long run of base64 or hex characters
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{20,}")
+
+
+def _may_be_secret(name: str, value: Any) -> bool:
+    """Whether an unknown setting may hold a secret: by its name, or by its value."""
+    if any(word in name.lower() for word in _SECRET_WORDS):
+        return True
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return isinstance(value, str) and _KEY_LIKE.search(value) is not None
+
+
 def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean session.{close[0]}?" if close else ""
-    # a misspelt secret (session.secret_kye = ...) must not reach the logs either
-    shown = known[close[0]].shown(value) if close else repr(value)
+    # a misspelt secret (session.secret_kye = ...) must not reach the logs either, nor
+    # a key under a name of its own (session.aes = <a key>)
+    secret = (close and known[close[0]].secret) or _may_be_secret(name, value)
+    shown = "<hidden>" if secret else repr(value)
     return (
         f"session.{name} = {shown}: no installed session plugin has a setting {name!r}."
         f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "

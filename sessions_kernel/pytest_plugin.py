@@ -1,10 +1,22 @@
-"""pytest fixtures for sessions_kernel and its plugins (entry point ``pytest11``).
+"""pytest fixtures for sessions_kernel, its plugins and your application (entry point ``pytest11``).
+
+Installing sessions-kernel adds this plugin to every pytest run in that
+environment (pytest loads the ``pytest11`` entry points); its fixtures do
+nothing until a test asks for them. ``pytest -p no:sessions_kernel`` leaves
+it out.
 
 ``session_db_url`` runs a test once per database: SQLite always, PostgreSQL
-and MariaDB when ``SESSIONS_TEST_POSTGRESQL_URL`` / ``SESSIONS_TEST_MARIADB_URL``
-are set (skipped with that reason otherwise). ``session_app`` builds a
-:class:`~sessions_kernel.testing.SessionTestApp` for a model on that database
-and drops its table afterwards.
+and MariaDB at the URLs in ``SESSIONS_TEST_POSTGRESQL_URL`` /
+``SESSIONS_TEST_MARIADB_URL``. A server whose variable is unset, or that does
+not answer (each URL is tried once per run, with a short timeout), is
+skipped with that reason, and the end of the run says which databases ran
+and which were skipped. With ``SESSIONS_TEST_REQUIRE_SERVERS=1`` (CI sets it)
+a missing or silent server fails the tests instead.
+
+``session_app`` builds a :class:`~sessions_kernel.testing.SessionTestApp` for
+a model on that database and drops its table afterwards;
+``session_application`` does the same for your own application's ``main()``
+(see :class:`~sessions_kernel.testing.ApplicationTestApp`).
 """
 
 from __future__ import annotations
@@ -16,24 +28,94 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from .testing import Clock, SessionTestApp, make_app
+from .testing import ApplicationTestApp, Clock, SessionTestApp, make_app
 
 DATABASES = {
     "postgresql": "SESSIONS_TEST_POSTGRESQL_URL",
     "mariadb": "SESSIONS_TEST_MARIADB_URL",
 }
+#: Set to 1 (CI does) to fail, not skip, tests of a server that is not set or not reachable.
+REQUIRE_SERVERS_ENV = "SESSIONS_TEST_REQUIRE_SERVERS"
+#: Seconds a server gets to accept the one connection that tells whether it is there.
+PROBE_TIMEOUT = 3
+
+# database name -> None (reachable) or why it is not; filled once per run
+_servers: dict[str, str | None] = {}
+# database name -> how many tests ran on it, or the reason they were skipped
+_report: dict[str, int | str] = {}
+
+
+def _shown(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _probe(url: str) -> str | None:
+    """None if a connection to ``url`` succeeds within PROBE_TIMEOUT seconds, else why not."""
+    try:
+        engine = sa.create_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT}
+        )
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return f"not reachable at {_shown(url)} ({first[0] if first else type(exc).__name__})"
+    return None
+
+
+def server_url(database: str) -> str:
+    """The URL of the ``postgresql`` or ``mariadb`` server under test.
+
+    Skips the calling test when the server's variable is unset or the server
+    does not answer (fails it instead with ``SESSIONS_TEST_REQUIRE_SERVERS=1``).
+    For fixtures of your own that need a server URL.
+    """
+    variable = DATABASES[database]
+    url = os.environ.get(variable)
+    if database not in _servers:
+        _servers[database] = (
+            _probe(url) if url else f"{variable} is not set: no {database} server to test against"
+        )
+    reason = _servers[database]
+    if reason is not None:
+        _report[database] = reason
+        if os.environ.get(REQUIRE_SERVERS_ENV, "").strip() not in ("", "0"):
+            pytest.fail(f"{database}: {reason} ({REQUIRE_SERVERS_ENV} is set)", pytrace=False)
+        pytest.skip(f"{database}: {reason}")
+    assert url is not None
+    _count(database)
+    return url
+
+
+def _count(database: str) -> None:
+    ran = _report.get(database, 0)
+    _report[database] = (ran if isinstance(ran, int) else 0) + 1
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def session_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """The URL of the database under test (one run per database)."""
     if request.param == "sqlite":
+        _count("sqlite")
         return f"sqlite:///{tmp_path / 'sessions.sqlite'}"
-    variable = DATABASES[request.param]
-    url = os.environ.get(variable)
-    if not url:
-        pytest.skip(f"{variable} is not set: no {request.param} server to test against")
-    return url
+    return server_url(request.param)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """One line saying on which databases the tests ran, and why any were skipped."""
+    if not _report:
+        return
+    parts = []
+    for database in ("sqlite", *DATABASES):
+        state = _report.get(database)
+        if isinstance(state, int):
+            parts.append(f"{database}: ran ({state} test{'s' if state != 1 else ''})")
+        elif state is not None:
+            parts.append(f"{database}: SKIPPED, {state}")
+    terminalreporter.write_sep("-", "sessions_kernel databases")
+    for part in parts:
+        terminalreporter.write_line(part)
 
 
 @pytest.fixture
@@ -66,3 +148,24 @@ def session_app(
     yield build
     for model in made:
         model.metadata.drop_all(session_engine)
+
+
+@pytest.fixture
+def session_application(
+    session_engine: sa.Engine, session_clock: Clock
+) -> Iterator[Callable[..., ApplicationTestApp]]:
+    """``session_application(main, settings, metadata=Base.metadata)``: your application's
+    ``main()`` on the database under test, with real commits, ``app.clock`` as
+    ``session.clock`` and ``app.count()``; the metadata's tables are created
+    first and dropped afterwards."""
+    made: list[ApplicationTestApp] = []
+
+    def build(main: Callable[..., Any], settings: dict[str, Any] | None = None, **kwargs: Any):
+        kwargs.setdefault("clock", session_clock)
+        app = ApplicationTestApp(main, settings, engine=session_engine, **kwargs)
+        made.append(app)
+        return app
+
+    yield build
+    for app in made:
+        app.close()

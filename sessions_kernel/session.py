@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -14,6 +15,7 @@ from pyramid.interfaces import ISession
 from pyramid.response import Response as _HeaderMaker
 from sqlalchemy.orm import make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 from zope.sqlalchemy import mark_changed
 
@@ -61,6 +63,8 @@ _LAZY = frozenset(
     {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
 )
 _MISSING = object()
+# transaction.Transaction.status of a transaction one can still write into
+_OPEN_STATUSES = frozenset({"Active", "Doomed"})
 #: Cookie extras the kernel owns (a plugin's extras have other names).
 LINEAGE_EXTRA = "sessions_kernel.lineage"
 UNSTORED_EXTRA = "sessions_kernel.unstored"
@@ -147,6 +151,11 @@ class Session(MutableMapping[str, Any]):
         """The factory's session model class."""
         return self._factory.model
 
+    @property
+    def hook(self) -> Any:
+        """The factory's pluggy hook relay, to call hooks plugins offer (session_addhooks)."""
+        return self._factory.hook
+
     def _fetch_dbsession(self) -> Any:
         """``request.<dbsession_name>``, fetched on first need and kept as ``_dbsession``.
 
@@ -173,13 +182,7 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         factory = self._factory
         request = self.request
-        if not request.environ.get("tm.active"):
-            raise SessionError(
-                "request.session was first used outside the request's transaction. "
-                "Sessions are stored in the request's transaction: include pyramid_tm "
-                "(config.include('pyramid_tm')) and use the session in views or in "
-                "tweens under pyramid_tm."
-            )
+        txn = self._txn = self._transaction()
         self.now = int(factory.clock())
         name = factory.dbsession_name
         if name not in vars(request) and not hasattr(type(request), name):
@@ -188,7 +191,6 @@ class Session(MutableMapping[str, Any]):
         self._reset_state()
         self._use(*self._find_row())
 
-        txn = request.tm.get()
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         txn.addAfterAbortHook(self._after_abort)
@@ -272,6 +274,40 @@ class Session(MutableMapping[str, Any]):
         self._read_row(row)
         data = factory.data_serializer.loads(row.data)  # a copy of its own
         return Peek(row=row, data=MappingProxyType(data), info=factory.describe(row))
+
+    def _transaction(self) -> Any:
+        """The transaction of ``request.tm`` the session joins, or a SessionError saying why not.
+
+        pyramid_tm's tween begins one for each request it handles; outside it
+        (pshell, ``bootstrap``/``prepare`` scripts, tests sharing a transaction
+        across requests) whoever manages ``request.tm`` must have begun one.
+        """
+        request = self.request
+        try:
+            manager = request.tm
+        except AttributeError:
+            raise SessionError(
+                "request.session needs request.tm, the request's transaction manager: "
+                "include pyramid_tm (config.include('pyramid_tm'), as the SQLAlchemy "
+                "starter's models/__init__.py does)"
+            ) from None
+        txn = None
+        if request.environ.get("tm.active") or getattr(manager, "explicit", True):
+            with contextlib.suppress(NoTransaction):
+                txn = manager.get()
+        elif getattr(getattr(manager, "manager", manager), "_txn", True) is not None:
+            # an implicit manager's get() would begin a transaction nobody commits
+            txn = manager.get()
+        if txn is None:
+            raise SessionError(
+                "request.session was first used while request.tm has no transaction "
+                "begun, so nothing could store it. In pshell, call request.tm.begin() "
+                "first (the starter's pshell setup does) and request.tm.commit() to "
+                "store the session; in a script, use it inside 'with request.tm:'; in "
+                "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
+                "under='pyramid_tm.tm_tween_factory')."
+            )
+        return txn
 
     def _find_row(self) -> tuple[Any, bytes | None, dict[str, bytes], dict[str, bytes] | None]:
         """The stored session the request's cookie names: (row, token, extras, unstored).
@@ -443,7 +479,10 @@ class Session(MutableMapping[str, Any]):
 
     # -- the extend, renew and persist stages (before commit) ----------------------
     def _persist(self) -> None:
-        """The before-commit hook: run the extend, renew and persist stages."""
+        """The before-commit hook: run the extend, renew and persist stages (once)."""
+        if self.__dict__.get("_persisted"):  # already written into a shared transaction
+            return
+        self._persisted = True
         try:
             self._persist_stages()
         except BaseException:
@@ -848,7 +887,7 @@ class Session(MutableMapping[str, Any]):
             vary = response.vary or ()
             if "Cookie" not in vary:
                 response.vary = (*vary, "Cookie")
-        if not self._committed or not self._cookies:
+        if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
         if "Cache-Control" not in headers:
@@ -886,6 +925,28 @@ class Session(MutableMapping[str, Any]):
         if unstored:
             extras[UNSTORED_EXTRA] = b""
         return self._factory.serializer.dumps(encode_payload(self._token, extras))
+
+    def _in_shared_transaction(self) -> bool:
+        """Write the session into a transaction this request does not own; True if done.
+
+        pyramid_tm's tween clears ``tm.active`` before it commits or aborts, so
+        a response that still finds it set comes from a request whose
+        transaction is someone else's: the starter's test fixtures put
+        ``tm.active`` and ``tm.manager`` in the environ and share one
+        transaction across requests. The stages run now, into that transaction
+        (flushed, so the next request in it sees the row), and the cookie is
+        sent; committing or aborting is the owner's business. As pyramid_tm
+        would abort, a response an exception view rendered writes nothing.
+        """
+        request = self.request
+        if not request.environ.get("tm.active"):
+            return False
+        if self._txn.status not in _OPEN_STATUSES:  # committed, or its commit failed
+            return False
+        if getattr(request, "exc_info", None) is not None:
+            return False  # an exception view answered: pyramid_tm would have aborted
+        self._persist()
+        return True
 
     def _cookie_attributes(self, as_loaded: bool = False) -> dict[str, Any]:
         """The cookie's attributes from the settings in force, after the plugins' hook.

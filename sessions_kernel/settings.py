@@ -10,6 +10,9 @@ shipping a mixin that adds those columns; nothing else is needed.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -154,8 +157,43 @@ def dotted(value: Any) -> Any:
         try:
             return DottedNameResolver().resolve(value.strip())
         except (ImportError, ValueError) as exc:
-            raise ValueError(f"cannot import {value!r}: {exc}") from None
+            raise ValueError(f"cannot import {value!r}: {_why_not(value.strip(), exc)}") from None
     return value
+
+
+def _why_not(name: str, error: Exception) -> str:
+    """What part of the dotted ``name`` exists, what is missing, and the close names."""
+    parts = name.replace(":", ".").split(".")
+    if not all(part.isidentifier() for part in parts):
+        return str(error)
+    obj: Any = None
+    found = 0
+    for i in range(1, len(parts) + 1):  # the longest prefix that is a module
+        module = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                break
+            return f"importing the module {module!r} failed: {exc}"  # it imports a missing one
+        except Exception as exc:
+            return f"importing the module {module!r} failed: {type(exc).__name__}: {exc}"
+        found = i
+    if not found:
+        return f"there is no module named {parts[0]!r} (is its distribution installed?)"
+    obj = importlib.import_module(".".join(parts[:found]))
+    for i in range(found, len(parts)):
+        attr = parts[i]
+        if not hasattr(obj, attr):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            if hasattr(obj, "__path__"):  # a package: its modules count too
+                names += [m.name for m in pkgutil.iter_modules(obj.__path__)]
+            close = difflib.get_close_matches(attr, names, n=3, cutoff=0.6)
+            kind = "module" if hasattr(obj, "__file__") else "object"
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            return f"the {kind} {'.'.join(parts[:i])!r} exists but has no {attr!r}.{hint}"
+        obj = getattr(obj, attr)
+    return str(error)
 
 
 class SessionSettings(Mapping[str, Any]):

@@ -5,7 +5,9 @@
 * :func:`make_model`: a session model on a fresh declarative base;
 * :func:`make_app`: a real Pyramid application (pyramid_tm, zope.sqlalchemy,
   pyramid_retry, ``request.dbsession``) with the session factory and a few
-  JSON views over the session, wrapped for WebTest.
+  JSON views over the session, wrapped for WebTest;
+* :class:`ApplicationTestApp`: your own application, from its ``main()``,
+  wrapped the same way (real commits, the clock, the statement counter).
 
 The pytest plugin :mod:`sessions_kernel.pytest_plugin` turns these into
 fixtures that run a test on SQLite, PostgreSQL and MariaDB.
@@ -13,6 +15,8 @@ fixtures that run a test on SQLite, PostgreSQL and MariaDB.
 
 from __future__ import annotations
 
+import functools
+import http.cookiejar
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,10 +29,12 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from .crypto import KitKey
 from .model import BaseMixin
 
 __all__ = [
     "TEST_SECRET_KEY",
+    "ApplicationTestApp",
     "Clock",
     "SessionTestApp",
     "StatementCounter",
@@ -38,8 +44,10 @@ __all__ = [
     "make_model",
 ]
 
-#: A fixed key for tests only.
-TEST_SECRET_KEY = "c2Vzc2lvbnMta2VybmVsLXRlc3Qta2V5LTMyYnl0ZXM="
+#: A fixed key for tests only. It is published, so the kernel refuses its text
+#: (copied into an ini file, say); it accepts this object, wherever a test passes
+#: it (``secret_key=TEST_SECRET_KEY``, an application's settings).
+TEST_SECRET_KEY = KitKey("c2Vzc2lvbnMta2VybmVsLXRlc3Qta2V5LTMyYnl0ZXM=")
 
 
 class Clock:
@@ -264,22 +272,23 @@ def make_wsgi_app(
         return config.make_wsgi_app()
 
 
-class SessionTestApp:
-    """A test application on one database: WebTest browsers, a clock, a statement counter."""
+class _Browsers:
+    """WebTest browsers over ``self.wsgi``, counting statements on ``self.engine``."""
 
-    def __init__(self, model: type, engine: sa.Engine, **kwargs: Any) -> None:
-        self.model = model
-        self.engine = engine
-        self.clock: Clock = kwargs.pop("clock", None) or Clock()
-        self.counter = StatementCounter(engine)
-        self.wsgi = make_wsgi_app(model, engine, clock=self.clock, **kwargs)
-        self.browser = self.new_browser()
+    wsgi: Any
+    engine: sa.Engine
+    counter: StatementCounter
+    browser: Any
 
     def new_browser(self) -> Any:
-        """A WebTest app with a cookie jar of its own (another browser)."""
-        import webtest
+        """A WebTest app with a cookie jar of its own (another browser).
 
-        return webtest.TestApp(self.wsgi)
+        Its ``set_cookie(name, value)`` stores the cookie as the application's
+        own ``Set-Cookie`` would, so that the application's next cookie of that
+        name replaces it, as in a real browser (WebTest's own keeps both, and
+        sends both).
+        """
+        return _browser_class()(self.wsgi)
 
     def __getattr__(self, name: str) -> Any:
         # app.get(...), app.post_json(...), app.cookies ... go to the default browser
@@ -300,6 +309,103 @@ class SessionTestApp:
         rows = self.rows()
         assert len(rows) == 1, f"expected one session row, found {len(rows)}"
         return rows[0]
+
+    @property
+    def model(self) -> type:
+        """The session model (the application's, for :class:`ApplicationTestApp`)."""
+        return self.__dict__.get("_model") or self.factory.model
+
+    @property
+    def factory(self) -> Any:
+        """The application's session factory."""
+        from pyramid.interfaces import ISessionFactory
+
+        return self.wsgi.registry.queryUtility(ISessionFactory)
+
+
+class SessionTestApp(_Browsers):
+    """A test application on one database: WebTest browsers, a clock, a statement counter."""
+
+    def __init__(self, model: type, engine: sa.Engine, **kwargs: Any) -> None:
+        self._model = model
+        self.engine = engine
+        self.clock: Clock = kwargs.pop("clock", None) or Clock()
+        self.counter = StatementCounter(engine)
+        self.wsgi = make_wsgi_app(model, engine, clock=self.clock, **kwargs)
+        self.browser = self.new_browser()
+
+
+class ApplicationTestApp(_Browsers):
+    """Your application, built by its own ``main()``, under WebTest with real commits.
+
+    ::
+
+        app = ApplicationTestApp(myapp.main, get_appsettings("testing.ini"),
+                                 engine=engine, metadata=Base.metadata)
+        app.post("/login", {...})
+        app.clock.advance(3600)            # the factory's clock: session.clock
+        with app.count() as sql:
+            app.get("/")
+        assert sql.kinds() == ["SELECT"]
+
+    Each request runs through pyramid_tm and commits, as in production; the
+    next request reads what the previous one stored. ``main(global_config,
+    **settings)`` receives ``settings`` plus ``sqlalchemy.url`` (the
+    engine's), ``dbengine`` (the engine itself: the SQLAlchemy starter's
+    ``models/__init__.py`` uses it instead of making an engine, so the
+    statement counter sees every statement) and ``session.clock``.
+
+    ``metadata``: its tables are dropped and created on ``engine`` first, and
+    dropped by :meth:`close`. The pytest fixture ``session_application``
+    builds one per database and closes it.
+    """
+
+    def __init__(
+        self,
+        main: Callable[..., Any],
+        settings: dict[str, Any] | None = None,
+        *,
+        engine: sa.Engine,
+        metadata: sa.MetaData | None = None,
+        clock: Clock | None = None,
+        global_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.clock = clock or Clock()
+        self.counter = StatementCounter(engine)
+        if metadata is not None:
+            metadata.drop_all(engine)
+            metadata.create_all(engine)
+        app_settings = dict(settings or {})
+        app_settings["sqlalchemy.url"] = engine.url.render_as_string(hide_password=False)
+        app_settings["dbengine"] = engine
+        app_settings["session.clock"] = self.clock
+        self.wsgi = main(dict(global_config or {}), **app_settings)
+        self.browser = self.new_browser()
+
+    def close(self) -> None:
+        """Drop the metadata's tables."""
+        if self.metadata is not None:
+            self.metadata.drop_all(self.engine)
+
+
+@functools.cache
+def _browser_class() -> type:
+    import webtest
+    from webtest.app import escape_cookie_value
+
+    class Browser(webtest.TestApp):  # type: ignore[misc]
+        def set_cookie(self, name: str, value: str) -> None:
+            host = self.extra_environ.get("HTTP_HOST", "localhost").split(":", 1)[0]
+            domain = host if "." in host else f"{host}.local"  # what the jar stores for a response
+            cookie = http.cookiejar.Cookie(
+                0, name, escape_cookie_value(value), None, False, domain, False, False,
+                "/", True, False, None, False, None, None, {},
+            )  # fmt: skip
+            self.cookiejar.set_cookie(cookie)
+
+    return Browser
 
 
 def make_app(model: type, engine: sa.Engine, **kwargs: Any) -> SessionTestApp:

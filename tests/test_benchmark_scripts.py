@@ -68,3 +68,21 @@ def test_plugin_benchmark_measures_every_model(tmp_path):
         "cookie settings",
         "all four",
     ]
+
+
+def test_http_benchmark_runs_gunicorn_and_wrk_on_sqlite():
+    import shutil
+
+    import pytest
+
+    if not shutil.which("wrk") or not Path(sys.executable).with_name("gunicorn").exists():
+        pytest.skip("wrk (Debian) or gunicorn (the bench extra) is not installed")
+    out = run(
+        "bench_http.py",
+        *("--backend", "sqlite", "--workers", "2", "--duration", "1", "--sessions", "5"),
+        "--json",
+    )
+    (cell,) = json.loads(out)
+    assert (cell["backend"], cell["workers"]) == ("sqlite", 2)
+    assert cell["requests"] > 0
+    assert cell["non_2xx"] == 0

@@ -8,7 +8,6 @@ whole WSGI stack, each with its own database connection).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from concurrency_support import browser_with, build, data, run_paused
 
+from sessions_kernel.pytest_plugin import server_url
 from sessions_kernel.testing import make_model
 
 LEVELS = [
@@ -26,7 +26,6 @@ LEVELS = [
     ("mariadb", "REPEATABLE READ"),
     ("mariadb", "READ COMMITTED"),
 ]
-URLS = {"postgresql": "SESSIONS_TEST_POSTGRESQL_URL", "mariadb": "SESSIONS_TEST_MARIADB_URL"}
 
 
 @pytest.fixture(params=LEVELS, ids=lambda p: f"{p[0]}-{(p[1] or 'default').replace(' ', '_')}")
@@ -36,9 +35,7 @@ def engine(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'concurrency.sqlite'}"
         engine = sa.create_engine(url, connect_args={"timeout": 30})
     else:
-        url = os.environ.get(URLS[database])
-        if not url:
-            pytest.skip(f"{URLS[database]} is not set: no {database} server to test against")
+        url = server_url(database)  # skipped (or failed, in CI) when the server is not there
         engine = sa.create_engine(url, isolation_level=level, pool_size=10)
     yield engine
     engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from typing import Any
 
@@ -10,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from kernel_support import cookie_for, factory_of, set_cookies
 
-from sessions_kernel import InconsistentDataError, SessionError
+from sessions_kernel import InconsistentDataError, SessionError, session_factory
 from sessions_kernel.crypto import session_id_for
-from sessions_kernel.testing import make_model
+from sessions_kernel.testing import TEST_SECRET_KEY, make_model
 
 
 def _views(config: Any) -> None:
@@ -74,6 +75,29 @@ def test_pickle_when_named(session_app):
     assert app.get("/pop_flash").json == {"messages": ["hi"]}
 
 
+@pytest.mark.parametrize(
+    "serializer", ["pickle", " Pickle ", "sessions_kernel.serializers.PickleSerializer"]
+)
+def test_pickle_logs_a_warning_at_start_up(serializer, caplog):
+    model = make_model()
+    with caplog.at_level(logging.WARNING, logger="sessions_kernel"):
+        session_factory(model_class=model, secret_key=TEST_SECRET_KEY, data_serializer=serializer)
+    [record] = [r for r in caplog.records if r.name == "sessions_kernel"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert message.startswith("session.data_serializer = pickle: whoever can write to the table")
+    assert model.__tablename__ in message and "can run code" in message
+
+
+def test_json_logs_no_warning(caplog):
+    with caplog.at_level(logging.DEBUG, logger="sessions_kernel"):
+        session_factory(model_class=make_model(), secret_key=TEST_SECRET_KEY)
+        session_factory(
+            model_class=make_model(), secret_key=TEST_SECRET_KEY, data_serializer="json"
+        )
+    assert [r for r in caplog.records if r.name == "sessions_kernel"] == []
+
+
 def test_nested_mutation_is_caught(session_app):
     app = session_app(make_model())
     app.post_json("/set", {"cart": {"items": [1]}})
@@ -97,7 +121,11 @@ def test_inconsistent_row_raises_inconsistent_data_error(session_app, data, prob
     token = os.urandom(32)
     sid = session_id_for(token)
     with app.engine.begin() as db:
-        db.execute(sa.insert(app.model).values(id=sid, created=1, updated=1, data=data))
+        db.execute(
+            sa.insert(app.model).values(
+                id=sid, created=int(app.clock()), updated=int(app.clock()), data=data
+            )
+        )
     app.set_cookie("session", cookie_for(factory_of(app), token))
     response = app.get("/inspect")
     first, second = response.json
@@ -121,7 +149,11 @@ def test_inconsistent_flash_raises_inconsistent_data_error(session_app, flash, p
     with app.engine.begin() as db:
         db.execute(
             sa.insert(app.model).values(
-                id=session_id_for(token), created=1, updated=1, data=b"{}", flash=flash
+                id=session_id_for(token),
+                created=int(app.clock()),
+                updated=int(app.clock()),
+                data=b"{}",
+                flash=flash,
             )
         )
     app.set_cookie("session", cookie_for(factory_of(app), token))

@@ -7,7 +7,7 @@ import importlib
 import pytest
 from kernel_support import factory_of, install_distribution, table_name
 
-from sessions_kernel import ConfigurationError, session_factory
+from sessions_kernel import ConfigurationError, hookimpl, hookspec, session_factory
 from sessions_kernel.plugins import LOAD_PLUGINS_ENV, discover
 from sessions_kernel.testing import TEST_SECRET_KEY, make_app, make_model
 
@@ -90,3 +90,108 @@ def test_two_factories_do_not_see_each_others_plugins(session_engine, example_pl
     finally:
         with_plugin.metadata.drop_all(session_engine)
         without.metadata.drop_all(session_engine)
+
+
+# -- session_addhooks: plugins offer hooks of their own ------------------------------
+
+
+class OfferedHooks:
+    """The hook specification module of an imaginary plugin."""
+
+    @staticmethod
+    @hookspec
+    def session_offered(session, value):
+        """An offered hook."""
+
+
+class OfferingMixin:
+    pass
+
+
+class Offering:
+    """A plugin that adds a hook of its own and calls it."""
+
+    @hookimpl
+    def session_addhooks(self, pluginmanager):
+        pluginmanager.add_hookspecs(OfferedHooks)
+
+    @hookimpl
+    def session_mixins(self):
+        return [OfferingMixin]
+
+
+class AnsweringMixin:
+    pass
+
+
+class Answering:
+    """A plugin that implements the offered hook, optionally."""
+
+    @hookimpl
+    def session_mixins(self):
+        return [AnsweringMixin]
+
+    @hookimpl(optionalhook=True)
+    def session_offered(self, value):
+        return value * 2
+
+
+class Misspelt:
+    """A plugin whose hook name has a typo and that is not marked optional."""
+
+    @hookimpl
+    def session_ofered(self, value):
+        return value
+
+
+class MisspeltKernelHook:
+    @hookimpl
+    def session_valdate(self, session):
+        return "never"
+
+
+class WrongArguments:
+    """Implements the offered hook with an argument its specification does not name."""
+
+    @hookimpl(optionalhook=True)
+    def session_offered(self, session, valeu):
+        return None
+
+
+def test_an_offered_hook_is_called_through_the_factory():
+    model = make_model(OfferingMixin, AnsweringMixin)
+    factory = session_factory(
+        plugins=[Offering(), Answering()], model_class=model, secret_key=TEST_SECRET_KEY
+    )
+    assert factory.hook.session_offered(session=None, value=21) == [42]
+
+
+def test_an_optional_implementation_works_without_the_offering_plugin():
+    # the offering plugin is not installed: the answering one loads all the same
+    model = make_model(AnsweringMixin)
+    factory = session_factory(plugins=[Answering()], model_class=model, secret_key=TEST_SECRET_KEY)
+    assert factory.hook.session_offered(session=None, value=1) == [1 * 2]
+
+
+@pytest.mark.parametrize("plugins", [[Misspelt()], [Offering(), Misspelt()]])
+def test_a_misspelt_hook_is_still_a_start_up_error(plugins):
+    with pytest.raises(ConfigurationError, match="session_ofered"):
+        session_factory(plugins=plugins, model_class=make_model(), secret_key=TEST_SECRET_KEY)
+
+
+def test_a_misspelt_kernel_hook_is_a_start_up_error_with_offering_plugins():
+    with pytest.raises(ConfigurationError, match="session_valdate"):
+        session_factory(
+            plugins=[Offering(), MisspeltKernelHook()],
+            model_class=make_model(),
+            secret_key=TEST_SECRET_KEY,
+        )
+
+
+@pytest.mark.parametrize("order", ["spec first", "implementation first"])
+def test_an_implementation_not_matching_the_offered_specification_fails(order):
+    plugins = [Offering(), WrongArguments()]
+    if order == "implementation first":
+        plugins.reverse()
+    with pytest.raises(ConfigurationError, match="valeu"):
+        session_factory(plugins=plugins, model_class=make_model(), secret_key=TEST_SECRET_KEY)

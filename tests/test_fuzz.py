@@ -13,11 +13,11 @@ from kernel_support import set_cookies
 from pyramid.config import Configurator
 from pyramid.session import SignedCookieSessionFactory
 
-from sessions_kernel import AESGCMCookieSerializer
+from sessions_kernel import AESGCMCookieSerializer, generate_secret_key
 from sessions_kernel.crypto import encode_payload, parse_secret_keys
 from sessions_kernel.testing import make_model
 
-OLD_KEY = "qkO7u2sL0VZC6u1b2YfQx1wq6V3nq2wJ4Zr0bYt8e0E="
+OLD_KEY = generate_secret_key()
 
 
 def _pyramid_cookie() -> str:

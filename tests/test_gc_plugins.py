@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pyramid.interfaces import ISessionFactory
 from sessions_absolute_timeout import ConfigAbsoluteMixin
-from sessions_idle_timeout import ConfigIdleMixin
+from sessions_idle_timeout import ConfigIdleMixin, IdleMixin
 from sessions_renewal import RenewalMixin
 
 from sessions_kernel import maintenance
-from sessions_kernel.testing import make_model
+from sessions_kernel.testing import SessionTestApp, make_model
 
 IDLE, ABSOLUTE = 100, 1000
 
@@ -95,12 +95,73 @@ def test_dry_run_and_live_sessions_left_alone(app):
 
 
 def test_a_model_without_expiring_feature_has_nothing_to_collect(session_app):
-    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300})
+    # only when the application chose sessions that never expire (session.max_age = none)
+    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300, "max_age": "none"})
     new_session(app)
     app.clock.advance(10**6)
     factory = app.wsgi.registry.queryUtility(ISessionFactory)
     result = maintenance.collect_garbage(factory, app.engine)
     assert (result.expiring, result.deleted, live(app)) == (False, 0, 1)
+
+
+# -- every kind of dead row -----------------------------------------------------------------
+
+DAY = 24 * 3600
+
+
+def test_sessions_past_the_default_max_age_are_collected(session_app):
+    # no timeout plugin: the kernel's session.max_age (30 days after creation)
+    app = session_app(make_model(RenewalMixin), {"renewal_timeout": 300})
+    t0 = int(app.clock())
+    new_session(app)
+    app.clock.time = t0 + 10
+    new_session(app)
+    app.clock.time = t0 + 30 * DAY - 1
+    assert collect(app) == 0
+    app.clock.time = t0 + 30 * DAY
+    assert collect(app) == 1 and live(app) == 1
+    app.clock.time = t0 + 30 * DAY + 10
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_an_explicit_max_age_is_collected_beside_the_plugins(session_app):
+    model = make_model(ConfigIdleMixin, ConfigAbsoluteMixin)
+    app = session_app(model, {"idle_timeout": IDLE, "max_age": 5 * IDLE})
+    t0 = int(app.clock())
+    browser = new_session(app)
+    for t in range(t0 + 50, t0 + 5 * IDLE, 50):  # never idle
+        app.clock.time = t
+        browser.get("/incr/a")
+        assert collect(app) == 0
+    app.clock.time = t0 + 5 * IDLE
+    assert collect(app) == 1 and live(app) == 0
+
+
+def test_rows_written_before_the_idle_timeout_was_turned_on_are_collected(session_app):
+    """A row written while the idle timeout was off has no idle expiry (NULL): it expires
+    idle_timeout after its last write (``updated``), for gc and for a returning cookie."""
+    app = session_app(make_model(IdleMixin))  # idle_timeout off: rows get idle_expire NULL
+    t0 = int(app.clock())
+    new_session(app)
+    returning = new_session(app)
+    app.clock.time = t0 + 20
+    new_session(app)  # written later
+    assert [row.idle_expire for row in app.rows()] == [None] * 3
+
+    on = SessionTestApp(app.model, app.engine, settings={"idle_timeout": IDLE}, clock=app.clock)
+    factory = on.wsgi.registry.queryUtility(ISessionFactory)
+    assert {factory.describe(row).expires for row in app.rows()} == {t0 + IDLE, t0 + 20 + IDLE}
+    app.clock.time = t0 + IDLE - 1
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 0
+    app.clock.time = t0 + IDLE
+    # the cookie of one of them comes back: refused, not extended
+    on.browser.set_cookie("session", returning.cookies["session"])
+    assert on.get("/read").json["new"] is True
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 1
+    assert live(app) == 1
+    app.clock.time = t0 + 20 + IDLE
+    assert maintenance.collect_garbage(factory, app.engine).deleted == 1
+    assert live(app) == 0
 
 
 def test_indexes_of_the_timeout_plugins():

@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 from pyramid.interfaces import ISessionFactory
 
-from sessions_kernel import maintenance
-from sessions_kernel.testing import TEST_SECRET_KEY, make_model
+from sessions_kernel import generate_secret_key, maintenance
+from sessions_kernel.testing import make_model
 
 HERE = Path(__file__).resolve().parent
+# an ini file holds text: the kit's TEST_SECRET_KEY is accepted only as its object
+INI_KEY = generate_secret_key()
 
 
 def install_distribution(root: Path, name: str, entry_points: dict[str, str]) -> Path:
@@ -108,12 +110,24 @@ def test_gc_statements_stay_within_one_batch(ttl_app):
     assert all("LIMIT" in s.upper() for s in statements if s.startswith("SELECT"))
 
 
-def test_gc_without_expiring_feature_deletes_nothing(session_app):
-    app = session_app(make_model())
+def test_gc_when_sessions_never_expire_deletes_nothing(session_app):
+    app = session_app(make_model(), {"max_age": "none"})  # chosen by the application
     make_sessions(app, 2)
+    app.clock.advance(10 * 365 * 24 * 3600)
     result = maintenance.collect_garbage(factory_of(app), app.engine)
     assert (result.expiring, result.deleted) == (False, 0)
     assert len(app.rows()) == 2
+
+
+def test_gc_without_timeout_plugins_collects_by_max_age(session_app):
+    app = session_app(make_model(), {"max_age": "1000"})
+    make_sessions(app, 2)
+    app.clock.advance(999)
+    assert maintenance.collect_garbage(factory_of(app), app.engine).deleted == 0
+    app.clock.advance(1)
+    result = maintenance.collect_garbage(factory_of(app), app.engine)
+    assert (result.expiring, result.deleted) == (True, 2)
+    assert app.rows() == []
 
 
 def test_gc_with_timeout_off_deletes_nothing(ttl_installed, session_app):
@@ -128,6 +142,48 @@ def test_gc_with_timeout_off_deletes_nothing(ttl_installed, session_app):
 def test_bad_batch_size_is_refused(ttl_app):
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         maintenance.collect_garbage(factory_of(ttl_app), ttl_app.engine, batch_size=0)
+
+
+def fail_deletes(engine, errors):
+    """Make the next DELETEs on ``engine`` fail with ``errors``, one each, in order."""
+
+    def fail(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("DELETE") and errors:
+            raise errors.pop(0)
+
+    sa.event.listen(engine, "before_cursor_execute", fail)
+    return fail
+
+
+def deadlock(code=1213):
+    import pymysql
+
+    return sa.exc.OperationalError("DELETE", {}, pymysql.err.OperationalError(code, "Deadlock"))
+
+
+def test_gc_runs_a_batch_again_that_a_conflict_aborted(ttl_app):
+    """Galera reports a certification conflict as 1213, at the DELETE or at COMMIT."""
+    make_sessions(ttl_app, 5)
+    ttl_app.clock.advance(100)
+    errors = [deadlock(), deadlock(1205), deadlock()]
+    fail_deletes(ttl_app.engine, errors)
+    result = maintenance.collect_garbage(factory_of(ttl_app), ttl_app.engine, batch_size=2)
+    assert errors == []
+    assert (result.deleted, result.batches) == (5, 3)
+    assert ttl_app.rows() == []
+
+
+def test_gc_gives_up_after_its_retries_and_on_other_errors(ttl_app):
+    make_sessions(ttl_app, 2)
+    ttl_app.clock.advance(100)
+    factory = factory_of(ttl_app)
+    fail_deletes(ttl_app.engine, [deadlock(), deadlock(), deadlock()])
+    with pytest.raises(sa.exc.OperationalError, match="Deadlock"):
+        maintenance.collect_garbage(factory, ttl_app.engine, retries=2)
+    fail_deletes(ttl_app.engine, [deadlock(1146)])  # no such table: not transient
+    with pytest.raises(sa.exc.OperationalError):
+        maintenance.collect_garbage(factory, ttl_app.engine)
+    assert len(ttl_app.rows()) == 2
 
 
 # -- the plugin listing --------------------------------------------------------------------
@@ -146,6 +202,13 @@ def test_plugin_report_lists_installed_active_and_configurable(ttl_app):
     setting = {s.name: s for s in ttl.settings}["ttl"]
     assert (setting.default, setting.value, setting.configurable) == (None, 100, True)
     assert "session_expired_conditions" in ttl.hooks
+
+
+def test_plugin_report_lists_hooks_offered_by_other_plugins():
+    reports = {report.name: report for report in maintenance.plugin_report()}
+    assert "session_user_changed" in reports["csrf"].hooks
+    assert "session_addhooks" in reports["userid"].hooks
+    assert "session_expiry_policy" in reports["idle_timeout"].hooks
 
 
 def test_plugin_report_lists_a_broken_entry_point(tmp_path, monkeypatch):
@@ -254,7 +317,7 @@ def ini_app(tmp_path, ttl_installed):
         lines = {
             "use": "call:opsapp:main",
             "sqlalchemy.url": f"sqlite:///{db}",
-            "session.secret_key": TEST_SECRET_KEY,
+            "session.secret_key": INI_KEY,
             "session.model_class": "opsapp.Session",
             "session.ttl": "60",
             **settings,
@@ -321,6 +384,16 @@ def test_psessions_gc_subprocess(ini_app):
     assert again.stdout.startswith("deleted 0 expired sessions")
 
 
+def test_psessions_gc_collects_by_max_age_without_timeout(ini_app):
+    import time
+
+    assert ini_app("gc", "--dry-run", **{"session.ttl": None}).returncode == 0
+    fill(ini_app.db, expired=0, live=4, now=int(time.time()))  # created in 1970
+    done = ini_app("gc")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 4 expired sessions from session in 1 batches")
+
+
 def test_psessions_gc_usage_errors(ini_app):
     bad = ini_app("gc", "--batch-size", "0")
     assert bad.returncode == 2 and "--batch-size must be at least 1" in bad.stderr
@@ -340,7 +413,8 @@ def test_psessions_plugins_subprocess(ini_app):
     assert "ttl (sessions-ttl-test 1.0): active through ConfigTTLMixin, runtime-configurable" in (
         text.stdout
     )
-    assert "secret_key" in text.stdout and TEST_SECRET_KEY not in text.stdout
+    assert "secret_key" in text.stdout and INI_KEY not in text.stdout
+    assert text.stdout.endswith("expiry: sessions expire by ttl 60 s\n")
     listed = json.loads(ini_app("plugins", "--json").stdout)
     ttl = next(p for p in listed if p["name"] == "ttl")
     assert ttl["active"] and ttl["settings"][0]["value"] == 60

@@ -8,6 +8,7 @@ import pytest
 from pyramid.interfaces import ISessionFactory
 
 from sessions_kernel import AESGCMCookieSerializer, generate_secret_key
+from sessions_kernel.builtin import DEFAULT_MAX_AGE
 from sessions_kernel.crypto import encode_payload, parse_secret_keys
 from sessions_kernel.testing import make_model
 
@@ -93,7 +94,12 @@ def test_describe_reads_a_stored_row_without_sql(app):
         info = factory.describe(row)
     assert sql.count == 0
     assert info.session_id == row.id
-    assert (info.created, info.last_active, info.expires) == (created, created + 30, None)
+    # no timeout plugin: the kernel's session.max_age, counted from the creation
+    assert (info.created, info.last_active, info.expires) == (
+        created,
+        created + 30,
+        created + DEFAULT_MAX_AGE,
+    )
 
 
 def test_invalidate_is_select_plus_delete(app):

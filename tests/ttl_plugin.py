@@ -35,6 +35,12 @@ def session_settings() -> list[Setting]:
 
 
 @hookimpl
+def session_expiry_policy(settings: Any) -> str | None:
+    ttl = settings.get("ttl")
+    return None if ttl is None else f"ttl {ttl} s"
+
+
+@hookimpl
 def session_persist(session: Any, row: Any) -> None:
     ttl = session.settings["ttl"]
     row.ttl_expire = None if ttl is None else session.now + ttl

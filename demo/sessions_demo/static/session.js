@@ -22,7 +22,11 @@
     } else {
       banner.textContent = "No session: " + s.why + ". Reload to log in again.";
     }
-    if (s.state !== "live") return; // a session the plugins reject shows no data
+    if (s.state !== "live") {
+      // a session the plugins reject shows no data, only that it ended
+      $("idle-remaining").textContent = $("absolute-remaining").textContent = "ended";
+      return;
+    }
     const idle = s.idle, abs = s.absolute, ren = s.renewal;
     $("idle-remaining").textContent = idle.timeout === null ? "off" : secs(idle.remaining) + " left";
     $("idle-remaining").className = "big";

@@ -112,6 +112,13 @@ def session_settings() -> tuple[Setting, ...]:
 
 
 @hookimpl
+def session_expiry_policy(settings: Mapping[str, Any]) -> str | None:
+    """Every session expires when the global ``absolute_timeout`` is set."""
+    timeout = settings.get("absolute_timeout")
+    return None if timeout is None else f"absolute_timeout {timeout} s"
+
+
+@hookimpl
 def session_validate(session: Session) -> str | None:
     """Reject a session at and after its absolute expiry."""
     expires = expiry(session.row, session.settings["absolute_timeout"])

@@ -156,7 +156,7 @@ def test_an_expired_session_is_deleted_and_a_new_one_starts(build, rejected, mix
 
 @pytest.mark.parametrize("mixin", MIXINS)
 def test_off_when_the_timeout_is_none(build, rejected, mixin):
-    app = build(mixin, absolute_timeout="none")
+    app = build(mixin, absolute_timeout="none", max_age="none")  # nothing else expires it
     app.post_json("/set", {"a": 1})
     app.clock.advance(MAX_ABSOLUTE_TIMEOUT * 2)
     assert app.get("/read").json["data"] == {"a": 1}

@@ -15,6 +15,9 @@ that has no row yet (a visitor's login form), it travels in the encrypted
 session cookie and no row is written, so anonymous page views cannot fill the
 table; the session's first INSERT carries it into the column.
 ``regenerate_id()`` keeps the token; ``invalidate()`` drops it with the row.
+A login (``remember()``) or any change of ``request.session.userid`` replaces
+it (the ``session_user_changed`` hook of sessions-userid): a token handed out
+before the login, in the column or in the cookie, is refused after it.
 """
 
 from __future__ import annotations
@@ -223,6 +226,17 @@ def includeme(config: Configurator) -> None:
 @hookimpl
 def session_mixins() -> Sequence[type]:
     return [CSRFMixin]
+
+
+@hookimpl(optionalhook=True)
+def session_user_changed(session: Session) -> None:
+    """A login or a change of user (sessions-userid): issue a new token.
+
+    A token the visitor (or someone who watched them) held before the change
+    of privilege passes no check after it. Optional: this plugin works
+    without sessions-userid.
+    """
+    _new_csrf_token(session)
 
 
 @hookimpl

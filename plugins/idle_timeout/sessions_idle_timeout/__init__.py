@@ -45,6 +45,7 @@ __all__ = [
     "SETTINGS",
     "ConfigIdleMixin",
     "IdleMixin",
+    "expiry",
     "extension_due",
     "random_source",
 ]
@@ -219,6 +220,15 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
 
 
 @hookimpl
+def session_expiry_policy(settings: Mapping[str, Any]) -> str | None:
+    """Every session expires when the global ``idle_timeout`` is set (a session's own value
+    replaces it, but cannot turn it off); while it is ``None`` only sessions with a
+    timeout of their own expire."""
+    timeout = settings.get("idle_timeout")
+    return None if timeout is None else f"idle_timeout {timeout} s"
+
+
+@hookimpl
 def session_merge_rules() -> dict[str, MergeRule]:
     """Two requests extended the expiry at once (parallel reads): the later expiry wins."""
     return {"idle_expire": latest}
@@ -227,15 +237,27 @@ def session_merge_rules() -> dict[str, MergeRule]:
 # -- the request pipeline ----------------------------------------------------------------
 
 
+def expiry(row: Any, idle_timeout: int | None) -> int | None:
+    """When ``row`` expires by inactivity under ``idle_timeout`` (the one in force), or ``None``.
+
+    The stored ``idle_expire``; for a row last written while the feature was
+    off (``idle_expire`` is ``NULL``), ``updated + idle_timeout``: its last
+    recorded activity, so that a session left over from before the feature
+    was turned on is not kept alive forever by its first read. ``None`` while
+    the feature is off. The row is expired at and after the time returned.
+    """
+    if idle_timeout is None:
+        return None
+    if row.idle_expire is None:
+        return int(row.updated) + idle_timeout
+    return row.idle_expire
+
+
 @hookimpl
 def session_validate(session: Session) -> str | None:
-    """Reject a row whose idle expiry has come (``idle_expire <= now``) while the feature is on."""
-    expire = session.row.idle_expire
-    if (
-        expire is not None
-        and expire <= session.now
-        and session.settings["idle_timeout"] is not None
-    ):
+    """Reject a row at and after its idle expiry (:func:`expiry`) while the feature is on."""
+    expire = expiry(session.row, session.settings["idle_timeout"])
+    if expire is not None and expire <= session.now:
         return "idle timeout"
     return None
 
@@ -281,10 +303,18 @@ def session_persist(session: Session, row: Any) -> None:
 def session_expired_conditions(
     model: type, settings: Mapping[str, Any], now: int
 ) -> list[Any] | None:
-    """``idle_expire <= now``; while the global timeout is off, only for rows with their own."""
+    """``idle_expire <= now`` (see :func:`expiry`); while the global timeout is off, only for
+    rows with their own."""
     expired = model.idle_expire <= now  # type: ignore[attr-defined]
-    if settings.get("idle_timeout") is not None:
-        return [expired]
+    timeout = settings.get("idle_timeout")
+    if timeout is not None:
+        # a row written while the feature was off (NULL) expires idle_timeout after `updated`;
+        # a row with a timeout of its own always has an idle_expire (written with it)
+        never_extended = sa.and_(
+            model.idle_expire.is_(None),  # type: ignore[attr-defined]
+            model.updated <= now - timeout,  # type: ignore[attr-defined]
+        )
+        return [expired, never_extended]
     if "idle_timeout" in sa.inspect(model).column_attrs:
         return [sa.and_(expired, model.idle_timeout.is_not(None))]  # type: ignore[attr-defined]
     return None
@@ -297,10 +327,8 @@ def session_indexes(model: type) -> list[str]:
 
 @hookimpl
 def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
-    """The stored ``idle_expire`` while the feature is on for the row, else ``None``."""
-    if settings.get("idle_timeout") is None:
-        return None
-    return row.idle_expire
+    """:func:`expiry` under the settings in force for the row."""
+    return expiry(row, settings.get("idle_timeout"))
 
 
 @hookimpl

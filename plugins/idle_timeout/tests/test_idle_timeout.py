@@ -321,7 +321,7 @@ def test_statements_per_request_with_extension_delay(build):
 
 
 def test_feature_off_stores_no_expiry_and_never_writes_on_read(session_app):
-    app = session_app(make_model(IdleMixin))
+    app = session_app(make_model(IdleMixin), {"max_age": "none"})  # else the kernel's max age
     app.post_json("/set", {"a": 1})
     assert app.row().idle_expire is None
     response, sql = read_at(app, int(app.clock()) + 10 * 365 * 24 * 3600)

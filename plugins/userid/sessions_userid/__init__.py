@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sessions_kernel import Session, hookimpl
 
+from . import hookspecs
 from .policy import UserSessionSecurityPolicy
 from .queries import UserSession, invalidate_user_sessions, user_sessions
 
@@ -25,6 +26,7 @@ __all__ = [
     "UserSessionSecurityPolicy",
     "UseridMixin",
     "invalidate_user_sessions",
+    "user_changed",
     "user_sessions",
 ]
 
@@ -89,10 +91,27 @@ def _set_userid(self: Session, value: Any) -> None:
             f"{expected.__name__} values, got {type(value).__name__}; convert it "
             f"(e.g. {hint}) or override the userid column with the type your user ids have"
         )
-    if value == self.get_column(COLUMN):
+    old = self.get_column(COLUMN)
+    if value == old:
         return
     self.regenerate_id()
     self.set_column(COLUMN, value)
+    user_changed(self, old, value)
+
+
+def user_changed(session: Session, old: Any, new: Any) -> None:
+    """Call the ``session_user_changed`` hook of the plugins active for ``session``'s factory.
+
+    ``request.session.userid = other`` calls it; so does
+    :meth:`UserSessionSecurityPolicy.remember` when the user logging in is
+    the one already logged in. Call it yourself if you log users in another way.
+    """
+    session.hook.session_user_changed(session=session, old=old, new=new)
+
+
+@hookimpl
+def session_addhooks(pluginmanager: Any) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

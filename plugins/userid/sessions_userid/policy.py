@@ -82,8 +82,10 @@ class UserSessionSecurityPolicy:
         """Log ``userid`` in: store it in the session and give the session a new id.
 
         The id is renewed even when the same user logs in again (a login is
-        an authentication event). The data is kept. Returns no headers: the
-        session sends its cookie itself once the transaction commits.
+        an authentication event), and the plugins' ``session_user_changed``
+        hook runs at every login (a CSRF token of the session is replaced).
+        The data is kept. Returns no headers: the session sends its cookie
+        itself once the transaction commits.
         """
         if userid is None:
             raise ValueError(
@@ -92,8 +94,11 @@ class UserSessionSecurityPolicy:
         session = request.session
         previous = self._userid(request)
         session.userid = userid
-        if previous == userid:
+        if previous == userid:  # else setting userid did both
+            from . import user_changed
+
             session.regenerate_id()
+            user_changed(session, previous, userid)
         self._cache.clear(request)
         return []
 

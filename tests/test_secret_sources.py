@@ -1,0 +1,117 @@
+"""The key from a file or an environment variable, kept out of the ini file and of process
+listings; missing or bad sources are clear errors that never show a key."""
+
+from __future__ import annotations
+
+import pytest
+from pyramid.paster import get_appsettings
+
+from sessions_kernel import (
+    ConfigurationError,
+    factory_args_from_settings,
+    generate_secret_key,
+    session_factory,
+)
+from sessions_kernel.crypto import encode_payload
+from sessions_kernel.testing import make_model
+
+MODEL = make_model()
+# fresh keys: a key printed in a test is published, and the kernel may refuse its text
+TEST_SECRET_KEY = generate_secret_key()
+OTHER_KEY = generate_secret_key()
+
+
+def decrypts_cookies_of(factory, key):
+    payload = encode_payload(bytes(32), {})
+    made = session_factory(model_class=MODEL, secret_key=key).serializer.dumps(payload)
+    return factory.serializer.loads(made) == payload
+
+
+def main(global_config, **settings):  # the ini file's application; never called
+    raise AssertionError
+
+
+def test_key_file(tmp_path):
+    path = tmp_path / "session.key"
+    path.write_text(TEST_SECRET_KEY + "\n")
+    factory = session_factory(model_class=MODEL, secret_key_file=str(path))
+    assert decrypts_cookies_of(factory, TEST_SECRET_KEY)
+
+
+def test_key_file_with_rotated_keys(tmp_path):
+    path = tmp_path / "session.key"
+    path.write_text(f"{OTHER_KEY}\n{TEST_SECRET_KEY}\n")
+    factory = session_factory(model_class=MODEL, secret_key_file=str(path))
+    assert decrypts_cookies_of(factory, TEST_SECRET_KEY)
+    assert decrypts_cookies_of(factory, OTHER_KEY)
+
+
+def test_key_file_named_in_an_ini_file_relative_to_it(tmp_path):
+    (tmp_path / "session.key").write_text(TEST_SECRET_KEY)
+    ini = tmp_path / "production.ini"
+    ini.write_text(
+        "[app:main]\nuse = call:test_secret_sources:main\n"
+        "session.model_class = test_secret_sources.MODEL\n"
+        "session.secret_key_file = %(here)s/session.key\n"
+    )
+    settings = get_appsettings(str(ini))
+    factory = session_factory(**factory_args_from_settings(settings))
+    assert decrypts_cookies_of(factory, TEST_SECRET_KEY)
+
+
+def test_key_from_a_named_environment_variable(monkeypatch):
+    monkeypatch.setenv("MYAPP_SESSION_KEY", TEST_SECRET_KEY)
+    factory = session_factory(model_class=MODEL, secret_key_env="MYAPP_SESSION_KEY")
+    assert decrypts_cookies_of(factory, TEST_SECRET_KEY)
+
+
+def error(**settings):
+    with pytest.raises(ConfigurationError) as info:
+        session_factory(model_class=MODEL, **settings)
+    message = str(info.value)
+    assert TEST_SECRET_KEY[:12] not in message
+    return message
+
+
+def test_missing_key_file(tmp_path):
+    message = error(secret_key_file=str(tmp_path / "nope.key"))
+    assert "cannot read the key file" in message and "nope.key" in message
+    assert "No such file or directory" in message
+
+
+def test_empty_key_file(tmp_path):
+    (tmp_path / "empty.key").write_text("\n")
+    assert "is empty" in error(secret_key_file=str(tmp_path / "empty.key"))
+
+
+def test_key_file_without_a_key(tmp_path):
+    (tmp_path / "bad.key").write_text("not a key at all\n")
+    message = error(secret_key_file=str(tmp_path / "bad.key"))
+    assert "bad.key' holds no valid key: " in message
+    assert "python -m sessions_kernel prints a new key" in message
+
+
+def test_unset_environment_variable(monkeypatch):
+    monkeypatch.delenv("MYAPP_SESSION_KEY", raising=False)
+    message = error(secret_key_env="MYAPP_SESSION_KEY")
+    assert "the environment variable MYAPP_SESSION_KEY is not set" in message
+    assert "not on the pserve command line" in message
+
+
+def test_environment_variable_without_a_key(monkeypatch):
+    monkeypatch.setenv("MYAPP_SESSION_KEY", "short")
+    assert "MYAPP_SESSION_KEY holds no valid key" in error(secret_key_env="MYAPP_SESSION_KEY")
+
+
+def test_two_sources_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "session.key").write_text(TEST_SECRET_KEY)
+    message = error(secret_key=TEST_SECRET_KEY, secret_key_file=str(tmp_path / "session.key"))
+    assert (
+        "session.secret_key and session.secret_key_file are set; the key must come from one place"
+        in message
+    )
+
+
+def test_no_source_names_all_three():
+    message = error()
+    assert "session.secret_key_file" in message and "session.secret_key_env" in message
