@@ -595,8 +595,8 @@ class Session(MutableMapping[str, Any]):
         ``session_persist`` hooks (and to ``SessionCreated`` subscribers) as
         before; its column values are what the INSERT writes, with the first
         version. The ORM's flush of one new object costs more than the
-        statement itself, and nothing needs the row in the identity map:
-        the session is not used after the persist stage. A row that holds
+        statement itself. The stored row then joins the identity map, clean,
+        as the flush would have left it. A row that holds
         anything but column values (a relationship a plugin assigned) goes
         through ``dbsession.add`` as before.
         """
@@ -615,6 +615,11 @@ class Session(MutableMapping[str, Any]):
         # autoflush on: the application's pending objects (a user the row refers to) first
         dbsession.execute(factory.table.insert(), values)
         mark_changed(dbsession)
+        # The row, as stored, joins the identity map: a later request in a shared
+        # transaction (the starter's test fixtures) finds it there without a SELECT.
+        set_committed_value(row, factory.version_key, 1)
+        make_transient_to_detached(row)
+        dbsession.add(row)
 
     def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
         """Whether a stored session's cookie must be sent again, its row written or not.
