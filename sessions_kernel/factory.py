@@ -206,6 +206,12 @@ class SessionFactory:
         # what a new row's own INSERT needs: attribute key -> the column's key in the table
         self.insert_keys = {key: column.key for key, column in self.columns.items()}
         self.version_column_key = self.version_column.key
+        #: columns a new row's INSERT leaves NULL when not given (no default of any kind)
+        self.null_on_insert = tuple(
+            key
+            for key, column in self.columns.items()
+            if column.default is None and column.server_default is None and key != self.pk_key
+        )
         #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
         self.merge_rules = _merge_rules(config, self.columns)
         #: columns whose write may give way to a concurrent one (``merge.droppable``)

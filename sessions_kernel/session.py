@@ -610,6 +610,7 @@ class Session(MutableMapping[str, Any]):
             elif key != "_sa_instance_state":
                 self._dbsession.add(row)
                 return
+        values_keys = set(vars(row))
         values[factory.version_column_key] = 1  # what the ORM's version counter starts at
         dbsession = self._dbsession
         # autoflush on: the application's pending objects (a user the row refers to) first
@@ -618,6 +619,9 @@ class Session(MutableMapping[str, Any]):
         # The row, as stored, joins the identity map: a later request in a shared
         # transaction (the starter's test fixtures) finds it there without a SELECT.
         set_committed_value(row, factory.version_key, 1)
+        for key in factory.null_on_insert:  # what the INSERT left NULL, known without a SELECT
+            if key not in values_keys:
+                set_committed_value(row, key, None)
         make_transient_to_detached(row)
         dbsession.add(row)
 
