@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
+from webob.cookies import make_cookie
 
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
@@ -32,6 +34,17 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+#: The kernel's settings that make the cookie's attributes.
+COOKIE_SETTINGS = frozenset(
+    {
+        "cookie_max_age",
+        "cookie_path",
+        "cookie_domain",
+        "cookie_secure",
+        "cookie_httponly",
+        "cookie_samesite",
+    }
+)
 log = logging.getLogger("sessions_kernel")
 
 
@@ -149,6 +162,10 @@ class SessionFactory:
             accept_unbound_until=values["accept_unbound_cookies_until"],
             clock=self.clock,
         )
+        #: the serializer with the first key only, when there are several: a cookie it
+        #: cannot read but the serializer can was made with an older key, and is sent
+        #: again made with the first (so that old keys can be retired)
+        self.primary_serializer = _primary_serializer(self.serializer)
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
             "path": values["cookie_path"],
@@ -157,6 +174,19 @@ class SessionFactory:
             "httponly": values["cookie_httponly"],
             "samesite": values["cookie_samesite"],
         }
+        #: the cookie's attributes when nothing per session can change them (no
+        #: runtime-configurable cookie setting, no ``session_cookie_attributes``
+        #: implementation): resolved here once instead of on every response
+        self.static_cookie_attributes = (
+            self.default_cookie_attributes
+            if not (config.configurable & COOKIE_SETTINGS)
+            and self.stages.session_cookie_attributes is _no_implementation
+            else None
+        )
+        # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
+        self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
+        # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
+        self._updates: dict[tuple[str, ...], Any] = {}
         self.session_class = _session_class(config)
         # What the kernel's own UPDATE and DELETE statements need, resolved once.
         mapper = sa.inspect(self.model)
@@ -173,6 +203,15 @@ class SessionFactory:
         self.pk_key = mapper.get_property_by_column(self.pk_column).key
         self.version_key = mapper.get_property_by_column(self.version_column).key
         self.column_keys = tuple(k for k in self.columns if k != self.version_key)
+        # what a new row's own INSERT needs: attribute key -> the column's key in the table
+        self.insert_keys = {key: column.key for key, column in self.columns.items()}
+        self.version_column_key = self.version_column.key
+        #: columns a new row's INSERT leaves NULL when not given (no default of any kind)
+        self.null_on_insert = tuple(
+            key
+            for key, column in self.columns.items()
+            if column.default is None and column.server_default is None and key != self.pk_key
+        )
         #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
         self.merge_rules = _merge_rules(config, self.columns)
         #: columns whose write may give way to a concurrent one (``merge.droppable``)
@@ -182,6 +221,51 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    def versioned_update(
+        self, stored_id: str, version: int, values: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The kernel's UPDATE of a row read at ``version``, and its parameters.
+
+        ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
+        one statement per set of columns, built once with bound parameters and
+        kept, instead of a new statement on every write.
+        """
+        keys = tuple(values)
+        statement = self._updates.get(keys)
+        if statement is None:
+            bind = sa.bindparam
+            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
+            statement = (
+                sa.update(self.table)
+                .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
+                .values(changes)
+                .values({self.version_column: bind("_sk_next")})
+            )
+            if len(self._updates) < 256:
+                self._updates[keys] = statement
+        params = {f"_sk_v{i}": value for i, value in enumerate(values.values())}
+        params.update(_sk_id=stored_id, _sk_ver=version, _sk_next=version + 1)
+        return statement, params
+
+    def cookie_header(self, value: str, attributes: Mapping[str, Any]) -> str:
+        """The ``Set-Cookie`` value that sets the cookie: what ``response.set_cookie`` makes.
+
+        Without ``max_age`` (whose ``expires`` is the time of the response)
+        everything after the value depends only on the attributes, so it is
+        made once per set of attributes and kept (a few sets at most: the
+        attributes come from settings).
+        """
+        if attributes["max_age"] is not None:
+            return make_cookie(self.cookie_name, value, **attributes)
+        key = tuple(attributes.items())
+        suffix = self._cookie_suffixes.get(key)
+        if suffix is None:
+            header = make_cookie(self.cookie_name, "v", **attributes)
+            suffix = header[len(self.cookie_name) + 2 :]  # after "name=v"
+            if len(self._cookie_suffixes) < 64:
+                self._cookie_suffixes[key] = suffix
+        return f"{self.cookie_name}={value}{suffix}"
 
     def peek(self, request: Request) -> Peek:
         """Look at the request's session without using it: validated, never extended.
@@ -232,6 +316,15 @@ class SessionFactory:
     def __repr__(self) -> str:
         plugins = ", ".join(info.name for info in self.config.active)
         return f"<SessionFactory {self.model.__name__} [{plugins}]>"
+
+
+def _primary_serializer(serializer: Any) -> Any:
+    ciphers = getattr(serializer, "_ciphers", None)
+    if not isinstance(serializer, AESGCMCookieSerializer) or not ciphers or len(ciphers) < 2:
+        return None
+    primary = copy.copy(serializer)
+    primary._ciphers = ciphers[:1]
+    return primary
 
 
 def _session_class(config: FactoryConfig) -> type[Session]:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pyramid.interfaces import ISession
 from pyramid.response import Response as _HeaderMaker
 from sqlalchemy.orm import make_transient, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 from zope.sqlalchemy import mark_changed
@@ -141,6 +141,9 @@ class Session(MutableMapping[str, Any]):
                 raise type(error)(*error.args)
         if name == "_dbsession" and self._loaded:
             return self._fetch_dbsession()
+        if name == "_token" and self._loaded:  # a new session's: a visitor who stores
+            token = self._token = os.urandom(TOKEN_BYTES)  # nothing never needs one
+            return token
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -205,6 +208,7 @@ class Session(MutableMapping[str, Any]):
         self._delete_cookie: dict[str, Any] | None = None
         self._cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._committed = False
+        self._stale_key = False
 
         self._held: list[Any] = []  # logouts that must hold (see execute_logout)
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
@@ -324,7 +328,7 @@ class Session(MutableMapping[str, Any]):
         bad = False
         for value in values[:MAX_COOKIES_TRIED]:
             try:
-                token, extras = decode_payload(factory.serializer.loads(value))
+                token, extras = decode_payload(self._open_cookie(value))
             except Exception as exc:
                 self.notify(events.CookieRejected(request, str(exc)))
                 bad = True
@@ -344,6 +348,19 @@ class Session(MutableMapping[str, Any]):
         if bad and unstored is None:
             self._delete_cookie = factory.default_cookie_attributes
         return None, None, {}, unstored
+
+    def _open_cookie(self, value: str) -> bytes:
+        """The cookie's plaintext; notes a cookie made with a key that is no longer first."""
+        factory = self._factory
+        primary = factory.primary_serializer
+        if primary is not None:
+            try:
+                return primary.loads(value)
+            except ValueError:
+                payload = factory.serializer.loads(value)
+                self._stale_key = True  # an older key made it: send it again (_resend_cookie)
+                return payload
+        return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
         """The row by its primary key; on a retried attempt, locked until commit.
@@ -396,7 +413,7 @@ class Session(MutableMapping[str, Any]):
     def _start_new(self) -> None:
         self.row = None
         self.new = True
-        self._token = os.urandom(TOKEN_BYTES)
+        self.__dict__.pop("_token", None)  # drawn on first need (see __getattr__)
         self._lineage = None
         self.cookie_extras = {}
         self._data, self._flash = {}, {}
@@ -488,8 +505,10 @@ class Session(MutableMapping[str, Any]):
         ser = factory.data_serializer
         row = self.row
         write = unstored = False
+        # a new session that stores nothing (an anonymous visitor) serializes nothing
+        touched = self._data_touched and (row is not None or self.dirty)
         try:
-            data = ser.dumps(self._data) if self._data_touched else self._orig_data
+            data = ser.dumps(self._data) if touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
         except (TypeError, ValueError) as exc:
             raise SessionError(
@@ -512,8 +531,8 @@ class Session(MutableMapping[str, Any]):
                     setattr(row, name, value)
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
-                self._dbsession.add(row)
                 self.notify(events.SessionCreated(self.request, row.id))
+                self._insert_row(row)
                 write = True
             elif self.cookie_extras != self._loaded_extras:
                 # Nothing to store, but a plugin keeps something in the cookie (a CSRF
@@ -538,10 +557,11 @@ class Session(MutableMapping[str, Any]):
             hook.session_extend(session=self)
             extras = dict(self.cookie_extras)
             hook.session_renew(session=self)
+            written = False
             if self.dirty:
                 hook.session_persist(session=self, row=row)
-                write = self._write_row(row, extras)
-            write = write or extras != self.cookie_extras
+                written = self._write_row(row, extras)
+            write = self._resend_cookie(written, extras)
         old = self._delete_cookie
         if write:
             value = self._cookie_value(unstored=unstored)
@@ -556,8 +576,76 @@ class Session(MutableMapping[str, Any]):
         elif old is not None:
             self._cookies.append(("delete", "", old))
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
-        if dbsession is not None and (dbsession.new or dbsession.dirty or dbsession.deleted):
+        if dbsession is not None and (
+            dbsession.new or dbsession.deleted or self._others_dirty(dbsession, row)
+        ):
             dbsession.flush()
+
+    @staticmethod
+    def _others_dirty(dbsession: Any, row: Any) -> bool:
+        """Whether the flush has anything to write: the row the kernel's own UPDATE just
+        wrote stays "dirty" to the ORM (assigned attributes), with no net change left."""
+        return any(obj is not row or dbsession.is_modified(obj) for obj in dbsession.dirty)
+
+    def _insert_row(self, row: Any) -> None:
+        """INSERT a new session's row: one Core statement, not the ORM's unit of work.
+
+        The row object was built, given the settings and columns of this
+        request and handed to the plugins' ``session_renew`` and
+        ``session_persist`` hooks (and to ``SessionCreated`` subscribers) as
+        before; its column values are what the INSERT writes, with the first
+        version. The ORM's flush of one new object costs more than the
+        statement itself. The stored row then joins the identity map, clean,
+        as the flush would have left it. A row that holds
+        anything but column values (a relationship a plugin assigned) goes
+        through ``dbsession.add`` as before.
+        """
+        factory = self._factory
+        keys = factory.insert_keys
+        values = {}
+        for key, value in vars(row).items():
+            column = keys.get(key)
+            if column is not None:
+                values[column] = value
+            elif key != "_sa_instance_state":
+                self._dbsession.add(row)
+                return
+        values_keys = set(vars(row))
+        values[factory.version_column_key] = 1  # what the ORM's version counter starts at
+        dbsession = self._dbsession
+        # autoflush on: the application's pending objects (a user the row refers to) first
+        dbsession.execute(factory.table.insert(), values)
+        mark_changed(dbsession)
+        # The row, as stored, joins the identity map: a later request in a shared
+        # transaction (the starter's test fixtures) finds it there without a SELECT.
+        set_committed_value(row, factory.version_key, 1)
+        for key in factory.null_on_insert:  # what the INSERT left NULL, known without a SELECT
+            if key not in values_keys:
+                set_committed_value(row, key, None)
+        make_transient_to_detached(row)
+        dbsession.add(row)
+
+    def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
+        """Whether a stored session's cookie must be sent again, its row written or not.
+
+        The browser's cookie holds the token and the plugins' extras, under
+        the attributes it was set with. It is sent again only when one of
+        them changed: a new id (``regenerate_id``), extras a plugin changed
+        (a renewal offer), settings saved in this request (they may change
+        the attributes), a cookie made with a key that is no longer the first
+        (key rotation), or :meth:`changed`; or, when the row was written
+        and the cookie has a ``Max-Age``, so that the browser's expiry slides
+        with the session's activity. A write of the data (or of a plugin's
+        column only, an idle extension) sends no ``Set-Cookie`` otherwise:
+        the browser's cookie is the same.
+        """
+        if self._delete_cookie is not None:  # the row vanished meanwhile (see _write_row)
+            return extras != self.cookie_extras
+        if self._regenerated or self._force or self._settings_loaded or self._stale_key:
+            return True
+        if self.cookie_extras != self._loaded_extras:
+            return True
+        return written and self._setting("cookie_max_age") is not None
 
     def _check_size(self, data: bytes, flash: bytes | None) -> None:
         """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
@@ -642,14 +730,12 @@ class Session(MutableMapping[str, Any]):
         return level in ("REPEATABLE READ", "SERIALIZABLE")
 
     def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
-        factory = self._factory
-        statement = (
-            sa.update(factory.table)
-            .where(factory.pk_column == stored_id, factory.version_column == version)
-            .values({factory.columns[key]: value for key, value in values.items()})
-            .values({factory.version_column: version + 1})
-        )
-        return self._execute(statement).rowcount == 1
+        statement, params = self._factory.versioned_update(stored_id, version, values)
+        dbsession = self._dbsession
+        with dbsession.no_autoflush:  # the ORM must not write the row itself first
+            result = dbsession.execute(statement, params)
+        mark_changed(dbsession)  # see _execute
+        return result.rowcount == 1
 
     def _execute(self, statement: Any) -> Any:
         """Run the kernel's own UPDATE or DELETE in the request's transaction."""
@@ -754,7 +840,10 @@ class Session(MutableMapping[str, Any]):
                 self._data or self._flash or self._force or self._settings_values or self._columns
             )
         # a regenerated id must be written and sent even if an autoflush already wrote it
-        return self.new or self._force or self._regenerated or self._dbsession.is_modified(row)
+        if self.new or self._force or self._regenerated:
+            return True
+        # no attribute assigned since the load (the common read): nothing to compare
+        return instance_state(row).modified and self._dbsession.is_modified(row)
 
     def _after_commit(self, status: bool) -> None:
         self._committed = status
@@ -800,21 +889,28 @@ class Session(MutableMapping[str, Any]):
                 environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
-        vary = response.vary or ()
-        if "Cookie" not in vary:
-            response.vary = (*vary, "Cookie")
+        headers = response.headers
+        if "Vary" not in headers:
+            response.headerlist.append(("Vary", "Cookie"))
+        else:
+            vary = response.vary or ()
+            if "Cookie" not in vary:
+                response.vary = (*vary, "Cookie")
         if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
-        cache = response.cache_control
-        if not (cache.private or cache.no_store):
-            cache.public = False
-            cache.private = True
-        name = self._factory.cookie_name
-        sent = response.headers.getall("Set-Cookie")
+        if "Cache-Control" not in headers:
+            response.headerlist.append(("Cache-Control", "private"))
+        else:
+            cache = response.cache_control
+            if not (cache.private or cache.no_store):
+                cache.public = False
+                cache.private = True
+        factory = self._factory
+        sent = headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:
             if action == "set":
-                response.set_cookie(name, value, **attrs)
+                response.headerlist.append(("Set-Cookie", factory.cookie_header(value, attrs)))
             else:
                 header = self._deletion_header(attrs)
                 if header not in sent:  # forget() may have returned it already
@@ -868,6 +964,10 @@ class Session(MutableMapping[str, Any]):
         stored values), ignoring changes saved in this request: the attributes the
         browser's cookie was set with.
         """
+
+        static = self._factory.static_cookie_attributes
+        if static is not None:  # nothing per session or per request changes them
+            return dict(static)
 
         def setting(name: str) -> Any:
             return self._setting(name, as_loaded)

@@ -41,7 +41,10 @@ def test_every_row_issues_the_statements_it_stands_for(report):
     assert statements == {
         "no session": [],
         "signed cookie read": [],
-        "floor: bare PK SELECT": ["SELECT"],
+        "signed cookie anonymous": [],
+        "floor: PK SELECT": ["SELECT"],
+        "floor: SELECT+UPDATE": ["SELECT", "UPDATE"],
+        "floor: INSERT": ["INSERT"],
         "kernel read": ["SELECT"],
         "kernel write": ["SELECT", "UPDATE"],
         "kernel new": ["INSERT"],
@@ -60,7 +63,8 @@ def test_every_row_answers_what_its_view_computes(report):
     bodies = {row["name"]: row["body"] for row in db["rows"]}
     assert bodies["no session"] == "ok"
     assert bodies["signed cookie read"] == "1"  # the signed cookie was read back
-    assert bodies["floor: bare PK SELECT"] == "7"  # len(b'{"a":1}')
+    assert bodies["floor: PK SELECT"] == "7"  # len(b'{"a":1}')
+    assert bodies["floor: SELECT+UPDATE"].isdigit() and bodies["floor: INSERT"] == "1"
     assert bodies["kernel read"] == "1"  # the kernel's cookie was read back
     assert bodies["kernel write"].isdigit()
     assert bodies["kernel anonymous"] == "None"
@@ -73,7 +77,16 @@ def test_rows_report_medians_p90_and_request_counts(report):
         assert row["requests"] == 3 * 2
         assert len(row["round_medians_us"]) == 2
         assert row["median_us"] > 0 and row["p90_us"] > 0
-    assert set(db["ratios"]) >= {"kernel read / floor"}
+    assert set(db["ratios"]) >= {
+        "kernel read / floor: PK SELECT",
+        "kernel write / floor: SELECT+UPDATE",
+        "kernel new / floor: INSERT",
+        "kernel anonymous / signed cookie anonymous",
+    }
+    for row in db["rows"]:
+        assert row["cpu_us"] > 0
+        if row["group"] != "baseline":
+            assert row["x_floor"] > 0 and row["floor"] in {r["name"] for r in db["rows"]}
 
 
 def test_a_model_whose_plugins_are_missing_is_skipped_with_a_note(bench, report):
@@ -93,10 +106,10 @@ def test_json_output_and_table(bench, capsys):
     assert [row["name"] for row in data["databases"][0]["rows"]][:3] == [
         "no session",
         "signed cookie read",
-        "floor: bare PK SELECT",
+        "signed cookie anonymous",
     ]
     table = bench.format_report(data)
-    assert "== sqlite ==" in table and "kernel read / floor:" in table
+    assert "== sqlite ==" in table and "kernel read / floor: PK SELECT:" in table
 
 
 @pytest.mark.parametrize(
@@ -124,5 +137,10 @@ def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
         "plain anonymous": [],
     }
     assert not any(row["group"] == "kernel" for row in db["rows"])
-    assert set(db["ratios"]) == {"plain read / floor"}
+    assert set(db["ratios"]) == {
+        "plain read / floor: PK SELECT",
+        "plain write / floor: SELECT+UPDATE",
+        "plain new / floor: INSERT",
+        "plain anonymous / signed cookie anonymous",
+    }
     assert report["notes"] == []

@@ -123,7 +123,7 @@ def test_a_request_in_flight_with_the_old_id_is_not_taken_for_theft(renewal_app)
 
     # A request sent before the new cookie arrived is still running (it loaded the row
     # under the old id) when the browser's next request acknowledges the candidate.
-    app.cookies["session"] = old_cookie
+    app.set_cookie("session", old_cookie)
     acknowledge = browser_with(app, new_cookie)
     slow, ack = run_paused(app, {"set": {"slow": 1}}, lambda: acknowledge.get("/read"))
 
