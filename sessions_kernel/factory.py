@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
 from webob.cookies import make_cookie
 
@@ -20,6 +19,7 @@ from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
 from .serializers import PickleSerializer
 from .session import Peek, Session
+from .storage import RowStorage
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -185,68 +185,16 @@ class SessionFactory:
         )
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
-        # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
-        self._updates: dict[tuple[str, ...], Any] = {}
         self.session_class = _session_class(config)
-        # What the kernel's own UPDATE and DELETE statements need, resolved once.
-        mapper = sa.inspect(self.model)
-        if mapper.version_id_col is None:
-            raise ConfigurationError(
-                f"{self.model.__name__} declares __mapper_args__ without the version column "
-                "the kernel uses to notice concurrent writes; include "
-                '"version_id_col": cls.__table__.c.version in it'
-            )
-        self.table = mapper.local_table
-        self.pk_column = mapper.primary_key[0]
-        self.version_column = mapper.version_id_col
-        self.columns = {prop.key: prop.columns[0] for prop in mapper.column_attrs}
-        self.pk_key = mapper.get_property_by_column(self.pk_column).key
-        self.version_key = mapper.get_property_by_column(self.version_column).key
-        self.column_keys = tuple(k for k in self.columns if k != self.version_key)
-        # what a new row's own INSERT needs: attribute key -> the column's key in the table
-        self.insert_keys = {key: column.key for key, column in self.columns.items()}
-        self.version_column_key = self.version_column.key
-        #: columns a new row's INSERT leaves NULL when not given (no default of any kind)
-        self.null_on_insert = tuple(
-            key
-            for key, column in self.columns.items()
-            if column.default is None and column.server_default is None and key != self.pk_key
-        )
         #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
-        self.merge_rules = _merge_rules(config, self.columns)
+        self.merge_rules = _merge_rules(config)
+        #: the SQL of the rows: fetch, insert, update and merge, delete (:mod:`.storage`)
+        self.storage = RowStorage(self.model, self.data_serializer, self.merge_rules)
         #: columns whose write may give way to a concurrent one (``merge.droppable``)
-        self.droppable_columns = frozenset(
-            name for name, (_, rule) in self.merge_rules.items() if getattr(rule, "droppable", 0)
-        )
+        self.droppable_columns = self.storage.droppable_columns
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
-
-    def versioned_update(
-        self, stored_id: str, version: int, values: Mapping[str, Any]
-    ) -> tuple[Any, dict[str, Any]]:
-        """The kernel's UPDATE of a row read at ``version``, and its parameters.
-
-        ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
-        one statement per set of columns, built once with bound parameters and
-        kept, instead of a new statement on every write.
-        """
-        keys = tuple(values)
-        statement = self._updates.get(keys)
-        if statement is None:
-            bind = sa.bindparam
-            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
-            statement = (
-                sa.update(self.table)
-                .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
-                .values(changes)
-                .values({self.version_column: bind("_sk_next")})
-            )
-            if len(self._updates) < 256:
-                self._updates[keys] = statement
-        params = {f"_sk_v{i}": value for i, value in enumerate(values.values())}
-        params.update(_sk_id=stored_id, _sk_ver=version, _sk_next=version + 1)
-        return statement, params
 
     def cookie_header(self, value: str, attributes: Mapping[str, Any]) -> str:
         """The ``Set-Cookie`` value that sets the cookie: what ``response.set_cookie`` makes.
@@ -345,9 +293,8 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     return type(f"{config.model.__name__}Session", (Session,), namespace)
 
 
-def _merge_rules(
-    config: FactoryConfig, columns: Mapping[str, Any]
-) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+def _merge_rules(config: FactoryConfig) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+    columns = config.column_names
     rules: dict[str, tuple[tuple[str, ...], MergeRule]] = {}
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_merge_rules.get_hookimpls():

@@ -10,21 +10,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pyramid.interfaces import ISession
 from pyramid.response import Response as _HeaderMaker
-from sqlalchemy.orm import make_transient, make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_state
 from transaction.interfaces import NoTransaction
 from zope.interface import implementer
-from zope.sqlalchemy import mark_changed
 
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
-from .errors import InconsistentDataError, SessionConflictError, SessionError
-from .merge import MergeConflict, merge_mappings
+from .errors import InconsistentDataError, SessionError
 from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
+from .storage import LINEAGE_CHARS
 
 if TYPE_CHECKING:
     from pyramid.request import Request
@@ -68,13 +65,9 @@ _OPEN_STATUSES = frozenset({"Active", "Doomed"})
 #: Cookie extras the kernel owns (a plugin's extras have other names).
 LINEAGE_EXTRA = "sessions_kernel.lineage"
 UNSTORED_EXTRA = "sessions_kernel.unstored"
-#: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
-LINEAGE_CHARS = 24
 #: How many cookies of the session's name one request may look up.
 MAX_COOKIES_TRIED = 4
 log = logging.getLogger("sessions_kernel")
-# Where a pooled connection remembers its isolation level (see _refuses_concurrent_updates).
-_ISOLATION_KEY = "sessions_kernel.isolation_level"
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
@@ -100,12 +93,6 @@ def _cookie_values(header: str, name: str) -> list[str]:
         if sep and key.strip() == name:
             values.append(value.strip().strip('"'))
     return values
-
-
-def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
-    """PostgreSQL's "could not serialize access" (SQLSTATE 40001) or a deadlock (40P01)."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code in ("40001", "40P01")
 
 
 @implementer(ISession)
@@ -363,23 +350,10 @@ class Session(MutableMapping[str, Any]):
         return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
-        """The row by its primary key; on a retried attempt, locked until commit.
-
-        pyramid_retry runs a request again when it lost to a concurrent one
-        (both changed one key). Loading the row locked (``SELECT … FOR
-        UPDATE``; on SQLite, which locks the whole database instead, by
-        taking its write lock first) means no other request can write the
-        row before this attempt commits, so it cannot lose again. The first
-        attempt, the common path, reads without a lock.
-        """
-        factory = self._factory
-        dbsession = self._dbsession
-        if self._peeking or not self.request.environ.get("retry.attempt"):
-            return dbsession.get(factory.model, sid)
-        if dbsession.get_bind(factory.model).dialect.name == "sqlite":
-            keep = sa.update(factory.table).where(factory.pk_column == sid)
-            self._execute(keep.values({factory.version_column: factory.version_column}))
-        return dbsession.get(factory.model, sid, with_for_update=True, populate_existing=True)
+        """The row by its primary key; locked until commit on a retried attempt (see
+        :meth:`RowStorage.fetch <sessions_kernel.storage.RowStorage.fetch>`)."""
+        locked = not self._peeking and bool(self.request.environ.get("retry.attempt"))
+        return self._factory.storage.fetch(self._dbsession, sid, locked=locked)
 
     def _read_row(self, row: Any) -> None:
         ser = self._factory.data_serializer
@@ -425,32 +399,12 @@ class Session(MutableMapping[str, Any]):
         self._columns = {}
 
     def _drop_row(self) -> None:
-        # A plain DELETE by key, whatever the version: a logout wins over a concurrent write.
-        row = self.row
+        """DELETE the row (by its lineage if its id moved meanwhile), and make it hold."""
         # the browser's cookie was set with the stored settings, not with edits of this request
         self._delete_cookie = self._cookie_attributes(as_loaded=True)
-        stored_id = sa.inspect(row).identity[0]
-        self._dbsession.expunge(row)
-        self._delete_session(stored_id, self._lineage or stored_id[:LINEAGE_CHARS])
+        storage = self._factory.storage
+        storage.delete(self._dbsession, self.row, self._lineage, self._held.append)
         self._orig_data = self._orig_flash = None
-
-    def _delete_session(self, stored_id: str, lineage: str) -> None:
-        """DELETE the row, also when a concurrent request gave it a new id meanwhile; hold it.
-
-        The row is deleted by its key. If that finds nothing, another request
-        regenerated the id (or deleted the row) since this one read it: the
-        session's lineage, which every id of the session starts with, finds
-        it by a range of the primary key. The lineage's DELETE is what holds
-        (see :meth:`execute_logout`), since by the time it is replayed the id
-        may have moved again.
-        """
-        factory = self._factory
-        pk = factory.pk_column
-        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
-        by_lineage = sa.delete(factory.table).where(in_lineage)
-        self._held.append(by_lineage)
-        if not self._execute(sa.delete(factory.table).where(pk == stored_id)).rowcount:
-            self._execute(by_lineage)
 
     def execute_logout(self, statement: Any) -> Any:
         """Run a statement that logs sessions out, and make it hold; return its result.
@@ -466,7 +420,7 @@ class Session(MutableMapping[str, Any]):
         the view did afterwards.
         """
         self._held.append(statement)
-        return self._execute(statement)
+        return self._factory.storage.execute(self._dbsession, statement)
 
     def notify(self, event: Any) -> None:
         """Send ``event`` through the request's registry, skipped when nobody subscribed.
@@ -532,7 +486,7 @@ class Session(MutableMapping[str, Any]):
                 hook.session_renew(session=self)
                 hook.session_persist(session=self, row=row)
                 self.notify(events.SessionCreated(self.request, row.id))
-                self._insert_row(row)
+                factory.storage.insert(self._dbsession, row)
                 write = True
             elif self.cookie_extras != self._loaded_extras:
                 # Nothing to store, but a plugin keeps something in the cookie (a CSRF
@@ -576,54 +530,8 @@ class Session(MutableMapping[str, Any]):
         elif old is not None:
             self._cookies.append(("delete", "", old))
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
-        if dbsession is not None and (
-            dbsession.new or dbsession.deleted or self._others_dirty(dbsession, row)
-        ):
-            dbsession.flush()
-
-    @staticmethod
-    def _others_dirty(dbsession: Any, row: Any) -> bool:
-        """Whether the flush has anything to write: the row the kernel's own UPDATE just
-        wrote stays "dirty" to the ORM (assigned attributes), with no net change left."""
-        return any(obj is not row or dbsession.is_modified(obj) for obj in dbsession.dirty)
-
-    def _insert_row(self, row: Any) -> None:
-        """INSERT a new session's row: one Core statement, not the ORM's unit of work.
-
-        The row object was built, given the settings and columns of this
-        request and handed to the plugins' ``session_renew`` and
-        ``session_persist`` hooks (and to ``SessionCreated`` subscribers) as
-        before; its column values are what the INSERT writes, with the first
-        version. The ORM's flush of one new object costs more than the
-        statement itself. The stored row then joins the identity map, clean,
-        as the flush would have left it. A row that holds
-        anything but column values (a relationship a plugin assigned) goes
-        through ``dbsession.add`` as before.
-        """
-        factory = self._factory
-        keys = factory.insert_keys
-        values = {}
-        for key, value in vars(row).items():
-            column = keys.get(key)
-            if column is not None:
-                values[column] = value
-            elif key != "_sa_instance_state":
-                self._dbsession.add(row)
-                return
-        values_keys = set(vars(row))
-        values[factory.version_column_key] = 1  # what the ORM's version counter starts at
-        dbsession = self._dbsession
-        # autoflush on: the application's pending objects (a user the row refers to) first
-        dbsession.execute(factory.table.insert(), values)
-        mark_changed(dbsession)
-        # The row, as stored, joins the identity map: a later request in a shared
-        # transaction (the starter's test fixtures) finds it there without a SELECT.
-        set_committed_value(row, factory.version_key, 1)
-        for key in factory.null_on_insert:  # what the INSERT left NULL, known without a SELECT
-            if key not in values_keys:
-                set_committed_value(row, key, None)
-        make_transient_to_detached(row)
-        dbsession.add(row)
+        if dbsession is not None:
+            factory.storage.flush(dbsession, row)
 
     def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
         """Whether a stored session's cookie must be sent again, its row written or not.
@@ -660,176 +568,28 @@ class Session(MutableMapping[str, Any]):
             )
 
     def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
-        """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
+        """UPDATE the changed columns, merged with a concurrent write if needed.
 
         ``extras`` is the cookie as the browser holds it, restored if this
         request's write is dropped. Returns whether the row was written.
         """
-        factory = self._factory
-        state = sa.inspect(row)
-        changes: dict[str, tuple[Any, Any]] = {}
-        for key in factory.column_keys:
-            history = state.attrs[key].history
-            if history.added:
-                changes[key] = (history.added[0], history.deleted[0] if history.deleted else None)
-        if not changes:
-            return True
-        stored_id = state.identity[0]
-        version = getattr(row, factory.version_key)
-        values = {key: new for key, (new, _) in changes.items()}
-        if factory.droppable_columns.issuperset(changes) and self._refuses_concurrent_updates():
-            # Only plugins' bookkeeping changed (an idle extension, say), and this database
-            # refuses a write over a concurrent one before any rule could merge them. Try it
-            # under a savepoint; refused, the concurrent write stands and the browser keeps
-            # its cookie, as if this request had come first (see merge.droppable).
-            savepoint = self._dbsession.connection().begin_nested()
-            try:
-                written = self._update(stored_id, version, values)
-            except sa.exc.DBAPIError as exc:
-                savepoint.rollback()
-                if not _is_serialization_failure(exc):
-                    raise
-                for key, (_, old) in changes.items():
-                    set_committed_value(row, key, old)
-                self.cookie_extras = extras
-                return False
-            savepoint.commit()
-        else:
-            written = self._update(stored_id, version, values)
-        if not written:
-            merged = self._merge(row, stored_id, changes)
-            if merged is None:
-                self._dbsession.expunge(row)
-                # the browser's cookie was set with the stored settings, as in _drop_row
-                self._delete_cookie = self._cookie_attributes(as_loaded=True)
-                self.notify(events.SessionNotFound(self.request, stored_id))
-                return False
-            values, version = merged
-        for key, value in values.items():
-            set_committed_value(row, key, value)
-        set_committed_value(row, factory.version_key, version + 1)
-        if factory.pk_key in values:  # regenerated: the identity map still has the old key
-            self._dbsession.expunge(row)
-        return True
-
-    def _refuses_concurrent_updates(self) -> bool:
-        """Whether the database fails an UPDATE of a row a concurrent transaction changed.
-
-        PostgreSQL does at REPEATABLE READ and SERIALIZABLE. The level is asked
-        once per pooled connection (unless set per connection through
-        execution options).
-        """
-        connection = self._dbsession.connection()
-        if connection.dialect.name != "postgresql":
-            return False
-        level = connection.get_execution_options().get("isolation_level")
-        if level is None:
-            level = connection.info.get(_ISOLATION_KEY)
-            if level is None:
-                level = connection.info[_ISOLATION_KEY] = connection.get_isolation_level()
-        return level in ("REPEATABLE READ", "SERIALIZABLE")
-
-    def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
-        statement, params = self._factory.versioned_update(stored_id, version, values)
-        dbsession = self._dbsession
-        with dbsession.no_autoflush:  # the ORM must not write the row itself first
-            result = dbsession.execute(statement, params)
-        mark_changed(dbsession)  # see _execute
-        return result.rowcount == 1
-
-    def _execute(self, statement: Any) -> Any:
-        """Run the kernel's own UPDATE or DELETE in the request's transaction."""
-        dbsession = self._dbsession
-        with dbsession.no_autoflush:  # the ORM must not write the row itself first
-            result = dbsession.execute(statement)
-        # zope.sqlalchemy commits only sessions it saw change; SQL it did not run
-        # through the ORM's unit of work has to say so, or it is rolled back.
-        mark_changed(dbsession)
-        return result
-
-    def _merge(
-        self, row: Any, stored_id: str, changes: dict[str, tuple[Any, Any]]
-    ) -> tuple[dict[str, Any], int] | None:
-        """Re-read the row another request wrote, apply our changes onto it, write it.
-
-        The data and the flash queues merge key by key (:func:`merge_mappings`);
-        ``updated`` takes the later time; a plugin's column merges by the rule
-        its plugin declared (``session_merge_rules``); any other column both
-        requests changed is a conflict.
-        """
-        factory = self._factory
-        ser = factory.data_serializer
-        query = sa.select(factory.table).where(factory.pk_column == stored_id).with_for_update()
-        with self._dbsession.no_autoflush:
-            fresh = self._dbsession.execute(query).mappings().one_or_none()
-        if fresh is None:
-            return None
-        values: dict[str, Any] = {}
-        conflicts: list[str] = []
-        merged_keys: list[str] = []
-        reasons: list[str] = []
-        groups_done: set[tuple[str, ...]] = set()
-        for key, (new, old) in changes.items():
-            theirs = fresh[factory.columns[key]]
-            if key == "data":
-                base = ser.loads(self._orig_data) if self._orig_data is not None else {}
-                data, changed, clash = merge_mappings(base, self._data, ser.loads(theirs))
-                values[key] = ser.dumps(data)
-                merged_keys += changed
-                conflicts += clash
-            elif key == "flash":
-                base = ser.loads(self._orig_flash) if self._orig_flash is not None else {}
-                now = ser.loads(theirs) if theirs is not None else {}
-                flash, changed, clash = merge_mappings(base, self._flash, now)
-                values[key] = ser.dumps(flash) if flash else None
-                merged_keys += [f"flash:{queue}" for queue in changed]
-                conflicts += [f"flash:{queue}" for queue in clash]
-            elif key == "updated":
-                values[key] = max(new, theirs)
-            elif key in factory.merge_rules:
-                group, rule = factory.merge_rules[key]
-                if group in groups_done:
-                    continue
-                groups_done.add(group)
-                mine = {name: getattr(row, name) for name in group}
-                base = {name: changes[name][1] if name in changes else mine[name] for name in group}
-                current = {name: fresh[factory.columns[name]] for name in group}
-                try:
-                    if current == base:  # the other request left the group alone
-                        result = mine
-                    elif len(group) == 1:
-                        result = {key: rule(old, new, theirs)}
-                    else:
-                        result = rule(base, mine, current)
-                except MergeConflict as exc:
-                    conflicts += group
-                    reasons.append(str(exc))
-                    continue
-                for name in group:
-                    if result[name] != current[name]:
-                        values[name] = result[name]
-                merged_keys += [name for name in group if name in changes]
-            elif theirs == old or key == factory.pk_key:
-                values[key] = new
-                merged_keys.append(key)
-            else:
-                conflicts.append(key)
-        version = fresh[factory.version_column]
-        if conflicts:
-            why = f" ({'; '.join(reasons)})" if reasons else ""
-            raise SessionConflictError(
-                f"session {stored_id[:12]}…: this request and a concurrent one both changed "
-                f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "
-                "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
-                "again on the newer session; nothing was overwritten."
-            )
-        if not self._update(stored_id, version, values):
-            raise SessionConflictError(
-                f"session {stored_id[:12]}… changed again while its changes were merged; "
-                "retry the request (pyramid_retry does it for you)"
-            )
-        self.notify(events.SessionMerged(self.request, stored_id, tuple(merged_keys)))
-        return values, version
+        outcome = self._factory.storage.update(
+            self._dbsession,
+            row,
+            orig_data=self._orig_data,
+            orig_flash=self._orig_flash,
+            data=self._data,
+            flash=self._flash,
+        )
+        if outcome.merged is not None:
+            self.notify(events.SessionMerged(self.request, outcome.stored_id, outcome.merged))
+        elif outcome.gone:
+            # the browser's cookie was set with the stored settings, as in _drop_row
+            self._delete_cookie = self._cookie_attributes(as_loaded=True)
+            self.notify(events.SessionNotFound(self.request, outcome.stored_id))
+        elif not outcome.written:  # dropped: the concurrent write stands, and the cookie
+            self.cookie_extras = extras
+        return outcome.written
 
     @property
     def dirty(self) -> bool:
@@ -865,10 +625,7 @@ class Session(MutableMapping[str, Any]):
             return
         factory = self._factory
         try:
-            engine = self._dbsession.get_bind(factory.model)
-            with engine.begin() as connection:
-                for statement in held:
-                    connection.execute(statement)
+            factory.storage.replay(self._dbsession, held)
         except Exception:
             log.exception(
                 "a logout of session %s… could not be replayed after its request's "
@@ -1123,39 +880,11 @@ class Session(MutableMapping[str, Any]):
         self._lineage = self._lineage or old[:LINEAGE_CHARS]
         new = self.row.id = row_id(self._token, self._lineage)
         if hold:
-            self._move_row(new)
+            storage = self._factory.storage
+            storage.rekey(self._dbsession, self.row, new, self.now, self.execute_logout)
             attrs = self._cookie_attributes(as_loaded=True)
             self._held_cookies = [("set", self._cookie_value(), attrs)]
         self.notify(events.SessionRegenerated(self.request, old, new))
-
-    def _move_row(self, new: str) -> None:
-        """UPDATE the row's key now, held, and re-key the ORM's copy of the row to match."""
-        factory, dbsession, row = self._factory, self._dbsession, self.row
-        state = sa.inspect(row)
-        stored_id = state.identity[0]
-        pending = {
-            key: state.attrs[key].history.added[0]
-            for key in factory.column_keys
-            if key != factory.pk_key and state.attrs[key].history.added
-        }
-        # the key, and what the kernel's own UPDATE would write with it: one statement
-        committed = {
-            factory.pk_key: new,
-            "updated": self.now,
-            factory.version_key: getattr(row, factory.version_key) + 1,
-        }
-        columns = {factory.columns[key]: value for key, value in committed.items()}
-        self.execute_logout(
-            sa.update(factory.table).where(factory.pk_column == stored_id).values(columns)
-        )
-        dbsession.expunge(row)
-        make_transient(row)
-        for key, value in committed.items():
-            set_committed_value(row, key, value)
-        make_transient_to_detached(row)
-        dbsession.add(row)
-        for key, value in pending.items():  # what this request assigned stays to be written
-            setattr(row, key, value)
 
     @property
     def session_id(self) -> str:
