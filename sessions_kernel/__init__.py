@@ -24,6 +24,7 @@ from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
 from .session import Peek, Session
 from .settings import SessionSettings, Setting
+from .stash import Stash, StashKey
 
 #: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. Hooks a plugin
 #: offers other plugins are marked ``@sessions_kernel.hookspec`` (see ``session_addhooks``).
@@ -44,6 +45,8 @@ __all__ = [
     "SessionSettings",
     "Setting",
     "SettingsError",
+    "Stash",
+    "StashKey",
     "add_indexes",
     "factory_args_from_settings",
     "generate_secret_key",

@@ -18,7 +18,7 @@ from .merge import MergeRule
 from .model import KERNEL_COLUMNS
 from .plugins import FactoryConfig
 from .serializers import PickleSerializer
-from .session import Peek, Session
+from .session import RESERVED_ATTRIBUTES, Peek, Session
 from .storage import RowStorage
 
 if TYPE_CHECKING:
@@ -280,17 +280,42 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_attributes.get_hookimpls():
         for name, value in (impl.function() or {}).items():
-            if name in owners or hasattr(Session, name) or name.startswith("_"):
-                taken = owners.get(name, "the kernel")
+            problem = _claim_problem(name, owners)
+            if problem is not None:
+                plugin = impl.plugin_name
                 raise ConfigurationError(
-                    f"session plugin {impl.plugin_name!r} adds request.session.{name}, "
-                    f"which {taken} already provides (or is private); rename it"
+                    f"session plugin {plugin!r} adds request.session.{name} (its "
+                    f"session_attributes hook), but {problem}. Rename the plugin's attribute, "
+                    f"prefixed with the plugin's name (e.g. {_suggested(plugin, name)!r}), "
+                    "and its uses."
                 )
             owners[name] = impl.plugin_name
             namespace[name] = value
     if not namespace:
         return Session
     return type(f"{config.model.__name__}Session", (Session,), namespace)
+
+
+def _claim_problem(name: str, owners: Mapping[str, str]) -> str | None:
+    """Why a plugin may not add ``request.session.<name>``, or ``None`` if it may."""
+    if name in owners:
+        return f"session plugin {owners[name]!r} already adds it"
+    if name.startswith("_"):
+        return "names starting with '_' are the kernel's private ones"
+    if name in Session.__annotations__:
+        declared = ", ".join(sorted(Session.__annotations__))
+        return (
+            f"the kernel reserves {name!r}: it is one of the attributes plugins rely on "
+            f"({declared}), and replacing it breaks every session"
+        )
+    if name in RESERVED_ATTRIBUTES:
+        return f"the kernel reserves {name!r}: it is part of the session's own API"
+    return None
+
+
+def _suggested(plugin: str, name: str) -> str:
+    prefix = "".join(c if c.isalnum() else "_" for c in plugin.rsplit(".", 1)[-1]).strip("_")
+    return f"{prefix}_{name.lstrip('_')}" if prefix else f"plugin_{name.lstrip('_')}"
 
 
 def _merge_rules(config: FactoryConfig) -> dict[str, tuple[tuple[str, ...], MergeRule]]:

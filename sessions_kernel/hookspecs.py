@@ -24,7 +24,9 @@ Hooks come in three groups:
   :func:`session_details`.
 
 The ``session`` argument of the pipeline hooks is the request's
-:class:`sessions_kernel.Session`. What plugins use of it:
+:class:`sessions_kernel.Session`. What plugins use of it (the attributes are
+declared on the class, and reserved: no plugin's :func:`session_attributes`
+may claim one):
 
 ``session.row``
     the model instance, or ``None`` while the session has no row yet.
@@ -38,6 +40,11 @@ The ``session`` argument of the pipeline hooks is the request's
 ``session.cookie_extras``
     a dict of small byte strings the cookie carries beside the token, keyed
     by a name the plugin picks. Changing it makes the kernel send the cookie.
+``session.stash``
+    the plugins' state for this request (:class:`~sessions_kernel.Stash`):
+    what one hook computes and a later hook of the same request needs, under
+    a :class:`~sessions_kernel.StashKey` of the plugin's own. Keep nothing in
+    attributes of your own on the session.
 ``session.dirty``
     whether the session will be written in this request so far.
 ``session.get_column(name)``, ``session.set_column(name, value)``
@@ -176,10 +183,15 @@ def session_attributes() -> Mapping[str, Any]:
     Use it to give ``request.session`` an API of the plugin's own (a
     ``property`` for a column, a method). Called once per factory; the kernel
     builds a subclass of :class:`~sessions_kernel.Session` for that factory
-    only, so two factories never see each other's attributes. Two active
-    plugins adding one name, or a name the kernel already uses, is a
-    start-up error. Called after :func:`session_expiry_policy`, before any
-    request.
+    only, so two factories never see each other's attributes. Prefix the
+    names with your plugin's name. Two active plugins adding one name, a
+    name starting with ``_``, or a name the kernel reserves
+    (:data:`~sessions_kernel.session.RESERVED_ATTRIBUTES`: the attributes
+    plugins rely on, such as ``row``, ``now`` and ``stash``, and the
+    session's own API) is a :class:`~pyramid.exceptions.ConfigurationError`
+    at start-up naming the plugin. Per-request state belongs in
+    ``session.stash``, not in attributes. Called after
+    :func:`session_expiry_policy`, before any request.
     """
 
 

@@ -21,6 +21,7 @@ from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionError
 from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
+from .stash import Stash
 from .storage import LINEAGE_CHARS
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
 
-__all__ = ["Peek", "Session"]
+__all__ = ["RESERVED_ATTRIBUTES", "Peek", "Session"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,33 @@ class Session(MutableMapping[str, Any]):
     calling :meth:`changed`. A request that set or deleted no key and was
     handed no value that can change in place (only strings, numbers, booleans,
     ``None``) cannot have changed the data, and skips that serialization.
+
+    Plugins read and write the attributes below in their hooks. Their names,
+    and every name of the class's own API, are reserved: a plugin's
+    ``session_attributes`` hook that claims one is a start-up error.
     """
+
+    #: The Pyramid request this session belongs to.
+    request: Request
+    #: The stored session's row (an instance of the model), or ``None`` while the
+    #: session has none yet (a new session gets its row before commit, if it stores
+    #: anything).
+    row: Any
+    #: The time of this request in whole seconds, read once from the factory's clock.
+    #: Plugins never read the time any other way (tests move that clock).
+    now: int
+    #: ``True`` until the session has a row in the database.
+    new: bool
+    #: Small byte strings the cookie carries beside the token, keyed by a name the
+    #: plugin picks (names starting with ``sessions_kernel.`` are the kernel's).
+    #: Changing it makes the kernel send the cookie again.
+    cookie_extras: dict[str, bytes]
+    #: Per-request state of plugins (:class:`~sessions_kernel.Stash`): a value one
+    #: hook computes and a later hook of the same request reads, under a
+    #: :class:`~sessions_kernel.StashKey` of the plugin's own. Created on first use;
+    #: reading it never loads the session. It lives as long as this object:
+    #: ``invalidate()`` and a rejection leave it alone.
+    stash: Stash
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
@@ -131,6 +158,9 @@ class Session(MutableMapping[str, Any]):
         if name == "_token" and self._loaded:  # a new session's: a visitor who stores
             token = self._token = os.urandom(TOKEN_BYTES)  # nothing never needs one
             return token
+        if name == "stash":  # made on first use: most requests never need one
+            stash = self.stash = Stash()
+            return stash
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -970,3 +1000,9 @@ class Session(MutableMapping[str, Any]):
             return f"<{type(self).__name__} (not loaded)>"
         sid = "new" if self.new else self.row.id[:12] + "…"
         return f"<{type(self).__name__} {sid} {self._data!r}>"
+
+
+#: What the kernel reserves of ``request.session``: the attributes plugins rely on
+#: (declared on :class:`Session`) and the names of its own API. A plugin's
+#: ``session_attributes`` hook may claim none of them (nor a name starting with ``_``).
+RESERVED_ATTRIBUTES = frozenset(Session.__annotations__) | frozenset(dir(Session))
