@@ -195,8 +195,66 @@ class Session(MutableMapping[str, Any]):
             "Pyramid SQLAlchemy starter), or set session.dbsession_name"
         )
 
-    # -- the load and validate stages --------------------------------------------
+    # -- the pipeline ---------------------------------------------------------------------
+    def _protocol(self) -> Iterator[None]:
+        """The pipeline of one request's session: every stage, in its order.
+
+        The one place to read what the kernel does with a session, and when
+        (compare pytest's ``runtestprotocol``). :meth:`_load` starts it at
+        the first use of ``request.session``: it runs the load and validate
+        stages, then pauses at ``yield`` while the application uses the
+        session. The before-commit hook of the request's transaction
+        (:meth:`_persist`) resumes it for the extend, renew and persist
+        stages. The cookie it decides is sent by :meth:`_respond`, once the
+        commit succeeded. The SQL is :class:`~sessions_kernel.storage.RowStorage`'s.
+        """
+        stages = self._factory.stages
+        # load: the cookie decrypted and authenticated, the row fetched by its primary key
+        self._take(*self._find_row())
+        stages.session_load(session=self)
+        # validate: each plugin may reject a stored row; a rejected row is deleted
+        if self.row is not None:
+            reason = stages.session_validate(session=self)
+            if reason:
+                self._reject(reason)
+            else:
+                self._read_row(self.row)
+
+        yield  # the application uses the session; then its transaction is about to commit
+
+        data, flash = self._settle()
+        row = self.row
+        unstored = False
+        if row is None:
+            if self.dirty:  # a new session that holds something gets its row: no extend
+                row = self._new_row(data, flash)
+                # renew: plugins put their first secrets in the cookie
+                stages.session_renew(session=self)
+                # persist: plugins' columns set, then the INSERT
+                stages.session_persist(session=self, row=row)
+                self._insert_row(row)
+                send = True
+            else:  # nothing to store: no row, at most a cookie-only session
+                send = unstored = self._cookie_only()
+        else:
+            self._apply_changes(row, data, flash)
+            # extend: plugins decide whether an otherwise unchanged session needs a write
+            stages.session_extend(session=self)
+            # renew: plugins rotate secrets the cookie carries
+            extras = dict(self.cookie_extras)
+            stages.session_renew(session=self)
+            # persist: plugins' columns set, then the changed columns written (or merged)
+            written = False
+            if self.dirty:
+                stages.session_persist(session=self, row=row)
+                written = self._write_row(row, extras)
+            send = self._resend_cookie(written, extras)
+        # the cookie to set or delete; _respond sends it once the transaction committed
+        self._decide_cookie(send, unstored)
+        self._flush()
+
     def _load(self) -> None:
+        """The first use: what the session needs checked, then the pipeline up to the view."""
         factory = self._factory
         request = self.request
         txn = self._txn = self._transaction()
@@ -206,12 +264,29 @@ class Session(MutableMapping[str, Any]):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
         self._reset_state()
-        self._use(*self._find_row())
+        pipeline = self._pipeline = self._protocol()
+        next(pipeline)  # load and validate
 
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         txn.addAfterAbortHook(self._after_abort)
         request.add_response_callback(self._respond)
+
+    def _persist(self) -> None:
+        """The before-commit hook: the pipeline's extend, renew and persist stages (once)."""
+        if self.__dict__.get("_persisted"):  # already written into a shared transaction
+            return
+        self._persisted = True
+        try:
+            next(self._pipeline, None)
+        except BaseException:
+            # A failing before-commit hook stops the commit, but the transaction package
+            # aborts nothing itself, and pyramid_tm aborts only if no exception view
+            # rendered the error. Roll back now so no connection keeps its locks.
+            dbsession = self.__dict__.get("_dbsession")
+            if dbsession is not None:
+                dbsession.rollback()
+            raise
 
     def _reset_state(self) -> None:
         self._loaded = True
@@ -231,42 +306,33 @@ class Session(MutableMapping[str, Any]):
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._peeking = False
 
-    def _use(
+    # -- the load and validate stages ------------------------------------------------------
+    def _take(
         self,
         row: Any,
         token: bytes | None,
         extras: dict[str, bytes],
         unstored: dict[str, bytes] | None,
     ) -> None:
-        """Run the load and validate stages over what the cookie found."""
-        factory = self._factory
-        request = self.request
-
-        hook = factory.stages
+        """What the cookie found becomes the session: its stored row, or a new session."""
         if row is None:
             self._start_new()
             if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
                 self.cookie_extras = unstored
             self._loaded_extras = dict(self.cookie_extras)
-            hook.session_load(session=self)
         else:
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
             self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
             self._loaded_extras = dict(extras)
             self._created = None
-            hook.session_load(session=self)
-            reason = hook.session_validate(session=self)
-            if reason:
-                self._drop_row()
-                self.notify(events.SessionRejected(request, row.id, reason))
-                self._start_new()
-                self._loaded_extras = {}
-            else:
-                try:
-                    self._read_row(row)
-                except InconsistentDataError as exc:
-                    self._load_error = exc
-                    raise
+
+    def _reject(self, reason: str) -> None:
+        """A plugin rejected the stored row: delete it, and start a new, empty session."""
+        sid = self.row.id
+        self._drop_row()
+        self.notify(events.SessionRejected(self.request, sid, reason))
+        self._start_new()
+        self._loaded_extras = {}
 
     def _peek(self) -> Peek:
         """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
@@ -281,9 +347,7 @@ class Session(MutableMapping[str, Any]):
         if row is None:
             why = "nothing stored yet" if unstored is not None else "no stored session"
             return Peek(reason=why)
-        self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
-        self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
-        self._created = None
+        self._take(row, token, extras, None)
         factory.stages.session_load(session=self)
         reason = factory.stages.session_validate(session=self)
         if reason:
@@ -386,8 +450,18 @@ class Session(MutableMapping[str, Any]):
         return self._factory.storage.fetch(self._dbsession, sid, locked=locked)
 
     def _read_row(self, row: Any) -> None:
-        ser = self._factory.data_serializer
+        """The stored data and flash, checked; an inconsistent row is an error every later
+        use of the session repeats (InconsistentDataError)."""
+        try:
+            self._data, self._flash = self._decode(row)
+        except InconsistentDataError as exc:
+            self._load_error = exc
+            raise
         self._orig_data, self._orig_flash = row.data, row.flash
+        self._data_touched = False  # see _touched_by
+
+    def _decode(self, row: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        ser = self._factory.data_serializer
         try:
             data = ser.loads(row.data)
         except Exception as exc:
@@ -404,8 +478,7 @@ class Session(MutableMapping[str, Any]):
                 raise self._inconsistent(row, "flash", "does not map queues to lists")
         if not isinstance(row.created, int):
             raise self._inconsistent(row, "created", f"holds {row.created!r}, not seconds")
-        self._data, self._flash = data, flash
-        self._data_touched = False  # see _touched_by
+        return data, flash
 
     @staticmethod
     def _inconsistent(row: Any, column: str, problem: str) -> InconsistentDataError:
@@ -461,36 +534,18 @@ class Session(MutableMapping[str, Any]):
         if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
             registry.notify(event)
 
-    # -- the extend, renew and persist stages (before commit) ----------------------
-    def _persist(self) -> None:
-        """The before-commit hook: run the extend, renew and persist stages (once)."""
-        if self.__dict__.get("_persisted"):  # already written into a shared transaction
-            return
-        self._persisted = True
-        try:
-            self._persist_stages()
-        except BaseException:
-            # A failing before-commit hook stops the commit, but the transaction package
-            # aborts nothing itself, and pyramid_tm aborts only if no exception view
-            # rendered the error. Roll back now so no connection keeps its locks.
-            dbsession = self.__dict__.get("_dbsession")
-            if dbsession is not None:
-                dbsession.rollback()
-            raise
-
-    def _persist_stages(self) -> None:
+    # -- the extend, renew and persist stages (before commit) ------------------------------
+    def _settle(self) -> tuple[bytes | None, bytes | None]:
+        """The data and flash as they are to be stored: serialized (only if they may have
+        changed) and within ``max_data_size``; unsaved settings edits dropped first."""
         # Unsaved settings edits end with the request; dropping them first means every
-        # hook below reads the settings in force through ``session.settings``.
+        # hook that follows reads the settings in force through ``session.settings``.
         settings = self.__dict__.get("_settings")
         if settings is not None:
             settings.discard()
-        factory = self._factory
-        hook = factory.stages
-        ser = factory.data_serializer
-        row = self.row
-        write = unstored = False
+        ser = self._factory.data_serializer
         # a new session that stores nothing (an anonymous visitor) serializes nothing
-        touched = self._data_touched and (row is not None or self.dirty)
+        touched = self._data_touched and (self.row is not None or self.dirty)
         try:
             data = ser.dumps(self._data) if touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
@@ -502,52 +557,61 @@ class Session(MutableMapping[str, Any]):
             ) from exc
         if data != self._orig_data or flash != self._orig_flash:
             self._check_size(data, flash)
-        if row is None:
-            if self.dirty:
-                row = self.row = factory.model(
-                    id=self.session_id,
-                    created=self._created,
-                    updated=self.now,
-                    data=data,
-                    flash=flash,
-                )
-                for name, value in (*self._settings_values.items(), *self._columns.items()):
-                    setattr(row, name, value)
-                hook.session_renew(session=self)
-                hook.session_persist(session=self, row=row)
-                self.notify(events.SessionCreated(self.request, row.id))
-                factory.storage.insert(self._dbsession, row)
-                write = True
-            elif self.cookie_extras != self._loaded_extras:
-                # Nothing to store, but a plugin keeps something in the cookie (a CSRF
-                # token for a form): a cookie-only session, no row. Its first store
-                # gets a new token, so a planted cookie-only session fixes no id.
-                if self.cookie_extras:
-                    write = unstored = True
-                else:
-                    self._delete_cookie = self._delete_cookie or factory.default_cookie_attributes
-        else:
-            # ``updated`` records the last change of what the kernel owns (data, flash,
-            # settings, id); a plugin's own write (an idle extension) sets only its columns.
-            changed = self._force or self._regenerated or bool(self._settings_values)
-            if data != self._orig_data:
-                row.data = data
-                changed = True
-            if flash != self._orig_flash:
-                row.flash = flash
-                changed = True
-            if changed:
-                row.updated = self.now
-            hook.session_extend(session=self)
-            extras = dict(self.cookie_extras)
-            hook.session_renew(session=self)
-            written = False
-            if self.dirty:
-                hook.session_persist(session=self, row=row)
-                written = self._write_row(row, extras)
-            write = self._resend_cookie(written, extras)
+        return data, flash
+
+    def _new_row(self, data: bytes | None, flash: bytes | None) -> Any:
+        """A new session's row, with the settings and plugin columns of this request."""
+        row = self.row = self._factory.model(
+            id=self.session_id,
+            created=self._created,
+            updated=self.now,
+            data=data,
+            flash=flash,
+        )
+        for name, value in (*self._settings_values.items(), *self._columns.items()):
+            setattr(row, name, value)
+        return row
+
+    def _insert_row(self, row: Any) -> None:
+        self.notify(events.SessionCreated(self.request, row.id))
+        self._factory.storage.insert(self._dbsession, row)
+
+    def _cookie_only(self) -> bool:
+        """A session with nothing to store: whether a cookie-only session is to be sent.
+
+        A plugin may keep something in the cookie (a CSRF token for a form)
+        with no row. Its first store gets a new token, so a planted
+        cookie-only session fixes no id. When the extras were emptied, the
+        browser's cookie is deleted.
+        """
+        if self.cookie_extras == self._loaded_extras:
+            return False
+        if self.cookie_extras:
+            return True
+        self._delete_cookie = self._delete_cookie or self._factory.default_cookie_attributes
+        return False
+
+    def _apply_changes(self, row: Any, data: bytes | None, flash: bytes | None) -> None:
+        """Assign a stored row what this request changed of the data and flash.
+
+        ``updated`` records the last change of what the kernel owns (data,
+        flash, settings, id); a plugin's own write (an idle extension) sets
+        only its columns.
+        """
+        changed = self._force or self._regenerated or bool(self._settings_values)
+        if data != self._orig_data:
+            row.data = data
+            changed = True
+        if flash != self._orig_flash:
+            row.flash = flash
+            changed = True
+        if changed:
+            row.updated = self.now
+
+    def _decide_cookie(self, send: bool, unstored: bool) -> None:
+        """The cookie to set (``send``), or the browser's to delete, once committed."""
         old = self._delete_cookie
-        if write:
+        if send:
             value = self._cookie_value(unstored=unstored)
             attrs = self._cookie_attributes()
             if old is None and self._settings_loaded:  # this request changed stored settings
@@ -559,9 +623,11 @@ class Session(MutableMapping[str, Any]):
             self._cookies.append(("set", value, attrs))
         elif old is not None:
             self._cookies.append(("delete", "", old))
+
+    def _flush(self) -> None:
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
         if dbsession is not None:
-            factory.storage.flush(dbsession, row)
+            self._factory.storage.flush(dbsession, self.row)
 
     def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
         """Whether a stored session's cookie must be sent again, its row written or not.
