@@ -118,8 +118,10 @@ class Stages:
     __slots__ = (
         "session_cookie_attributes",
         "session_extend",
+        "session_invalidated",
         "session_load",
         "session_persist",
+        "session_regenerated",
         "session_renew",
         "session_validate",
     )

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionError
+from .hookspecs import INVALIDATED
 from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
 from .stash import Stash
@@ -328,11 +329,12 @@ class Session(MutableMapping[str, Any]):
 
     def _reject(self, reason: str) -> None:
         """A plugin rejected the stored row: delete it, and start a new, empty session."""
-        sid = self.row.id
+        old_row = self.row
         self._drop_row()
-        self.notify(events.SessionRejected(self.request, sid, reason))
+        self.notify(events.SessionRejected(self.request, old_row.id, reason))
         self._start_new()
         self._loaded_extras = {}
+        self._factory.stages.session_invalidated(session=self, reason=reason, old_row=old_row)
 
     def _peek(self) -> Peek:
         """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
@@ -943,14 +945,19 @@ class Session(MutableMapping[str, Any]):
         the response deletes the cookie (see :meth:`execute_logout`). No copy
         of the cookie works afterwards, not even one whose id a concurrent
         request regenerated meanwhile.
+
+        The plugins' ``session_invalidated`` hook is called once the new
+        session began, with the reason ``"invalidated"`` and the deleted row.
         """
+        old_row = None
         if self.row is not None and not self.new:
-            sid = self.row.id
+            old_row = self.row
             self._drop_row()
             self._held_cookies = [("delete", "", self._delete_cookie)]
-            self.notify(events.SessionInvalidated(self.request, sid))
+            self.notify(events.SessionInvalidated(self.request, old_row.id))
         self._start_new()
         self._force = self._regenerated = False
+        self._factory.stages.session_invalidated(session=self, reason=INVALIDATED, old_row=old_row)
 
     def regenerate_id(self, *, hold: bool = False) -> None:
         """Give the session a new id and cookie, keeping its data; the old id stops working.
@@ -967,20 +974,27 @@ class Session(MutableMapping[str, Any]):
         id is written at once and holds like :meth:`execute_logout`: if the
         request then fails, the old id is gone all the same and the response
         sends the new cookie.
+
+        The plugins' ``session_regenerated`` hook is called with the old and
+        the new id, also on a session that has no row yet.
         """
-        old = self.row.id if self.row is not None and not self.new else None
+        stored = self.row is not None and not self.new
+        # a session without a row: the id it would have been stored under
+        old = self.row.id if stored else self.session_id
         self._token = os.urandom(TOKEN_BYTES)
         self._regenerated = True
-        if old is None:
-            return
-        self._lineage = self._lineage or old[:LINEAGE_CHARS]
-        new = self.row.id = row_id(self._token, self._lineage)
-        if hold:
-            storage = self._factory.storage
-            storage.rekey(self._dbsession, self.row, new, self.now, self.execute_logout)
-            attrs = self._cookie_attributes(as_loaded=True)
-            self._held_cookies = [("set", self._cookie_value(), attrs)]
-        self.notify(events.SessionRegenerated(self.request, old, new))
+        if stored:
+            self._lineage = self._lineage or old[:LINEAGE_CHARS]
+            new = self.row.id = row_id(self._token, self._lineage)
+            if hold:
+                storage = self._factory.storage
+                storage.rekey(self._dbsession, self.row, new, self.now, self.execute_logout)
+                attrs = self._cookie_attributes(as_loaded=True)
+                self._held_cookies = [("set", self._cookie_value(), attrs)]
+            self.notify(events.SessionRegenerated(self.request, old, new))
+        else:
+            new = self.session_id
+        self._factory.stages.session_regenerated(session=self, old_id=old, new_id=new)
 
     @property
     def session_id(self) -> str:
