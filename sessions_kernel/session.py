@@ -446,10 +446,12 @@ class Session(MutableMapping[str, Any]):
         return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
-        """The row by its primary key; locked until commit on a retried attempt (see
-        :meth:`RowStorage.fetch <sessions_kernel.storage.RowStorage.fetch>`)."""
-        locked = not self._peeking and bool(self.request.environ.get("retry.attempt"))
-        return self._factory.storage.fetch(self._dbsession, sid, locked=locked)
+        """The row by its primary key; locked until commit on a retried attempt or while
+        contended, never for a peek (see :meth:`RowStorage.fetch
+        <sessions_kernel.storage.RowStorage.fetch>`)."""
+        retried = bool(self.request.environ.get("retry.attempt"))
+        storage = self._factory.storage
+        return storage.fetch(self._dbsession, sid, retried=retried, peek=self._peeking)
 
     def _read_row(self, row: Any) -> None:
         """The stored data and flash, checked; an inconsistent row is an error every later

@@ -6,7 +6,8 @@ set of changed columns, the plugins' merge rules) is resolved once. Its
 methods take the request's SQLAlchemy session; they know nothing of the
 request, the cookie or events, which stay with :class:`~sessions_kernel.Session`.
 
-* :meth:`~RowStorage.fetch`: the row by its primary key (locked on a retried attempt);
+* :meth:`~RowStorage.fetch`: the row by its primary key (locked on a retried attempt,
+  and for a while after a lost conflict: :meth:`~RowStorage.mark_contended`);
 * :meth:`~RowStorage.insert`: a new session's row, one Core ``INSERT``;
 * :meth:`~RowStorage.update`: the changed columns, if nobody wrote the row since
   it was read, else merged with the other write (:meth:`~RowStorage.merge`);
@@ -16,6 +17,7 @@ request, the cookie or events, which stay with :class:`~sessions_kernel.Session`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -27,10 +29,12 @@ from zope.sqlalchemy import mark_changed
 from .errors import ConfigurationError, SessionConflictError
 from .merge import MergeConflict, MergeRule, merge_mappings
 
-__all__ = ["DROPPED", "LINEAGE_CHARS", "WRITTEN", "RowStorage", "WriteOutcome"]
+__all__ = ["DROPPED", "LINEAGE_CHARS", "MAX_CONTENDED", "WRITTEN", "RowStorage", "WriteOutcome"]
 
 #: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
 LINEAGE_CHARS = 24
+#: How many contended rows a factory remembers at most (see RowStorage.mark_contended).
+MAX_CONTENDED = 4096
 # Where a pooled connection remembers its isolation level (see refuses_concurrent_updates).
 _ISOLATION_KEY = "sessions_kernel.isolation_level"
 
@@ -72,6 +76,9 @@ class RowStorage:
         model: type,
         data_serializer: Any,
         merge_rules: Mapping[str, tuple[tuple[str, ...], MergeRule]],
+        *,
+        clock: Callable[[], float],
+        lock_contended_for: int = 0,
     ) -> None:
         mapper = sa.inspect(model)
         if mapper.version_id_col is None:
@@ -107,26 +114,66 @@ class RowStorage:
         )
         # the UPDATE statements, per tuple of changed columns (versioned_update)
         self._updates: dict[tuple[str, ...], Any] = {}
+        self.clock = clock
+        #: seconds a row that lost a conflict loads locked (see mark_contended)
+        self.lock_contended_for = lock_contended_for
+        # row id -> until when its requests load it locked (see mark_contended)
+        self._contended: dict[str, float] = {}
+        self._contended_lock = threading.Lock()
 
     # -- reading ----------------------------------------------------------------------
-    def fetch(self, dbsession: Any, sid: str, *, locked: bool = False) -> Any:
-        """The row by its primary key, ``None`` if there is none; ``locked`` until commit.
+    def fetch(self, dbsession: Any, sid: str, *, retried: bool = False, peek: bool = False) -> Any:
+        """The row by its key (``None`` if there is none); locked on a retry or when contended.
 
         pyramid_retry runs a request again when it lost to a concurrent one
         (both changed one key). Loading the row locked (``SELECT … FOR
         UPDATE``; on SQLite, which locks the whole database instead, by
         taking its write lock first) means no other request can write the
-        row before this attempt commits, so it cannot lose again. The caller
-        asks for the lock on a retried attempt only; the first attempt, the
-        common path, reads without one.
+        row before this attempt commits, so it cannot lose again: a
+        ``retried`` attempt loads locked. For a while after such a loss
+        (``lock_contended_for``, :meth:`mark_contended`), every request of
+        the row loads it locked, so that its writers queue instead of
+        losing in turn. Otherwise, the common path, and always for a
+        ``peek``, the row is read without a lock.
         """
         model = self.model
-        if not locked:
+        if peek or not (retried or self.is_contended(sid)):
             return dbsession.get(model, sid)
         if dbsession.get_bind(model).dialect.name == "sqlite":
             keep = sa.update(self.table).where(self.pk_column == sid)
             self.execute(dbsession, keep.values({self.version_column: self.version_column}))
         return dbsession.get(model, sid, with_for_update=True, populate_existing=True)
+
+    def mark_contended(self, row_id: str) -> None:
+        """Have every request of this process load the row locked for a while.
+
+        Called when a request lost to a concurrent one and has to run again.
+        For ``lock_contended_for`` seconds, the row's loads take its lock
+        (``SELECT … FOR UPDATE``), so its writers queue instead of each
+        running, losing and running again: under contention that is fewer
+        attempts, and more requests per second. The memory is this
+        process's own, and bounded: the oldest rows are forgotten first.
+        """
+        if not self.lock_contended_for:
+            return
+        with self._contended_lock:
+            contended = self._contended
+            contended.pop(row_id, None)
+            contended[row_id] = self.clock() + self.lock_contended_for
+            while len(contended) > MAX_CONTENDED:
+                del contended[next(iter(contended))]
+
+    def is_contended(self, row_id: str) -> bool:
+        """Whether the row is to load locked (:meth:`mark_contended`)."""
+        until = self._contended.get(row_id)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        with self._contended_lock:
+            if self._contended.get(row_id) == until:
+                del self._contended[row_id]
+        return False
 
     # -- writing ----------------------------------------------------------------------
     def insert(self, dbsession: Any, row: Any) -> None:
@@ -315,6 +362,7 @@ class RowStorage:
                 conflicts.append(key)
         version = fresh[self.version_column]
         if conflicts:
+            self.mark_contended(stored_id)
             why = f" ({'; '.join(reasons)})" if reasons else ""
             raise SessionConflictError(
                 f"session {stored_id[:12]}…: this request and a concurrent one both changed "
@@ -323,6 +371,7 @@ class RowStorage:
                 "again on the newer session; nothing was overwritten."
             )
         if not self._update(dbsession, stored_id, version, values):
+            self.mark_contended(stored_id)
             raise SessionConflictError(
                 f"session {stored_id[:12]}… changed again while its changes were merged; "
                 "retry the request (pyramid_retry does it for you)"
