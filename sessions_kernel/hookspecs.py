@@ -74,7 +74,11 @@ if TYPE_CHECKING:
 
 PROJECT = "sessions_kernel"
 
+#: Mark the specifications of hooks a plugin offers other plugins (see :func:`session_addhooks`).
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. The kernel's own
+#: :mod:`~sessions_kernel.builtin` plugin uses this marker too; there is no other.
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # -- configuration ------------------------------------------------------------

@@ -135,7 +135,8 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
     try:
         catalog.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigurationError(f"session plugin {exc.plugin!r}: {exc}") from exc
+        info = next(i for i in infos.values() if i.plugin is exc.plugin)
+        raise ConfigurationError(_unknown_hook_message(catalog, info)) from exc
 
     by_plugin = {id(info.plugin): info for info in infos.values() if info.plugin is not None}
     for impl in catalog.hook.session_mixins.get_hookimpls():
@@ -146,6 +147,28 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
             dataclasses.replace(s, plugin=info.name) for s in impl.function() or ()
         )
     return list(infos.values())
+
+
+def _unknown_hook_message(pm: pluggy.PluginManager, info: PluginInfo) -> str:
+    """What ``check_pending()`` found: the plugin, its hooks no specification names, the closest."""
+    known = [name for name, caller in vars(pm.hook).items() if caller.has_spec()]
+    unknown = [
+        caller.name
+        for caller in pm.get_hookcallers(info.plugin) or ()
+        if not caller.has_spec()
+        and any(i.plugin is info.plugin and not i.optionalhook for i in caller.get_hookimpls())
+    ]
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "no hook has a name close to it"
+        problems.append(f"{name} ({hint})")
+    return (
+        f"session plugin {info.label!r} implements {', '.join(problems)}, but no installed "
+        "plugin specifies such a hook. Rename the function after a hook of the reference "
+        "(docs: Hook reference), or mark it @hookimpl(optionalhook=True) if it implements "
+        "a hook that another plugin may offer."
+    )
 
 
 def active_manager(model: type) -> pluggy.PluginManager:
