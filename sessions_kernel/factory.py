@@ -68,65 +68,37 @@ def _no_implementation(**kwargs: Any) -> None:
     return None
 
 
-def _direct_caller(caller: Any) -> Any:
-    """A plain function calling the hook's implementations as pluggy would, minus its dispatch.
+def _stage(name: str) -> property:
+    def caller(self: RequestHooks) -> Any:
+        hook_caller = getattr(self._hook, name)
+        return hook_caller if hook_caller.get_hookimpls() else _no_implementation
 
-    The set of plugins is fixed when the factory is built, so the order and
-    the arguments each implementation asks for can be resolved once. pluggy
-    calls the implementations last-registered first, passing each only the
-    arguments it names, and for a ``firstresult`` hook stops at the first
-    answer that is not ``None``; so does this. A hook with a wrapper
-    implementation keeps pluggy's own caller.
-    """
-    impls = caller.get_hookimpls()
-    if not impls:
-        return _no_implementation
-    if any(impl.hookwrapper or impl.wrapper for impl in impls):
-        return caller
-    calls = tuple((impl.function, impl.argnames) for impl in reversed(impls))
-    if caller.spec is not None and caller.spec.opts.get("firstresult"):
-
-        def first_result(**kwargs: Any) -> Any:
-            for function, names in calls:
-                result = function(*[kwargs[name] for name in names])
-                if result is not None:
-                    return result
-            return None
-
-        return first_result
-
-    def all_results(**kwargs: Any) -> list[Any]:
-        results = []
-        for function, names in calls:
-            result = function(*[kwargs[name] for name in names])
-            if result is not None:
-                results.append(result)
-        return results
-
-    return all_results
+    return property(caller, doc=f"``{name}``: pluggy's caller, or a no-op while unimplemented")
 
 
-class Stages:
-    """The per-request hooks of one factory, as the session calls them.
+class RequestHooks:
+    """The factory's hook relay as the request path calls it: ``factory.stages.session_load(...)``.
 
-    The set of plugins is fixed when the factory is built, so each stage is
-    resolved once: a no-op when no active plugin implements it, else a direct
-    call of the implementations in pluggy's order (see :func:`_direct_caller`).
-    On a request's path that saves pluggy's dispatch on every hook call.
+    Each attribute is pluggy's own :class:`~pluggy.HookCaller` of that hook
+    (so hook call monitoring, tracing, blocked plugins and ``HookCallError``
+    apply), except while no plugin implements the hook: then it is a no-op
+    and pluggy's dispatch is skipped. Which it is is decided at each access,
+    from the hook's current implementations, so a plugin registered later on
+    the factory's plugin manager (or blocked there) takes part (or stops) from
+    the next call on.
     """
 
-    __slots__ = (
-        "session_cookie_attributes",
-        "session_extend",
-        "session_load",
-        "session_persist",
-        "session_renew",
-        "session_validate",
-    )
+    __slots__ = ("_hook",)
 
     def __init__(self, hook: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, _direct_caller(getattr(hook, name)))
+        self._hook = hook
+
+    session_load = _stage("session_load")
+    session_validate = _stage("session_validate")
+    session_extend = _stage("session_extend")
+    session_renew = _stage("session_renew")
+    session_persist = _stage("session_persist")
+    session_cookie_attributes = _stage("session_cookie_attributes")
 
 
 class SessionFactory:
@@ -141,8 +113,8 @@ class SessionFactory:
         values = config.values
         self.model = config.model
         self.hook = config.hook
-        #: the per-request hooks, no-ops where no plugin implements them
-        self.stages = Stages(config.hook)
+        #: the per-request hooks: pluggy's callers, no-ops while no plugin implements them
+        self.stages = RequestHooks(config.hook)
         self.clock = values["clock"]
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
@@ -174,15 +146,7 @@ class SessionFactory:
             "httponly": values["cookie_httponly"],
             "samesite": values["cookie_samesite"],
         }
-        #: the cookie's attributes when nothing per session can change them (no
-        #: runtime-configurable cookie setting, no ``session_cookie_attributes``
-        #: implementation): resolved here once instead of on every response
-        self.static_cookie_attributes = (
-            self.default_cookie_attributes
-            if not (config.configurable & COOKIE_SETTINGS)
-            and self.stages.session_cookie_attributes is _no_implementation
-            else None
-        )
+        self._cookie_settings_configurable = bool(config.configurable & COOKIE_SETTINGS)
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
         # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
@@ -221,6 +185,21 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    @property
+    def static_cookie_attributes(self) -> Mapping[str, Any] | None:
+        """The cookie's attributes when nothing per session can change them, else ``None``.
+
+        That is, with no runtime-configurable cookie setting and no
+        ``session_cookie_attributes`` implementation (a plugin registered
+        later may bring one): the settings' attributes, resolved once instead
+        of on every response.
+        """
+        if self._cookie_settings_configurable or self.stages.session_cookie_attributes is not (
+            _no_implementation
+        ):
+            return None
+        return self.default_cookie_attributes
 
     def versioned_update(
         self, stored_id: str, version: int, values: Mapping[str, Any]
