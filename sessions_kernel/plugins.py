@@ -6,7 +6,9 @@ from the entry-point group ``sessions_kernel.plugins``. Each factory gets a
 activates, so two factories in one process never see each other's plugins.
 
 Set ``SESSIONS_KERNEL_LOAD_PLUGINS`` to a comma-separated list of entry-point
-names to load only those (an empty value loads none) while debugging.
+names to load only those (an empty value loads none) while debugging, and
+``SESSIONS_TRACE_HOOKS=1`` to have every plugin manager the kernel builds write
+each hook call to stderr (pluggy's tracer).
 """
 
 from __future__ import annotations
@@ -16,22 +18,25 @@ import difflib
 import importlib.metadata
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 import sqlalchemy as sa
+from pyramid.settings import asbool
 from sqlalchemy.orm import Mapper
 
 from . import builtin, hookspecs
 from .errors import ConfigurationError
 from .model import BaseMixin
-from .settings import Setting
+from .settings import HIDDEN, Setting
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LOAD_PLUGINS_ENV",
+    "TRACE_HOOKS_ENV",
     "FactoryConfig",
     "PluginInfo",
     "active_manager",
@@ -40,6 +45,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "sessions_kernel.plugins"
 LOAD_PLUGINS_ENV = "SESSIONS_KERNEL_LOAD_PLUGINS"
+TRACE_HOOKS_ENV = "SESSIONS_TRACE_HOOKS"
+#: Settings whose values are never shown (traces, introspection, ``psessions plugins``)
+#: besides those declared ``secret``: the cookie's serializer holds the keys.
+ALWAYS_HIDDEN = frozenset({"serializer"})
 
 
 @dataclass
@@ -75,17 +84,68 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(eps, key=lambda ep: ep.name)
 
 
-def _spec_manager() -> pluggy.PluginManager:
+def _spec_manager(hidden: frozenset[str] = ALWAYS_HIDDEN) -> pluggy.PluginManager:
     """A plugin manager with the kernel's hook specifications.
 
     ``session_addhooks`` is historic: each plugin registered later is called
     at its registration, so plugins add specifications of their own before
-    ``check_pending()`` looks for implementations that have none.
+    ``check_pending()`` looks for implementations that have none. With
+    ``SESSIONS_TRACE_HOOKS`` set, its hook calls are traced (``hidden``: the
+    settings whose values the trace leaves out).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
+    if asbool(os.environ.get(TRACE_HOOKS_ENV)):
+        _trace_hooks(pm, hidden)
     pm.add_hookspecs(hookspecs)
     pm.hook.session_addhooks.call_historic(kwargs={"pluginmanager": pm})
     return pm
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+
+
+def _trace_hooks(pm: pluggy.PluginManager, hidden: frozenset[str]) -> None:
+    """Write each hook call of ``pm`` to stderr with pluggy's tracer, as ``enable_tracing`` does.
+
+    Each call shows the plugins it runs (in pluggy's order) and its arguments,
+    a settings mapping with its secret values hidden; then its answer, or the
+    exception it raised.
+    """
+    pm.trace.root.setwriter(_write_stderr)
+    trace = pm.trace.root.get("hook")
+
+    def before(name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        trace.root.indent += 1
+        plugins = ", ".join(impl.plugin_name for impl in reversed(impls))
+        shown = {key: _redacted(value, hidden) for key, value in kwargs.items()}
+        trace(name, f"({plugins or 'no plugin'})", shown)
+
+    def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        if outcome.exception is None:
+            trace("finish", name, "-->", outcome.get_result())
+        else:
+            trace("raised", name, "-->", repr(outcome.exception))
+        trace.root.indent -= 1
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def _redacted(value: Any, hidden: frozenset[str]) -> Any:
+    """``value``, or a copy of a settings mapping with the ``hidden`` settings' values hidden.
+
+    An unset one (``None``) is shown as such: that it is unset gives nothing away.
+    """
+    if isinstance(value, dict) and not hidden.isdisjoint(value):  # not a session: no load
+        return {
+            name: HIDDEN if name in hidden and v is not None else v for name, v in value.items()
+        }
+    return value
+
+
+def hidden_settings(infos: Iterable[PluginInfo]) -> frozenset[str]:
+    """The settings of these plugins whose values are never shown: the secret ones."""
+    return ALWAYS_HIDDEN | {s.name for info in infos for s in info.settings if s.secret}
 
 
 def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[PluginInfo]:
@@ -185,8 +245,8 @@ def _active(installed: Iterable[PluginInfo], model: type) -> list[PluginInfo]:
     return [info for info in installed if info.plugin is not None and info.activated_by(model)]
 
 
-def _manager_of(active: Iterable[PluginInfo]) -> pluggy.PluginManager:
-    pm = _spec_manager()
+def _manager_of(active: Sequence[PluginInfo]) -> pluggy.PluginManager:
+    pm = _spec_manager(hidden_settings(active))
     for info in active:
         pm.register(info.plugin, name=info.name)
     return pm
@@ -322,6 +382,10 @@ class FactoryConfig:
     def hook(self) -> Any:
         return self.pm.hook
 
+    def shown_values(self) -> dict[str, Any]:
+        """The settings in force, with the values of secret ones (keys, the serializer) hidden."""
+        return _redacted(dict(self.values), hidden_settings(self.active))
+
     def check(self, values: Mapping[str, Any]) -> list[str]:
         """Run every active plugin's cross-setting rules over ``values``."""
         problems: list[str] = []
@@ -402,7 +466,7 @@ def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]
     # a misspelt secret (session.secret_kye = ...) must not reach the logs either, nor
     # a key under a name of its own (session.aes = <a key>)
     secret = (close and known[close[0]].secret) or _may_be_secret(name, value)
-    shown = "<hidden>" if secret else repr(value)
+    shown = HIDDEN if secret else repr(value)
     return (
         f"session.{name} = {shown}: no installed session plugin has a setting {name!r}."
         f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "
