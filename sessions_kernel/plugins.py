@@ -62,6 +62,8 @@ class PluginInfo:
     mixins: tuple[type, ...] = ()
     settings: tuple[Setting, ...] = ()
     error: str | None = None
+    #: the hooks it implements, the kernel's and those other plugins offer (sorted)
+    hooks: tuple[str, ...] = ()
 
     def activated_by(self, model: type) -> type | None:
         """The mixin through which ``model`` activates this plugin, or ``None``."""
@@ -143,6 +145,11 @@ def _redacted(value: Any, hidden: frozenset[str]) -> Any:
     return value
 
 
+def hook_names(pm: pluggy.PluginManager, plugin: object) -> tuple[str, ...]:
+    """The hooks ``plugin`` implements in ``pm`` (``get_hookcallers``), sorted; none if absent."""
+    return tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+
+
 def hidden_settings(infos: Iterable[PluginInfo]) -> frozenset[str]:
     """The settings of these plugins whose values are never shown: the secret ones."""
     return ALWAYS_HIDDEN | {s.name for info in infos for s in info.settings if s.secret}
@@ -199,6 +206,8 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
         raise ConfigurationError(_unknown_hook_message(catalog, info)) from exc
 
     by_plugin = {id(info.plugin): info for info in infos.values() if info.plugin is not None}
+    for info in by_plugin.values():
+        info.hooks = hook_names(catalog, info.plugin)
     for impl in catalog.hook.session_mixins.get_hookimpls():
         by_plugin[id(impl.plugin)].mixins = tuple(impl.function() or ())
     for impl in catalog.hook.session_settings.get_hookimpls():

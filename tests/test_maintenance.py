@@ -211,6 +211,43 @@ def test_plugin_report_lists_hooks_offered_by_other_plugins():
     assert "session_expiry_policy" in reports["idle_timeout"].hooks
 
 
+SPECNAME_PLUGIN = """\
+from sessions_kernel import hookimpl
+
+
+class SpecnameMixin:
+    pass
+
+
+@hookimpl
+def session_mixins():
+    return [SpecnameMixin]
+
+
+@hookimpl(specname="session_validate")
+def reject_nothing(session):
+    return None
+"""
+
+
+def test_plugin_report_lists_hooks_as_pluggy_registered_them(tmp_path, monkeypatch):
+    (tmp_path / "specname_plugin.py").write_text(SPECNAME_PLUGIN)
+    install_distribution(tmp_path, "sessions-specname", {"specname": "specname_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reports = {r.name: r for r in maintenance.plugin_report()}
+    # the implementation of session_validate is a function of another name
+    assert reports["specname"].hooks == ("session_mixins", "session_validate")
+
+
+def test_plugin_report_lists_the_hooks_that_run_in_the_factory(ttl_app):
+    factory = factory_of(ttl_app)
+    factory.config.pm.set_blocked("ttl")
+    reports = {r.name: r for r in maintenance.plugin_report(factory)}
+    assert reports["ttl"].active and reports["ttl"].hooks == ()
+    assert "session_renew" in reports["sessions_kernel"].hooks
+
+
 def test_plugin_report_lists_a_broken_entry_point(tmp_path, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
     install_distribution(tmp_path, "sessions-broken", {"broken": "broken_plugin"})
