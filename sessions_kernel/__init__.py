@@ -15,6 +15,7 @@ from .factory import (
     SessionInfo,
     factory_args_from_settings,
     includeme,
+    register_factory,
     session_factory,
 )
 from .hookspecs import hookimpl, hookspec
@@ -44,5 +45,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "includeme",
+    "register_factory",
     "session_factory",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "SessionInfo",
     "factory_args_from_settings",
     "includeme",
+    "register_factory",
     "session_factory",
 ]
 
@@ -378,17 +379,31 @@ def factory_args_from_settings(
     return {key[len(prefix) :]: value for key, value in settings.items() if key.startswith(prefix)}
 
 
+def register_factory(config: Configurator, factory: SessionFactory) -> None:
+    """Make ``factory`` the application's session factory, as ``includeme`` does with its own.
+
+    Sets it with ``config.set_session_factory`` and lets its active plugins
+    add their configuration (their ``session_includeme`` hook). For a factory
+    built by hand with :func:`session_factory`, in place of
+    ``config.set_session_factory(factory)``.
+    """
+    config.set_session_factory(factory)
+    factory.hook.session_includeme(config=config, factory=factory)
+
+
 def includeme(config: Configurator) -> None:
     """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
 
     Discovers the installed plugins, keeps those the model activates,
-    validates every setting and registers the factory. Logs which expiry is
-    in force (logger ``sessions_kernel``, INFO). The factory is also
-    stored in ``registry['sessions_kernel.factory']`` for tools.
+    validates every setting and registers the factory
+    (:func:`register_factory`: the active plugins add their configuration).
+    Logs which expiry is in force (logger ``sessions_kernel``, INFO). The
+    factory is also stored in ``registry['sessions_kernel.factory']`` for
+    tools.
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
     log.info("%s", factory.config.expiry)
-    config.set_session_factory(factory)
+    register_factory(config, factory)
     config.registry["sessions_kernel.factory"] = factory
     registry = config.registry
 

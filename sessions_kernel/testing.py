@@ -258,13 +258,14 @@ def make_wsgi_app(
         if retry:
             config.include("pyramid_retry")
         add_dbsession(config, engine)
-        from .factory import factory_args_from_settings, session_factory
+        from .factory import factory_args_from_settings, register_factory, session_factory
 
         args = factory_args_from_settings(config.get_settings())
         args["model_class"] = model
         if clock is not None:
             args["clock"] = clock
-        config.set_session_factory(session_factory(plugins=plugins, **args))
+        # as config.include('sessions_kernel') does: the plugins' session_includeme runs
+        register_factory(config, session_factory(plugins=plugins, **args))
         if test_views:
             add_test_views(config)
         if configure is not None:
