@@ -82,7 +82,7 @@ def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any
     setup_logging(config_uri)
     env = bootstrap(f"{config_uri}#{app_name}" if "#" not in config_uri else config_uri)
     registry, request = env["registry"], env["request"]
-    factory = registry.get("sessions_kernel.factory") or registry.queryUtility(ISessionFactory)
+    factory = registry.queryUtility(ISessionFactory)
     if not isinstance(factory, SessionFactory):
         env["closer"]()
         raise UsageError(

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
+from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
 from .crypto import AESGCMCookieSerializer
@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+#: The category of the factory's introspectable (see :func:`register_factory`).
+INTROSPECTION_CATEGORY = "sessions_kernel"
 #: The kernel's settings that make the cookie's attributes.
 COOKIE_SETTINGS = frozenset(
     {
@@ -382,12 +384,42 @@ def factory_args_from_settings(
 def register_factory(config: Configurator, factory: SessionFactory) -> None:
     """Make ``factory`` the application's session factory, as ``includeme`` does with its own.
 
-    Sets it with ``config.set_session_factory`` and lets its active plugins
-    add their configuration (their ``session_includeme`` hook). For a factory
-    built by hand with :func:`session_factory`, in place of
+    What ``config.set_session_factory(factory)`` does (the same action:
+    ``ISessionFactory``, conflicting and overridden alike), plus an
+    introspectable of category ``sessions_kernel`` (discriminator
+    ``"factory"``) that Pyramid's introspection and the debug toolbar show:
+    the factory, its model, the active plugins with their versions, the
+    settings in force (secret values hidden) and the expiry in force. Then
+    the active plugins add their configuration (``session_includeme``). For a
+    factory built by hand with :func:`session_factory`, in place of
     ``config.set_session_factory(factory)``.
     """
-    config.set_session_factory(factory)
+    model = factory.model
+    pyramids = config.introspectable(
+        "session factory", None, config.object_description(factory), "session factory"
+    )
+    pyramids["factory"] = factory
+    details = config.introspectable(
+        INTROSPECTION_CATEGORY,
+        "factory",
+        f"session factory of {model.__module__}.{model.__qualname__}",
+        "sessions_kernel factory",
+    )
+    details["factory"] = factory
+    details["model"] = model
+    details["plugins"] = [
+        f"{info.name} ({info.distribution} {info.version})" if info.distribution else info.name
+        for info in factory.config.active
+    ]
+    details["settings"] = factory.config.shown_values()
+    details["expiry"] = factory.config.expiry
+    details.relate("session factory", None)
+    registry = config.registry
+
+    def register() -> None:
+        registry.registerUtility(factory, ISessionFactory)
+
+    config.action(ISessionFactory, register, introspectables=(pyramids, details))
     factory.hook.session_includeme(config=config, factory=factory)
 
 
@@ -397,14 +429,13 @@ def includeme(config: Configurator) -> None:
     Discovers the installed plugins, keeps those the model activates,
     validates every setting and registers the factory
     (:func:`register_factory`: the active plugins add their configuration).
-    Logs which expiry is in force (logger ``sessions_kernel``, INFO). The
-    factory is also stored in ``registry['sessions_kernel.factory']`` for
-    tools.
+    Logs which expiry is in force (logger ``sessions_kernel``, INFO). Tools
+    find the factory as Pyramid's ``ISessionFactory`` utility, and its
+    details in the introspector (category ``sessions_kernel``).
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
     log.info("%s", factory.config.expiry)
     register_factory(config, factory)
-    config.registry["sessions_kernel.factory"] = factory
     registry = config.registry
 
     def check_retry() -> None:
