@@ -154,20 +154,12 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
         if r.hooks:
             print(f"    hooks: {', '.join(r.hooks)}", file=out)
         for s in r.settings:
-            value = f" = {s.value!r}" if r.active and not _hidden(s) else ""
+            value = f" = {s.value!r}" if r.active and not s.secret else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
     if factory is not None:
         print(f"expiry: {factory.config.expiry}", file=out)
     return EXIT_OK
-
-
-# never printed (a key file or variable holds the keys themselves once read)
-_SECRET = frozenset({"secret_key", "secret_key_file", "secret_key_env", "serializer"})
-
-
-def _hidden(s: maintenance.SettingReport) -> bool:
-    return s.secret or s.name in _SECRET
 
 
 def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
@@ -185,7 +177,7 @@ def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
             {
                 "name": s.name,
                 "default": s.default,
-                "value": None if _hidden(s) else s.value,
+                "value": None if s.secret else s.value,
                 "runtime": s.runtime,
                 "configurable": s.configurable,
                 "doc": s.doc,

@@ -15,7 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from .factory import SessionFactory
-from .plugins import FactoryConfig, PluginInfo, active_manager, discover, hook_names
+from .plugins import (
+    FactoryConfig,
+    PluginInfo,
+    active_manager,
+    discover,
+    hidden_settings,
+    hook_names,
+)
 
 __all__ = [
     "GCProgress",
@@ -187,7 +194,7 @@ class SettingReport:
     #: the value in force (``None`` too when the plugin is not active, and always for a
     #: secret setting)
     value: Any = None
-    #: a secret (a key, a password): its value is never reported
+    #: a secret (a key, a password, the cookie's serializer): its value is never reported
     secret: bool = False
 
 
@@ -220,6 +227,7 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
     active = info.activated_by(config.model) if config and info.plugin is not None else None
     configurable = config.configurable if config else frozenset()
     values = config.values if config and active else {}
+    hidden = hidden_settings([info])
     return PluginReport(
         name=info.name,
         distribution=info.distribution,
@@ -237,8 +245,8 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
                 doc=s.doc,
                 runtime=s.runtime,
                 configurable=s.name in configurable,
-                value=None if s.secret else values.get(s.name),
-                secret=s.secret,
+                value=None if s.name in hidden else values.get(s.name),
+                secret=s.name in hidden,
             )
             for s in info.settings
         ),

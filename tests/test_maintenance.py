@@ -463,3 +463,16 @@ def test_psessions_indexes_subprocess(ini_app):
     assert "(ttl_expire): missing from the model, absent in the database" in result.stdout
     assert "CREATE INDEX ix_session_ttl_expire ON session (ttl_expire);" in result.stdout
     assert "sessions_kernel.add_indexes(Session)" in result.stdout
+
+
+def test_plugin_report_hides_the_keys_and_the_serializer_that_holds_them():
+    from sessions_kernel import AESGCMCookieSerializer, session_factory
+    from sessions_kernel.crypto import parse_secret_keys
+
+    serializer = AESGCMCookieSerializer(parse_secret_keys(generate_secret_key()))
+    factory = session_factory(model_class=make_model(), serializer=serializer)
+    [kernel] = [r for r in maintenance.plugin_report(factory) if r.name == "sessions_kernel"]
+    shown = {s.name: s for s in kernel.settings}
+    for name in ("secret_key", "secret_key_file", "secret_key_env", "serializer"):
+        assert shown[name].secret and shown[name].value is None, name
+    assert shown["cookie_name"].value == "session" and not shown["cookie_name"].secret
