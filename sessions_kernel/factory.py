@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import pluggy
 import sqlalchemy as sa
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
@@ -93,7 +94,7 @@ class RequestHooks:
 
     __slots__ = ("_hook",)
 
-    def __init__(self, hook: Any) -> None:
+    def __init__(self, hook: pluggy.HookRelay) -> None:
         self._hook = hook
 
     session_load = _stage("session_load")
@@ -195,8 +196,8 @@ class SessionFactory:
 
         That is, with no runtime-configurable cookie setting and no
         ``session_cookie_attributes`` implementation (a plugin registered
-        later may bring one): the settings' attributes, resolved once instead
-        of on every response.
+        later may bring one): the settings' attributes, made once instead of
+        read from the settings on every response.
         """
         if self._cookie_settings_configurable or self.stages.session_cookie_attributes is not (
             _no_implementation

@@ -138,7 +138,8 @@ def _redacted(value: Any, hidden: frozenset[str]) -> Any:
 
     An unset one (``None``) is shown as such: that it is unset gives nothing away.
     """
-    if isinstance(value, dict) and not hidden.isdisjoint(value):  # not a session: no load
+    # a dict only: a session is a mapping too, and reading its keys would load it
+    if isinstance(value, dict) and not hidden.isdisjoint(value):
         return {
             name: HIDDEN if name in hidden and v is not None else v for name, v in value.items()
         }
