@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
 
-from .testing import ApplicationTestApp, Clock, SessionTestApp, make_app
+if TYPE_CHECKING:
+    from .testing import ApplicationTestApp, Clock, SessionTestApp
+
+# sessions_kernel.testing is imported by the fixtures that use it, not here: pytest loads
+# this plugin in every run of an environment that has sessions-kernel, and a run whose
+# tests use none of these fixtures must not need the ``testing`` extra (WebTest, ...).
 
 DATABASES = {
     "postgresql": "SESSIONS_TEST_POSTGRESQL_URL",
@@ -129,6 +134,8 @@ def session_engine(session_db_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def session_clock() -> Clock:
+    from .testing import Clock
+
     return Clock()
 
 
@@ -137,6 +144,8 @@ def session_app(
     session_engine: sa.Engine, session_clock: Clock
 ) -> Iterator[Callable[..., SessionTestApp]]:
     """``session_app(model, **settings)``: a test app for ``model`` on the database under test."""
+    from .testing import make_app
+
     made: list[type] = []
 
     def build(model: type, settings: dict[str, Any] | None = None, **kwargs: Any) -> SessionTestApp:
@@ -158,6 +167,8 @@ def session_application(
     ``main()`` on the database under test, with real commits, ``app.clock`` as
     ``session.clock`` and ``app.count()``; the metadata's tables are created
     first and dropped afterwards."""
+    from .testing import ApplicationTestApp
+
     made: list[ApplicationTestApp] = []
 
     def build(main: Callable[..., Any], settings: dict[str, Any] | None = None, **kwargs: Any):

@@ -32,6 +32,18 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from .crypto import KitKey
 from .model import BaseMixin
 
+#: The extra that installs what the kit needs beyond the kernel's own dependencies.
+_INSTALL_HINT = "pip install 'sessions-kernel[testing]'"
+
+try:  # the ``testing`` extra: the kit drives applications through WebTest, with retries
+    import pyramid_retry  # noqa: F401
+    import webtest  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        f"sessions_kernel.testing needs {exc.name}, which is not installed: {_INSTALL_HINT}",
+        name=exc.name,
+    ) from exc
+
 __all__ = [
     "TEST_SECRET_KEY",
     "ApplicationTestApp",
