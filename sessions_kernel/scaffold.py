@@ -302,12 +302,13 @@ def main(argv: Sequence[str], out: IO[str] | None = None) -> int:
         print(f"psessions new-plugin: {exc}", file=sys.stderr)
         return 2
     print(f"created the plugin {plugin.entry_point} ({plugin.distribution}) in {root}:", file=out)
+    notes = {
+        Path(plugin.package, "__init__.py"): f"{plugin.mixin} (column {plugin.column}), "
+        f"session.{plugin.setting}, session_extend",
+        Path("tests", f"test_{plugin.entry_point}.py"): "tests on the kernel's test kit",
+    }
     for path in written:
-        print(f"    {path.as_posix()}", file=out)
-    print(
-        f"the plugin {plugin.entry_point}: {plugin.mixin} (column {plugin.column}), "
-        f"the setting session.{plugin.setting}, the hook session_extend",
-        file=out,
-    )
+        note = notes.get(path)
+        print(f"    {path.as_posix()}" + (f"\n        {note}" if note else ""), file=out)
     print(f"next:\n    cd {root}\n    pip install -e '.[test]'\n    pytest", file=out)
     return 0

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -299,3 +302,33 @@ def test_a_generated_plugin_builds_and_its_tests_pass(tmp_path):
     for database in servers_of_this_run():
         assert f"{database}: ran (3 tests)" in summary
     assert " failed" not in out and " error" not in out
+
+
+# -- the documentation's first step ------------------------------------------------------------
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """The ``.. code-block::`` directives of an rst text: (language, content)."""
+    blocks = []
+    for match in re.finditer(r"^\.\. code-block:: (\w+)\n\n((?:   .*\n|\n)+)", text, re.M):
+        blocks.append((match.group(1), textwrap.dedent(match.group(2)).strip("\n") + "\n"))
+    return blocks
+
+
+def test_the_first_step_of_writing_plugins_shows_what_the_command_writes(tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "writing-plugins.rst").read_text()
+    step = page.split(".. _new-plugin:", 1)[1].split("\n1. The folder\n", 1)[0]
+    blocks = code_blocks(step)
+    (language, console), *python = blocks
+    assert language == "console" and [lang for lang, _ in python] == ["python", "python"]
+    command, *shown = console.splitlines()
+    assert command.startswith("$ psessions new-plugin ")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = new_plugin(*shlex.split(command)[3:])
+    assert (code, err) == (0, "")
+    assert out.splitlines() == shown
+    generated = "".join(
+        path.read_text() for path in (tmp_path / "sessions-login-alerts").rglob("*.py")
+    )
+    for _, block in python:
+        assert block in generated, block
