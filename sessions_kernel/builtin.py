@@ -265,6 +265,15 @@ SETTINGS = (
         runtime=False,
     ),
     Setting(
+        "lock_contended_for",
+        30,
+        integer(0, 3600),
+        "seconds for which a session whose request had to run again loads locked "
+        "(SELECT … FOR UPDATE) on every request this process serves, so its concurrent "
+        "writers queue instead of running twice; 0: only a retried attempt loads locked",
+        runtime=False,
+    ),
+    Setting(
         "dbsession_name",
         "dbsession",
         text,

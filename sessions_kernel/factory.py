@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 SETTINGS_PREFIX = "session."
+
+#: How many contended rows a factory remembers at most (see SessionFactory.mark_contended).
+MAX_CONTENDED = 4096
 #: The kernel's settings that make the cookie's attributes.
 COOKIE_SETTINGS = frozenset(
     {
@@ -148,6 +152,10 @@ class SessionFactory:
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
         self.max_data_size = values["max_data_size"]
+        self.lock_contended_for = values["lock_contended_for"]
+        # row id -> until when its requests load it locked (see mark_contended)
+        self._contended: dict[str, float] = {}
+        self._contended_lock = threading.Lock()
         if isinstance(self.data_serializer, PickleSerializer):
             log.warning(
                 "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
@@ -218,6 +226,37 @@ class SessionFactory:
         self.droppable_columns = frozenset(
             name for name, (_, rule) in self.merge_rules.items() if getattr(rule, "droppable", 0)
         )
+
+    def mark_contended(self, row_id: str) -> None:
+        """Have every request of this process load the row locked for a while.
+
+        Called when a request lost to a concurrent one and has to run again.
+        For ``lock_contended_for`` seconds, the row's loads take its lock
+        (``SELECT … FOR UPDATE``), so its writers queue instead of each
+        running, losing and running again: under contention that is fewer
+        attempts, and more requests per second. The memory is this
+        process's own, and bounded: the oldest rows are forgotten first.
+        """
+        if not self.lock_contended_for:
+            return
+        with self._contended_lock:
+            contended = self._contended
+            contended.pop(row_id, None)
+            contended[row_id] = self.clock() + self.lock_contended_for
+            while len(contended) > MAX_CONTENDED:
+                del contended[next(iter(contended))]
+
+    def is_contended(self, row_id: str) -> bool:
+        """Whether the row is to load locked (:meth:`mark_contended`)."""
+        until = self._contended.get(row_id)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        with self._contended_lock:
+            if self._contended.get(row_id) == until:
+                del self._contended[row_id]
+        return False
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)

@@ -363,18 +363,23 @@ class Session(MutableMapping[str, Any]):
         return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
-        """The row by its primary key; on a retried attempt, locked until commit.
+        """The row by its primary key; locked until commit on a retry or when contended.
 
         pyramid_retry runs a request again when it lost to a concurrent one
         (both changed one key). Loading the row locked (``SELECT … FOR
         UPDATE``; on SQLite, which locks the whole database instead, by
         taking its write lock first) means no other request can write the
-        row before this attempt commits, so it cannot lose again. The first
-        attempt, the common path, reads without a lock.
+        row before this attempt commits, so it cannot lose again. For a
+        while after such a loss (``lock_contended_for``), every request of
+        the row loads it locked, so that its writers queue instead of
+        losing in turn. Otherwise, the common path, the row is read without
+        a lock.
         """
         factory = self._factory
         dbsession = self._dbsession
-        if self._peeking or not self.request.environ.get("retry.attempt"):
+        if self._peeking or not (
+            self.request.environ.get("retry.attempt") or factory.is_contended(sid)
+        ):
             return dbsession.get(factory.model, sid)
         if dbsession.get_bind(factory.model).dialect.name == "sqlite":
             keep = sa.update(factory.table).where(factory.pk_column == sid)
@@ -816,6 +821,7 @@ class Session(MutableMapping[str, Any]):
                 conflicts.append(key)
         version = fresh[factory.version_column]
         if conflicts:
+            factory.mark_contended(stored_id)
             why = f" ({'; '.join(reasons)})" if reasons else ""
             raise SessionConflictError(
                 f"session {stored_id[:12]}…: this request and a concurrent one both changed "
@@ -824,6 +830,7 @@ class Session(MutableMapping[str, Any]):
                 "again on the newer session; nothing was overwritten."
             )
         if not self._update(stored_id, version, values):
+            factory.mark_contended(stored_id)
             raise SessionConflictError(
                 f"session {stored_id[:12]}… changed again while its changes were merged; "
                 "retry the request (pyramid_retry does it for you)"

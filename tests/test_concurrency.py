@@ -340,6 +340,67 @@ def test_a_third_party_merge_rule_merges_its_columns(engine):
         app.model.metadata.drop_all(engine)
 
 
+# where a lost request merges or runs again (PostgreSQL's REPEATABLE READ and SERIALIZABLE
+# refuse the write itself, before a row lock taken at load could help)
+MERGING_LEVELS = [
+    ("sqlite", None),
+    ("postgresql", "READ COMMITTED"),
+    ("mariadb", "REPEATABLE READ"),
+    ("mariadb", "READ COMMITTED"),
+]
+
+
+def _loads_locked(sql) -> bool:
+    """Whether the statements of one request loaded the session row locked."""
+    return any("FOR UPDATE" in statement for statement in sql.statements) or (
+        sql.kinds()[:2] == ["UPDATE", "SELECT"]  # SQLite: the write lock first
+    )
+
+
+@pytest.mark.parametrize(
+    "engine", MERGING_LEVELS, indirect=True, ids=lambda p: f"{p[0]}-{p[1] or 'default'}"
+)
+def test_a_contended_session_loads_locked_for_a_while(engine):
+    """After a lost conflict, the row's writers queue on its lock instead of losing in turn."""
+    app = build(engine, attempts=3)
+    try:
+        app.post_json("/set", {"n": 0})
+        with app.count() as sql:
+            app.get("/incr/n")
+        assert not _loads_locked(sql)  # no contention yet: the common path
+        slow, _ = run_paused(app, {"incr": ["n"]}, lambda: app.get("/incr/n"))
+        assert slow.status_int == 200
+        assert app.recorder.counts["NewRequest"] == 5  # the paused request ran twice
+        with app.count() as sql:
+            app.get("/incr/n")
+        assert _loads_locked(sql)  # a first attempt, loaded locked: the row is contended
+        assert data(app) == {"n": 4}
+        app.clock.advance(31)  # lock_contended_for (30 s) later: back to the common path
+        with app.count() as sql:
+            app.get("/incr/n")
+        assert not _loads_locked(sql)
+        assert sql.kinds() == ["SELECT", "UPDATE"]
+    finally:
+        app.model.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize(
+    "engine", MERGING_LEVELS, indirect=True, ids=lambda p: f"{p[0]}-{p[1] or 'default'}"
+)
+def test_lock_contended_for_0_locks_only_the_retry(engine):
+    app = build(engine, attempts=3, settings={"session.lock_contended_for": "0"})
+    try:
+        app.post_json("/set", {"n": 0})
+        slow, _ = run_paused(app, {"incr": ["n"]}, lambda: app.get("/incr/n"))
+        assert slow.status_int == 200
+        with app.count() as sql:
+            app.get("/incr/n")
+        assert not _loads_locked(sql)
+        assert data(app) == {"n": 3}
+    finally:
+        app.model.metadata.drop_all(engine)
+
+
 def test_a_locked_retry_cannot_be_overtaken(engine):
     """The retried attempt holds the row from its load: a concurrent write waits for it."""
     attempts = []
@@ -367,7 +428,9 @@ def test_a_locked_retry_cannot_be_overtaken(engine):
         config.add_route("fast", "/fast")
         config.add_view(fast, route_name="fast", renderer="json")
 
-    app = build(engine, attempts=3, configure=configure)
+    # lock_contended_for = 0: fast2 must get as far as its write (not wait at its load)
+    settings = {"session.lock_contended_for": "0"}
+    app = build(engine, attempts=3, configure=configure, settings=settings)
     try:
         app.post_json("/set", {"n": 0})
         cookie = app.cookies["session"]
