@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
+from .plugins import ENTRY_POINT_GROUP
+
 __all__ = ["PluginName", "generate", "main", "plugin_name"]
 
 #: The longest name (its underscored form), so that every generated line, column and
@@ -45,7 +47,6 @@ FILES = (
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*\Z")
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
-_ENTRY_POINT_GROUP = "sessions_kernel.plugins"
 
 
 class NewPluginError(Exception):
@@ -123,7 +124,7 @@ def plugin_name(text: str) -> PluginName:
         )
     # Installed beside it, a plugin of the same name stops the application at start-up, and
     # a distribution of the same name is replaced: refused, even if it is this one (again).
-    for ep in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUP):
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == plugin.entry_point:
             dist = ep.dist.name if ep.dist is not None else ep.value
             raise NewPluginError(
