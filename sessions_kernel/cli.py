@@ -8,6 +8,10 @@ bootstraps the application and uses the session factory it configured::
     psessions development.ini plugins        # installed plugins, active ones, settings
     psessions development.ini indexes        # indexes the active plugins need
 
+and, with no config file, starts a plugin of your own (:mod:`sessions_kernel.scaffold`)::
+
+    psessions new-plugin login-alerts        # ./sessions-login-alerts, tests included
+
 Exit codes, for schedulers: 0 done (also when nothing was expired), 1 the
 database failed, 2 bad usage or an application without a sessions_kernel
 factory.
@@ -40,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="psessions",
         description="Look after the server-side sessions of a Pyramid application.",
-        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error.",
+        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error. "
+        "To start a plugin of your own: psessions new-plugin NAME (see --help there).",
     )
     parser.add_argument("config_uri", help="the application's config file, e.g. development.ini")
     parser.add_argument(
@@ -224,6 +229,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     from pyramid.exceptions import ConfigurationError
 
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["new-plugin"]:  # takes no config file
+        from . import scaffold
+
+        return scaffold.main(argv[1:], out)
     args = _parser().parse_args(argv)
     closer = None
     try:
