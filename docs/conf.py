@@ -25,3 +25,31 @@ html_static_path: list[str] = []
 # The hook specifications are documented from their docstrings; their forward
 # references (Session, Setting) are shown as written.
 suppress_warnings = ["ref.python"]
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    """``.. autofixture::``: a pytest fixture, shown by name with its docstring.
+
+    autodoc's ``autofunction`` would show the fixture function's own arguments
+    (the fixtures it depends on), which is not how a test uses it.
+    """
+    from sphinx.ext.autodoc import FunctionDocumenter
+
+    class FixtureDocumenter(FunctionDocumenter):
+        objtype = "fixture"
+        directivetype = "data"
+        priority = -1  # only where a page asks for it
+
+        @classmethod
+        def can_document_member(cls, member, membername, isattr, parent):  # type: ignore[no-untyped-def]
+            return False
+
+        def format_signature(self, **kwargs):  # type: ignore[no-untyped-def]
+            return ""
+
+        def add_directive_header(self, sig):  # type: ignore[no-untyped-def]
+            super().add_directive_header(sig)
+            self.add_line("   :annotation: (pytest fixture)", self.get_sourcename())
+
+    app.setup_extension("sphinx.ext.autodoc")
+    app.add_autodocumenter(FixtureDocumenter)

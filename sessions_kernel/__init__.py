@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pluggy
-
 from .crypto import AESGCMCookieSerializer, generate_secret_key
 from .errors import (
     ConfigurationError,
@@ -17,18 +15,15 @@ from .factory import (
     SessionInfo,
     factory_args_from_settings,
     includeme,
+    register_factory,
     session_factory,
 )
-from .hookspecs import PROJECT, hookspec
+from .hookspecs import hookimpl, hookspec
 from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
 from .session import Peek, Session
 from .settings import SessionSettings, Setting
 from .stash import Stash, StashKey
-
-#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. Hooks a plugin
-#: offers other plugins are marked ``@sessions_kernel.hookspec`` (see ``session_addhooks``).
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = [
     "AESGCMCookieSerializer",
@@ -53,5 +48,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "includeme",
+    "register_factory",
     "session_factory",
 ]

@@ -9,15 +9,11 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-import pluggy
-
 from . import serializers
 from .crypto import UNBOUND_EXTRA, parse_secret_keys
-from .hookspecs import PROJECT
+from .hookspecs import hookimpl
 from .model import BaseMixin
 from .settings import Setting, boolean, choice, dotted, integer, optional, text
-
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 NAME = "sessions_kernel"
 

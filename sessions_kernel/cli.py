@@ -8,6 +8,10 @@ bootstraps the application and uses the session factory it configured::
     psessions development.ini plugins        # installed plugins, active ones, settings
     psessions development.ini indexes        # indexes the active plugins need
 
+and, with no config file, starts a plugin of your own (:mod:`sessions_kernel.scaffold`)::
+
+    psessions new-plugin login-alerts        # ./sessions-login-alerts, tests included
+
 Exit codes, for schedulers: 0 done (also when nothing was expired), 1 the
 database failed, 2 bad usage or an application without a sessions_kernel
 factory.
@@ -40,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="psessions",
         description="Look after the server-side sessions of a Pyramid application.",
-        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error.",
+        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error. "
+        "To start a plugin of your own: psessions new-plugin NAME (see --help there).",
     )
     parser.add_argument("config_uri", help="the application's config file, e.g. development.ini")
     parser.add_argument(
@@ -82,7 +87,7 @@ def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any
     setup_logging(config_uri)
     env = bootstrap(f"{config_uri}#{app_name}" if "#" not in config_uri else config_uri)
     registry, request = env["registry"], env["request"]
-    factory = registry.get("sessions_kernel.factory") or registry.queryUtility(ISessionFactory)
+    factory = registry.queryUtility(ISessionFactory)
     if not isinstance(factory, SessionFactory):
         env["closer"]()
         raise UsageError(
@@ -154,20 +159,12 @@ def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[s
         if r.hooks:
             print(f"    hooks: {', '.join(r.hooks)}", file=out)
         for s in r.settings:
-            value = f" = {s.value!r}" if r.active and not _hidden(s) else ""
+            value = f" = {s.value!r}" if r.active and not s.secret else ""
             flag = " [per session]" if s.configurable else ""
             print(f"    {s.name}{value} (default {s.default!r}){flag}", file=out)
     if factory is not None:
         print(f"expiry: {factory.config.expiry}", file=out)
     return EXIT_OK
-
-
-# never printed (a key file or variable holds the keys themselves once read)
-_SECRET = frozenset({"secret_key", "secret_key_file", "secret_key_env", "serializer"})
-
-
-def _hidden(s: maintenance.SettingReport) -> bool:
-    return s.secret or s.name in _SECRET
 
 
 def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
@@ -185,7 +182,7 @@ def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
             {
                 "name": s.name,
                 "default": s.default,
-                "value": None if _hidden(s) else s.value,
+                "value": None if s.secret else s.value,
                 "runtime": s.runtime,
                 "configurable": s.configurable,
                 "doc": s.doc,
@@ -232,6 +229,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     from pyramid.exceptions import ConfigurationError
 
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["new-plugin"]:  # takes no config file
+        from . import scaffold
+
+        return scaffold.main(argv[1:], out)
     args = _parser().parse_args(argv)
     closer = None
     try:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy
+import pluggy
+from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
 from .crypto import AESGCMCookieSerializer
@@ -30,10 +31,13 @@ __all__ = [
     "SessionInfo",
     "factory_args_from_settings",
     "includeme",
+    "register_factory",
     "session_factory",
 ]
 
 SETTINGS_PREFIX = "session."
+#: The category of the factory's introspectable (see :func:`register_factory`).
+INTROSPECTION_CATEGORY = "sessions_kernel"
 #: The kernel's settings that make the cookie's attributes.
 COOKIE_SETTINGS = frozenset(
     {
@@ -68,67 +72,39 @@ def _no_implementation(**kwargs: Any) -> None:
     return None
 
 
-def _direct_caller(caller: Any) -> Any:
-    """A plain function calling the hook's implementations as pluggy would, minus its dispatch.
+def _stage(name: str) -> property:
+    def caller(self: RequestHooks) -> Any:
+        hook_caller = getattr(self._hook, name)
+        return hook_caller if hook_caller.get_hookimpls() else _no_implementation
 
-    The set of plugins is fixed when the factory is built, so the order and
-    the arguments each implementation asks for can be resolved once. pluggy
-    calls the implementations last-registered first, passing each only the
-    arguments it names, and for a ``firstresult`` hook stops at the first
-    answer that is not ``None``; so does this. A hook with a wrapper
-    implementation keeps pluggy's own caller.
-    """
-    impls = caller.get_hookimpls()
-    if not impls:
-        return _no_implementation
-    if any(impl.hookwrapper or impl.wrapper for impl in impls):
-        return caller
-    calls = tuple((impl.function, impl.argnames) for impl in reversed(impls))
-    if caller.spec is not None and caller.spec.opts.get("firstresult"):
-
-        def first_result(**kwargs: Any) -> Any:
-            for function, names in calls:
-                result = function(*[kwargs[name] for name in names])
-                if result is not None:
-                    return result
-            return None
-
-        return first_result
-
-    def all_results(**kwargs: Any) -> list[Any]:
-        results = []
-        for function, names in calls:
-            result = function(*[kwargs[name] for name in names])
-            if result is not None:
-                results.append(result)
-        return results
-
-    return all_results
+    return property(caller, doc=f"``{name}``: pluggy's caller, or a no-op while unimplemented")
 
 
-class Stages:
-    """The per-request hooks of one factory, as the session calls them.
+class RequestHooks:
+    """The factory's hook relay as the request path calls it: ``factory.stages.session_load(...)``.
 
-    The set of plugins is fixed when the factory is built, so each stage is
-    resolved once: a no-op when no active plugin implements it, else a direct
-    call of the implementations in pluggy's order (see :func:`_direct_caller`).
-    On a request's path that saves pluggy's dispatch on every hook call.
+    Each attribute is pluggy's own :class:`~pluggy.HookCaller` of that hook
+    (so hook call monitoring, tracing, blocked plugins and ``HookCallError``
+    apply), except while no plugin implements the hook: then it is a no-op
+    and pluggy's dispatch is skipped. Which it is is decided at each access,
+    from the hook's current implementations, so a plugin registered later on
+    the factory's plugin manager (or blocked there) takes part (or stops) from
+    the next call on.
     """
 
-    __slots__ = (
-        "session_cookie_attributes",
-        "session_extend",
-        "session_invalidated",
-        "session_load",
-        "session_persist",
-        "session_regenerated",
-        "session_renew",
-        "session_validate",
-    )
+    __slots__ = ("_hook",)
 
-    def __init__(self, hook: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, _direct_caller(getattr(hook, name)))
+    def __init__(self, hook: pluggy.HookRelay) -> None:
+        self._hook = hook
+
+    session_load = _stage("session_load")
+    session_validate = _stage("session_validate")
+    session_extend = _stage("session_extend")
+    session_renew = _stage("session_renew")
+    session_persist = _stage("session_persist")
+    session_cookie_attributes = _stage("session_cookie_attributes")
+    session_regenerated = _stage("session_regenerated")
+    session_invalidated = _stage("session_invalidated")
 
 
 class SessionFactory:
@@ -143,8 +119,8 @@ class SessionFactory:
         values = config.values
         self.model = config.model
         self.hook = config.hook
-        #: the per-request hooks, no-ops where no plugin implements them
-        self.stages = Stages(config.hook)
+        #: the per-request hooks: pluggy's callers, no-ops while no plugin implements them
+        self.stages = RequestHooks(config.hook)
         self.clock = values["clock"]
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]
@@ -177,15 +153,7 @@ class SessionFactory:
             "httponly": values["cookie_httponly"],
             "samesite": values["cookie_samesite"],
         }
-        #: the cookie's attributes when nothing per session can change them (no
-        #: runtime-configurable cookie setting, no ``session_cookie_attributes``
-        #: implementation): resolved here once instead of on every response
-        self.static_cookie_attributes = (
-            self.default_cookie_attributes
-            if not (config.configurable & COOKIE_SETTINGS)
-            and self.stages.session_cookie_attributes is _no_implementation
-            else None
-        )
+        self._cookie_settings_configurable = bool(config.configurable & COOKIE_SETTINGS)
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
         self.session_class = _session_class(config)
@@ -212,6 +180,21 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    @property
+    def static_cookie_attributes(self) -> Mapping[str, Any] | None:
+        """The cookie's attributes when nothing per session can change them, else ``None``.
+
+        That is, with no runtime-configurable cookie setting and no
+        ``session_cookie_attributes`` implementation (a plugin registered
+        later may bring one): the settings' attributes, made once instead of
+        read from the settings on every response.
+        """
+        if self._cookie_settings_configurable or self.stages.session_cookie_attributes is not (
+            _no_implementation
+        ):
+            return None
+        return self.default_cookie_attributes
 
     def cookie_header(self, value: str, attributes: Mapping[str, Any]) -> str:
         """The ``Set-Cookie`` value that sets the cookie: what ``response.set_cookie`` makes.
@@ -388,18 +371,61 @@ def factory_args_from_settings(
     return {key[len(prefix) :]: value for key, value in settings.items() if key.startswith(prefix)}
 
 
+def register_factory(config: Configurator, factory: SessionFactory) -> None:
+    """Make ``factory`` the application's session factory, as ``includeme`` does with its own.
+
+    What ``config.set_session_factory(factory)`` does (the same action:
+    ``ISessionFactory``, conflicting and overridden alike), plus an
+    introspectable of category ``sessions_kernel`` (discriminator
+    ``"factory"``) that Pyramid's introspection and the debug toolbar show:
+    the factory, its model, the active plugins with their versions, the
+    settings in force (secret values hidden) and the expiry in force. Then
+    the active plugins add their configuration (``session_includeme``). For a
+    factory built by hand with :func:`session_factory`, in place of
+    ``config.set_session_factory(factory)``.
+    """
+    model = factory.model
+    pyramids = config.introspectable(
+        "session factory", None, config.object_description(factory), "session factory"
+    )
+    pyramids["factory"] = factory
+    details = config.introspectable(
+        INTROSPECTION_CATEGORY,
+        "factory",
+        f"session factory of {model.__module__}.{model.__qualname__}",
+        "sessions_kernel factory",
+    )
+    details["factory"] = factory
+    details["model"] = model
+    details["plugins"] = [
+        f"{info.name} ({info.distribution} {info.version})" if info.distribution else info.name
+        for info in factory.config.active
+    ]
+    details["settings"] = factory.config.shown_values()
+    details["expiry"] = factory.config.expiry
+    details.relate("session factory", None)
+    registry = config.registry
+
+    def register() -> None:
+        registry.registerUtility(factory, ISessionFactory)
+
+    config.action(ISessionFactory, register, introspectables=(pyramids, details))
+    factory.hook.session_includeme(config=config, factory=factory)
+
+
 def includeme(config: Configurator) -> None:
     """``config.include('sessions_kernel')``: set the session factory from ``session.*``.
 
     Discovers the installed plugins, keeps those the model activates,
-    validates every setting and registers the factory. Logs which expiry is
-    in force (logger ``sessions_kernel``, INFO). The factory is also
-    stored in ``registry['sessions_kernel.factory']`` for tools.
+    validates every setting and registers the factory
+    (:func:`register_factory`: the active plugins add their configuration).
+    Logs which expiry is in force (logger ``sessions_kernel``, INFO). Tools
+    find the factory as Pyramid's ``ISessionFactory`` utility, and its
+    details in the introspector (category ``sessions_kernel``).
     """
     factory = session_factory(**factory_args_from_settings(config.get_settings()))
     log.info("%s", factory.config.expiry)
-    config.set_session_factory(factory)
-    config.registry["sessions_kernel.factory"] = factory
+    register_factory(config, factory)
     registry = config.registry
 
     def check_retry() -> None:

@@ -13,7 +13,8 @@ Hooks come in four groups:
 * configuration (called once per plugin manager or factory, at start-up):
   :func:`session_addhooks`, :func:`session_mixins`, :func:`session_settings`,
   :func:`session_check_settings`, :func:`session_expiry_policy`,
-  :func:`session_attributes`, :func:`session_merge_rules`;
+  :func:`session_attributes`, :func:`session_merge_rules`, and
+  :func:`session_includeme` when the application includes the kernel;
 * the request pipeline, in this order: :func:`session_load`,
   :func:`session_validate`, then before commit :func:`session_extend`,
   :func:`session_renew`, :func:`session_persist`, and
@@ -76,15 +77,21 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pyramid.config import Configurator
     from sqlalchemy import ColumnElement
 
+    from .factory import SessionFactory
     from .merge import MergeRule
     from .session import Session
     from .settings import Setting
 
 PROJECT = "sessions_kernel"
 
+#: Mark the specifications of hooks a plugin offers other plugins (see :func:`session_addhooks`).
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. The kernel's own
+#: :mod:`~sessions_kernel.builtin` plugin uses this marker too; there is no other.
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: The ``reason`` of :func:`session_invalidated` when the application called
 #: :meth:`Session.invalidate() <sessions_kernel.Session.invalidate>` (a logout).
@@ -245,7 +252,39 @@ def session_merge_rules(model: type) -> Mapping[str | tuple[str, ...], MergeRule
     concurrent one stands, and the cookie is left as the browser has it)
     instead of failing; otherwise it fails with a retryable error.
 
-    Called once per factory, after :func:`session_attributes`.
+    Called once per factory, after :func:`session_attributes`; next, when
+    the application includes the kernel, :func:`session_includeme`.
+    """
+
+
+@hookspec
+def session_includeme(config: Configurator, factory: SessionFactory) -> None:
+    """Add to the Pyramid application's configuration what this plugin needs.
+
+    :param config: the application's :class:`pyramid.config.Configurator`,
+        inside ``config.include('sessions_kernel')``.
+    :param factory: the :class:`~sessions_kernel.SessionFactory` just built
+        (``factory.model``, the settings in force in ``factory.config.values``).
+
+    What a Pyramid add-on does in its ``includeme``: add view predicates,
+    request methods, subscribers, tweens, views. The application includes the
+    kernel only; it does not include the plugin, whose mixin in the model is
+    what turns it on. Called once, for active plugins only, after the factory
+    was built (after :func:`session_merge_rules`) and set as the application's
+    session factory, before any request. Not called for a factory built with
+    :func:`~sessions_kernel.session_factory` alone: pass it to
+    :func:`~sessions_kernel.register_factory` (as the test kit does).
+
+    The directives are Pyramid's actions as usual: they take effect at
+    ``config.commit()`` (at once with an autocommitting configurator), and
+    since they belong to the kernel's include, the application's own
+    directives override them where both set the same thing. ``config``'s
+    package is the kernel's, not the plugin's: give views, templates and
+    assets by absolute dotted names or asset specifications
+    (``"sessions_device:templates/x.jinja2"``), or use
+    ``config.with_package(__name__)``. The return value is ignored.
+    Modelled on pytest's ``pytest_configure`` and datasette's
+    ``register_routes``.
     """
 
 

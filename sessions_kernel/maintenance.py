@@ -14,9 +14,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import hookspecs
 from .factory import SessionFactory
-from .plugins import FactoryConfig, PluginInfo, active_manager, discover
+from .plugins import (
+    FactoryConfig,
+    PluginInfo,
+    active_manager,
+    discover,
+    hidden_settings,
+    hook_names,
+)
 
 __all__ = [
     "GCProgress",
@@ -188,7 +194,7 @@ class SettingReport:
     #: the value in force (``None`` too when the plugin is not active, and always for a
     #: secret setting)
     value: Any = None
-    #: a secret (a key, a password): its value is never reported
+    #: a secret (a key, a password, the cookie's serializer): its value is never reported
     secret: bool = False
 
 
@@ -217,26 +223,11 @@ class PluginReport:
         return any(s.configurable for s in self.settings)
 
 
-_IMPL_MARK = f"{hookspecs.PROJECT}_impl"  # where pluggy's HookimplMarker records its options
-
-
-def _hook_names(plugin: object) -> tuple[str, ...]:
-    """The hooks ``plugin`` implements: the kernel's and those other plugins offer."""
-    return tuple(
-        sorted(
-            name
-            for name in dir(plugin)
-            if name.startswith("session_")
-            and callable(getattr(plugin, name, None))
-            and hasattr(getattr(plugin, name), _IMPL_MARK)
-        )
-    )
-
-
 def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
     active = info.activated_by(config.model) if config and info.plugin is not None else None
     configurable = config.configurable if config else frozenset()
     values = config.values if config and active else {}
+    hidden = hidden_settings([info])
     return PluginReport(
         name=info.name,
         distribution=info.distribution,
@@ -244,7 +235,9 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
         error=info.error,
         active_mixin=active.__name__ if active else None,
         mixins=tuple(m.__name__ for m in info.mixins),
-        hooks=_hook_names(info.plugin) if info.plugin is not None else (),
+        # what runs in the factory (its own manager: a plugin blocked there shows none),
+        # else what the plugin implements where the kernel discovered it
+        hooks=hook_names(config.pm, info.plugin) if active else info.hooks,
         settings=tuple(
             SettingReport(
                 name=s.name,
@@ -252,8 +245,8 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
                 doc=s.doc,
                 runtime=s.runtime,
                 configurable=s.name in configurable,
-                value=None if s.secret else values.get(s.name),
-                secret=s.secret,
+                value=None if s.name in hidden else values.get(s.name),
+                secret=s.name in hidden,
             )
             for s in info.settings
         ),

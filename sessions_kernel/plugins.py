@@ -6,7 +6,9 @@ from the entry-point group ``sessions_kernel.plugins``. Each factory gets a
 activates, so two factories in one process never see each other's plugins.
 
 Set ``SESSIONS_KERNEL_LOAD_PLUGINS`` to a comma-separated list of entry-point
-names to load only those (an empty value loads none) while debugging.
+names to load only those (an empty value loads none) while debugging, and
+``SESSIONS_TRACE_HOOKS=1`` to have every plugin manager the kernel builds write
+each hook call to stderr (pluggy's tracer).
 """
 
 from __future__ import annotations
@@ -16,22 +18,25 @@ import difflib
 import importlib.metadata
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 import sqlalchemy as sa
+from pyramid.settings import asbool
 from sqlalchemy.orm import Mapper
 
 from . import builtin, hookspecs
 from .errors import ConfigurationError
 from .model import BaseMixin
-from .settings import Setting
+from .settings import HIDDEN, Setting
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LOAD_PLUGINS_ENV",
+    "TRACE_HOOKS_ENV",
     "FactoryConfig",
     "PluginInfo",
     "active_manager",
@@ -40,6 +45,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "sessions_kernel.plugins"
 LOAD_PLUGINS_ENV = "SESSIONS_KERNEL_LOAD_PLUGINS"
+TRACE_HOOKS_ENV = "SESSIONS_TRACE_HOOKS"
+#: Settings whose values are never shown (traces, introspection, ``psessions plugins``)
+#: besides those declared ``secret``: the cookie's serializer holds the keys.
+ALWAYS_HIDDEN = frozenset({"serializer"})
 
 
 @dataclass
@@ -53,6 +62,8 @@ class PluginInfo:
     mixins: tuple[type, ...] = ()
     settings: tuple[Setting, ...] = ()
     error: str | None = None
+    #: the hooks it implements, the kernel's and those other plugins offer (sorted)
+    hooks: tuple[str, ...] = ()
 
     def activated_by(self, model: type) -> type | None:
         """The mixin through which ``model`` activates this plugin, or ``None``."""
@@ -75,17 +86,74 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(eps, key=lambda ep: ep.name)
 
 
-def _spec_manager() -> pluggy.PluginManager:
+def _spec_manager(hidden: frozenset[str] = ALWAYS_HIDDEN) -> pluggy.PluginManager:
     """A plugin manager with the kernel's hook specifications.
 
     ``session_addhooks`` is historic: each plugin registered later is called
     at its registration, so plugins add specifications of their own before
-    ``check_pending()`` looks for implementations that have none.
+    ``check_pending()`` looks for implementations that have none. With
+    ``SESSIONS_TRACE_HOOKS`` set, its hook calls are traced (``hidden``: the
+    settings whose values the trace leaves out).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
+    if asbool(os.environ.get(TRACE_HOOKS_ENV)):
+        _trace_hooks(pm, hidden)
     pm.add_hookspecs(hookspecs)
     pm.hook.session_addhooks.call_historic(kwargs={"pluginmanager": pm})
     return pm
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+
+
+def _trace_hooks(pm: pluggy.PluginManager, hidden: frozenset[str]) -> None:
+    """Write each hook call of ``pm`` to stderr with pluggy's tracer, as ``enable_tracing`` does.
+
+    Each call shows the plugins it runs (in pluggy's order) and its arguments,
+    a settings mapping with its secret values hidden; then its answer, or the
+    exception it raised.
+    """
+    pm.trace.root.setwriter(_write_stderr)
+    trace = pm.trace.root.get("hook")
+
+    def before(name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        trace.root.indent += 1
+        plugins = ", ".join(impl.plugin_name for impl in reversed(impls))
+        shown = {key: _redacted(value, hidden) for key, value in kwargs.items()}
+        trace(name, f"({plugins or 'no plugin'})", shown)
+
+    def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        if outcome.exception is None:
+            trace("finish", name, "-->", outcome.get_result())
+        else:
+            trace("raised", name, "-->", repr(outcome.exception))
+        trace.root.indent -= 1
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def _redacted(value: Any, hidden: frozenset[str]) -> Any:
+    """``value``, or a copy of a settings mapping with the ``hidden`` settings' values hidden.
+
+    An unset one (``None``) is shown as such: that it is unset gives nothing away.
+    """
+    # a dict only: a session is a mapping too, and reading its keys would load it
+    if isinstance(value, dict) and not hidden.isdisjoint(value):
+        return {
+            name: HIDDEN if name in hidden and v is not None else v for name, v in value.items()
+        }
+    return value
+
+
+def hook_names(pm: pluggy.PluginManager, plugin: object) -> tuple[str, ...]:
+    """The hooks ``plugin`` implements in ``pm`` (``get_hookcallers``), sorted; none if absent."""
+    return tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+
+
+def hidden_settings(infos: Iterable[PluginInfo]) -> frozenset[str]:
+    """The settings of these plugins whose values are never shown: the secret ones."""
+    return ALWAYS_HIDDEN | {s.name for info in infos for s in info.settings if s.secret}
 
 
 def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[PluginInfo]:
@@ -135,9 +203,12 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
     try:
         catalog.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigurationError(f"session plugin {exc.plugin!r}: {exc}") from exc
+        info = next(i for i in infos.values() if i.plugin is exc.plugin)
+        raise ConfigurationError(_unknown_hook_message(catalog, info)) from exc
 
     by_plugin = {id(info.plugin): info for info in infos.values() if info.plugin is not None}
+    for info in by_plugin.values():
+        info.hooks = hook_names(catalog, info.plugin)
     for impl in catalog.hook.session_mixins.get_hookimpls():
         by_plugin[id(impl.plugin)].mixins = tuple(impl.function() or ())
     for impl in catalog.hook.session_settings.get_hookimpls():
@@ -146,6 +217,28 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
             dataclasses.replace(s, plugin=info.name) for s in impl.function() or ()
         )
     return list(infos.values())
+
+
+def _unknown_hook_message(pm: pluggy.PluginManager, info: PluginInfo) -> str:
+    """What ``check_pending()`` found: the plugin, its hooks no specification names, the closest."""
+    known = [name for name, caller in vars(pm.hook).items() if caller.has_spec()]
+    unknown = [
+        caller.name
+        for caller in pm.get_hookcallers(info.plugin) or ()
+        if not caller.has_spec()
+        and any(i.plugin is info.plugin and not i.optionalhook for i in caller.get_hookimpls())
+    ]
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "no hook has a name close to it"
+        problems.append(f"{name} ({hint})")
+    return (
+        f"session plugin {info.label!r} implements {', '.join(problems)}, but no installed "
+        "plugin specifies such a hook. Rename the function after a hook of the reference "
+        "(docs: Hook reference), or mark it @hookimpl(optionalhook=True) if it implements "
+        "a hook that another plugin may offer."
+    )
 
 
 def active_manager(model: type) -> pluggy.PluginManager:
@@ -162,8 +255,8 @@ def _active(installed: Iterable[PluginInfo], model: type) -> list[PluginInfo]:
     return [info for info in installed if info.plugin is not None and info.activated_by(model)]
 
 
-def _manager_of(active: Iterable[PluginInfo]) -> pluggy.PluginManager:
-    pm = _spec_manager()
+def _manager_of(active: Sequence[PluginInfo]) -> pluggy.PluginManager:
+    pm = _spec_manager(hidden_settings(active))
     for info in active:
         pm.register(info.plugin, name=info.name)
     return pm
@@ -299,6 +392,10 @@ class FactoryConfig:
     def hook(self) -> Any:
         return self.pm.hook
 
+    def shown_values(self) -> dict[str, Any]:
+        """The settings in force, with the values of secret ones (keys, the serializer) hidden."""
+        return _redacted(dict(self.values), hidden_settings(self.active))
+
     def check(self, values: Mapping[str, Any]) -> list[str]:
         """Run every active plugin's cross-setting rules over ``values``."""
         problems: list[str] = []
@@ -379,7 +476,7 @@ def _unknown_setting_message(name: str, value: Any, known: Mapping[str, Setting]
     # a misspelt secret (session.secret_kye = ...) must not reach the logs either, nor
     # a key under a name of its own (session.aes = <a key>)
     secret = (close and known[close[0]].secret) or _may_be_secret(name, value)
-    shown = "<hidden>" if secret else repr(value)
+    shown = HIDDEN if secret else repr(value)
     return (
         f"session.{name} = {shown}: no installed session plugin has a setting {name!r}."
         f"{hint} Known settings: {', '.join(sorted(known))}. If it belongs to a plugin, "

@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
 
-from .testing import ApplicationTestApp, Clock, SessionTestApp, make_app
+if TYPE_CHECKING:
+    from .testing import ApplicationTestApp, Clock, SessionTestApp
 
+# sessions_kernel.testing is imported by the fixtures that use it, not here: pytest loads
+# this plugin in every run of an environment that has sessions-kernel, and a run whose
+# tests use none of these fixtures must not need the ``testing`` extra (WebTest, ...).
+
+#: The servers a test runs on besides SQLite, each with the variable that holds its URL.
 DATABASES = {
     "postgresql": "SESSIONS_TEST_POSTGRESQL_URL",
     "mariadb": "SESSIONS_TEST_MARIADB_URL",
@@ -95,7 +101,16 @@ def _count(database: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def session_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """The URL of the database under test (one run per database)."""
+    """The URL of the database under test: a test that uses it runs once per database.
+
+    Parametrized ``sqlite``, ``postgresql``, ``mariadb`` (the test ids end in
+    ``[sqlite]``..., so ``-k sqlite`` picks one). SQLite is a file in the
+    test's ``tmp_path``. A server's URL is read from
+    ``SESSIONS_TEST_POSTGRESQL_URL`` / ``SESSIONS_TEST_MARIADB_URL``; unset,
+    or a server that does not answer, skips the test with the reason (fails
+    it with ``SESSIONS_TEST_REQUIRE_SERVERS=1``). Every fixture below builds
+    on it.
+    """
     if request.param == "sqlite":
         _count("sqlite")
         return f"sqlite:///{tmp_path / 'sessions.sqlite'}"
@@ -120,6 +135,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 
 @pytest.fixture
 def session_engine(session_db_url: str) -> Iterator[sa.Engine]:
+    """A SQLAlchemy engine on ``session_db_url``, the database under test.
+
+    Connected once before the test, so that the dialect's first-connect
+    queries are not counted as a request's, and disposed after it.
+    """
     engine = sa.create_engine(session_db_url)
     with engine.connect():
         pass  # the dialect's first-connect queries happen here, not in a counted request
@@ -129,6 +149,14 @@ def session_engine(session_db_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def session_clock() -> Clock:
+    """The :class:`~sessions_kernel.testing.Clock` the test's applications read.
+
+    ``session_clock.advance(61)`` moves their time forward instead of
+    sleeping; ``session_app`` and ``session_application`` give it to every
+    application they build, unless told another ``clock``.
+    """
+    from .testing import Clock
+
     return Clock()
 
 
@@ -136,7 +164,20 @@ def session_clock() -> Clock:
 def session_app(
     session_engine: sa.Engine, session_clock: Clock
 ) -> Iterator[Callable[..., SessionTestApp]]:
-    """``session_app(model, **settings)``: a test app for ``model`` on the database under test."""
+    """``session_app(model, settings=None, **options)``: a test app of ``model`` on the database.
+
+    Each call creates the table of ``model`` (a leftover is dropped first)
+    and returns a :class:`~sessions_kernel.testing.SessionTestApp` on
+    ``session_engine`` with ``session_clock``; the tables are dropped after
+    the test. ``settings`` are session settings as in an ini file
+    (``{"idle_timeout": "60"}``); ``options`` are the other keyword
+    arguments of ``SessionTestApp``: ``plugins``, ``configure``, ``retry``,
+    ``test_views``, ``clock``. A second application on the same table is
+    ``SessionTestApp(app.model, app.engine, ...)`` (another call would
+    drop the table).
+    """
+    from .testing import make_app
+
     made: list[type] = []
 
     def build(model: type, settings: dict[str, Any] | None = None, **kwargs: Any) -> SessionTestApp:
@@ -154,10 +195,16 @@ def session_app(
 def session_application(
     session_engine: sa.Engine, session_clock: Clock
 ) -> Iterator[Callable[..., ApplicationTestApp]]:
-    """``session_application(main, settings, metadata=Base.metadata)``: your application's
-    ``main()`` on the database under test, with real commits, ``app.clock`` as
-    ``session.clock`` and ``app.count()``; the metadata's tables are created
-    first and dropped afterwards."""
+    """``session_application(main, settings, metadata=Base.metadata)``: your app on the database.
+
+    Each call builds an :class:`~sessions_kernel.testing.ApplicationTestApp`
+    from your application's ``main(global_config, **settings)`` on
+    ``session_engine``, with real commits, ``session_clock`` as
+    ``session.clock`` and ``app.count()``. The tables of ``metadata`` are
+    created first and dropped after the test.
+    """
+    from .testing import ApplicationTestApp
+
     made: list[ApplicationTestApp] = []
 
     def build(main: Callable[..., Any], settings: dict[str, Any] | None = None, **kwargs: Any):

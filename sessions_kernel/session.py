@@ -1081,7 +1081,9 @@ class Session(MutableMapping[str, Any]):
         if not self._loaded:
             return f"<{type(self).__name__} (not loaded)>"
         sid = "new" if self.new else self.row.id[:12] + "…"
-        return f"<{type(self).__name__} {sid} {self._data!r}>"
+        data = self.__dict__.get("_data")  # not read yet while plugins validate the row
+        shown = "(data not read yet)" if data is None else repr(data)
+        return f"<{type(self).__name__} {sid} {shown}>"
 
 
 #: What the kernel reserves of ``request.session``: the attributes plugins rely on

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _NONE_WORDS = frozenset({"", "none", "null"})
+#: What error messages, listings and traces show in place of a secret setting's value.
+HIDDEN = "<hidden>"
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Setting:
 
     def shown(self, value: Any) -> str:
         """``value`` as error messages show it: its repr, or a placeholder for a secret."""
-        return "<hidden>" if self.secret else repr(value)
+        return HIDDEN if self.secret else repr(value)
 
 
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

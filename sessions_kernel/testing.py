@@ -5,12 +5,15 @@
 * :func:`make_model`: a session model on a fresh declarative base;
 * :func:`make_app`: a real Pyramid application (pyramid_tm, zope.sqlalchemy,
   pyramid_retry, ``request.dbsession``) with the session factory and a few
-  JSON views over the session, wrapped for WebTest;
+  JSON views over the session (:func:`add_test_views`), wrapped for WebTest
+  (:class:`SessionTestApp`);
 * :class:`ApplicationTestApp`: your own application, from its ``main()``,
   wrapped the same way (real commits, the clock, the statement counter).
 
 The pytest plugin :mod:`sessions_kernel.pytest_plugin` turns these into
-fixtures that run a test on SQLite, PostgreSQL and MariaDB.
+fixtures that run a test on SQLite, PostgreSQL and MariaDB. Install both with
+``pip install 'sessions-kernel[testing]'``; importing this module without
+that extra raises an :class:`ImportError` that says so.
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from .crypto import KitKey
 from .model import BaseMixin
 
+#: The extra that installs what the kit needs beyond the kernel's own dependencies.
+_INSTALL_HINT = "pip install 'sessions-kernel[testing]'"
+
+try:  # the ``testing`` extra: the kit drives applications through WebTest, with retries
+    import pyramid_retry  # noqa: F401
+    import webtest  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        f"sessions_kernel.testing needs {exc.name}, which is not installed: {_INSTALL_HINT}",
+        name=exc.name,
+    ) from exc
+
 __all__ = [
     "TEST_SECRET_KEY",
     "ApplicationTestApp",
@@ -42,6 +57,8 @@ __all__ = [
     "add_test_views",
     "make_app",
     "make_model",
+    "make_wsgi_app",
+    "reset_transaction_manager",
 ]
 
 #: A fixed key for tests only. It is published, so the kernel refuses its text
@@ -53,17 +70,27 @@ TEST_SECRET_KEY = KitKey("c2Vzc2lvbnMta2VybmVsLXRlc3Qta2V5LTMyYnl0ZXM=")
 class Clock:
     """A clock for tests: ``clock()`` returns the time it was set to.
 
-    Pass it as the factory's ``clock``; :meth:`advance` moves time forward
-    instead of sleeping.
+    Pass it as the factory's ``clock`` (the test apps and fixtures do);
+    :meth:`advance` moves time forward instead of sleeping::
+
+        clock = Clock()
+        app = make_app(model, engine, settings={"idle_timeout": "60"}, clock=clock)
+        clock.advance(61)
+
+    :param start: the time it starts at, in seconds since the epoch (a fixed
+        moment in June 2025 by default, so that runs repeat exactly).
     """
 
     def __init__(self, start: float = 1_750_000_000.0) -> None:
+        #: The time it answers, in seconds since the epoch; assign it to jump.
         self.time = float(start)
 
     def __call__(self) -> float:
+        """The current :attr:`time`."""
         return self.time
 
     def advance(self, seconds: float) -> float:
+        """Move the time forward by ``seconds`` (backward if negative); return the new time."""
         self.time += seconds
         return self.time
 
@@ -80,7 +107,9 @@ class StatementCounter:
     """
 
     def __init__(self, engine: sa.Engine) -> None:
+        #: The engine it listens to.
         self.engine = engine
+        #: The statements recorded since it was last entered, white space collapsed.
         self.statements: list[str] = []
         self._active = False
         sa.event.listen(engine, "before_cursor_execute", self._record)
@@ -91,6 +120,7 @@ class StatementCounter:
 
     @property
     def count(self) -> int:
+        """How many statements were recorded."""
         return len(self.statements)
 
     def kinds(self) -> list[str]:
@@ -98,11 +128,13 @@ class StatementCounter:
         return [s.split(None, 1)[0].upper() for s in self.statements]
 
     def __enter__(self) -> StatementCounter:
+        """Start recording, from an empty list."""
         self.statements = []
         self._active = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop recording; :attr:`statements` keeps what was recorded."""
         self._active = False
 
 
@@ -111,8 +143,12 @@ def make_model(
 ) -> type:
     """A session model on a new declarative base: ``class name(*mixins, BaseMixin, Base)``.
 
-    The table is named ``sessions_<pid>`` unless ``tablename`` says otherwise, so
-    that test runs in several processes can share one database server.
+    ``make_model(IdleMixin)`` is what a user writes as ``class Session(IdleMixin,
+    BaseMixin, Base)``. The table is named ``sessions_<pid>`` unless
+    ``tablename`` says otherwise, so that test runs in several processes can
+    share one database server; ``attributes`` become class attributes (a
+    column that overrides a mixin's, say). The table is not created:
+    :func:`make_app` and the ``session_app`` fixture do that.
     """
     tablename = tablename or f"sessions_{os.getpid()}"
 
@@ -128,7 +164,92 @@ def _json_body(request: Any) -> Any:
 
 
 def add_test_views(config: Configurator) -> None:
-    """JSON views over ``request.session`` that the kernel's tests (and yours) drive."""
+    """Add JSON views over ``request.session`` that the kernel's tests (and yours) drive.
+
+    :func:`make_app` and the ``session_app`` fixture add them (unless
+    ``test_views=False``). Each view answers any HTTP method and renders
+    JSON; a request body, where a view reads one, is a JSON object
+    (``app.post_json(path, {...})``), and a missing body counts as ``{}``.
+    Most views answer the session's *state* after their change::
+
+        {"data": {...},       # dict(request.session)
+         "new": true,         # request.session.new: no row stored yet
+         "created": 1750000000,
+         "flash": {"": ["saved"]}}   # each queue's messages, peeked, not popped
+
+    .. list-table::
+       :header-rows: 1
+       :widths: 18 24 38 20
+
+       * - path
+         - body
+         - what the view does
+         - answer
+       * - ``/none``
+         -
+         - does not touch the session (no SQL, no cookie)
+         - ``{"ok": true}``
+       * - ``/touch``
+         -
+         - loads the session and reads nothing
+         - ``{"new": ...}``
+       * - ``/read``
+         -
+         - reads the session
+         - the state
+       * - ``/set``
+         - ``{"key": value, ...}``
+         - ``session.update(body)``
+         - the state
+       * - ``/incr/{key}``
+         -
+         - ``session[key] = session.get(key, 0) + 1``
+         - the state
+       * - ``/append``
+         - ``{"item": value}``
+         - ``session.setdefault("items", []).append(item)`` (a change
+           inside a mutable value)
+         - the state
+       * - ``/flash``
+         - ``{"msg": ..., "queue": "", "allow_duplicate": true}``
+         - ``session.flash(msg, queue, allow_duplicate)``
+         - the state
+       * - ``/pop_flash``
+         - (query ``?queue=name``)
+         - ``session.pop_flash(queue)``
+         - ``{"messages": [...]}``
+       * - ``/invalidate``
+         - ``{"key": value, ...}`` or none
+         - ``session.invalidate()``, then ``session.update(body)``
+         - the state
+       * - ``/regenerate``
+         -
+         - ``session.regenerate_id()``
+         - the state
+       * - ``/clear``
+         -
+         - ``session.clear()``
+         - the state
+       * - ``/fail``
+         - ``{"key": value, ...}``
+         - ``session.update(body)``, then raises :class:`RuntimeError`: the
+           transaction is aborted, nothing is stored
+         - status 500, ``{"error": "..."}`` (pass ``status=500`` to WebTest)
+       * - ``/redirect``
+         - ``{"key": value, ...}``
+         - ``session.update(body)``, then raises ``HTTPFound`` to ``/read``:
+           a raised response aborts the transaction like any exception
+           (nothing stored, no cookie)
+         - status 302 (pass ``status=302``)
+       * - ``/settings``
+         - ``{"setting": value, ...}`` or none
+         - assigns each setting in ``with session.settings as s:`` (raises
+           :class:`~sessions_kernel.SettingsError` through WebTest for one
+           the model cannot change per session)
+         - ``dict(session.settings)``: the settings in force
+
+    Add views of your own with ``configure=`` (routes of other names).
+    """
 
     def view(path: str, func: Callable[[Any], Any], **kw: Any) -> None:
         name = path.strip("/").replace("/", "_").replace("{", "").replace("}", "") or "root"
@@ -243,7 +364,15 @@ def make_wsgi_app(
     retry: bool = True,
     test_views: bool = True,
 ) -> Any:
-    """A WSGI application laid out like Pyramid's SQLAlchemy starter, with sessions."""
+    """A WSGI application laid out like Pyramid's SQLAlchemy starter, with sessions.
+
+    What :class:`SessionTestApp` wraps, with the same arguments (``clock``
+    is the factory's real clock unless given): for benchmarks and servers
+    that need the application without WebTest. pyramid_tm joins the
+    request's transaction (its ``explicit_manager``), pyramid_retry runs a
+    request again up to 3 attempts, and ``request.dbsession`` is
+    :func:`add_dbsession`'s.
+    """
     app_settings = {
         "tm.manager_hook": "pyramid_tm.explicit_manager",
         "retry.attempts": "3",
@@ -258,13 +387,14 @@ def make_wsgi_app(
         if retry:
             config.include("pyramid_retry")
         add_dbsession(config, engine)
-        from .factory import factory_args_from_settings, session_factory
+        from .factory import factory_args_from_settings, register_factory, session_factory
 
         args = factory_args_from_settings(config.get_settings())
         args["model_class"] = model
         if clock is not None:
             args["clock"] = clock
-        config.set_session_factory(session_factory(plugins=plugins, **args))
+        # as config.include('sessions_kernel') does: the plugins' session_includeme runs
+        register_factory(config, session_factory(plugins=plugins, **args))
         if test_views:
             add_test_views(config)
         if configure is not None:
@@ -275,13 +405,20 @@ def make_wsgi_app(
 class _Browsers:
     """WebTest browsers over ``self.wsgi``, counting statements on ``self.engine``."""
 
+    #: The WSGI application under test (Pyramid's router: ``app.wsgi.registry``).
     wsgi: Any
+    #: The SQLAlchemy engine of the database under test.
     engine: sa.Engine
+    #: The factory's :class:`Clock`: ``app.clock.advance(60)`` moves the application's time.
+    clock: Clock
+    #: The :class:`StatementCounter` on :attr:`engine` that :meth:`count` activates.
     counter: StatementCounter
+    #: The default browser, a ``webtest.TestApp`` (see :meth:`new_browser`): the
+    #: attributes this class does not have are its (``app.get`` is ``app.browser.get``).
     browser: Any
 
     def new_browser(self) -> Any:
-        """A WebTest app with a cookie jar of its own (another browser).
+        """A WebTest app with a cookie jar of its own (another browser), on the same application.
 
         Its ``set_cookie(name, value)`` stores the cookie as the application's
         own ``Set-Cookie`` would, so that the application's next cookie of that
@@ -296,16 +433,27 @@ class _Browsers:
 
     @contextmanager
     def count(self) -> Iterator[StatementCounter]:
-        """``with app.count() as sql: app.get(...)``; then ``sql.count``."""
+        """Record the SQL statements of the requests inside the block.
+
+        ::
+
+            with app.count() as sql:
+                app.get("/read")
+            assert sql.kinds() == ["SELECT"], sql.statements
+
+        Statements of any browser of this application are recorded, those of
+        :meth:`rows` and :meth:`row` too (call them after the block).
+        """
         with self.counter:
             yield self.counter
 
     def rows(self) -> list[Any]:
-        """Every stored session row, read outside any request."""
+        """Every stored session row (instances of :attr:`model`), read outside any request."""
         with sa.orm.Session(self.engine) as db:
             return list(db.scalars(sa.select(self.model)))
 
     def row(self) -> Any:
+        """The one stored session row; an ``AssertionError`` if there are more, or none."""
         rows = self.rows()
         assert len(rows) == 1, f"expected one session row, found {len(rows)}"
         return rows[0]
@@ -317,21 +465,91 @@ class _Browsers:
 
     @property
     def factory(self) -> Any:
-        """The application's session factory."""
+        """The application's :class:`~sessions_kernel.SessionFactory`.
+
+        ``app.factory.config.values`` holds the settings in force,
+        ``app.factory.config.active`` the active plugins.
+        """
         from pyramid.interfaces import ISessionFactory
 
         return self.wsgi.registry.queryUtility(ISessionFactory)
 
 
 class SessionTestApp(_Browsers):
-    """A test application on one database: WebTest browsers, a clock, a statement counter."""
+    """A real Pyramid application with sessions on one database, under WebTest.
 
-    def __init__(self, model: type, engine: sa.Engine, **kwargs: Any) -> None:
+    The application is laid out like Pyramid's SQLAlchemy starter (see
+    :func:`make_wsgi_app`): every request runs in its own transaction and
+    commits, so the next request reads what the previous one stored. It has
+    the JSON views of :func:`add_test_views`. The table of ``model`` must
+    exist: :func:`make_app` and the ``session_app`` fixture create it.
+
+    ::
+
+        app = SessionTestApp(make_model(IdleMixin), engine, settings={"idle_timeout": "60"})
+        app.post_json("/set", {"a": 1})
+        app.clock.advance(61)
+        assert app.get("/read").json["new"] is True
+
+    Attributes this class does not have are the default browser's
+    (:attr:`browser`, a ``webtest.TestApp``): ``app.get``, ``app.post``,
+    ``app.post_json``, ``app.put_json``, ``app.delete``, ``app.cookies``,
+    ``app.set_cookie``, ``app.reset`` (forget the cookies), ... A second
+    application on the same table (other settings, the same cookies) is
+    ``SessionTestApp(app.model, app.engine, settings=..., clock=app.clock)``.
+
+    :param model: the session model, e.g. from :func:`make_model`.
+    :param engine: the SQLAlchemy engine of the database.
+    :param settings: session settings by name, as an ini file gives them
+        (``{"idle_timeout": "60"}``), with or without the ``session.``
+        prefix; names starting with ``tm.`` or ``retry.`` go to pyramid_tm
+        and pyramid_retry. ``secret_key`` is :data:`TEST_SECRET_KEY` unless
+        given. A bad setting raises ``ConfigurationError`` here.
+    :param clock: the factory's clock, :attr:`clock`; a new :class:`Clock`
+        unless given.
+    :param plugins: plugin objects registered beside the installed plugins:
+        modules, or objects whose methods are marked ``@hookimpl``. Each is
+        registered under its ``__name__`` (an object without one, under its
+        class's name) exactly as an entry point's plugin, and is active only
+        when ``model`` subclasses one of the mixins its ``session_mixins``
+        returns. For a plugin a test needs that is not installed (one under
+        development, a stand-in for another distribution's), or hook
+        implementations that record what the kernel calls. An object that is
+        also installed through an entry point is registered once.
+    :param configure: ``configure(config)`` is called with the
+        Configurator after the test views were added: add views,
+        subscribers, exception views of your own.
+    :param retry: include pyramid_retry (3 attempts), as an application
+        should; ``False`` lets a retryable error reach the test.
+    :param test_views: add :func:`add_test_views`' views.
+    """
+
+    def __init__(
+        self,
+        model: type,
+        engine: sa.Engine,
+        *,
+        settings: dict[str, Any] | None = None,
+        clock: Clock | None = None,
+        plugins: Iterable[object] = (),
+        configure: Callable[[Configurator], None] | None = None,
+        retry: bool = True,
+        test_views: bool = True,
+    ) -> None:
         self._model = model
         self.engine = engine
-        self.clock: Clock = kwargs.pop("clock", None) or Clock()
+        self.clock = clock or Clock()
         self.counter = StatementCounter(engine)
-        self.wsgi = make_wsgi_app(model, engine, clock=self.clock, **kwargs)
+        self.wsgi = make_wsgi_app(
+            model,
+            engine,
+            settings=settings,
+            clock=self.clock,
+            plugins=plugins,
+            configure=configure,
+            retry=retry,
+            test_views=test_views,
+        )
         self.browser = self.new_browser()
 
 
@@ -371,6 +589,7 @@ class ApplicationTestApp(_Browsers):
         global_config: dict[str, Any] | None = None,
     ) -> None:
         self.engine = engine
+        #: The application's metadata, whose tables :meth:`close` drops.
         self.metadata = metadata
         self.clock = clock or Clock()
         self.counter = StatementCounter(engine)
@@ -385,7 +604,7 @@ class ApplicationTestApp(_Browsers):
         self.browser = self.new_browser()
 
     def close(self) -> None:
-        """Drop the metadata's tables."""
+        """Drop the tables of ``metadata`` (nothing without it)."""
         if self.metadata is not None:
             self.metadata.drop_all(self.engine)
 
@@ -409,12 +628,22 @@ def _browser_class() -> type:
 
 
 def make_app(model: type, engine: sa.Engine, **kwargs: Any) -> SessionTestApp:
-    """Create ``model``'s table on ``engine`` (dropping any leftover) and build a test app."""
+    """Create ``model``'s table on ``engine`` (dropping any leftover) and build a test app.
+
+    ``kwargs`` are :class:`SessionTestApp`'s (``settings``, ``clock``,
+    ``plugins``, ``configure``, ``retry``, ``test_views``). The table is
+    not dropped afterwards (the ``session_app`` fixture does that).
+    """
     model.metadata.drop_all(engine)
     model.metadata.create_all(engine)
     return SessionTestApp(model, engine, **kwargs)
 
 
 def reset_transaction_manager() -> None:
-    """Abort whatever the thread-local transaction manager holds (between tests)."""
+    """Abort whatever the thread-local transaction manager holds (between tests).
+
+    For tests that use ``transaction.manager`` outside a request (pyramid_tm's
+    requests use their own manager): a test that failed half-way leaves the
+    next one a clean transaction.
+    """
     transaction.manager.abort()

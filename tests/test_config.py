@@ -9,6 +9,7 @@ import sqlalchemy.orm
 import webtest
 from kernel_support import make_included_app, set_cookies
 from pyramid.config import Configurator
+from pyramid.interfaces import ISessionFactory
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sessions_kernel import BaseMixin, ConfigurationError, SessionError, session_factory
@@ -48,7 +49,7 @@ def test_include_from_ini_settings(session_engine, ini_model, ini_clock):
             "other.setting": "ignored",
         },
     )
-    factory = app.app.registry["sessions_kernel.factory"]
+    factory = app.app.registry.getUtility(ISessionFactory)
     assert factory.model is ini_model
     assert factory.clock is ini_clock
     [cookie] = set_cookies(app.post_json("/set", {"a": 1}))

@@ -195,3 +195,69 @@ def test_an_implementation_not_matching_the_offered_specification_fails(order):
         plugins.reverse()
     with pytest.raises(ConfigurationError, match="valeu"):
         session_factory(plugins=plugins, model_class=make_model(), secret_key=TEST_SECRET_KEY)
+
+
+# -- a misspelt hook names the hook it was meant to be ----------------------------------
+
+MISSPELT_EXTEND = """\
+from sessions_kernel import hookimpl
+
+
+class MisspeltMixin:
+    pass
+
+
+@hookimpl
+def session_mixins():
+    return [MisspeltMixin]
+
+
+@hookimpl
+def session_extnd(session):
+    pass
+"""
+
+
+def test_a_misspelt_hook_names_the_plugin_and_the_closest_hook(tmp_path, monkeypatch):
+    install_distribution(
+        tmp_path / "site",
+        "sessions-misspelt",
+        {"misspelt": "sessions_misspelt_plugin"},
+        {"sessions_misspelt_plugin": MISSPELT_EXTEND},
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    # the plugin is installed, not even active: a typo fails every start-up
+    with pytest.raises(ConfigurationError) as info:
+        session_factory(model_class=make_model(), secret_key=TEST_SECRET_KEY)
+    message = str(info.value)
+    assert "session plugin 'misspelt (sessions-misspelt)'" in message
+    assert "implements session_extnd (did you mean session_extend?)" in message
+    assert "optionalhook=True" in message
+
+
+def test_a_misspelt_hook_of_an_offering_plugin_names_the_offered_one():
+    with pytest.raises(ConfigurationError) as info:
+        session_factory(
+            plugins=[Offering(), Misspelt()], model_class=make_model(), secret_key=TEST_SECRET_KEY
+        )
+    assert "'Misspelt' implements session_ofered (did you mean session_offered?)" in str(info.value)
+
+
+def test_a_hook_name_close_to_none_says_so():
+    class Unrelated:
+        @hookimpl
+        def frobnicate_everything(self):
+            pass
+
+    with pytest.raises(ConfigurationError) as info:
+        session_factory(plugins=[Unrelated()], model_class=make_model(), secret_key=TEST_SECRET_KEY)
+    assert "frobnicate_everything (no hook has a name close to it)" in str(info.value)
+
+
+def test_one_hookimpl_marker_for_the_kernel_and_its_plugins():
+    import sessions_kernel
+    from sessions_kernel import builtin, hookspecs
+
+    assert sessions_kernel.hookimpl is hookspecs.hookimpl is builtin.hookimpl
+    assert sessions_kernel.hookspec is hookspecs.hookspec

@@ -15,7 +15,7 @@ import pytest
 from pyramid.interfaces import ISessionFactory
 
 import sessions_kernel
-from sessions_kernel.factory import Stages, _no_implementation
+from sessions_kernel.factory import RequestHooks, _no_implementation
 from sessions_kernel.hookspecs import INVALIDATED
 from sessions_kernel.testing import TEST_SECRET_KEY, make_model
 
@@ -226,7 +226,7 @@ def test_lifecycle_hooks_nobody_implements_cost_nothing():
     factory = sessions_kernel.session_factory(
         model_class=make_model(), secret_key=TEST_SECRET_KEY, max_age=None
     )
-    assert isinstance(factory.stages, Stages)
+    assert isinstance(factory.stages, RequestHooks)
     assert factory.stages.session_regenerated is _no_implementation
     assert factory.stages.session_invalidated is _no_implementation
 

@@ -211,6 +211,43 @@ def test_plugin_report_lists_hooks_offered_by_other_plugins():
     assert "session_expiry_policy" in reports["idle_timeout"].hooks
 
 
+SPECNAME_PLUGIN = """\
+from sessions_kernel import hookimpl
+
+
+class SpecnameMixin:
+    pass
+
+
+@hookimpl
+def session_mixins():
+    return [SpecnameMixin]
+
+
+@hookimpl(specname="session_validate")
+def reject_nothing(session):
+    return None
+"""
+
+
+def test_plugin_report_lists_hooks_as_pluggy_registered_them(tmp_path, monkeypatch):
+    (tmp_path / "specname_plugin.py").write_text(SPECNAME_PLUGIN)
+    install_distribution(tmp_path, "sessions-specname", {"specname": "specname_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reports = {r.name: r for r in maintenance.plugin_report()}
+    # the implementation of session_validate is a function of another name
+    assert reports["specname"].hooks == ("session_mixins", "session_validate")
+
+
+def test_plugin_report_lists_the_hooks_that_run_in_the_factory(ttl_app):
+    factory = factory_of(ttl_app)
+    factory.config.pm.set_blocked("ttl")
+    reports = {r.name: r for r in maintenance.plugin_report(factory)}
+    assert reports["ttl"].active and reports["ttl"].hooks == ()
+    assert "session_renew" in reports["sessions_kernel"].hooks
+
+
 def test_plugin_report_lists_a_broken_entry_point(tmp_path, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
     install_distribution(tmp_path, "sessions-broken", {"broken": "broken_plugin"})
@@ -426,3 +463,16 @@ def test_psessions_indexes_subprocess(ini_app):
     assert "(ttl_expire): missing from the model, absent in the database" in result.stdout
     assert "CREATE INDEX ix_session_ttl_expire ON session (ttl_expire);" in result.stdout
     assert "sessions_kernel.add_indexes(Session)" in result.stdout
+
+
+def test_plugin_report_hides_the_keys_and_the_serializer_that_holds_them():
+    from sessions_kernel import AESGCMCookieSerializer, session_factory
+    from sessions_kernel.crypto import parse_secret_keys
+
+    serializer = AESGCMCookieSerializer(parse_secret_keys(generate_secret_key()))
+    factory = session_factory(model_class=make_model(), serializer=serializer)
+    [kernel] = [r for r in maintenance.plugin_report(factory) if r.name == "sessions_kernel"]
+    shown = {s.name: s for s in kernel.settings}
+    for name in ("secret_key", "secret_key_file", "secret_key_env", "serializer"):
+        assert shown[name].secret and shown[name].value is None, name
+    assert shown["cookie_name"].value == "session" and not shown["cookie_name"].secret

@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pyramid.csrf import new_csrf_token
 from pyramid.exceptions import BadCSRFToken
 from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.interfaces import ISessionFactory
 from pyramid.security import forget, remember
 from sessions_userid import invalidate_user_sessions, user_sessions
 
@@ -42,7 +43,7 @@ def format_clock(seconds: int | None) -> str:
 
 
 def _factory(request: Any) -> SessionFactory:
-    return request.registry["sessions_kernel.factory"]
+    return request.registry.getUtility(ISessionFactory)
 
 
 def _now(request: Any) -> int:
