@@ -59,7 +59,18 @@ class Peek:
 
 # Attributes that exist only once the session was loaded; reading one loads it.
 _LAZY = frozenset(
-    {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
+    {
+        "row",
+        "now",
+        "new",
+        "cookie_extras",
+        "_data",
+        "_flash",
+        "_token",
+        "_created",
+        "_columns",
+        "_txn",
+    }
 )
 _MISSING = object()
 # transaction.Transaction.status of a transaction one can still write into
@@ -97,6 +108,59 @@ def _cookie_values(header: str, name: str) -> list[str]:
     return values
 
 
+class _JoiningExtras(dict):  # type: ignore[type-arg]
+    """The cookie extras of a session that has not joined the transaction yet.
+
+    A request whose browser sent no session cookie does not join the
+    request's transaction until it has something to store (see
+    :meth:`Session._join`): a plugin that writes an extra (a CSRF token for a
+    form) is such a change, so every way of writing this dict joins first.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+
+    def _join(self) -> None:
+        session = self._session
+        if session._txn is None:
+            session._join()
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._join()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._join()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Any:
+        self._join()
+        return super().__ior__(other)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._join()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._join()
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self._join()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._join()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._join()
+        super().clear()
+
+
 @implementer(ISession)
 class Session(MutableMapping[str, Any]):
     """``request.session``: Pyramid's ISession, stored server-side.
@@ -104,7 +168,9 @@ class Session(MutableMapping[str, Any]):
     Nothing is read before the first use. The first use decrypts the cookie
     and fetches the row by its primary key (one SQL statement), runs the
     plugins' ``session_load`` and ``session_validate`` hooks, and registers
-    the persist stage to run before the request's transaction commits. The
+    the persist stage to run before the request's transaction commits. A
+    request that sent no session cookie registers it only at its first
+    change, so a visitor who stores nothing costs no transaction hook. The
     cookie is sent only once that commit succeeded.
 
     Values must be serializable by the data serializer (JSON by default).
@@ -255,10 +321,19 @@ class Session(MutableMapping[str, Any]):
         self._flush()
 
     def _load(self) -> None:
-        """The first use: what the session needs checked, then the pipeline up to the view."""
+        """The first use: what the session needs checked, then the pipeline up to the view.
+
+        A request whose browser sent no session cookie (a visitor's first
+        page, an anonymous one) reads nothing and joins the request's
+        transaction only when it first has something to store (:meth:`_join`):
+        until then it costs no transaction hooks and no persist stage, and a
+        request that stores nothing never joins.
+        """
         factory = self._factory
         request = self.request
-        txn = self._txn = self._transaction()
+        header = request.environ.get("HTTP_COOKIE")
+        presented = self._presented = _cookie_values(header, factory.cookie_name) if header else []
+        self._txn = self._transaction() if presented else None
         self.now = int(factory.clock())
         name = factory.dbsession_name
         if name not in vars(request) and not hasattr(type(request), name):
@@ -267,11 +342,25 @@ class Session(MutableMapping[str, Any]):
         self._reset_state()
         pipeline = self._pipeline = self._protocol()
         next(pipeline)  # load and validate
+        request.add_response_callback(self._respond)
+        if presented:
+            self._join_transaction(self._txn)
 
+    def _join(self) -> None:
+        """Join the request's transaction, at the first change of a session that had no cookie.
+
+        Raises :class:`SessionError` if ``request.tm`` has no transaction
+        begun (pshell without ``request.tm.begin()``): nothing could store
+        the change.
+        """
+        if self._txn is None:
+            self._txn = self._transaction()
+            self._join_transaction(self._txn)
+
+    def _join_transaction(self, txn: Any) -> None:
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         txn.addAfterAbortHook(self._after_abort)
-        request.add_response_callback(self._respond)
 
     def _persist(self) -> None:
         """The before-commit hook: the pipeline's extend, renew and persist stages (once)."""
@@ -343,7 +432,9 @@ class Session(MutableMapping[str, Any]):
         self._reset_state()
         self._peeking = True  # no events: a peek is not the visitor's activity
         header = self.request.environ.get("HTTP_COOKIE") or ""
-        if not _cookie_values(header, factory.cookie_name):
+        self._txn = None  # a peek never writes
+        self._presented = _cookie_values(header, factory.cookie_name)
+        if not self._presented:
             return Peek(reason="no session cookie")
         row, token, extras, unstored = self._find_row()
         if row is None:
@@ -383,8 +474,8 @@ class Session(MutableMapping[str, Any]):
             txn = manager.get()
         if txn is None:
             raise SessionError(
-                "request.session was first used while request.tm has no transaction "
-                "begun, so nothing could store it. In pshell, call request.tm.begin() "
+                f"request.session was {'changed' if self._loaded else 'first used'} while "
+                "request.tm has no transaction begun, so nothing could store it. In pshell, call request.tm.begin() "
                 "first (the starter's pshell setup does) and request.tm.commit() to "
                 "store the session; in a script, use it inside 'with request.tm:'; in "
                 "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
@@ -405,8 +496,7 @@ class Session(MutableMapping[str, Any]):
         """
         factory = self._factory
         request = self.request
-        header = request.environ.get("HTTP_COOKIE")
-        values = _cookie_values(header, factory.cookie_name) if header else []
+        values = self._presented
         unstored = None
         bad = False
         for value in values[:MAX_COOKIES_TRIED]:
@@ -496,7 +586,7 @@ class Session(MutableMapping[str, Any]):
         self.new = True
         self.__dict__.pop("_token", None)  # drawn on first need (see __getattr__)
         self._lineage = None
-        self.cookie_extras = {}
+        self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
         self._data, self._flash = {}, {}
         self._data_touched = True
         self._orig_data = self._orig_flash = None
@@ -526,6 +616,8 @@ class Session(MutableMapping[str, Any]):
         deletes (or replaces) the browser's cookie: a logout holds, whatever
         the view did afterwards.
         """
+        if self._txn is None:
+            self._join()
         self._held.append(statement)
         return self._factory.storage.execute(self._dbsession, statement)
 
@@ -753,6 +845,8 @@ class Session(MutableMapping[str, Any]):
             vary = response.vary or ()
             if "Cookie" not in vary:
                 response.vary = (*vary, "Cookie")
+        if self._txn is None:  # never joined: nothing changed, nothing to send
+            return
         if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
@@ -870,6 +964,8 @@ class Session(MutableMapping[str, Any]):
         return self._factory.config.values[name]
 
     def _apply_settings(self, values: dict[str, Any]) -> None:
+        if self._txn is None:
+            self._join()
         self._settings_values.update(values)
         if self.row is not None:
             for name, value in values.items():
@@ -906,6 +1002,8 @@ class Session(MutableMapping[str, Any]):
         runtime-configurable settings, which go through ``session.settings``).
         """
         self._check_column(name)
+        if self._txn is None:
+            self._join()
         if self.row is not None:
             setattr(self.row, name, value)
         elif value is None:
@@ -937,6 +1035,8 @@ class Session(MutableMapping[str, Any]):
         """Mark the session as changed (never needed for data; kept for ISession)."""
         if not self._loaded:
             self._load()
+        if self._txn is None:
+            self._join()
         self._force = True
 
     def invalidate(self) -> None:
@@ -1019,7 +1119,10 @@ class Session(MutableMapping[str, Any]):
 
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        messages = self._flash.setdefault(queue, [])
+        flashes = self._flash  # loads the session first
+        if self._txn is None:
+            self._join()
+        messages = flashes.setdefault(queue, [])
         if allow_duplicate or msg not in messages:
             messages.append(msg)
 
@@ -1040,11 +1143,14 @@ class Session(MutableMapping[str, Any]):
         return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._data[key] = value
+        data = self._data  # loads the session first
+        if self._txn is None:
+            self._join()
+        data[key] = value
         self._data_touched = True
 
     def __delitem__(self, key: str) -> None:
-        del self._data[key]
+        del self._data[key]  # a new session that never joined has no key to delete
         self._data_touched = True
 
     def __iter__(self) -> Iterator[str]:
