@@ -475,9 +475,10 @@ class Session(MutableMapping[str, Any]):
         if txn is None:
             raise SessionError(
                 f"request.session was {'changed' if self._loaded else 'first used'} while "
-                "request.tm has no transaction begun, so nothing could store it. In pshell, call request.tm.begin() "
-                "first (the starter's pshell setup does) and request.tm.commit() to "
-                "store the session; in a script, use it inside 'with request.tm:'; in "
+                "request.tm has no transaction begun, so nothing could store it. In "
+                "pshell, call request.tm.begin() first (the starter's pshell setup does) "
+                "and request.tm.commit() to store the session; in a script, use it "
+                "inside 'with request.tm:'; in "
                 "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
                 "under='pyramid_tm.tm_tween_factory')."
             )
