@@ -64,6 +64,24 @@ WRITTEN = WriteOutcome(True)
 DROPPED = WriteOutcome(False)
 
 
+def _clean(state: Any, dbsession: Any) -> None:
+    """Tell the ORM the row holds what is stored, once the kernel's own UPDATE wrote it.
+
+    Plugins assign the row's attributes, which marks it modified; the kernel
+    writes them itself (a versioned Core UPDATE) and records each written
+    value as committed. Left marked, the row would make the commit run a
+    flush of the whole unit of work that finds nothing to write. Cleared
+    only when every assigned attribute was written or holds its stored value
+    again (nothing else pending).
+    """
+    if not state.modified:
+        return
+    attrs = state.attrs
+    if not any(attrs[key].history.has_changes() for key in state.committed_state):
+        # InstanceState._commit_all: what the ORM itself does after a flush
+        state._commit_all(state.dict, dbsession.identity_map)
+
+
 class RowStorage:
     """The SQL of one factory's session rows; see the module's documentation.
 
@@ -259,6 +277,7 @@ class RowStorage:
                     raise
                 for key, (_, old) in changes.items():
                     set_committed_value(row, key, old)
+                _clean(state, dbsession)
                 return DROPPED
             savepoint.commit()
         else:
@@ -277,6 +296,8 @@ class RowStorage:
         set_committed_value(row, self.version_key, version + 1)
         if self.pk_key in values:  # regenerated: the identity map still has the old key
             dbsession.expunge(row)
+        else:
+            _clean(state, dbsession)
         return outcome
 
     def merge(

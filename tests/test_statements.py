@@ -6,6 +6,8 @@ import os
 
 import pytest
 from pyramid.interfaces import ISessionFactory
+from sqlalchemy import event
+from sqlalchemy.orm import Session as OrmSession
 
 from sessions_kernel import AESGCMCookieSerializer, generate_secret_key
 from sessions_kernel.builtin import DEFAULT_MAX_AGE
@@ -163,3 +165,24 @@ def test_reading_a_setting_no_session_can_change_costs_no_sql(session_app):
         response = app.get("/cookie-httponly")
     assert response.json == {"cookie_httponly": True}
     assert sql.count == 0
+
+
+@pytest.fixture
+def flushes():
+    """How many times an ORM session flushed its unit of work."""
+    counted = []
+
+    def count(session, context, instances):
+        counted.append(session)
+
+    event.listen(OrmSession, "before_flush", count)
+    yield counted
+    event.remove(OrmSession, "before_flush", count)
+
+
+def test_the_kernels_own_writes_leave_the_orm_nothing_to_flush(app, flushes):
+    """The kernel writes the row itself; the commit must not run a flush that finds nothing."""
+    app.post_json("/set", {"a": 1})  # INSERT
+    app.get("/incr/a")  # versioned UPDATE
+    assert flushes == []
+    assert app.get("/read").json["data"] == {"a": 2}
