@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 import sqlalchemy as sa
@@ -18,9 +18,9 @@ from webob.cookies import make_cookie
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
-from .model import KERNEL_COLUMNS
+from .model import KERNEL_COLUMNS, model_table
 from .plugins import FactoryConfig
-from .serializers import PickleSerializer
+from .serializers import DataSerializer, PickleSerializer
 from .session import Peek, Session
 
 if TYPE_CHECKING:
@@ -122,12 +122,12 @@ class SessionFactory:
         self.hook = config.hook
         #: the per-request hooks: pluggy's callers, no-ops while no plugin implements them
         self.stages = RequestHooks(config.hook)
-        self.clock = values["clock"]
-        self.cookie_name = values["cookie_name"]
-        self.dbsession_name = values["dbsession_name"]
-        self.data_serializer = values["data_serializer"]
-        self.max_data_size = values["max_data_size"]
-        self.lock_contended_for = values["lock_contended_for"]
+        self.clock: Callable[[], float] = values["clock"]
+        self.cookie_name: str = values["cookie_name"]
+        self.dbsession_name: str = values["dbsession_name"]
+        self.data_serializer: DataSerializer = values["data_serializer"]
+        self.max_data_size: int | None = values["max_data_size"]
+        self.lock_contended_for: int = values["lock_contended_for"]
         # row id -> until when its requests load it locked (see mark_contended)
         self._contended: dict[str, float] = {}
         self._contended_lock = threading.Lock()
@@ -137,7 +137,7 @@ class SessionFactory:
                 "injection anywhere in the application, another application's database "
                 "user, a restored backup) can run code in this application when a session "
                 "is read; keep json unless you trust every writer",
-                config.model.__table__.name,
+                model_table(config.model).name,
             )
         self.serializer = values["serializer"] or AESGCMCookieSerializer(
             values["secret_key"],
@@ -161,7 +161,7 @@ class SessionFactory:
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
         # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
-        self._updates: dict[tuple[str, ...], Any] = {}
+        self._updates: dict[tuple[str, ...], sa.Update] = {}
         self.session_class = _session_class(config)
         # What the kernel's own UPDATE and DELETE statements need, resolved once.
         mapper = sa.inspect(self.model)
@@ -245,7 +245,7 @@ class SessionFactory:
 
     def versioned_update(
         self, stored_id: str, version: int, values: Mapping[str, Any]
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> tuple[sa.Update, dict[str, Any]]:
         """The kernel's UPDATE of a row read at ``version``, and its parameters.
 
         ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
@@ -256,7 +256,9 @@ class SessionFactory:
         statement = self._updates.get(keys)
         if statement is None:
             bind = sa.bindparam
-            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
+            changes: dict[sa.ColumnElement[Any], sa.BindParameter[Any]] = {
+                self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)
+            }
             statement = (
                 sa.update(self.table)
                 .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
@@ -352,7 +354,9 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     namespace: dict[str, Any] = {}
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_attributes.get_hookimpls():
-        for name, value in (impl.function() or {}).items():
+        # what the hook's specification says it answers (pluggy does not carry the types)
+        attributes = cast("Mapping[str, Any] | None", impl.function())
+        for name, value in (attributes or {}).items():
             if name in owners or hasattr(Session, name) or name.startswith("_"):
                 taken = owners.get(name, "the kernel")
                 raise ConfigurationError(
@@ -373,8 +377,11 @@ def _merge_rules(
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_merge_rules.get_hookimpls():
         arguments = {"model": config.model}
-        answer = impl.function(*[arguments[name] for name in impl.argnames]) or {}
-        for key, rule in answer.items():
+        answer = cast(
+            "Mapping[str | tuple[str, ...], MergeRule] | None",
+            impl.function(*[arguments[name] for name in impl.argnames]),
+        )
+        for key, rule in (answer or {}).items():
             group = (key,) if isinstance(key, str) else tuple(key)
             where = f"session plugin {impl.plugin_name!r} declares a merge rule for {key!r}"
             if not group or not callable(rule):
