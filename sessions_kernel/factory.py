@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -20,7 +20,7 @@ from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
 from .plugins import FactoryConfig
-from .serializers import DataSerializer, PickleSerializer
+from .serializers import PickleSerializer
 from .session import Peek, Session
 
 if TYPE_CHECKING:
@@ -122,12 +122,12 @@ class SessionFactory:
         self.hook = config.hook
         #: the per-request hooks: pluggy's callers, no-ops while no plugin implements them
         self.stages = RequestHooks(config.hook)
-        self.clock: Callable[[], float] = values["clock"]
-        self.cookie_name: str = values["cookie_name"]
-        self.dbsession_name: str = values["dbsession_name"]
-        self.data_serializer: DataSerializer = values["data_serializer"]
-        self.max_data_size: int | None = values["max_data_size"]
-        self.lock_contended_for: int = values["lock_contended_for"]
+        self.clock = values["clock"]
+        self.cookie_name = values["cookie_name"]
+        self.dbsession_name = values["dbsession_name"]
+        self.data_serializer = values["data_serializer"]
+        self.max_data_size = values["max_data_size"]
+        self.lock_contended_for = values["lock_contended_for"]
         # row id -> until when its requests load it locked (see mark_contended)
         self._contended: dict[str, float] = {}
         self._contended_lock = threading.Lock()
@@ -161,7 +161,7 @@ class SessionFactory:
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
         # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
-        self._updates: dict[tuple[str, ...], sa.Update] = {}
+        self._updates: dict[tuple[str, ...], Any] = {}
         self.session_class = _session_class(config)
         # What the kernel's own UPDATE and DELETE statements need, resolved once.
         mapper = sa.inspect(self.model)
@@ -245,7 +245,7 @@ class SessionFactory:
 
     def versioned_update(
         self, stored_id: str, version: int, values: Mapping[str, Any]
-    ) -> tuple[sa.Update, dict[str, Any]]:
+    ) -> tuple[Any, dict[str, Any]]:
         """The kernel's UPDATE of a row read at ``version``, and its parameters.
 
         ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
