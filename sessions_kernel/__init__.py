@@ -23,6 +23,7 @@ from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
 from .session import Peek, Session
 from .settings import SessionSettings, Setting
+from .stash import Stash, StashKey
 
 __all__ = [
     "AESGCMCookieSerializer",
@@ -39,6 +40,8 @@ __all__ = [
     "SessionSettings",
     "Setting",
     "SettingsError",
+    "Stash",
+    "StashKey",
     "add_indexes",
     "factory_args_from_settings",
     "generate_secret_key",

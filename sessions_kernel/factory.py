@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
-import sqlalchemy as sa
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
@@ -21,7 +19,8 @@ from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
 from .plugins import FactoryConfig
 from .serializers import PickleSerializer
-from .session import Peek, Session
+from .session import RESERVED_ATTRIBUTES, Peek, Session
+from .storage import RowStorage
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -39,8 +38,6 @@ __all__ = [
 SETTINGS_PREFIX = "session."
 #: The category of the factory's introspectable (see :func:`register_factory`).
 INTROSPECTION_CATEGORY = "sessions_kernel"
-#: How many contended rows a factory remembers at most (see SessionFactory.mark_contended).
-MAX_CONTENDED = 4096
 #: The kernel's settings that make the cookie's attributes.
 COOKIE_SETTINGS = frozenset(
     {
@@ -106,6 +103,8 @@ class RequestHooks:
     session_renew = _stage("session_renew")
     session_persist = _stage("session_persist")
     session_cookie_attributes = _stage("session_cookie_attributes")
+    session_regenerated = _stage("session_regenerated")
+    session_invalidated = _stage("session_invalidated")
 
 
 class SessionFactory:
@@ -128,9 +127,6 @@ class SessionFactory:
         self.data_serializer = values["data_serializer"]
         self.max_data_size = values["max_data_size"]
         self.lock_contended_for = values["lock_contended_for"]
-        # row id -> until when its requests load it locked (see mark_contended)
-        self._contended: dict[str, float] = {}
-        self._contended_lock = threading.Lock()
         if isinstance(self.data_serializer, PickleSerializer):
             log.warning(
                 "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
@@ -160,70 +156,27 @@ class SessionFactory:
         self._cookie_settings_configurable = bool(config.configurable & COOKIE_SETTINGS)
         # Set-Cookie values after the cookie's value, per set of attributes (see cookie_header)
         self._cookie_suffixes: dict[tuple[Any, ...], str] = {}
-        # the kernel's UPDATE statements, per tuple of changed columns (versioned_update)
-        self._updates: dict[tuple[str, ...], Any] = {}
         self.session_class = _session_class(config)
-        # What the kernel's own UPDATE and DELETE statements need, resolved once.
-        mapper = sa.inspect(self.model)
-        if mapper.version_id_col is None:
-            raise ConfigurationError(
-                f"{self.model.__name__} declares __mapper_args__ without the version column "
-                "the kernel uses to notice concurrent writes; include "
-                '"version_id_col": cls.__table__.c.version in it'
-            )
-        self.table = mapper.local_table
-        self.pk_column = mapper.primary_key[0]
-        self.version_column = mapper.version_id_col
-        self.columns = {prop.key: prop.columns[0] for prop in mapper.column_attrs}
-        self.pk_key = mapper.get_property_by_column(self.pk_column).key
-        self.version_key = mapper.get_property_by_column(self.version_column).key
-        self.column_keys = tuple(k for k in self.columns if k != self.version_key)
-        # what a new row's own INSERT needs: attribute key -> the column's key in the table
-        self.insert_keys = {key: column.key for key, column in self.columns.items()}
-        self.version_column_key = self.version_column.key
-        #: columns a new row's INSERT leaves NULL when not given (no default of any kind)
-        self.null_on_insert = tuple(
-            key
-            for key, column in self.columns.items()
-            if column.default is None and column.server_default is None and key != self.pk_key
-        )
         #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
-        self.merge_rules = _merge_rules(config, self.columns)
-        #: columns whose write may give way to a concurrent one (``merge.droppable``)
-        self.droppable_columns = frozenset(
-            name for name, (_, rule) in self.merge_rules.items() if getattr(rule, "droppable", 0)
+        self.merge_rules = _merge_rules(config)
+        #: the SQL of the rows: fetch, insert, update and merge, delete (:mod:`.storage`)
+        self.storage = RowStorage(
+            self.model,
+            self.data_serializer,
+            self.merge_rules,
+            clock=self.clock,
+            lock_contended_for=self.lock_contended_for,
         )
+        #: columns whose write may give way to a concurrent one (``merge.droppable``)
+        self.droppable_columns = self.storage.droppable_columns
 
     def mark_contended(self, row_id: str) -> None:
-        """Have every request of this process load the row locked for a while.
-
-        Called when a request lost to a concurrent one and has to run again.
-        For ``lock_contended_for`` seconds, the row's loads take its lock
-        (``SELECT … FOR UPDATE``), so its writers queue instead of each
-        running, losing and running again: under contention that is fewer
-        attempts, and more requests per second. The memory is this
-        process's own, and bounded: the oldest rows are forgotten first.
-        """
-        if not self.lock_contended_for:
-            return
-        with self._contended_lock:
-            contended = self._contended
-            contended.pop(row_id, None)
-            contended[row_id] = self.clock() + self.lock_contended_for
-            while len(contended) > MAX_CONTENDED:
-                del contended[next(iter(contended))]
+        """Have the row load locked for a while (``RowStorage.mark_contended``)."""
+        self.storage.mark_contended(row_id)
 
     def is_contended(self, row_id: str) -> bool:
-        """Whether the row is to load locked (:meth:`mark_contended`)."""
-        until = self._contended.get(row_id)
-        if until is None:
-            return False
-        if until > self.clock():
-            return True
-        with self._contended_lock:
-            if self._contended.get(row_id) == until:
-                del self._contended[row_id]
-        return False
+        """Whether the row is to load locked (``RowStorage.is_contended``)."""
+        return self.storage.is_contended(row_id)
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
@@ -242,34 +195,6 @@ class SessionFactory:
         ):
             return None
         return self.default_cookie_attributes
-
-    def versioned_update(
-        self, stored_id: str, version: int, values: Mapping[str, Any]
-    ) -> tuple[Any, dict[str, Any]]:
-        """The kernel's UPDATE of a row read at ``version``, and its parameters.
-
-        ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
-        one statement per set of columns, built once with bound parameters and
-        kept, instead of a new statement on every write.
-        """
-        keys = tuple(values)
-        statement = self._updates.get(keys)
-        if statement is None:
-            bind = sa.bindparam
-            changes: dict[sa.ColumnElement[Any], sa.BindParameter[Any]] = {
-                self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)
-            }
-            statement = (
-                sa.update(self.table)
-                .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
-                .values(changes)
-                .values({self.version_column: bind("_sk_next")})
-            )
-            if len(self._updates) < 256:
-                self._updates[keys] = statement
-        params = {f"_sk_v{i}": value for i, value in enumerate(values.values())}
-        params.update(_sk_id=stored_id, _sk_ver=version, _sk_next=version + 1)
-        return statement, params
 
     def cookie_header(self, value: str, attributes: Mapping[str, Any]) -> str:
         """The ``Set-Cookie`` value that sets the cookie: what ``response.set_cookie`` makes.
@@ -357,11 +282,14 @@ def _session_class(config: FactoryConfig) -> type[Session]:
         # what the hook's specification says it answers (pluggy does not carry the types)
         attributes = cast("Mapping[str, Any] | None", impl.function())
         for name, value in (attributes or {}).items():
-            if name in owners or hasattr(Session, name) or name.startswith("_"):
-                taken = owners.get(name, "the kernel")
+            problem = _claim_problem(name, owners)
+            if problem is not None:
+                plugin = impl.plugin_name
                 raise ConfigurationError(
-                    f"session plugin {impl.plugin_name!r} adds request.session.{name}, "
-                    f"which {taken} already provides (or is private); rename it"
+                    f"session plugin {plugin!r} adds request.session.{name} (its "
+                    f"session_attributes hook), but {problem}. Rename the plugin's attribute, "
+                    f"prefixed with the plugin's name (e.g. {_suggested(plugin, name)!r}), "
+                    "and its uses."
                 )
             owners[name] = impl.plugin_name
             namespace[name] = value
@@ -370,9 +298,30 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     return type(f"{config.model.__name__}Session", (Session,), namespace)
 
 
-def _merge_rules(
-    config: FactoryConfig, columns: Mapping[str, Any]
-) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+def _claim_problem(name: str, owners: Mapping[str, str]) -> str | None:
+    """Why a plugin may not add ``request.session.<name>``, or ``None`` if it may."""
+    if name in owners:
+        return f"session plugin {owners[name]!r} already adds it"
+    if name.startswith("_"):
+        return "names starting with '_' are the kernel's private ones"
+    if name in Session.__annotations__:
+        declared = ", ".join(sorted(Session.__annotations__))
+        return (
+            f"the kernel reserves {name!r}: it is one of the attributes plugins rely on "
+            f"({declared}), and replacing it breaks every session"
+        )
+    if name in RESERVED_ATTRIBUTES:
+        return f"the kernel reserves {name!r}: it is part of the session's own API"
+    return None
+
+
+def _suggested(plugin: str, name: str) -> str:
+    prefix = "".join(c if c.isalnum() else "_" for c in plugin.rsplit(".", 1)[-1]).strip("_")
+    return f"{prefix}_{name.lstrip('_')}" if prefix else f"plugin_{name.lstrip('_')}"
+
+
+def _merge_rules(config: FactoryConfig) -> dict[str, tuple[tuple[str, ...], MergeRule]]:
+    columns = config.column_names
     rules: dict[str, tuple[tuple[str, ...], MergeRule]] = {}
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_merge_rules.get_hookimpls():

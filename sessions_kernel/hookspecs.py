@@ -8,7 +8,7 @@ one of the mixins its :func:`session_mixins` returns. Inactive plugins are
 not called at all. A hook implementation may accept fewer arguments than the
 specification names; pluggy passes only those it asks for.
 
-Hooks come in three groups:
+Hooks come in four groups:
 
 * configuration (called once per plugin manager or factory, at start-up):
   :func:`session_addhooks`, :func:`session_mixins`, :func:`session_settings`,
@@ -19,13 +19,18 @@ Hooks come in three groups:
   :func:`session_validate`, then before commit :func:`session_extend`,
   :func:`session_renew`, :func:`session_persist`, and
   :func:`session_cookie_attributes` when a cookie is sent;
+* the session's lifecycle, between the stages, when the id changes or the
+  session ends: :func:`session_regenerated`, :func:`session_invalidated`
+  (and ``session_user_changed`` of sessions-userid for the user);
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`,
   :func:`session_expires_at`, :func:`session_last_active`,
   :func:`session_details`.
 
 The ``session`` argument of the pipeline hooks is the request's
-:class:`sessions_kernel.Session`. What plugins use of it:
+:class:`sessions_kernel.Session`. What plugins use of it (the attributes are
+declared on the class, and reserved: no plugin's :func:`session_attributes`
+may claim one):
 
 ``session.row``
     the model instance, or ``None`` while the session has no row yet.
@@ -39,6 +44,11 @@ The ``session`` argument of the pipeline hooks is the request's
 ``session.cookie_extras``
     a dict of small byte strings the cookie carries beside the token, keyed
     by a name the plugin picks. Changing it makes the kernel send the cookie.
+``session.stash``
+    the plugins' state for this request (:class:`~sessions_kernel.Stash`):
+    what one hook computes and a later hook of the same request needs, under
+    a :class:`~sessions_kernel.StashKey` of the plugin's own. Keep nothing in
+    attributes of your own on the session.
 ``session.dirty``
     whether the session will be written in this request so far.
 ``session.get_column(name)``, ``session.set_column(name, value)``
@@ -83,6 +93,10 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 #: Mark a plugin's hook implementations: ``@sessions_kernel.hookimpl``. The kernel's own
 #: :mod:`~sessions_kernel.builtin` plugin uses this marker too; there is no other.
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The ``reason`` of :func:`session_invalidated` when the application called
+#: :meth:`Session.invalidate() <sessions_kernel.Session.invalidate>` (a logout).
+INVALIDATED = "invalidated"
 
 
 # -- configuration ------------------------------------------------------------
@@ -184,10 +198,15 @@ def session_attributes() -> Mapping[str, Any]:
     Use it to give ``request.session`` an API of the plugin's own (a
     ``property`` for a column, a method). Called once per factory; the kernel
     builds a subclass of :class:`~sessions_kernel.Session` for that factory
-    only, so two factories never see each other's attributes. Two active
-    plugins adding one name, or a name the kernel already uses, is a
-    start-up error. Called after :func:`session_expiry_policy`, before any
-    request.
+    only, so two factories never see each other's attributes. Prefix the
+    names with your plugin's name. Two active plugins adding one name, a
+    name starting with ``_``, or a name the kernel reserves
+    (:data:`~sessions_kernel.session.RESERVED_ATTRIBUTES`: the attributes
+    plugins rely on, such as ``row``, ``now`` and ``stash``, and the
+    session's own API) is a :class:`~pyramid.exceptions.ConfigurationError`
+    at start-up naming the plugin. Per-request state belongs in
+    ``session.stash``, not in attributes. Called after
+    :func:`session_expiry_policy`, before any request.
     """
 
 
@@ -298,9 +317,10 @@ def session_validate(session: Session) -> str | None:
     deletes it, notifies :class:`~sessions_kernel.events.SessionRejected` with
     the reason, and starts a new, empty session. Return ``None`` to accept.
     The first plugin to reject wins; later ones are not called. After a
-    rejection no hook sees that row again (the new session gets no
-    :func:`session_load`). Issue no SQL. Next, the view runs; then, before
-    commit, :func:`session_extend`.
+    rejection :func:`session_invalidated` follows at once, with the
+    rejected row and the reason; no other hook sees that row again (the new
+    session gets no :func:`session_load`). Issue no SQL. Next, the view
+    runs; then, before commit, :func:`session_extend`.
     """
 
 
@@ -367,6 +387,84 @@ def session_cookie_attributes(session: Session, attributes: dict[str, Any]) -> N
     old cookie to delete, the new one to set), and for a rejected session
     when it is dropped. The return value is ignored; the cookie is sent only
     once the transaction committed.
+    """
+
+
+# -- the session's lifecycle ------------------------------------------------------
+
+
+@hookspec
+def session_regenerated(session: Session, old_id: str, new_id: str) -> None:
+    """The session was given a new id, keeping its data: forget what the old id was granted.
+
+    :param session: the request's session; ``session.session_id`` is already
+        ``new_id``.
+    :param old_id: the id the session had. For a stored session the key of
+        its row; for a session without a row yet (``session.new``), the id
+        it would have been stored under.
+    :param new_id: the new id. The row is stored under it before commit (at
+        once with ``regenerate_id(hold=True)``); a new session's row is
+        inserted under it.
+
+    Called by :meth:`Session.regenerate_id()
+    <sessions_kernel.Session.regenerate_id>` after the new id was assigned
+    (and, for a stored session, after
+    :class:`~sessions_kernel.events.SessionRegenerated` was sent): at a
+    login and at every change of privilege (sessions-userid's
+    ``request.session.userid = ...`` and ``remember()``, before its
+    ``session_user_changed``), by ``invalidate_user_sessions(...,
+    except_current=True)``, and by the application. Also for a session that
+    has no row yet: its id changes all the same. Not called by
+    :meth:`~sessions_kernel.Session.invalidate` (see
+    :func:`session_invalidated`), nor by a peek.
+
+    Use it for what belongs to one id rather than to the session: a
+    privilege granted for a while ("sudo mode"), an id recorded in
+    ``session.stash``. Assign columns (``session.set_column``) or change
+    ``session.cookie_extras``; issue no SQL, and do not call
+    ``regenerate_id()`` or ``invalidate()`` from here. Called during the
+    view (between :func:`session_validate` and :func:`session_extend`),
+    possibly more than once in a request, or from a plugin's hook. The
+    return value is ignored.
+    """
+
+
+@hookspec
+def session_invalidated(session: Session, reason: str, old_row: Any | None) -> None:
+    """The session ended: its row, if it had one, was deleted, and a new, empty one began.
+
+    :param session: the request's session, already the new one:
+        ``session.new`` is true, ``session.row`` is ``None``, it holds no
+        data, no plugin columns and no cookie extras. ``session.stash`` is
+        kept: drop what your plugin kept there for the ended session.
+    :param reason: :data:`INVALIDATED` (``"invalidated"``) when the
+        application called :meth:`Session.invalidate()
+        <sessions_kernel.Session.invalidate>` (a logout: sessions-userid's
+        ``forget()``, ``invalidate_user_sessions()`` of the current user);
+        otherwise the reason a plugin's :func:`session_validate` rejected the
+        stored row for (``"idle timeout"``, ``"renewal violation"``, the
+        kernel's ``"max age"``): a logout too.
+    :param old_row: the ended session's row, deleted and detached from the
+        database session; its columns can be read (``old_row.id``, a user
+        column), not its unloaded relationships. ``None`` when the session
+        had no row yet (``invalidate()`` of a new session): nothing was
+        deleted.
+
+    Called by ``invalidate()`` during the view, after
+    :class:`~sessions_kernel.events.SessionInvalidated` was sent (for a
+    stored session); and at the first use of a session whose stored row a
+    plugin rejected, right after :func:`session_validate` and
+    :class:`~sessions_kernel.events.SessionRejected`, before the view. Not
+    called for a session another request deleted (the cookie then names no
+    row: :class:`~sessions_kernel.events.SessionNotFound`), nor by a peek.
+
+    The new session runs the rest of the pipeline like any new session: it
+    is stored (and gets a cookie) only if something is put in it, so
+    changing nothing keeps a logout a logout. Issue no SQL, and do not call
+    ``regenerate_id()`` or ``invalidate()`` from here. Next, the view runs
+    (or goes on); before commit, :func:`session_renew` and
+    :func:`session_persist` if the new session stores anything. The return
+    value is ignored.
     """
 
 

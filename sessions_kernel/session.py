@@ -10,21 +10,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pyramid.interfaces import ISession
 from pyramid.response import Response as _HeaderMaker
-from sqlalchemy.orm import make_transient, make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_state
 from transaction.interfaces import NoTransaction
 from zope.interface import implementer
-from zope.sqlalchemy import mark_changed
 
 from . import events
 from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
-from .errors import InconsistentDataError, SessionConflictError, SessionError
-from .merge import MergeConflict, merge_mappings
+from .errors import InconsistentDataError, SessionError
+from .hookspecs import INVALIDATED
 from .model import KERNEL_COLUMNS
 from .settings import SessionSettings
+from .stash import Stash
+from .storage import LINEAGE_CHARS
 
 if TYPE_CHECKING:
     from pyramid.request import Request
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
 
-__all__ = ["Peek", "Session"]
+__all__ = ["RESERVED_ATTRIBUTES", "Peek", "Session"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,18 @@ class Peek:
 
 # Attributes that exist only once the session was loaded; reading one loads it.
 _LAZY = frozenset(
-    {"row", "now", "new", "cookie_extras", "_data", "_flash", "_token", "_created", "_columns"}
+    {
+        "row",
+        "now",
+        "new",
+        "cookie_extras",
+        "_data",
+        "_flash",
+        "_token",
+        "_created",
+        "_columns",
+        "_txn",
+    }
 )
 _MISSING = object()
 # transaction.Transaction.status of a transaction one can still write into
@@ -68,13 +78,9 @@ _OPEN_STATUSES = frozenset({"Active", "Doomed"})
 #: Cookie extras the kernel owns (a plugin's extras have other names).
 LINEAGE_EXTRA = "sessions_kernel.lineage"
 UNSTORED_EXTRA = "sessions_kernel.unstored"
-#: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
-LINEAGE_CHARS = 24
 #: How many cookies of the session's name one request may look up.
 MAX_COOKIES_TRIED = 4
 log = logging.getLogger("sessions_kernel")
-# Where a pooled connection remembers its isolation level (see _refuses_concurrent_updates).
-_ISOLATION_KEY = "sessions_kernel.isolation_level"
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
@@ -102,10 +108,57 @@ def _cookie_values(header: str, name: str) -> list[str]:
     return values
 
 
-def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
-    """PostgreSQL's "could not serialize access" (SQLSTATE 40001) or a deadlock (40P01)."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code in ("40001", "40P01")
+class _JoiningExtras(dict):  # type: ignore[type-arg]
+    """The cookie extras of a session that has not joined the transaction yet.
+
+    A request whose browser sent no session cookie does not join the
+    request's transaction until it has something to store (see
+    :meth:`Session._join`): a plugin that writes an extra (a CSRF token for a
+    form) is such a change, so every way of writing this dict joins first.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+
+    def _join(self) -> None:
+        session = self._session
+        if session._txn is None:
+            session._join()
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._join()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._join()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Any:
+        self._join()
+        return super().__ior__(other)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._join()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._join()
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self._join()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._join()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._join()
+        super().clear()
 
 
 @implementer(ISession)
@@ -115,7 +168,9 @@ class Session(MutableMapping[str, Any]):
     Nothing is read before the first use. The first use decrypts the cookie
     and fetches the row by its primary key (one SQL statement), runs the
     plugins' ``session_load`` and ``session_validate`` hooks, and registers
-    the persist stage to run before the request's transaction commits. The
+    the persist stage to run before the request's transaction commits. A
+    request that sent no session cookie registers it only at its first
+    change, so a visitor who stores nothing costs no transaction hook. The
     cookie is sent only once that commit succeeded.
 
     Values must be serializable by the data serializer (JSON by default).
@@ -124,7 +179,33 @@ class Session(MutableMapping[str, Any]):
     calling :meth:`changed`. A request that set or deleted no key and was
     handed no value that can change in place (only strings, numbers, booleans,
     ``None``) cannot have changed the data, and skips that serialization.
+
+    Plugins read and write the attributes below in their hooks. Their names,
+    and every name of the class's own API, are reserved: a plugin's
+    ``session_attributes`` hook that claims one is a start-up error.
     """
+
+    #: The Pyramid request this session belongs to.
+    request: Request
+    #: The stored session's row (an instance of the model), or ``None`` while the
+    #: session has none yet (a new session gets its row before commit, if it stores
+    #: anything).
+    row: Any
+    #: The time of this request in whole seconds, read once from the factory's clock.
+    #: Plugins never read the time any other way (tests move that clock).
+    now: int
+    #: ``True`` until the session has a row in the database.
+    new: bool
+    #: Small byte strings the cookie carries beside the token, keyed by a name the
+    #: plugin picks (names starting with ``sessions_kernel.`` are the kernel's).
+    #: Changing it makes the kernel send the cookie again.
+    cookie_extras: dict[str, bytes]
+    #: Per-request state of plugins (:class:`~sessions_kernel.Stash`): a value one
+    #: hook computes and a later hook of the same request reads, under a
+    #: :class:`~sessions_kernel.StashKey` of the plugin's own. Created on first use;
+    #: reading it never loads the session. It lives as long as this object:
+    #: ``invalidate()`` and a rejection leave it alone.
+    stash: Stash
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
@@ -144,6 +225,9 @@ class Session(MutableMapping[str, Any]):
         if name == "_token" and self._loaded:  # a new session's: a visitor who stores
             token = self._token = os.urandom(TOKEN_BYTES)  # nothing never needs one
             return token
+        if name == "stash":  # made on first use: most requests never need one
+            stash = self.stash = Stash()
+            return stash
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -178,23 +262,121 @@ class Session(MutableMapping[str, Any]):
             "Pyramid SQLAlchemy starter), or set session.dbsession_name"
         )
 
-    # -- the load and validate stages --------------------------------------------
+    # -- the pipeline ---------------------------------------------------------------------
+    def _protocol(self) -> Iterator[None]:
+        """The pipeline of one request's session: every stage, in its order.
+
+        The one place to read what the kernel does with a session, and when
+        (compare pytest's ``runtestprotocol``). :meth:`_load` starts it at
+        the first use of ``request.session``: it runs the load and validate
+        stages, then pauses at ``yield`` while the application uses the
+        session. The before-commit hook of the request's transaction
+        (:meth:`_persist`) resumes it for the extend, renew and persist
+        stages. The cookie it decides is sent by :meth:`_respond`, once the
+        commit succeeded. The SQL is :class:`~sessions_kernel.storage.RowStorage`'s.
+        """
+        stages = self._factory.stages
+        # load: the cookie decrypted and authenticated, the row fetched by its primary key
+        self._take(*self._find_row())
+        stages.session_load(session=self)
+        # validate: each plugin may reject a stored row; a rejected row is deleted
+        if self.row is not None:
+            reason = stages.session_validate(session=self)
+            if reason:
+                self._reject(reason)
+            else:
+                self._read_row(self.row)
+
+        yield  # the application uses the session; then its transaction is about to commit
+
+        data, flash = self._settle()
+        row = self.row
+        unstored = False
+        if row is None:
+            if self.dirty:  # a new session that holds something gets its row: no extend
+                row = self._new_row(data, flash)
+                # renew: plugins put their first secrets in the cookie
+                stages.session_renew(session=self)
+                # persist: plugins' columns set, then the INSERT
+                stages.session_persist(session=self, row=row)
+                self._insert_row(row)
+                send = True
+            else:  # nothing to store: no row, at most a cookie-only session
+                send = unstored = self._cookie_only()
+        else:
+            self._apply_changes(row, data, flash)
+            # extend: plugins decide whether an otherwise unchanged session needs a write
+            stages.session_extend(session=self)
+            # renew: plugins rotate secrets the cookie carries
+            extras = dict(self.cookie_extras)
+            stages.session_renew(session=self)
+            # persist: plugins' columns set, then the changed columns written (or merged)
+            written = False
+            if self.dirty:
+                stages.session_persist(session=self, row=row)
+                written = self._write_row(row, extras)
+            send = self._resend_cookie(written, extras)
+        # the cookie to set or delete; _respond sends it once the transaction committed
+        self._decide_cookie(send, unstored)
+        self._flush()
+
     def _load(self) -> None:
+        """The first use: what the session needs checked, then the pipeline up to the view.
+
+        A request whose browser sent no session cookie (a visitor's first
+        page, an anonymous one) reads nothing and joins the request's
+        transaction only when it first has something to store (:meth:`_join`):
+        until then it costs no transaction hooks and no persist stage, and a
+        request that stores nothing never joins.
+        """
         factory = self._factory
         request = self.request
-        txn = self._txn = self._transaction()
+        header = request.environ.get("HTTP_COOKIE")
+        presented = self._presented = _cookie_values(header, factory.cookie_name) if header else []
+        self._txn = self._transaction() if presented else None
         self.now = int(factory.clock())
         name = factory.dbsession_name
         if name not in vars(request) and not hasattr(type(request), name):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
         self._reset_state()
-        self._use(*self._find_row())
+        pipeline = self._pipeline = self._protocol()
+        next(pipeline)  # load and validate
+        request.add_response_callback(self._respond)
+        if presented:
+            self._join_transaction(self._txn)
 
+    def _join(self) -> None:
+        """Join the request's transaction, at the first change of a session that had no cookie.
+
+        Raises :class:`SessionError` if ``request.tm`` has no transaction
+        begun (pshell without ``request.tm.begin()``): nothing could store
+        the change.
+        """
+        if self._txn is None:
+            self._txn = self._transaction()
+            self._join_transaction(self._txn)
+
+    def _join_transaction(self, txn: Any) -> None:
         txn.addBeforeCommitHook(self._persist)
         txn.addAfterCommitHook(self._after_commit)
         txn.addAfterAbortHook(self._after_abort)
-        request.add_response_callback(self._respond)
+
+    def _persist(self) -> None:
+        """The before-commit hook: the pipeline's extend, renew and persist stages (once)."""
+        if self.__dict__.get("_persisted"):  # already written into a shared transaction
+            return
+        self._persisted = True
+        try:
+            next(self._pipeline, None)
+        except BaseException:
+            # A failing before-commit hook stops the commit, but the transaction package
+            # aborts nothing itself, and pyramid_tm aborts only if no exception view
+            # rendered the error. Roll back now so no connection keeps its locks.
+            dbsession = self.__dict__.get("_dbsession")
+            if dbsession is not None:
+                dbsession.rollback()
+            raise
 
     def _reset_state(self) -> None:
         self._loaded = True
@@ -214,42 +396,34 @@ class Session(MutableMapping[str, Any]):
         self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
         self._peeking = False
 
-    def _use(
+    # -- the load and validate stages ------------------------------------------------------
+    def _take(
         self,
         row: Any,
         token: bytes | None,
         extras: dict[str, bytes],
         unstored: dict[str, bytes] | None,
     ) -> None:
-        """Run the load and validate stages over what the cookie found."""
-        factory = self._factory
-        request = self.request
-
-        hook = factory.stages
+        """What the cookie found becomes the session: its stored row, or a new session."""
         if row is None:
             self._start_new()
             if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
                 self.cookie_extras = unstored
             self._loaded_extras = dict(self.cookie_extras)
-            hook.session_load(session=self)
         else:
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
             self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
             self._loaded_extras = dict(extras)
             self._created = None
-            hook.session_load(session=self)
-            reason = hook.session_validate(session=self)
-            if reason:
-                self._drop_row()
-                self.notify(events.SessionRejected(request, row.id, reason))
-                self._start_new()
-                self._loaded_extras = {}
-            else:
-                try:
-                    self._read_row(row)
-                except InconsistentDataError as exc:
-                    self._load_error = exc
-                    raise
+
+    def _reject(self, reason: str) -> None:
+        """A plugin rejected the stored row: delete it, and start a new, empty session."""
+        old_row = self.row
+        self._drop_row()
+        self.notify(events.SessionRejected(self.request, old_row.id, reason))
+        self._start_new()
+        self._loaded_extras = {}
+        self._factory.stages.session_invalidated(session=self, reason=reason, old_row=old_row)
 
     def _peek(self) -> Peek:
         """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
@@ -258,15 +432,15 @@ class Session(MutableMapping[str, Any]):
         self._reset_state()
         self._peeking = True  # no events: a peek is not the visitor's activity
         header = self.request.environ.get("HTTP_COOKIE") or ""
-        if not _cookie_values(header, factory.cookie_name):
+        self._txn = None  # a peek never writes
+        self._presented = _cookie_values(header, factory.cookie_name)
+        if not self._presented:
             return Peek(reason="no session cookie")
         row, token, extras, unstored = self._find_row()
         if row is None:
             why = "nothing stored yet" if unstored is not None else "no stored session"
             return Peek(reason=why)
-        self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
-        self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
-        self._created = None
+        self._take(row, token, extras, None)
         factory.stages.session_load(session=self)
         reason = factory.stages.session_validate(session=self)
         if reason:
@@ -300,10 +474,11 @@ class Session(MutableMapping[str, Any]):
             txn = manager.get()
         if txn is None:
             raise SessionError(
-                "request.session was first used while request.tm has no transaction "
-                "begun, so nothing could store it. In pshell, call request.tm.begin() "
-                "first (the starter's pshell setup does) and request.tm.commit() to "
-                "store the session; in a script, use it inside 'with request.tm:'; in "
+                f"request.session was {'changed' if self._loaded else 'first used'} while "
+                "request.tm has no transaction begun, so nothing could store it. In "
+                "pshell, call request.tm.begin() first (the starter's pshell setup does) "
+                "and request.tm.commit() to store the session; in a script, use it "
+                "inside 'with request.tm:'; in "
                 "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
                 "under='pyramid_tm.tm_tween_factory')."
             )
@@ -322,8 +497,7 @@ class Session(MutableMapping[str, Any]):
         """
         factory = self._factory
         request = self.request
-        header = request.environ.get("HTTP_COOKIE")
-        values = _cookie_values(header, factory.cookie_name) if header else []
+        values = self._presented
         unstored = None
         bad = False
         for value in values[:MAX_COOKIES_TRIED]:
@@ -363,32 +537,26 @@ class Session(MutableMapping[str, Any]):
         return factory.serializer.loads(value)
 
     def _fetch_row(self, sid: str) -> Any:
-        """The row by its primary key; locked until commit on a retry or when contended.
-
-        pyramid_retry runs a request again when it lost to a concurrent one
-        (both changed one key). Loading the row locked (``SELECT … FOR
-        UPDATE``; on SQLite, which locks the whole database instead, by
-        taking its write lock first) means no other request can write the
-        row before this attempt commits, so it cannot lose again. For a
-        while after such a loss (``lock_contended_for``), every request of
-        the row loads it locked, so that its writers queue instead of
-        losing in turn. Otherwise, the common path, the row is read without
-        a lock.
-        """
-        factory = self._factory
-        dbsession = self._dbsession
-        if self._peeking or not (
-            self.request.environ.get("retry.attempt") or factory.is_contended(sid)
-        ):
-            return dbsession.get(factory.model, sid)
-        if dbsession.get_bind(factory.model).dialect.name == "sqlite":
-            keep = sa.update(factory.table).where(factory.pk_column == sid)
-            self._execute(keep.values({factory.version_column: factory.version_column}))
-        return dbsession.get(factory.model, sid, with_for_update=True, populate_existing=True)
+        """The row by its primary key; locked until commit on a retried attempt or while
+        contended, never for a peek (see :meth:`RowStorage.fetch
+        <sessions_kernel.storage.RowStorage.fetch>`)."""
+        retried = bool(self.request.environ.get("retry.attempt"))
+        storage = self._factory.storage
+        return storage.fetch(self._dbsession, sid, retried=retried, peek=self._peeking)
 
     def _read_row(self, row: Any) -> None:
-        ser = self._factory.data_serializer
+        """The stored data and flash, checked; an inconsistent row is an error every later
+        use of the session repeats (InconsistentDataError)."""
+        try:
+            self._data, self._flash = self._decode(row)
+        except InconsistentDataError as exc:
+            self._load_error = exc
+            raise
         self._orig_data, self._orig_flash = row.data, row.flash
+        self._data_touched = False  # see _touched_by
+
+    def _decode(self, row: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        ser = self._factory.data_serializer
         try:
             data = ser.loads(row.data)
         except Exception as exc:
@@ -405,8 +573,7 @@ class Session(MutableMapping[str, Any]):
                 raise self._inconsistent(row, "flash", "does not map queues to lists")
         if not isinstance(row.created, int):
             raise self._inconsistent(row, "created", f"holds {row.created!r}, not seconds")
-        self._data, self._flash = data, flash
-        self._data_touched = False  # see _touched_by
+        return data, flash
 
     @staticmethod
     def _inconsistent(row: Any, column: str, problem: str) -> InconsistentDataError:
@@ -420,7 +587,7 @@ class Session(MutableMapping[str, Any]):
         self.new = True
         self.__dict__.pop("_token", None)  # drawn on first need (see __getattr__)
         self._lineage = None
-        self.cookie_extras = {}
+        self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
         self._data, self._flash = {}, {}
         self._data_touched = True
         self._orig_data = self._orig_flash = None
@@ -430,32 +597,12 @@ class Session(MutableMapping[str, Any]):
         self._columns = {}
 
     def _drop_row(self) -> None:
-        # A plain DELETE by key, whatever the version: a logout wins over a concurrent write.
-        row = self.row
+        """DELETE the row (by its lineage if its id moved meanwhile), and make it hold."""
         # the browser's cookie was set with the stored settings, not with edits of this request
         self._delete_cookie = self._cookie_attributes(as_loaded=True)
-        stored_id = sa.inspect(row).identity[0]
-        self._dbsession.expunge(row)
-        self._delete_session(stored_id, self._lineage or stored_id[:LINEAGE_CHARS])
+        storage = self._factory.storage
+        storage.delete(self._dbsession, self.row, self._lineage, self._held.append)
         self._orig_data = self._orig_flash = None
-
-    def _delete_session(self, stored_id: str, lineage: str) -> None:
-        """DELETE the row, also when a concurrent request gave it a new id meanwhile; hold it.
-
-        The row is deleted by its key. If that finds nothing, another request
-        regenerated the id (or deleted the row) since this one read it: the
-        session's lineage, which every id of the session starts with, finds
-        it by a range of the primary key. The lineage's DELETE is what holds
-        (see :meth:`execute_logout`), since by the time it is replayed the id
-        may have moved again.
-        """
-        factory = self._factory
-        pk = factory.pk_column
-        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
-        by_lineage = sa.delete(factory.table).where(in_lineage)
-        self._held.append(by_lineage)
-        if not self._execute(sa.delete(factory.table).where(pk == stored_id)).rowcount:
-            self._execute(by_lineage)
 
     def execute_logout(self, statement: Any) -> Any:
         """Run a statement that logs sessions out, and make it hold; return its result.
@@ -470,8 +617,10 @@ class Session(MutableMapping[str, Any]):
         deletes (or replaces) the browser's cookie: a logout holds, whatever
         the view did afterwards.
         """
+        if self._txn is None:
+            self._join()
         self._held.append(statement)
-        return self._execute(statement)
+        return self._factory.storage.execute(self._dbsession, statement)
 
     def notify(self, event: Any) -> None:
         """Send ``event`` through the request's registry, skipped when nobody subscribed.
@@ -482,36 +631,18 @@ class Session(MutableMapping[str, Any]):
         if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
             registry.notify(event)
 
-    # -- the extend, renew and persist stages (before commit) ----------------------
-    def _persist(self) -> None:
-        """The before-commit hook: run the extend, renew and persist stages (once)."""
-        if self.__dict__.get("_persisted"):  # already written into a shared transaction
-            return
-        self._persisted = True
-        try:
-            self._persist_stages()
-        except BaseException:
-            # A failing before-commit hook stops the commit, but the transaction package
-            # aborts nothing itself, and pyramid_tm aborts only if no exception view
-            # rendered the error. Roll back now so no connection keeps its locks.
-            dbsession = self.__dict__.get("_dbsession")
-            if dbsession is not None:
-                dbsession.rollback()
-            raise
-
-    def _persist_stages(self) -> None:
+    # -- the extend, renew and persist stages (before commit) ------------------------------
+    def _settle(self) -> tuple[bytes | None, bytes | None]:
+        """The data and flash as they are to be stored: serialized (only if they may have
+        changed) and within ``max_data_size``; unsaved settings edits dropped first."""
         # Unsaved settings edits end with the request; dropping them first means every
-        # hook below reads the settings in force through ``session.settings``.
+        # hook that follows reads the settings in force through ``session.settings``.
         settings = self.__dict__.get("_settings")
         if settings is not None:
             settings.discard()
-        factory = self._factory
-        hook = factory.stages
-        ser = factory.data_serializer
-        row = self.row
-        write = unstored = False
+        ser = self._factory.data_serializer
         # a new session that stores nothing (an anonymous visitor) serializes nothing
-        touched = self._data_touched and (row is not None or self.dirty)
+        touched = self._data_touched and (self.row is not None or self.dirty)
         try:
             data = ser.dumps(self._data) if touched else self._orig_data
             flash = ser.dumps(self._flash) if self._flash else None
@@ -523,52 +654,61 @@ class Session(MutableMapping[str, Any]):
             ) from exc
         if data != self._orig_data or flash != self._orig_flash:
             self._check_size(data, flash)
-        if row is None:
-            if self.dirty:
-                row = self.row = factory.model(
-                    id=self.session_id,
-                    created=self._created,
-                    updated=self.now,
-                    data=data,
-                    flash=flash,
-                )
-                for name, value in (*self._settings_values.items(), *self._columns.items()):
-                    setattr(row, name, value)
-                hook.session_renew(session=self)
-                hook.session_persist(session=self, row=row)
-                self.notify(events.SessionCreated(self.request, row.id))
-                self._insert_row(row)
-                write = True
-            elif self.cookie_extras != self._loaded_extras:
-                # Nothing to store, but a plugin keeps something in the cookie (a CSRF
-                # token for a form): a cookie-only session, no row. Its first store
-                # gets a new token, so a planted cookie-only session fixes no id.
-                if self.cookie_extras:
-                    write = unstored = True
-                else:
-                    self._delete_cookie = self._delete_cookie or factory.default_cookie_attributes
-        else:
-            # ``updated`` records the last change of what the kernel owns (data, flash,
-            # settings, id); a plugin's own write (an idle extension) sets only its columns.
-            changed = self._force or self._regenerated or bool(self._settings_values)
-            if data != self._orig_data:
-                row.data = data
-                changed = True
-            if flash != self._orig_flash:
-                row.flash = flash
-                changed = True
-            if changed:
-                row.updated = self.now
-            hook.session_extend(session=self)
-            extras = dict(self.cookie_extras)
-            hook.session_renew(session=self)
-            written = False
-            if self.dirty:
-                hook.session_persist(session=self, row=row)
-                written = self._write_row(row, extras)
-            write = self._resend_cookie(written, extras)
+        return data, flash
+
+    def _new_row(self, data: bytes | None, flash: bytes | None) -> Any:
+        """A new session's row, with the settings and plugin columns of this request."""
+        row = self.row = self._factory.model(
+            id=self.session_id,
+            created=self._created,
+            updated=self.now,
+            data=data,
+            flash=flash,
+        )
+        for name, value in (*self._settings_values.items(), *self._columns.items()):
+            setattr(row, name, value)
+        return row
+
+    def _insert_row(self, row: Any) -> None:
+        self.notify(events.SessionCreated(self.request, row.id))
+        self._factory.storage.insert(self._dbsession, row)
+
+    def _cookie_only(self) -> bool:
+        """A session with nothing to store: whether a cookie-only session is to be sent.
+
+        A plugin may keep something in the cookie (a CSRF token for a form)
+        with no row. Its first store gets a new token, so a planted
+        cookie-only session fixes no id. When the extras were emptied, the
+        browser's cookie is deleted.
+        """
+        if self.cookie_extras == self._loaded_extras:
+            return False
+        if self.cookie_extras:
+            return True
+        self._delete_cookie = self._delete_cookie or self._factory.default_cookie_attributes
+        return False
+
+    def _apply_changes(self, row: Any, data: bytes | None, flash: bytes | None) -> None:
+        """Assign a stored row what this request changed of the data and flash.
+
+        ``updated`` records the last change of what the kernel owns (data,
+        flash, settings, id); a plugin's own write (an idle extension) sets
+        only its columns.
+        """
+        changed = self._force or self._regenerated or bool(self._settings_values)
+        if data != self._orig_data:
+            row.data = data
+            changed = True
+        if flash != self._orig_flash:
+            row.flash = flash
+            changed = True
+        if changed:
+            row.updated = self.now
+
+    def _decide_cookie(self, send: bool, unstored: bool) -> None:
+        """The cookie to set (``send``), or the browser's to delete, once committed."""
         old = self._delete_cookie
-        if write:
+        if send:
             value = self._cookie_value(unstored=unstored)
             attrs = self._cookie_attributes()
             if old is None and self._settings_loaded:  # this request changed stored settings
@@ -580,55 +720,11 @@ class Session(MutableMapping[str, Any]):
             self._cookies.append(("set", value, attrs))
         elif old is not None:
             self._cookies.append(("delete", "", old))
+
+    def _flush(self) -> None:
         dbsession = self.__dict__.get("_dbsession")  # None: this request never needed it
-        if dbsession is not None and (
-            dbsession.new or dbsession.deleted or self._others_dirty(dbsession, row)
-        ):
-            dbsession.flush()
-
-    @staticmethod
-    def _others_dirty(dbsession: Any, row: Any) -> bool:
-        """Whether the flush has anything to write: the row the kernel's own UPDATE just
-        wrote stays "dirty" to the ORM (assigned attributes), with no net change left."""
-        return any(obj is not row or dbsession.is_modified(obj) for obj in dbsession.dirty)
-
-    def _insert_row(self, row: Any) -> None:
-        """INSERT a new session's row: one Core statement, not the ORM's unit of work.
-
-        The row object was built, given the settings and columns of this
-        request and handed to the plugins' ``session_renew`` and
-        ``session_persist`` hooks (and to ``SessionCreated`` subscribers) as
-        before; its column values are what the INSERT writes, with the first
-        version. The ORM's flush of one new object costs more than the
-        statement itself. The stored row then joins the identity map, clean,
-        as the flush would have left it. A row that holds
-        anything but column values (a relationship a plugin assigned) goes
-        through ``dbsession.add`` as before.
-        """
-        factory = self._factory
-        keys = factory.insert_keys
-        values = {}
-        for key, value in vars(row).items():
-            column = keys.get(key)
-            if column is not None:
-                values[column] = value
-            elif key != "_sa_instance_state":
-                self._dbsession.add(row)
-                return
-        values_keys = set(vars(row))
-        values[factory.version_column_key] = 1  # what the ORM's version counter starts at
-        dbsession = self._dbsession
-        # autoflush on: the application's pending objects (a user the row refers to) first
-        dbsession.execute(factory.table.insert(), values)
-        mark_changed(dbsession)
-        # The row, as stored, joins the identity map: a later request in a shared
-        # transaction (the starter's test fixtures) finds it there without a SELECT.
-        set_committed_value(row, factory.version_key, 1)
-        for key in factory.null_on_insert:  # what the INSERT left NULL, known without a SELECT
-            if key not in values_keys:
-                set_committed_value(row, key, None)
-        make_transient_to_detached(row)
-        dbsession.add(row)
+        if dbsession is not None:
+            self._factory.storage.flush(dbsession, self.row)
 
     def _resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
         """Whether a stored session's cookie must be sent again, its row written or not.
@@ -665,178 +761,28 @@ class Session(MutableMapping[str, Any]):
             )
 
     def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
-        """UPDATE the changed columns if nobody wrote the row since we read it, else merge.
+        """UPDATE the changed columns, merged with a concurrent write if needed.
 
         ``extras`` is the cookie as the browser holds it, restored if this
         request's write is dropped. Returns whether the row was written.
         """
-        factory = self._factory
-        state = sa.inspect(row)
-        changes: dict[str, tuple[Any, Any]] = {}
-        for key in factory.column_keys:
-            history = state.attrs[key].history
-            if history.added:
-                changes[key] = (history.added[0], history.deleted[0] if history.deleted else None)
-        if not changes:
-            return True
-        stored_id = state.identity[0]
-        version = getattr(row, factory.version_key)
-        values = {key: new for key, (new, _) in changes.items()}
-        if factory.droppable_columns.issuperset(changes) and self._refuses_concurrent_updates():
-            # Only plugins' bookkeeping changed (an idle extension, say), and this database
-            # refuses a write over a concurrent one before any rule could merge them. Try it
-            # under a savepoint; refused, the concurrent write stands and the browser keeps
-            # its cookie, as if this request had come first (see merge.droppable).
-            savepoint = self._dbsession.connection().begin_nested()
-            try:
-                written = self._update(stored_id, version, values)
-            except sa.exc.DBAPIError as exc:
-                savepoint.rollback()
-                if not _is_serialization_failure(exc):
-                    raise
-                for key, (_, old) in changes.items():
-                    set_committed_value(row, key, old)
-                self.cookie_extras = extras
-                return False
-            savepoint.commit()
-        else:
-            written = self._update(stored_id, version, values)
-        if not written:
-            merged = self._merge(row, stored_id, changes)
-            if merged is None:
-                self._dbsession.expunge(row)
-                # the browser's cookie was set with the stored settings, as in _drop_row
-                self._delete_cookie = self._cookie_attributes(as_loaded=True)
-                self.notify(events.SessionNotFound(self.request, stored_id))
-                return False
-            values, version = merged
-        for key, value in values.items():
-            set_committed_value(row, key, value)
-        set_committed_value(row, factory.version_key, version + 1)
-        if factory.pk_key in values:  # regenerated: the identity map still has the old key
-            self._dbsession.expunge(row)
-        return True
-
-    def _refuses_concurrent_updates(self) -> bool:
-        """Whether the database fails an UPDATE of a row a concurrent transaction changed.
-
-        PostgreSQL does at REPEATABLE READ and SERIALIZABLE. The level is asked
-        once per pooled connection (unless set per connection through
-        execution options).
-        """
-        connection = self._dbsession.connection()
-        if connection.dialect.name != "postgresql":
-            return False
-        level = connection.get_execution_options().get("isolation_level")
-        if level is None:
-            level = connection.info.get(_ISOLATION_KEY)
-            if level is None:
-                level = connection.info[_ISOLATION_KEY] = connection.get_isolation_level()
-        return level in ("REPEATABLE READ", "SERIALIZABLE")
-
-    def _update(self, stored_id: str, version: int, values: dict[str, Any]) -> bool:
-        statement, params = self._factory.versioned_update(stored_id, version, values)
-        dbsession = self._dbsession
-        with dbsession.no_autoflush:  # the ORM must not write the row itself first
-            result = dbsession.execute(statement, params)
-        mark_changed(dbsession)  # see _execute
-        return result.rowcount == 1
-
-    def _execute(self, statement: Any) -> Any:
-        """Run the kernel's own UPDATE or DELETE in the request's transaction."""
-        dbsession = self._dbsession
-        with dbsession.no_autoflush:  # the ORM must not write the row itself first
-            result = dbsession.execute(statement)
-        # zope.sqlalchemy commits only sessions it saw change; SQL it did not run
-        # through the ORM's unit of work has to say so, or it is rolled back.
-        mark_changed(dbsession)
-        return result
-
-    def _merge(
-        self, row: Any, stored_id: str, changes: dict[str, tuple[Any, Any]]
-    ) -> tuple[dict[str, Any], int] | None:
-        """Re-read the row another request wrote, apply our changes onto it, write it.
-
-        The data and the flash queues merge key by key (:func:`merge_mappings`);
-        ``updated`` takes the later time; a plugin's column merges by the rule
-        its plugin declared (``session_merge_rules``); any other column both
-        requests changed is a conflict.
-        """
-        factory = self._factory
-        ser = factory.data_serializer
-        query = sa.select(factory.table).where(factory.pk_column == stored_id).with_for_update()
-        with self._dbsession.no_autoflush:
-            fresh = self._dbsession.execute(query).mappings().one_or_none()
-        if fresh is None:
-            return None
-        values: dict[str, Any] = {}
-        conflicts: list[str] = []
-        merged_keys: list[str] = []
-        reasons: list[str] = []
-        groups_done: set[tuple[str, ...]] = set()
-        for key, (new, old) in changes.items():
-            theirs = fresh[factory.columns[key]]
-            if key == "data":
-                base = ser.loads(self._orig_data) if self._orig_data is not None else {}
-                data, changed, clash = merge_mappings(base, self._data, ser.loads(theirs))
-                values[key] = ser.dumps(data)
-                merged_keys += changed
-                conflicts += clash
-            elif key == "flash":
-                base = ser.loads(self._orig_flash) if self._orig_flash is not None else {}
-                now = ser.loads(theirs) if theirs is not None else {}
-                flash, changed, clash = merge_mappings(base, self._flash, now)
-                values[key] = ser.dumps(flash) if flash else None
-                merged_keys += [f"flash:{queue}" for queue in changed]
-                conflicts += [f"flash:{queue}" for queue in clash]
-            elif key == "updated":
-                values[key] = max(new, theirs)
-            elif key in factory.merge_rules:
-                group, rule = factory.merge_rules[key]
-                if group in groups_done:
-                    continue
-                groups_done.add(group)
-                mine = {name: getattr(row, name) for name in group}
-                base = {name: changes[name][1] if name in changes else mine[name] for name in group}
-                current = {name: fresh[factory.columns[name]] for name in group}
-                try:
-                    if current == base:  # the other request left the group alone
-                        result = mine
-                    elif len(group) == 1:
-                        result = {key: rule(old, new, theirs)}
-                    else:
-                        result = rule(base, mine, current)
-                except MergeConflict as exc:
-                    conflicts += group
-                    reasons.append(str(exc))
-                    continue
-                for name in group:
-                    if result[name] != current[name]:
-                        values[name] = result[name]
-                merged_keys += [name for name in group if name in changes]
-            elif theirs == old or key == factory.pk_key:
-                values[key] = new
-                merged_keys.append(key)
-            else:
-                conflicts.append(key)
-        version = fresh[factory.version_column]
-        if conflicts:
-            factory.mark_contended(stored_id)
-            why = f" ({'; '.join(reasons)})" if reasons else ""
-            raise SessionConflictError(
-                f"session {stored_id[:12]}…: this request and a concurrent one both changed "
-                f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "
-                "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
-                "again on the newer session; nothing was overwritten."
-            )
-        if not self._update(stored_id, version, values):
-            factory.mark_contended(stored_id)
-            raise SessionConflictError(
-                f"session {stored_id[:12]}… changed again while its changes were merged; "
-                "retry the request (pyramid_retry does it for you)"
-            )
-        self.notify(events.SessionMerged(self.request, stored_id, tuple(merged_keys)))
-        return values, version
+        outcome = self._factory.storage.update(
+            self._dbsession,
+            row,
+            orig_data=self._orig_data,
+            orig_flash=self._orig_flash,
+            data=self._data,
+            flash=self._flash,
+        )
+        if outcome.merged is not None:
+            self.notify(events.SessionMerged(self.request, outcome.stored_id, outcome.merged))
+        elif outcome.gone:
+            # the browser's cookie was set with the stored settings, as in _drop_row
+            self._delete_cookie = self._cookie_attributes(as_loaded=True)
+            self.notify(events.SessionNotFound(self.request, outcome.stored_id))
+        elif not outcome.written:  # dropped: the concurrent write stands, and the cookie
+            self.cookie_extras = extras
+        return outcome.written
 
     @property
     def dirty(self) -> bool:
@@ -872,10 +818,7 @@ class Session(MutableMapping[str, Any]):
             return
         factory = self._factory
         try:
-            engine = self._dbsession.get_bind(factory.model)
-            with engine.begin() as connection:
-                for statement in held:
-                    connection.execute(statement)
+            factory.storage.replay(self._dbsession, held)
         except Exception:
             log.exception(
                 "a logout of session %s… could not be replayed after its request's "
@@ -903,6 +846,8 @@ class Session(MutableMapping[str, Any]):
             vary = response.vary or ()
             if "Cookie" not in vary:
                 response.vary = (*vary, "Cookie")
+        if self._txn is None:  # never joined: nothing changed, nothing to send
+            return
         if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
@@ -1020,6 +965,8 @@ class Session(MutableMapping[str, Any]):
         return self._factory.config.values[name]
 
     def _apply_settings(self, values: dict[str, Any]) -> None:
+        if self._txn is None:
+            self._join()
         self._settings_values.update(values)
         if self.row is not None:
             for name, value in values.items():
@@ -1056,6 +1003,8 @@ class Session(MutableMapping[str, Any]):
         runtime-configurable settings, which go through ``session.settings``).
         """
         self._check_column(name)
+        if self._txn is None:
+            self._join()
         if self.row is not None:
             setattr(self.row, name, value)
         elif value is None:
@@ -1087,6 +1036,8 @@ class Session(MutableMapping[str, Any]):
         """Mark the session as changed (never needed for data; kept for ISession)."""
         if not self._loaded:
             self._load()
+        if self._txn is None:
+            self._join()
         self._force = True
 
     def invalidate(self) -> None:
@@ -1097,14 +1048,19 @@ class Session(MutableMapping[str, Any]):
         the response deletes the cookie (see :meth:`execute_logout`). No copy
         of the cookie works afterwards, not even one whose id a concurrent
         request regenerated meanwhile.
+
+        The plugins' ``session_invalidated`` hook is called once the new
+        session began, with the reason ``"invalidated"`` and the deleted row.
         """
+        old_row = None
         if self.row is not None and not self.new:
-            sid = self.row.id
+            old_row = self.row
             self._drop_row()
             self._held_cookies = [("delete", "", self._delete_cookie)]
-            self.notify(events.SessionInvalidated(self.request, sid))
+            self.notify(events.SessionInvalidated(self.request, old_row.id))
         self._start_new()
         self._force = self._regenerated = False
+        self._factory.stages.session_invalidated(session=self, reason=INVALIDATED, old_row=old_row)
 
     def regenerate_id(self, *, hold: bool = False) -> None:
         """Give the session a new id and cookie, keeping its data; the old id stops working.
@@ -1121,48 +1077,27 @@ class Session(MutableMapping[str, Any]):
         id is written at once and holds like :meth:`execute_logout`: if the
         request then fails, the old id is gone all the same and the response
         sends the new cookie.
+
+        The plugins' ``session_regenerated`` hook is called with the old and
+        the new id, also on a session that has no row yet.
         """
-        old = self.row.id if self.row is not None and not self.new else None
+        stored = self.row is not None and not self.new
+        # a session without a row: the id it would have been stored under
+        old = self.row.id if stored else self.session_id
         self._token = os.urandom(TOKEN_BYTES)
         self._regenerated = True
-        if old is None:
-            return
-        self._lineage = self._lineage or old[:LINEAGE_CHARS]
-        new = self.row.id = row_id(self._token, self._lineage)
-        if hold:
-            self._move_row(new)
-            attrs = self._cookie_attributes(as_loaded=True)
-            self._held_cookies = [("set", self._cookie_value(), attrs)]
-        self.notify(events.SessionRegenerated(self.request, old, new))
-
-    def _move_row(self, new: str) -> None:
-        """UPDATE the row's key now, held, and re-key the ORM's copy of the row to match."""
-        factory, dbsession, row = self._factory, self._dbsession, self.row
-        state = sa.inspect(row)
-        stored_id = state.identity[0]
-        pending = {
-            key: state.attrs[key].history.added[0]
-            for key in factory.column_keys
-            if key != factory.pk_key and state.attrs[key].history.added
-        }
-        # the key, and what the kernel's own UPDATE would write with it: one statement
-        committed = {
-            factory.pk_key: new,
-            "updated": self.now,
-            factory.version_key: getattr(row, factory.version_key) + 1,
-        }
-        columns = {factory.columns[key]: value for key, value in committed.items()}
-        self.execute_logout(
-            sa.update(factory.table).where(factory.pk_column == stored_id).values(columns)
-        )
-        dbsession.expunge(row)
-        make_transient(row)
-        for key, value in committed.items():
-            set_committed_value(row, key, value)
-        make_transient_to_detached(row)
-        dbsession.add(row)
-        for key, value in pending.items():  # what this request assigned stays to be written
-            setattr(row, key, value)
+        if stored:
+            self._lineage = self._lineage or old[:LINEAGE_CHARS]
+            new = self.row.id = row_id(self._token, self._lineage)
+            if hold:
+                storage = self._factory.storage
+                storage.rekey(self._dbsession, self.row, new, self.now, self.execute_logout)
+                attrs = self._cookie_attributes(as_loaded=True)
+                self._held_cookies = [("set", self._cookie_value(), attrs)]
+            self.notify(events.SessionRegenerated(self.request, old, new))
+        else:
+            new = self.session_id
+        self._factory.stages.session_regenerated(session=self, old_id=old, new_id=new)
 
     @property
     def session_id(self) -> str:
@@ -1185,7 +1120,10 @@ class Session(MutableMapping[str, Any]):
 
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        messages = self._flash.setdefault(queue, [])
+        flashes = self._flash  # loads the session first
+        if self._txn is None:
+            self._join()
+        messages = flashes.setdefault(queue, [])
         if allow_duplicate or msg not in messages:
             messages.append(msg)
 
@@ -1206,11 +1144,14 @@ class Session(MutableMapping[str, Any]):
         return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._data[key] = value
+        data = self._data  # loads the session first
+        if self._txn is None:
+            self._join()
+        data[key] = value
         self._data_touched = True
 
     def __delitem__(self, key: str) -> None:
-        del self._data[key]
+        del self._data[key]  # a new session that never joined has no key to delete
         self._data_touched = True
 
     def __iter__(self) -> Iterator[str]:
@@ -1250,3 +1191,9 @@ class Session(MutableMapping[str, Any]):
         data = self.__dict__.get("_data")  # not read yet while plugins validate the row
         shown = "(data not read yet)" if data is None else repr(data)
         return f"<{type(self).__name__} {sid} {shown}>"
+
+
+#: What the kernel reserves of ``request.session``: the attributes plugins rely on
+#: (declared on :class:`Session`) and the names of its own API. A plugin's
+#: ``session_attributes`` hook may claim none of them (nor a name starting with ``_``).
+RESERVED_ATTRIBUTES = frozenset(Session.__annotations__) | frozenset(dir(Session))

@@ -17,6 +17,23 @@ def probe_views(config):
         request.session["a"] = 1
         return {"dbsession_made": "dbsession" in vars(request)}
 
+    def hooks(request):
+        session = request.session
+        session.get("a")
+        if "set" in request.params:
+            session[request.params["set"]] = 1
+        if "flash" in request.params:
+            session.flash("hi")
+        if "extra" in request.params:  # what a plugin does for a cookie-only session
+            session.cookie_extras["probe"] = b"x"
+        txn = request.tm.get()
+        return {
+            "before_commit": len(list(txn.getBeforeCommitHooks())),
+            "after_commit": len(list(txn.getAfterCommitHooks())),
+        }
+
+    config.add_route("probe_hooks", "/probe/hooks")
+    config.add_view(hooks, route_name="probe_hooks", renderer="json")
     config.add_route("probe_touch", "/probe/touch")
     config.add_view(touch, route_name="probe_touch", renderer="json")
     config.add_route("probe_store", "/probe/store")
@@ -59,3 +76,24 @@ def test_missing_dbsession_is_a_clear_error_at_first_use(session_app):
     assert response.json["error"].startswith("request.nodb does not exist")
     assert issubclass(SessionError, RuntimeError)
     assert app.get("/none").json == {"ok": True}
+
+
+def test_a_visitor_who_stores_nothing_joins_no_transaction(app):
+    """No cookie, nothing stored: no transaction hooks, no persist stage, only Vary."""
+    response = app.get("/probe/hooks")
+    assert response.json == {"before_commit": 0, "after_commit": 0}
+    assert response.headers["Vary"] == "Cookie"
+    assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.parametrize("change", ["set=a", "flash=1", "extra=1"])
+def test_the_first_change_joins_the_transaction(app, change):
+    response = app.get(f"/probe/hooks?{change}")
+    assert response.json == {"before_commit": 1, "after_commit": 1}
+    assert response.headers["Set-Cookie"].startswith("session=")
+    assert app.get("/probe/hooks").json == {"before_commit": 1, "after_commit": 1}
+
+
+def test_a_presented_cookie_joins_at_the_first_use(app):
+    app.post_json("/set", {"a": 1})
+    assert app.get("/probe/hooks").json == {"before_commit": 1, "after_commit": 1}

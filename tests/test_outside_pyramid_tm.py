@@ -204,6 +204,20 @@ def test_session_before_begin_says_what_to_do(app):
         env["closer"]()
 
 
+def test_reading_a_new_session_needs_no_transaction(app):
+    """pshell without a cookie: reading finds an empty session; the first change says what to do."""
+    env = prepare(registry=app.registry)
+    try:
+        session = env["request"].session
+        assert session.get("a") is None
+        assert session.new
+        with pytest.raises(SessionError, match=r"was changed while request.tm has no transaction"):
+            session["a"] = 1
+        assert dict(session) == {}  # the failed change left nothing behind
+    finally:
+        env["closer"]()
+
+
 def touching_tween(handler, registry):
     def tween(request):
         request.session["early"] = True

@@ -2,8 +2,9 @@
 
 Add :class:`DeviceMixin` (or :class:`ConfigDeviceMixin`) to the session
 model. The plugin records the device that signed in (when the session was
-created, and whenever its ``userid`` column changes to a user) and the device
-of the latest request, and shows both in "your sessions" listings. With
+created, and at every sign-in: the ``session_user_changed`` hook of
+sessions-userid) and the device of the latest request, and shows both in
+"your sessions" listings. With
 ``session.device_reject_user_agent_change = true`` a session whose requests
 come with another User-Agent than the last one is rejected: a change of
 browser in the middle of a session is an anomaly OWASP suggests treating as a
@@ -73,15 +74,6 @@ def client_device(request: Any) -> tuple[str | None, str | None]:
     return (ip[:MAX_IP] if ip else None, agent[:MAX_USER_AGENT] if agent else None)
 
 
-def _signed_in(row: Any) -> bool:
-    """Whether this request gave the row a user (``userid`` changed to a value)."""
-    attrs = sa.inspect(row).attrs
-    if "userid" not in attrs:
-        return False
-    added = attrs["userid"].history.added
-    return bool(added) and added[0] is not None
-
-
 @hookimpl
 def session_mixins() -> list[type]:
     return [DeviceMixin, ConfigDeviceMixin]
@@ -112,8 +104,6 @@ def session_extend(session: Session) -> None:
         row.device_last_ip = ip
     if row.device_last_user_agent != agent:
         row.device_last_user_agent = agent
-    if _signed_in(row):
-        row.device_login_ip, row.device_login_user_agent = ip, agent
 
 
 @hookimpl
@@ -122,6 +112,23 @@ def session_persist(session: Session, row: Any) -> None:
         ip, agent = client_device(session.request)
         row.device_login_ip = row.device_last_ip = ip
         row.device_login_user_agent = row.device_last_user_agent = agent
+
+
+@hookimpl(optionalhook=True)
+def session_user_changed(session: Session, new: Any) -> None:
+    """A user signed in (sessions-userid's hook): this device is the one that signed in.
+
+    Called at ``remember()`` and whenever ``request.session.userid`` is set
+    to a user, during the view, so a flush the view makes afterwards changes
+    nothing. ``set_column`` works on a session without a row too: the
+    columns then ride in its INSERT. Optional: the plugin also works where
+    sessions-userid is not installed or the model lacks its mixin.
+    """
+    if new is None:  # a logout: nobody signed in
+        return
+    ip, agent = client_device(session.request)
+    session.set_column("device_login_ip", ip)
+    session.set_column("device_login_user_agent", agent)
 
 
 @hookimpl

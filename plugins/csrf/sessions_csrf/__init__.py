@@ -17,7 +17,8 @@ table; the session's first INSERT carries it into the column.
 ``regenerate_id()`` keeps the token; ``invalidate()`` drops it with the row.
 A login (``remember()``) or any change of ``request.session.userid`` replaces
 it (the ``session_user_changed`` hook of sessions-userid): a token handed out
-before the login, in the column or in the cookie, is refused after it.
+before the login, in the column or in the cookie, is refused after it. A
+logout that ends the session (``forget()``) leaves no token behind.
 """
 
 from __future__ import annotations
@@ -237,13 +238,17 @@ def session_mixins() -> Sequence[type]:
 
 
 @hookimpl(optionalhook=True)
-def session_user_changed(session: Session) -> None:
-    """A login or a change of user (sessions-userid): issue a new token.
+def session_user_changed(session: Session, new: Any) -> None:
+    """A login, a change of user or a logout (sessions-userid): issue a new token.
 
     A token the visitor (or someone who watched them) held before the change
-    of privilege passes no check after it. Optional: this plugin works
-    without sessions-userid.
+    of privilege passes no check after it. A logout that ended the session
+    (``forget()``, an expiry) left a new, empty session: it holds no token to
+    replace, and none is made, so that the logout stores nothing and sets no
+    cookie. Optional: this plugin works without sessions-userid.
     """
+    if new is None and session.new and _csrf_token(session) is None:
+        return
     _new_csrf_token(session)
 
 

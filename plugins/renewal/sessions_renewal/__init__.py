@@ -45,7 +45,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sessions_kernel import Session, Setting, hookimpl
+from sessions_kernel import Session, Setting, StashKey, hookimpl
 from sessions_kernel.events import SessionEvent
 from sessions_kernel.merge import MergeConflict, MergeRule, droppable
 from sessions_kernel.settings import integer, optional
@@ -173,6 +173,24 @@ def _classify(row: Any, presented: bytes | None, now: int, try_every: int) -> st
     return _UNKNOWN
 
 
+#: What ``session_validate`` classified the presented id as, and under which
+#: ``renewal_try_every``: ``session_renew`` reuses it instead of hashing the id again.
+_CLASSIFIED = StashKey[tuple[str, int]]("sessions_renewal: the presented id, classified")
+
+
+def _classified(session: Session, presented: bytes | None, try_every: int) -> str:
+    """The classification of the presented id: validate's, unless the grace window changed.
+
+    A setting saved in this request may have changed ``renewal_try_every``
+    (the grace window) since validate; renewal may also have been turned on
+    in it, with no classification made at all. Then it is made now.
+    """
+    classified = session.stash.get(_CLASSIFIED, None)
+    if classified is not None and classified[1] == try_every:
+        return classified[0]
+    return _classify(session.row, presented, session.now, try_every)
+
+
 def _assign(row: Any, name: str, value: Any) -> None:
     """Set a column only if it changes, so the kernel's UPDATE lists real changes only."""
     if getattr(row, name) != value:
@@ -283,6 +301,7 @@ def session_validate(session: Session) -> str | None:
         return None
     row = session.row
     kind = _classify(row, session.cookie_extras.get(COOKIE_KEY), session.now, try_every)
+    session.stash[_CLASSIFIED] = (kind, try_every)
     if kind not in _VIOLATIONS:
         return None
     session.notify(RenewalViolation(session.request, row.id, kind))
@@ -306,7 +325,7 @@ def session_renew(session: Session) -> None:
             _assign(row, name, None)
         return
     presented = extras.get(COOKIE_KEY)
-    kind = _classify(row, presented, now, try_every)
+    kind = _classified(session, presented, try_every)
     if kind == _ACK:
         row.renewal_previous = row.renewal_id
         row.renewal_id = row.renewal_candidate

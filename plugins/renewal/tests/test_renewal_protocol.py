@@ -338,3 +338,34 @@ def test_session_stored_before_the_feature_was_on_is_adopted(session_app, mixin,
     before.clock.advance(1)
     assert use(after.new_browser(), old_cookie).json["new"] is True
     assert [e.detail for e in events if isinstance(e, RenewalViolation)] == ["missing id"]
+
+
+@pytest.fixture
+def classifications(monkeypatch):
+    """Every classification of a presented id (a SHA-256 of it and comparisons), counted."""
+    import sessions_renewal
+
+    calls = []
+    classify = sessions_renewal._classify
+
+    def counted(*args):
+        calls.append(kind := classify(*args))
+        return kind
+
+    monkeypatch.setattr(sessions_renewal, "_classify", counted)
+    return calls
+
+
+def test_the_presented_id_is_classified_once_per_request(app, classifications):
+    start(app)
+    app.get("/read")  # current, nothing due
+    assert classifications == ["current"]
+    classifications.clear()
+    offer(app)  # current, an offer made
+    assert classifications == ["current"]
+    classifications.clear()
+    app.get("/read")  # the acknowledgement
+    assert classifications == ["acknowledgement"]
+    classifications.clear()
+    app.post_json("/set", {"b": 2})  # a write
+    assert classifications == ["current"]

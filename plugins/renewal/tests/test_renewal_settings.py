@@ -195,3 +195,39 @@ def test_saved_values_can_be_reset_to_the_global_value(session_app):
     app.post_json("/change", {"renewal_timeout": None})
     assert app.row().renewal_timeout is None
     assert app.get("/settings").json["renewal_timeout"] == 60
+
+
+def test_a_grace_window_changed_in_the_request_classifies_the_id_again(session_app, monkeypatch):
+    import sessions_renewal
+
+    kinds = []
+    classify = sessions_renewal._classify
+
+    def counted(row, presented, now, try_every):
+        kinds.append((kind := classify(row, presented, now, try_every), try_every))
+        return kind
+
+    def configure(config):
+        def load_then_change(request):
+            request.session.new  # noqa: B018 (loaded, and validated, under 5 s of grace)
+            with request.session.settings as s:
+                s.renewal_try_every = 20
+            return {}
+
+        config.add_route("load_then_change", "/load_then_change")
+        config.add_view(load_then_change, route_name="load_then_change", renderer="json")
+
+    monkeypatch.setattr(sessions_renewal, "_classify", counted)
+    app = session_app(
+        make_model(ConfigRenewalMixin),
+        {"renewal_timeout": 60, "renewal_try_every": 5},
+        configure=configure,
+    )
+    app.post_json("/set", {"a": 1})
+    kinds.clear()
+    app.get("/load_then_change")
+    # validate's classification was made under 5 s of grace: renew makes its own under 20
+    assert kinds == [("current", 5), ("current", 20)]
+    kinds.clear()
+    app.get("/read")
+    assert kinds == [("current", 20)]

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sessions_kernel import Session, hookimpl
+from sessions_kernel import Session, StashKey, hookimpl
 
 from . import hookspecs
 from .policy import UserSessionSecurityPolicy
@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 COLUMN = "userid"
+#: The user a session without a row got in this request: its row would have held it.
+_UNSTORED_USER = StashKey[Any]("sessions_userid: the user of a session without a row")
 
 
 class UseridMixin:
@@ -96,6 +98,8 @@ def _set_userid(self: Session, value: Any) -> None:
         return
     self.regenerate_id()
     self.set_column(COLUMN, value)
+    if self.row is None:  # until its row exists, only this request knows the user
+        self.stash[_UNSTORED_USER] = value
     user_changed(self, old, value)
 
 
@@ -104,9 +108,21 @@ def user_changed(session: Session, old: Any, new: Any) -> None:
 
     ``request.session.userid = other`` calls it; so does
     :meth:`UserSessionSecurityPolicy.remember` when the user logging in is
-    the one already logged in. Call it yourself if you log users in another way.
+    the one already logged in, and the end of a session a user was logged
+    in to (``invalidate()``, ``forget()``, an expiry). Call it yourself if
+    you log users in another way.
     """
     session.hook.session_user_changed(session=session, old=old, new=new)
+
+
+@hookimpl
+def session_invalidated(session: Session, old_row: Any) -> None:
+    """A session a user was logged in to ended (a logout, an expiry): the user changed too."""
+    old = session.stash.pop(_UNSTORED_USER, None)
+    if old_row is not None:
+        old = old_row.userid
+    if old is not None:
+        user_changed(session, old, None)
 
 
 @hookimpl

@@ -1,0 +1,521 @@
+"""Row storage: every SQL statement the kernel runs on a session's row.
+
+One :class:`RowStorage` per session factory, built with it: what the
+statements need (the table, its key and version columns, an ``UPDATE`` per
+set of changed columns, the plugins' merge rules) is resolved once. Its
+methods take the request's SQLAlchemy session; they know nothing of the
+request, the cookie or events, which stay with :class:`~sessions_kernel.Session`.
+
+* :meth:`~RowStorage.fetch`: the row by its primary key (locked on a retried attempt,
+  and for a while after a lost conflict: :meth:`~RowStorage.mark_contended`);
+* :meth:`~RowStorage.insert`: a new session's row, one Core ``INSERT``;
+* :meth:`~RowStorage.update`: the changed columns, if nobody wrote the row since
+  it was read, else merged with the other write (:meth:`~RowStorage.merge`);
+* :meth:`~RowStorage.delete`, :meth:`~RowStorage.rekey`, :meth:`~RowStorage.replay`:
+  logouts and held ids, which must hold even when the request's transaction aborts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.orm import make_transient, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from zope.sqlalchemy import mark_changed
+
+from .errors import ConfigurationError, SessionConflictError
+from .merge import MergeConflict, MergeRule, merge_mappings
+
+__all__ = ["DROPPED", "LINEAGE_CHARS", "MAX_CONTENDED", "WRITTEN", "RowStorage", "WriteOutcome"]
+
+#: Hex digits of the row key that stay when the id is regenerated (96 bits): the lineage.
+LINEAGE_CHARS = 24
+#: How many contended rows a factory remembers at most (see RowStorage.mark_contended).
+MAX_CONTENDED = 4096
+# Where a pooled connection remembers its isolation level (see refuses_concurrent_updates).
+_ISOLATION_KEY = "sessions_kernel.isolation_level"
+
+
+def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL's "could not serialize access" (SQLSTATE 40001) or a deadlock (40P01)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40001", "40P01")
+
+
+class WriteOutcome(NamedTuple):
+    """What :meth:`RowStorage.update` did with the changes of a stored row."""
+
+    #: whether this request's changes are stored
+    written: bool
+    #: the row's key as it was read (set when the row was gone or merged)
+    stored_id: str | None = None
+    #: whether the row was gone: a concurrent request deleted it
+    gone: bool = False
+    #: what this request changed, applied onto a concurrent write; ``None``: no merge
+    merged: tuple[str, ...] | None = None
+
+
+#: Stored as they were, or nothing to store.
+WRITTEN = WriteOutcome(True)
+#: Refused over a concurrent write of droppable columns only, which stands.
+DROPPED = WriteOutcome(False)
+
+
+class RowStorage:
+    """The SQL of one factory's session rows; see the module's documentation.
+
+    Raises :class:`~sessions_kernel.ConfigurationError` for a model whose
+    mapper has no version column.
+    """
+
+    def __init__(
+        self,
+        model: type,
+        data_serializer: Any,
+        merge_rules: Mapping[str, tuple[tuple[str, ...], MergeRule]],
+        *,
+        clock: Callable[[], float],
+        lock_contended_for: int = 0,
+    ) -> None:
+        mapper = sa.inspect(model)
+        if mapper.version_id_col is None:
+            raise ConfigurationError(
+                f"{model.__name__} declares __mapper_args__ without the version column "
+                "the kernel uses to notice concurrent writes; include "
+                '"version_id_col": cls.__table__.c.version in it'
+            )
+        self.model = model
+        self.data_serializer = data_serializer
+        self.table = mapper.local_table
+        self.pk_column = mapper.primary_key[0]
+        self.version_column = mapper.version_id_col
+        #: attribute key -> column
+        self.columns = {prop.key: prop.columns[0] for prop in mapper.column_attrs}
+        self.pk_key = mapper.get_property_by_column(self.pk_column).key
+        self.version_key = mapper.get_property_by_column(self.version_column).key
+        self.column_keys = tuple(k for k in self.columns if k != self.version_key)
+        # what a new row's own INSERT needs: attribute key -> the column's key in the table
+        self.insert_keys = {key: column.key for key, column in self.columns.items()}
+        self.version_column_key = self.version_column.key
+        #: columns a new row's INSERT leaves NULL when not given (no default of any kind)
+        self.null_on_insert = tuple(
+            key
+            for key, column in self.columns.items()
+            if column.default is None and column.server_default is None and key != self.pk_key
+        )
+        #: column -> (its group, the rule): how plugins' columns merge (``session_merge_rules``)
+        self.merge_rules = merge_rules
+        #: columns whose write may give way to a concurrent one (``merge.droppable``)
+        self.droppable_columns = frozenset(
+            name for name, (_, rule) in merge_rules.items() if getattr(rule, "droppable", 0)
+        )
+        # the UPDATE statements, per tuple of changed columns (versioned_update)
+        self._updates: dict[tuple[str, ...], Any] = {}
+        self.clock = clock
+        #: seconds a row that lost a conflict loads locked (see mark_contended)
+        self.lock_contended_for = lock_contended_for
+        # row id -> until when its requests load it locked (see mark_contended)
+        self._contended: dict[str, float] = {}
+        self._contended_lock = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------
+    def fetch(self, dbsession: Any, sid: str, *, retried: bool = False, peek: bool = False) -> Any:
+        """The row by its key (``None`` if there is none); locked on a retry or when contended.
+
+        pyramid_retry runs a request again when it lost to a concurrent one
+        (both changed one key). Loading the row locked (``SELECT … FOR
+        UPDATE``; on SQLite, which locks the whole database instead, by
+        taking its write lock first) means no other request can write the
+        row before this attempt commits, so it cannot lose again: a
+        ``retried`` attempt loads locked. For a while after such a loss
+        (``lock_contended_for``, :meth:`mark_contended`), every request of
+        the row loads it locked, so that its writers queue instead of
+        losing in turn. Otherwise, the common path, and always for a
+        ``peek``, the row is read without a lock.
+        """
+        model = self.model
+        if peek or not (retried or self.is_contended(sid)):
+            return dbsession.get(model, sid)
+        if dbsession.get_bind(model).dialect.name == "sqlite":
+            keep = sa.update(self.table).where(self.pk_column == sid)
+            self.execute(dbsession, keep.values({self.version_column: self.version_column}))
+        return dbsession.get(model, sid, with_for_update=True, populate_existing=True)
+
+    def mark_contended(self, row_id: str) -> None:
+        """Have every request of this process load the row locked for a while.
+
+        Called when a request lost to a concurrent one and has to run again.
+        For ``lock_contended_for`` seconds, the row's loads take its lock
+        (``SELECT … FOR UPDATE``), so its writers queue instead of each
+        running, losing and running again: under contention that is fewer
+        attempts, and more requests per second. The memory is this
+        process's own, and bounded: the oldest rows are forgotten first.
+        """
+        if not self.lock_contended_for:
+            return
+        with self._contended_lock:
+            contended = self._contended
+            contended.pop(row_id, None)
+            contended[row_id] = self.clock() + self.lock_contended_for
+            while len(contended) > MAX_CONTENDED:
+                del contended[next(iter(contended))]
+
+    def is_contended(self, row_id: str) -> bool:
+        """Whether the row is to load locked (:meth:`mark_contended`)."""
+        until = self._contended.get(row_id)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        with self._contended_lock:
+            if self._contended.get(row_id) == until:
+                del self._contended[row_id]
+        return False
+
+    # -- writing ----------------------------------------------------------------------
+    def insert(self, dbsession: Any, row: Any) -> None:
+        """INSERT a new session's row: one Core statement, not the ORM's unit of work.
+
+        The row object was built, given the settings and columns of the
+        request and handed to the plugins' ``session_renew`` and
+        ``session_persist`` hooks (and to ``SessionCreated`` subscribers);
+        its column values are what the INSERT writes, with the first
+        version. The ORM's flush of one new object costs more than the
+        statement itself. The stored row then joins the identity map, clean,
+        as the flush would have left it. A row that holds anything but
+        column values (a relationship a plugin assigned) goes through
+        ``dbsession.add`` instead.
+        """
+        keys = self.insert_keys
+        values = {}
+        for key, value in vars(row).items():
+            column = keys.get(key)
+            if column is not None:
+                values[column] = value
+            elif key != "_sa_instance_state":
+                dbsession.add(row)
+                return
+        values_keys = set(vars(row))
+        values[self.version_column_key] = 1  # what the ORM's version counter starts at
+        # autoflush on: the application's pending objects (a user the row refers to) first
+        dbsession.execute(self.table.insert(), values)
+        mark_changed(dbsession)
+        # The row, as stored, joins the identity map: a later request in a shared
+        # transaction (the starter's test fixtures) finds it there without a SELECT.
+        set_committed_value(row, self.version_key, 1)
+        for key in self.null_on_insert:  # what the INSERT left NULL, known without a SELECT
+            if key not in values_keys:
+                set_committed_value(row, key, None)
+        make_transient_to_detached(row)
+        dbsession.add(row)
+
+    def update(
+        self,
+        dbsession: Any,
+        row: Any,
+        *,
+        orig_data: bytes | None,
+        orig_flash: bytes | None,
+        data: Mapping[str, Any],
+        flash: Mapping[str, list[Any]],
+    ) -> WriteOutcome:
+        """UPDATE the changed columns if nobody wrote the row since it was read, else merge.
+
+        ``orig_data``/``orig_flash`` are the serialized data and flash as
+        read, ``data``/``flash`` what the request holds now: the base and
+        "mine" of a merge (:meth:`merge`). Returns :data:`WRITTEN`,
+        :data:`DROPPED` (the database refused a write of droppable columns
+        over a concurrent one, which stands; the row's columns are reset to
+        what was read), or an outcome with ``gone`` (the row was deleted
+        meanwhile; it is expunged) or ``merged``.
+        """
+        state = sa.inspect(row)
+        changes: dict[str, tuple[Any, Any]] = {}
+        for key in self.column_keys:
+            history = state.attrs[key].history
+            if history.added:
+                changes[key] = (history.added[0], history.deleted[0] if history.deleted else None)
+        if not changes:
+            return WRITTEN
+        stored_id = state.identity[0]
+        version = getattr(row, self.version_key)
+        values = {key: new for key, (new, _) in changes.items()}
+        if self.droppable_columns.issuperset(changes) and self.refuses_concurrent_updates(
+            dbsession
+        ):
+            # Only plugins' bookkeeping changed (an idle extension, say), and this database
+            # refuses a write over a concurrent one before any rule could merge them. Try it
+            # under a savepoint; refused, the concurrent write stands and the browser keeps
+            # its cookie, as if this request had come first (see merge.droppable).
+            savepoint = dbsession.connection().begin_nested()
+            try:
+                written = self._update(dbsession, stored_id, version, values)
+            except sa.exc.DBAPIError as exc:
+                savepoint.rollback()
+                if not _is_serialization_failure(exc):
+                    raise
+                for key, (_, old) in changes.items():
+                    set_committed_value(row, key, old)
+                return DROPPED
+            savepoint.commit()
+        else:
+            written = self._update(dbsession, stored_id, version, values)
+        outcome = WRITTEN
+        if not written:
+            base = (orig_data, orig_flash)
+            merged = self.merge(dbsession, row, stored_id, changes, base, (data, flash))
+            if merged is None:
+                dbsession.expunge(row)
+                return WriteOutcome(False, stored_id, gone=True)
+            values, version, keys = merged
+            outcome = WriteOutcome(True, stored_id, merged=keys)
+        for key, value in values.items():
+            set_committed_value(row, key, value)
+        set_committed_value(row, self.version_key, version + 1)
+        if self.pk_key in values:  # regenerated: the identity map still has the old key
+            dbsession.expunge(row)
+        return outcome
+
+    def merge(
+        self,
+        dbsession: Any,
+        row: Any,
+        stored_id: str,
+        changes: Mapping[str, tuple[Any, Any]],
+        base: tuple[bytes | None, bytes | None],
+        mine: tuple[Mapping[str, Any], Mapping[str, list[Any]]],
+    ) -> tuple[dict[str, Any], int, tuple[str, ...]] | None:
+        """Re-read the row another request wrote, apply our changes onto it, write it.
+
+        ``changes`` maps each changed column to (new, old); ``base`` is the
+        serialized data and flash as read, ``mine`` the data and flash now.
+        The data and the flash queues merge key by key (:func:`merge_mappings`);
+        ``updated`` takes the later time; a plugin's column merges by the rule
+        its plugin declared (``session_merge_rules``); any other column both
+        requests changed is a conflict (:class:`SessionConflictError`).
+        Returns the values written, the version they were written over and
+        what this request changed, or ``None`` when the row is gone.
+        """
+        ser = self.data_serializer
+        query = sa.select(self.table).where(self.pk_column == stored_id).with_for_update()
+        with dbsession.no_autoflush:
+            fresh = dbsession.execute(query).mappings().one_or_none()
+        if fresh is None:
+            return None
+        orig_data, orig_flash = base
+        my_data, my_flash = mine
+        values: dict[str, Any] = {}
+        conflicts: list[str] = []
+        merged_keys: list[str] = []
+        reasons: list[str] = []
+        groups_done: set[tuple[str, ...]] = set()
+        for key, (new, old) in changes.items():
+            theirs = fresh[self.columns[key]]
+            if key == "data":
+                base_data = ser.loads(orig_data) if orig_data is not None else {}
+                data, changed, clash = merge_mappings(base_data, my_data, ser.loads(theirs))
+                values[key] = ser.dumps(data)
+                merged_keys += changed
+                conflicts += clash
+            elif key == "flash":
+                base_flash = ser.loads(orig_flash) if orig_flash is not None else {}
+                now = ser.loads(theirs) if theirs is not None else {}
+                flash, changed, clash = merge_mappings(base_flash, my_flash, now)
+                values[key] = ser.dumps(flash) if flash else None
+                merged_keys += [f"flash:{queue}" for queue in changed]
+                conflicts += [f"flash:{queue}" for queue in clash]
+            elif key == "updated":
+                values[key] = max(new, theirs)
+            elif key in self.merge_rules:
+                group, rule = self.merge_rules[key]
+                if group in groups_done:
+                    continue
+                groups_done.add(group)
+                current_mine = {name: getattr(row, name) for name in group}
+                group_base = {
+                    name: changes[name][1] if name in changes else current_mine[name]
+                    for name in group
+                }
+                current = {name: fresh[self.columns[name]] for name in group}
+                try:
+                    if current == group_base:  # the other request left the group alone
+                        result = current_mine
+                    elif len(group) == 1:
+                        result = {key: rule(old, new, theirs)}
+                    else:
+                        result = rule(group_base, current_mine, current)
+                except MergeConflict as exc:
+                    conflicts += group
+                    reasons.append(str(exc))
+                    continue
+                for name in group:
+                    if result[name] != current[name]:
+                        values[name] = result[name]
+                merged_keys += [name for name in group if name in changes]
+            elif theirs == old or key == self.pk_key:
+                values[key] = new
+                merged_keys.append(key)
+            else:
+                conflicts.append(key)
+        version = fresh[self.version_column]
+        if conflicts:
+            self.mark_contended(stored_id)
+            why = f" ({'; '.join(reasons)})" if reasons else ""
+            raise SessionConflictError(
+                f"session {stored_id[:12]}…: this request and a concurrent one both changed "
+                f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "
+                "(config.include('pyramid_retry'), retry.attempts >= 2) to run the request "
+                "again on the newer session; nothing was overwritten."
+            )
+        if not self._update(dbsession, stored_id, version, values):
+            self.mark_contended(stored_id)
+            raise SessionConflictError(
+                f"session {stored_id[:12]}… changed again while its changes were merged; "
+                "retry the request (pyramid_retry does it for you)"
+            )
+        return values, version, tuple(merged_keys)
+
+    def refuses_concurrent_updates(self, dbsession: Any) -> bool:
+        """Whether the database fails an UPDATE of a row a concurrent transaction changed.
+
+        PostgreSQL does at REPEATABLE READ and SERIALIZABLE. The level is asked
+        once per pooled connection (unless set per connection through
+        execution options).
+        """
+        connection = dbsession.connection()
+        if connection.dialect.name != "postgresql":
+            return False
+        level = connection.get_execution_options().get("isolation_level")
+        if level is None:
+            level = connection.info.get(_ISOLATION_KEY)
+            if level is None:
+                level = connection.info[_ISOLATION_KEY] = connection.get_isolation_level()
+        return level in ("REPEATABLE READ", "SERIALIZABLE")
+
+    def versioned_update(
+        self, stored_id: str, version: int, values: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The UPDATE of a row read at ``version``, and its parameters.
+
+        ``UPDATE … SET <values>, version = version + 1 WHERE id = … AND version = …``;
+        one statement per set of columns, built once with bound parameters and
+        kept, instead of a new statement on every write.
+        """
+        keys = tuple(values)
+        statement = self._updates.get(keys)
+        if statement is None:
+            bind = sa.bindparam
+            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
+            statement = (
+                sa.update(self.table)
+                .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
+                .values(changes)
+                .values({self.version_column: bind("_sk_next")})
+            )
+            if len(self._updates) < 256:
+                self._updates[keys] = statement
+        params = {f"_sk_v{i}": value for i, value in enumerate(values.values())}
+        params.update(_sk_id=stored_id, _sk_ver=version, _sk_next=version + 1)
+        return statement, params
+
+    def _update(
+        self, dbsession: Any, stored_id: str, version: int, values: Mapping[str, Any]
+    ) -> bool:
+        statement, params = self.versioned_update(stored_id, version, values)
+        with dbsession.no_autoflush:  # the ORM must not write the row itself first
+            result = dbsession.execute(statement, params)
+        mark_changed(dbsession)  # see execute
+        return result.rowcount == 1
+
+    def execute(self, dbsession: Any, statement: Any) -> Any:
+        """Run one of the kernel's own UPDATE or DELETE statements in the request's transaction."""
+        with dbsession.no_autoflush:  # the ORM must not write the row itself first
+            result = dbsession.execute(statement)
+        # zope.sqlalchemy commits only sessions it saw change; SQL it did not run
+        # through the ORM's unit of work has to say so, or it is rolled back.
+        mark_changed(dbsession)
+        return result
+
+    def flush(self, dbsession: Any, row: Any) -> None:
+        """Flush what the application left pending, if anything: the end of the persist stage.
+
+        The row the kernel's own UPDATE just wrote stays "dirty" to the ORM
+        (assigned attributes) with no net change left, so it alone is no
+        reason to flush.
+        """
+        if (
+            dbsession.new
+            or dbsession.deleted
+            or any(obj is not row or dbsession.is_modified(obj) for obj in dbsession.dirty)
+        ):
+            dbsession.flush()
+
+    # -- logouts and held ids -----------------------------------------------------------
+    def delete(
+        self, dbsession: Any, row: Any, lineage: str | None, hold: Callable[[Any], Any]
+    ) -> None:
+        """DELETE the row, also when a concurrent request gave it a new id meanwhile.
+
+        The row is expunged and deleted by its key as read. If that finds
+        nothing, another request regenerated the id (or deleted the row)
+        since this one read it: the session's lineage (``lineage``, or the
+        first :data:`LINEAGE_CHARS` of the key), which every id of the
+        session starts with, finds it by a range of the primary key. A plain
+        DELETE whatever the version: a logout wins over a concurrent write.
+        The lineage's DELETE is handed to ``hold`` first, before any
+        statement runs: it is the one to run again if the request's
+        transaction aborts (a refused DELETE included), since by the time it
+        is replayed the id may have moved again.
+        """
+        stored_id = sa.inspect(row).identity[0]
+        dbsession.expunge(row)
+        lineage = lineage or stored_id[:LINEAGE_CHARS]
+        pk = self.pk_column
+        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
+        by_lineage = sa.delete(self.table).where(in_lineage)
+        hold(by_lineage)
+        if not self.execute(dbsession, sa.delete(self.table).where(pk == stored_id)).rowcount:
+            self.execute(dbsession, by_lineage)
+
+    def rekey(
+        self, dbsession: Any, row: Any, new_id: str, now: int, run: Callable[[Any], Any]
+    ) -> None:
+        """UPDATE the row's key now through ``run``, and re-key the ORM's copy to match.
+
+        ``run`` executes the statement (the session's ``execute_logout``, so
+        that it holds). What the request assigned to the row meanwhile stays
+        to be written by the persist stage.
+        """
+        state = sa.inspect(row)
+        stored_id = state.identity[0]
+        pending = {
+            key: state.attrs[key].history.added[0]
+            for key in self.column_keys
+            if key != self.pk_key and state.attrs[key].history.added
+        }
+        # the key, and what the kernel's own UPDATE would write with it: one statement
+        committed = {
+            self.pk_key: new_id,
+            "updated": now,
+            self.version_key: getattr(row, self.version_key) + 1,
+        }
+        columns = {self.columns[key]: value for key, value in committed.items()}
+        run(sa.update(self.table).where(self.pk_column == stored_id).values(columns))
+        dbsession.expunge(row)
+        make_transient(row)
+        for key, value in committed.items():
+            set_committed_value(row, key, value)
+        make_transient_to_detached(row)
+        dbsession.add(row)
+        for key, value in pending.items():
+            setattr(row, key, value)
+
+    def replay(self, dbsession: Any, statements: Iterable[Any]) -> None:
+        """Run ``statements`` in a transaction of their own (the request's was aborted)."""
+        engine = dbsession.get_bind(self.model)
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(statement)
