@@ -226,8 +226,11 @@ class SessionSettings(Mapping[str, Any]):
     # -- reading ---------------------------------------------------------
     def __getitem__(self, name: str) -> Any:
         config = self._session._factory.config
-        if name not in config.runtime_names:
-            raise KeyError(name)
+        if name not in config.configurable:
+            # the same for every session: nothing per session or per request can change it
+            if name not in config.runtime_names:
+                raise KeyError(name)
+            return config.values[name]
         edits = self._edits
         if edits is not None and name in edits:
             return edits[name]

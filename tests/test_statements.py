@@ -145,3 +145,21 @@ def test_flash_and_pop_flash_cost_a_select_and_an_update(app):
     with app.count() as sql:
         app.get("/pop_flash")
     assert sql.kinds() == ["SELECT", "UPDATE"]
+
+
+def test_reading_a_setting_no_session_can_change_costs_no_sql(session_app):
+    """The global value answers: the session is not loaded for it."""
+
+    def configure(config):
+        def httponly(request):
+            return {"cookie_httponly": request.session.settings["cookie_httponly"]}
+
+        config.add_route("cookie_httponly", "/cookie-httponly")
+        config.add_view(httponly, route_name="cookie_httponly", renderer="json")
+
+    app = session_app(make_model(), configure=configure)
+    app.post_json("/set", {"a": 1})
+    with app.count() as sql:
+        response = app.get("/cookie-httponly")
+    assert response.json == {"cookie_httponly": True}
+    assert sql.count == 0
