@@ -18,7 +18,7 @@ export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
 STAMP := $(VENV)/.installed
 PROJECTS := pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(EXAMPLES:%=%/pyproject.toml) demo/pyproject.toml
 
-.PHONY: install test lint docs demo bench dist clean
+.PHONY: install test lint typecheck docs demo bench dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy over the kernel and the plugins' packages, as [tool.mypy] in pyproject.toml lists them.
+typecheck: install
+	$(VENV)/bin/mypy
+
 docs: install
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
-test: lint docs
+test: lint typecheck docs
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install
@@ -52,4 +56,4 @@ dist: install
 	$(PY) -m pip wheel -q --no-deps -w dist . $(PLUGINS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache dist build
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache dist build

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from . import maintenance
 from .factory import SessionFactory
+from .model import model_table
 
 __all__ = ["main"]
 
@@ -103,7 +104,7 @@ def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any
 def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    table = factory.model.__tablename__
+    table = model_table(factory.model).name
     live = sys.stderr.isatty() and not args.quiet
 
     def progress(p: maintenance.GCProgress) -> None:
@@ -194,7 +195,7 @@ def _report_dict(r: maintenance.PluginReport) -> dict[str, Any]:
 
 def _indexes(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
     model = factory.model
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    table = model_table(model)
     required = maintenance.required_indexes(model)
     missing = maintenance.missing_indexes(model)
     in_database = {

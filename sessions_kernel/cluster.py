@@ -311,9 +311,9 @@ def cluster_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Calla
             return answer
         # an exception view rendered an error (pyramid_tm then aborted): pyramid_retry
         # retries it if it is marked, else the rendered response stands
-        error = getattr(request, "exception", None)
-        if error is not None and _database_error(error) is not None:
-            answer = retry_or_unavailable(request, error)
+        rendered = getattr(request, "exception", None)
+        if rendered is not None and _database_error(rendered) is not None:
+            answer = retry_or_unavailable(request, rendered)
             if answer is not None and response.status_int >= 500:
                 return answer
         return response

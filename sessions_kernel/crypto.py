@@ -170,19 +170,19 @@ def parse_secret_keys(
         items = list(value)
     if not items:
         raise ValueError(f"no key given. {_MAKE_ONE}")
-    keys = []
+    keys: list[bytes] = []
     for position, item in enumerate(items, 1):
         text = item.decode("ascii", "replace") if isinstance(item, bytes) else item
         raw = _decode_key(text.strip())
-        if isinstance(raw, str):
-            problem: str | None = raw
-        elif isinstance(item, KitKey) and hashlib.sha256(raw).hexdigest() == _KIT_KEY:
-            problem = None
+        if isinstance(raw, bytes):
+            kit = isinstance(item, KitKey) and hashlib.sha256(raw).hexdigest() == _KIT_KEY
+            problem = None if kit else key_weakness(raw)
+            if problem is None:
+                keys.append(raw)
+                continue
         else:
-            problem = key_weakness(raw)
-        if problem is not None:
-            raise ValueError(f"key {position} of {setting} {problem}. {_MAKE_ONE}")
-        keys.append(raw)
+            problem = raw  # what is wrong with the text
+        raise ValueError(f"key {position} of {setting} {problem}. {_MAKE_ONE}")
     return keys
 
 

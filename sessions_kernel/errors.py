@@ -35,7 +35,7 @@ class InconsistentDataError(RuntimeError):
     """
 
 
-class SessionConflictError(SessionError, TransientError):
+class SessionConflictError(SessionError, TransientError):  # type: ignore[misc]  # untyped base
     """This request and a concurrent one changed the same part of one session.
 
     Raised before commit when the kernel could not merge: both requests set

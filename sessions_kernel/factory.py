@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
@@ -16,7 +16,7 @@ from webob.cookies import make_cookie
 from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
-from .model import KERNEL_COLUMNS
+from .model import KERNEL_COLUMNS, model_table
 from .plugins import FactoryConfig
 from .serializers import PickleSerializer
 from .session import RESERVED_ATTRIBUTES, Peek, Session
@@ -133,7 +133,7 @@ class SessionFactory:
                 "injection anywhere in the application, another application's database "
                 "user, a restored backup) can run code in this application when a session "
                 "is read; keep json unless you trust every writer",
-                config.model.__table__.name,
+                model_table(config.model).name,
             )
         self.serializer = values["serializer"] or AESGCMCookieSerializer(
             values["secret_key"],
@@ -279,7 +279,9 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     namespace: dict[str, Any] = {}
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_attributes.get_hookimpls():
-        for name, value in (impl.function() or {}).items():
+        # what the hook's specification says it answers (pluggy does not carry the types)
+        attributes = cast("Mapping[str, Any] | None", impl.function())
+        for name, value in (attributes or {}).items():
             problem = _claim_problem(name, owners)
             if problem is not None:
                 plugin = impl.plugin_name
@@ -324,8 +326,11 @@ def _merge_rules(config: FactoryConfig) -> dict[str, tuple[tuple[str, ...], Merg
     owners: dict[str, str] = {}
     for impl in config.pm.hook.session_merge_rules.get_hookimpls():
         arguments = {"model": config.model}
-        answer = impl.function(*[arguments[name] for name in impl.argnames]) or {}
-        for key, rule in answer.items():
+        answer = cast(
+            "Mapping[str | tuple[str, ...], MergeRule] | None",
+            impl.function(*[arguments[name] for name in impl.argnames]),
+        )
+        for key, rule in (answer or {}).items():
             group = (key,) if isinstance(key, str) else tuple(key)
             where = f"session plugin {impl.plugin_name!r} declares a merge rule for {key!r}"
             if not group or not callable(rule):

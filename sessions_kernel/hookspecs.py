@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
     from .factory import SessionFactory
     from .merge import MergeRule
+    from .model import BaseMixin
     from .session import Session
     from .settings import Setting
 
@@ -210,7 +211,7 @@ def session_attributes() -> Mapping[str, Any]:
 
 
 @hookspec
-def session_merge_rules(model: type) -> Mapping[str | tuple[str, ...], MergeRule] | None:
+def session_merge_rules(model: type[BaseMixin]) -> Mapping[str | tuple[str, ...], MergeRule] | None:
     """Say how this plugin's columns merge when two requests of one session both changed them.
 
     :param model: the factory's model class.
@@ -356,7 +357,7 @@ def session_renew(session: Session) -> None:
 
 
 @hookspec
-def session_persist(session: Session, row: Any) -> None:
+def session_persist(session: Session, row: BaseMixin) -> None:
     """Before commit: the row is about to be inserted or updated.
 
     :param session: the request's session.
@@ -472,7 +473,7 @@ def session_invalidated(session: Session, reason: str, old_row: Any | None) -> N
 
 @hookspec
 def session_expired_conditions(
-    model: type, settings: Mapping[str, Any], now: int
+    model: type[BaseMixin], settings: Mapping[str, Any], now: int
 ) -> Sequence[ColumnElement[bool]] | None:
     """Return SQL conditions that are true for rows this plugin considers expired.
 
@@ -489,7 +490,7 @@ def session_expired_conditions(
 
 
 @hookspec
-def session_indexes(model: type) -> Sequence[str | Sequence[str]] | None:
+def session_indexes(model: type[BaseMixin]) -> Sequence[str | Sequence[str]] | None:
     """Return the indexes the session table needs for this plugin's queries.
 
     :param model: the model class.
@@ -504,7 +505,7 @@ def session_indexes(model: type) -> Sequence[str | Sequence[str]] | None:
 
 
 @hookspec
-def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
+def session_expires_at(row: BaseMixin, settings: Mapping[str, Any]) -> int | None:
     """Return when a stored row expires under this plugin's rule, or ``None``.
 
     :param row: a model instance read from the database (not the request's).
@@ -520,7 +521,7 @@ def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
 
 
 @hookspec
-def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
+def session_last_active(row: BaseMixin, settings: Mapping[str, Any]) -> int | None:
     """Return the last time the row's session was used, if this plugin records it.
 
     :param row: a model instance read from the database.
@@ -534,7 +535,7 @@ def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
 
 
 @hookspec
-def session_details(row: Any, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def session_details(row: BaseMixin, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """Return what a listing should show of a stored row beyond the kernel's fields.
 
     :param row: a model instance read from the database (not the request's).

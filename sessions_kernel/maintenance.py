@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .factory import SessionFactory
+from .model import BaseMixin, model_table
 from .plugins import (
     FactoryConfig,
     PluginInfo,
@@ -237,7 +238,7 @@ def _report(info: PluginInfo, config: FactoryConfig | None) -> PluginReport:
         mixins=tuple(m.__name__ for m in info.mixins),
         # what runs in the factory (its own manager: a plugin blocked there shows none),
         # else what the plugin implements where the kernel discovered it
-        hooks=hook_names(config.pm, info.plugin) if active else info.hooks,
+        hooks=hook_names(config.pm, info.plugin) if config and active else info.hooks,
         settings=tuple(
             SettingReport(
                 name=s.name,
@@ -267,7 +268,7 @@ def plugin_report(factory: SessionFactory | None = None) -> list[PluginReport]:
 # -- indexes -----------------------------------------------------------------------------
 
 
-def required_indexes(model: type) -> list[tuple[str, ...]]:
+def required_indexes(model: type[BaseMixin]) -> list[tuple[str, ...]]:
     """The indexes the plugins active for ``model`` ask for, as tuples of column names.
 
     Plugins answer the ``session_indexes`` hook; the answers are merged in
@@ -295,13 +296,13 @@ def required_indexes(model: type) -> list[tuple[str, ...]]:
     ]
 
 
-def missing_indexes(model: type) -> list[tuple[str, ...]]:
+def missing_indexes(model: type[BaseMixin]) -> list[tuple[str, ...]]:
     """:func:`required_indexes` that ``model``'s table does not declare yet.
 
     An index (or primary key) whose leading columns are the ones asked for
     counts as present.
     """
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    table = model_table(model)
     present = [tuple(c.name for c in index.columns) for index in table.indexes]
     present.append(tuple(c.name for c in table.primary_key.columns))
     return [
@@ -316,7 +317,7 @@ def index_name(table: sa.Table, columns: tuple[str, ...]) -> str:
     return "_".join(("ix", table.name, *columns))
 
 
-def add_indexes(model: type) -> list[sa.Index]:
+def add_indexes(model: type[BaseMixin]) -> list[sa.Index]:
     """Add to ``model``'s table the indexes its active plugins need; return those added.
 
     Call it once, right after the model's class statement, so that
@@ -329,7 +330,7 @@ def add_indexes(model: type) -> list[sa.Index]:
 
     Calling it again adds nothing.
     """
-    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    table = model_table(model)
     return [
         sa.Index(index_name(table, columns), *(table.c[name] for name in columns))
         for columns in missing_indexes(model)

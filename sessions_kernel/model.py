@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sqlalchemy import BigInteger, Integer, LargeBinary, String
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+
+if TYPE_CHECKING:
+    from sqlalchemy import FromClause, MetaData, Table
 
 __all__ = ["KERNEL_COLUMNS", "BaseMixin", "BlobType"]
 
@@ -41,10 +44,28 @@ class BaseMixin:
     flash: Mapped[bytes | None] = mapped_column(BlobType, nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
 
+    if TYPE_CHECKING:
+        # What the declarative base that every session model also subclasses gives it
+        # (the kernel checks that the model is mapped), declared as SQLAlchemy's
+        # DeclarativeBase declares it; for type checkers only.
+        __table__: ClassVar[FromClause]
+        metadata: ClassVar[MetaData]
+
+        def __init__(self, **kw: Any) -> None: ...
+
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:
-        return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+        return {"version_id_col": cls.__table__.c.version}
 
 
 #: The columns of :class:`BaseMixin`: only the kernel writes them.
 KERNEL_COLUMNS = frozenset(name for name in vars(BaseMixin) if not name.startswith("_"))
+
+
+def model_table(model: type[BaseMixin]) -> Table:
+    """``model.__table__``, the :class:`~sqlalchemy.Table` its declarative base made.
+
+    SQLAlchemy types ``__table__`` as any ``FromClause`` (a class may be mapped
+    to a join or a subquery); a session model is mapped to its table.
+    """
+    return cast("Table", model.__table__)

@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 import sqlalchemy as sa
@@ -65,7 +65,7 @@ class PluginInfo:
     #: the hooks it implements, the kernel's and those other plugins offer (sorted)
     hooks: tuple[str, ...] = ()
 
-    def activated_by(self, model: type) -> type | None:
+    def activated_by(self, model: type[BaseMixin]) -> type | None:
         """The mixin through which ``model`` activates this plugin, or ``None``."""
         for mixin in reversed(self.mixins):
             if issubclass(model, mixin):
@@ -209,13 +209,14 @@ def discover(extra: Iterable[object] = (), *, strict: bool = True) -> list[Plugi
     by_plugin = {id(info.plugin): info for info in infos.values() if info.plugin is not None}
     for info in by_plugin.values():
         info.hooks = hook_names(catalog, info.plugin)
+    # each answers as its specification says (pluggy does not carry the types)
     for impl in catalog.hook.session_mixins.get_hookimpls():
-        by_plugin[id(impl.plugin)].mixins = tuple(impl.function() or ())
+        mixins = cast("Sequence[type] | None", impl.function())
+        by_plugin[id(impl.plugin)].mixins = tuple(mixins or ())
     for impl in catalog.hook.session_settings.get_hookimpls():
         info = by_plugin[id(impl.plugin)]
-        info.settings = tuple(
-            dataclasses.replace(s, plugin=info.name) for s in impl.function() or ()
-        )
+        settings = cast("Sequence[Setting] | None", impl.function())
+        info.settings = tuple(dataclasses.replace(s, plugin=info.name) for s in settings or ())
     return list(infos.values())
 
 
@@ -241,7 +242,7 @@ def _unknown_hook_message(pm: pluggy.PluginManager, info: PluginInfo) -> str:
     )
 
 
-def active_manager(model: type) -> pluggy.PluginManager:
+def active_manager(model: type[BaseMixin]) -> pluggy.PluginManager:
     """A plugin manager holding the installed plugins that ``model`` activates.
 
     For tools that work from the model alone (indexes); a session factory
@@ -250,7 +251,7 @@ def active_manager(model: type) -> pluggy.PluginManager:
     return _manager_of(_active(discover(), model))
 
 
-def _active(installed: Iterable[PluginInfo], model: type) -> list[PluginInfo]:
+def _active(installed: Iterable[PluginInfo], model: type[BaseMixin]) -> list[PluginInfo]:
     """The installed plugins that ``model`` activates (through one of their mixins)."""
     return [info for info in installed if info.plugin is not None and info.activated_by(model)]
 
@@ -273,7 +274,7 @@ def _mixin_names(mixins: Iterable[type]) -> str:
     return " or ".join(m.__name__ for m in mixins)
 
 
-def _column_names(model: type) -> frozenset[str]:
+def _column_names(model: type[BaseMixin]) -> frozenset[str]:
     mapper: Mapper[Any] = sa.inspect(model)
     return frozenset(mapper.column_attrs.keys())
 
@@ -282,7 +283,7 @@ def _column_names(model: type) -> frozenset[str]:
 class FactoryConfig:
     """Everything one session factory resolved at start-up."""
 
-    model: type
+    model: type[BaseMixin]
     values: dict[str, Any]
     active: list[PluginInfo]
     installed: list[PluginInfo]
@@ -299,13 +300,13 @@ class FactoryConfig:
         installed = discover(extra_plugins)
         known: dict[str, Setting] = {}
         for info in installed:
-            for setting in info.settings:
-                if setting.name in known:
+            for declared in info.settings:
+                if declared.name in known:
                     raise ConfigurationError(
-                        f"setting {setting.name!r} is declared by two session plugins, "
-                        f"{known[setting.name].plugin} and {info.label}; uninstall one of them"
+                        f"setting {declared.name!r} is declared by two session plugins, "
+                        f"{known[declared.name].plugin} and {info.label}; uninstall one of them"
                     )
-                known[setting.name] = setting
+                known[declared.name] = declared
 
         model = _resolve_model(raw.get("model_class"), known["model_class"])
         active = _active(installed, model)
@@ -389,12 +390,13 @@ class FactoryConfig:
         return config
 
     @property
-    def hook(self) -> Any:
+    def hook(self) -> pluggy.HookRelay:
         return self.pm.hook
 
     def shown_values(self) -> dict[str, Any]:
         """The settings in force, with the values of secret ones (keys, the serializer) hidden."""
-        return _redacted(dict(self.values), hidden_settings(self.active))
+        shown: dict[str, Any] = _redacted(dict(self.values), hidden_settings(self.active))
+        return shown
 
     def check(self, values: Mapping[str, Any]) -> list[str]:
         """Run every active plugin's cross-setting rules over ``values``."""
@@ -431,7 +433,7 @@ class FactoryConfig:
         )
 
 
-def _resolve_model(value: Any, setting: Setting) -> type:
+def _resolve_model(value: Any, setting: Setting) -> type[BaseMixin]:
     if value is None:
         raise ConfigurationError(
             "session.model_class is required: the dotted name of your session model, e.g.\n"

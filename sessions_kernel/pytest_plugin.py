@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
+    from .model import BaseMixin
     from .testing import ApplicationTestApp, Clock, SessionTestApp
 
 # sessions_kernel.testing is imported by the fixtures that use it, not here: pytest loads
@@ -178,9 +179,11 @@ def session_app(
     """
     from .testing import make_app
 
-    made: list[type] = []
+    made: list[type[BaseMixin]] = []
 
-    def build(model: type, settings: dict[str, Any] | None = None, **kwargs: Any) -> SessionTestApp:
+    def build(
+        model: type[BaseMixin], settings: dict[str, Any] | None = None, **kwargs: Any
+    ) -> SessionTestApp:
         kwargs.setdefault("clock", session_clock)
         app = make_app(model, session_engine, settings=settings, **kwargs)
         made.append(model)
@@ -207,7 +210,9 @@ def session_application(
 
     made: list[ApplicationTestApp] = []
 
-    def build(main: Callable[..., Any], settings: dict[str, Any] | None = None, **kwargs: Any):
+    def build(
+        main: Callable[..., Any], settings: dict[str, Any] | None = None, **kwargs: Any
+    ) -> ApplicationTestApp:
         kwargs.setdefault("clock", session_clock)
         app = ApplicationTestApp(main, settings, engine=session_engine, **kwargs)
         made.append(app)

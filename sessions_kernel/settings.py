@@ -126,7 +126,8 @@ def boolean(value: Any) -> bool:
         "t",
         "f",
     }:
-        return asbool(value)
+        parsed: bool = asbool(value)  # pyramid ships no types
+        return parsed
     raise ValueError(f"expected true or false, got {value!r}")
 
 

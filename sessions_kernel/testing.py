@@ -23,7 +23,7 @@ import http.cookiejar
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 import transaction
@@ -35,12 +35,15 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from .crypto import KitKey
 from .model import BaseMixin
 
+if TYPE_CHECKING:
+    from .factory import SessionFactory
+
 #: The extra that installs what the kit needs beyond the kernel's own dependencies.
 _INSTALL_HINT = "pip install 'sessions-kernel[testing]'"
 
 try:  # the ``testing`` extra: the kit drives applications through WebTest, with retries
     import pyramid_retry  # noqa: F401
-    import webtest  # noqa: F401
+    import webtest
 except ImportError as exc:
     raise ImportError(
         f"sessions_kernel.testing needs {exc.name}, which is not installed: {_INSTALL_HINT}",
@@ -140,7 +143,7 @@ class StatementCounter:
 
 def make_model(
     *mixins: type, name: str = "Session", tablename: str | None = None, **attributes: Any
-) -> type:
+) -> type[BaseMixin]:
     """A session model on a new declarative base: ``class name(*mixins, BaseMixin, Base)``.
 
     ``make_model(IdleMixin)`` is what a user writes as ``class Session(IdleMixin,
@@ -156,7 +159,7 @@ def make_model(
         pass
 
     namespace = {"__tablename__": tablename, **attributes}
-    return type(name, (*mixins, BaseMixin, Base), namespace)
+    return cast("type[BaseMixin]", type(name, (*mixins, BaseMixin, Base), namespace))
 
 
 def _json_body(request: Any) -> Any:
@@ -354,7 +357,7 @@ def add_dbsession(config: Configurator, engine: sa.Engine, name: str = "dbsessio
 
 
 def make_wsgi_app(
-    model: type,
+    model: type[BaseMixin],
     engine: sa.Engine,
     *,
     settings: dict[str, Any] | None = None,
@@ -415,9 +418,9 @@ class _Browsers:
     counter: StatementCounter
     #: The default browser, a ``webtest.TestApp`` (see :meth:`new_browser`): the
     #: attributes this class does not have are its (``app.get`` is ``app.browser.get``).
-    browser: Any
+    browser: webtest.TestApp
 
-    def new_browser(self) -> Any:
+    def new_browser(self) -> webtest.TestApp:
         """A WebTest app with a cookie jar of its own (another browser), on the same application.
 
         Its ``set_cookie(name, value)`` stores the cookie as the application's
@@ -459,12 +462,13 @@ class _Browsers:
         return rows[0]
 
     @property
-    def model(self) -> type:
+    def model(self) -> type[BaseMixin]:
         """The session model (the application's, for :class:`ApplicationTestApp`)."""
-        return self.__dict__.get("_model") or self.factory.model
+        model: type[BaseMixin] | None = self.__dict__.get("_model")
+        return model or self.factory.model
 
     @property
-    def factory(self) -> Any:
+    def factory(self) -> SessionFactory:
         """The application's :class:`~sessions_kernel.SessionFactory`.
 
         ``app.factory.config.values`` holds the settings in force,
@@ -472,7 +476,8 @@ class _Browsers:
         """
         from pyramid.interfaces import ISessionFactory
 
-        return self.wsgi.registry.queryUtility(ISessionFactory)
+        factory: SessionFactory = self.wsgi.registry.queryUtility(ISessionFactory)
+        return factory
 
 
 class SessionTestApp(_Browsers):
@@ -526,7 +531,7 @@ class SessionTestApp(_Browsers):
 
     def __init__(
         self,
-        model: type,
+        model: type[BaseMixin],
         engine: sa.Engine,
         *,
         settings: dict[str, Any] | None = None,
@@ -610,12 +615,13 @@ class ApplicationTestApp(_Browsers):
 
 
 @functools.cache
-def _browser_class() -> type:
+def _browser_class() -> type[webtest.TestApp]:
     import webtest
-    from webtest.app import escape_cookie_value
+    from webtest.app import escape_cookie_value  # type: ignore[attr-defined]  # not in its stubs
 
-    class Browser(webtest.TestApp):  # type: ignore[misc]
-        def set_cookie(self, name: str, value: str) -> None:
+    class Browser(webtest.TestApp):
+        # WebTest's stubs take a value of None, which its own set_cookie cannot escape either
+        def set_cookie(self, name: str, value: str) -> None:  # type: ignore[override]
             host = self.extra_environ.get("HTTP_HOST", "localhost").split(":", 1)[0]
             domain = host if "." in host else f"{host}.local"  # what the jar stores for a response
             cookie = http.cookiejar.Cookie(
@@ -627,7 +633,7 @@ def _browser_class() -> type:
     return Browser
 
 
-def make_app(model: type, engine: sa.Engine, **kwargs: Any) -> SessionTestApp:
+def make_app(model: type[BaseMixin], engine: sa.Engine, **kwargs: Any) -> SessionTestApp:
     """Create ``model``'s table on ``engine`` (dropping any leftover) and build a test app.
 
     ``kwargs`` are :class:`SessionTestApp`'s (``settings``, ``clock``,

@@ -32,7 +32,7 @@ from sessions_kernel.settings import integer, optional
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
 
-    from sessions_kernel import Session
+    from sessions_kernel import BaseMixin, Session
 
 __all__ = [
     "MAX_ABSOLUTE_TIMEOUT",
@@ -87,7 +87,7 @@ SETTINGS = (
 )
 
 
-def expiry(row: Any, timeout: int | None) -> int | None:
+def expiry(row: BaseMixin, timeout: int | None) -> int | None:
     """When ``row`` expires under the absolute timeout, or ``None`` if it does not.
 
     :param row: a stored row of a model with :class:`AbsoluteMixin`.
@@ -128,7 +128,7 @@ def session_validate(session: Session) -> str | None:
 
 
 @hookimpl
-def session_persist(session: Session, row: Any) -> None:
+def session_persist(session: Session, row: BaseMixin) -> None:
     """Keep ``absolute_expire`` equal to ``created`` + the session's own timeout (or NULL).
 
     Runs on every write, so a per-session change saved in this request is stored
@@ -143,7 +143,7 @@ def session_persist(session: Session, row: Any) -> None:
 
 @hookimpl
 def session_expired_conditions(
-    model: type, settings: Mapping[str, Any], now: int
+    model: type[BaseMixin], settings: Mapping[str, Any], now: int
 ) -> list[ColumnElement[bool]]:
     """Rows past their absolute expiry (``expiry(row) <= now``), in index-friendly form."""
     timeout = settings.get("absolute_timeout")
@@ -155,12 +155,12 @@ def session_expired_conditions(
                 sa.and_(model.absolute_expire.is_(None), model.created <= now - timeout)
             )
     elif timeout:
-        conditions.append(model.created <= now - timeout)  # type: ignore[attr-defined]
+        conditions.append(model.created <= now - timeout)
     return conditions
 
 
 @hookimpl
-def session_indexes(model: type) -> list[str]:
+def session_indexes(model: type[BaseMixin]) -> list[str]:
     """``created`` (global timeout), and ``absolute_expire`` for per-session timeouts."""
     if issubclass(model, ConfigAbsoluteMixin):
         return ["absolute_expire", "created"]
@@ -168,5 +168,5 @@ def session_indexes(model: type) -> list[str]:
 
 
 @hookimpl
-def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
+def session_expires_at(row: BaseMixin, settings: Mapping[str, Any]) -> int | None:
     return expiry(row, settings.get("absolute_timeout"))

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from pyramid.interfaces import PHASE3_CONFIG, ICSRFStoragePolicy, ISessionFactory
 from sqlalchemy import String
@@ -38,6 +38,14 @@ from sessions_kernel import ConfigurationError, Session, SessionFactory, hookimp
 if TYPE_CHECKING:
     from pyramid.config import Configurator
     from pyramid.request import Request
+
+    class _CSRFSession(Session):
+        """A session whose model includes CSRFMixin: the API ``session_attributes`` adds."""
+
+        csrf_token: str | None
+        get_csrf_token: Callable[[], str]
+        new_csrf_token: Callable[[], str]
+
 
 __all__ = ["TOKEN_BYTES", "CSRFMixin", "ColumnCSRFStoragePolicy", "includeme"]
 
@@ -70,7 +78,7 @@ class CSRFMixin:
 
 def _csrf_token(session: Session) -> str | None:
     """The session's CSRF token, or ``None`` if none was asked for; never creates one."""
-    token = session.get_column(COLUMN)
+    token: str | None = session.get_column(COLUMN)
     if token is None and session.row is None:
         carried = session.cookie_extras.get(EXTRA)
         token = carried.decode("ascii") if carried else None
@@ -144,11 +152,11 @@ class ColumnCSRFStoragePolicy:
 
     def new_csrf_token(self, request: Request) -> str:
         """Store a new token in the request's session and return it."""
-        return self._session(request).new_csrf_token()  # type: ignore[attr-defined]
+        return self._session(request).new_csrf_token()
 
     def get_csrf_token(self, request: Request) -> str:
         """The session's token, created (and stored with the session) if it has none."""
-        return self._session(request).get_csrf_token()  # type: ignore[attr-defined]
+        return self._session(request).get_csrf_token()
 
     def check_csrf_token(self, request: Request, supplied_token: str | bytes | None) -> bool:
         """Whether ``supplied_token`` equals the stored token, compared in constant time.
@@ -156,7 +164,7 @@ class ColumnCSRFStoragePolicy:
         ``False`` when the session has no token or nothing was supplied. Reads
         the session (one SELECT when it has a cookie) and writes nothing.
         """
-        expected = self._session(request).csrf_token  # type: ignore[attr-defined]
+        expected = self._session(request).csrf_token
         if isinstance(supplied_token, str):
             # surrogatepass: any str encodes; the token itself is ASCII
             supplied = supplied_token.encode("utf-8", "surrogatepass")
@@ -169,7 +177,7 @@ class ColumnCSRFStoragePolicy:
         return hmac.compare_digest(expected.encode("utf-8"), supplied)
 
     @staticmethod
-    def _session(request: Request) -> Session:
+    def _session(request: Request) -> _CSRFSession:
         try:
             session = request.session
         except AttributeError as exc:
@@ -183,7 +191,7 @@ class ColumnCSRFStoragePolicy:
         if not _ready(type(session)):
             factory = request.registry.queryUtility(ISessionFactory)
             raise ConfigurationError(_not_ready_message(getattr(factory, "model", None)))
-        return session
+        return cast("_CSRFSession", session)  # _ready: its class has the plugin's API
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, Integer, SmallInteger
@@ -61,7 +61,7 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 #: ``sessions_idle_timeout.random_source.seed(7)`` or replace the object
 #: (``monkeypatch.setattr(sessions_idle_timeout, "random_source", ...)``);
 #: the hooks look it up on every draw.
-random_source: Any = random.Random()
+random_source: _RandomSource = random.Random()
 
 
 class IdleMixin:
@@ -89,6 +89,22 @@ class ConfigIdleMixin(IdleMixin):
     extension_delay: Mapped[int | None] = mapped_column(Integer, nullable=True)
     extension_chance: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     extension_deadline: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+if TYPE_CHECKING:
+    from sessions_kernel import BaseMixin
+
+    class _RandomSource(Protocol):
+        def random(self) -> float: ...
+
+    class _IdleRow(Protocol):
+        """A stored row of a model with :class:`IdleMixin` (and ``BaseMixin``)."""
+
+        idle_expire: int | None
+        updated: int
+
+    class _IdleModel(IdleMixin, BaseMixin):
+        """A model that activates this plugin: the kernel calls its hooks for no other."""
 
 
 def _seconds(value: Any) -> int:
@@ -237,7 +253,7 @@ def session_merge_rules() -> dict[str, MergeRule]:
 # -- the request pipeline ----------------------------------------------------------------
 
 
-def expiry(row: Any, idle_timeout: int | None) -> int | None:
+def expiry(row: _IdleRow, idle_timeout: int | None) -> int | None:
     """When ``row`` expires by inactivity under ``idle_timeout`` (the one in force), or ``None``.
 
     The stored ``idle_expire``; for a row last written while the feature was
@@ -290,7 +306,7 @@ def session_extend(session: Session) -> None:
 
 
 @hookimpl
-def session_persist(session: Session, row: Any) -> None:
+def session_persist(session: Session, row: _IdleRow) -> None:
     """Every write: ``idle_expire = now + idle_timeout`` (``None`` while the feature is off)."""
     timeout = session.settings["idle_timeout"]
     row.idle_expire = None if timeout is None else session.now + timeout
@@ -301,22 +317,21 @@ def session_persist(session: Session, row: Any) -> None:
 
 @hookimpl
 def session_expired_conditions(
-    model: type, settings: Mapping[str, Any], now: int
-) -> list[Any] | None:
+    model: type[_IdleModel], settings: Mapping[str, Any], now: int
+) -> list[sa.ColumnElement[bool]] | None:
     """``idle_expire <= now`` (see :func:`expiry`); while the global timeout is off, only for
     rows with their own."""
-    expired = model.idle_expire <= now  # type: ignore[attr-defined]
+    expired = model.idle_expire <= now
     timeout = settings.get("idle_timeout")
     if timeout is not None:
         # a row written while the feature was off (NULL) expires idle_timeout after `updated`;
         # a row with a timeout of its own always has an idle_expire (written with it)
-        never_extended = sa.and_(
-            model.idle_expire.is_(None),  # type: ignore[attr-defined]
-            model.updated <= now - timeout,  # type: ignore[attr-defined]
-        )
+        never_extended = sa.and_(model.idle_expire.is_(None), model.updated <= now - timeout)
         return [expired, never_extended]
     if "idle_timeout" in sa.inspect(model).column_attrs:
-        return [sa.and_(expired, model.idle_timeout.is_not(None))]  # type: ignore[attr-defined]
+        # ConfigIdleMixin's column, or one of the model's own: typed on neither class
+        own_timeout = model.idle_timeout  # type: ignore[attr-defined]
+        return [sa.and_(expired, own_timeout.is_not(None))]
     return None
 
 
@@ -326,19 +341,19 @@ def session_indexes(model: type) -> list[str]:
 
 
 @hookimpl
-def session_expires_at(row: Any, settings: Mapping[str, Any]) -> int | None:
+def session_expires_at(row: _IdleRow, settings: Mapping[str, Any]) -> int | None:
     """:func:`expiry` under the settings in force for the row."""
     return expiry(row, settings.get("idle_timeout"))
 
 
 @hookimpl
-def session_last_active(row: Any, settings: Mapping[str, Any]) -> int | None:
+def session_last_active(row: _IdleRow, settings: Mapping[str, Any]) -> int | None:
     """The last write or extension: ``idle_expire - idle_timeout``.
 
     Exact while ``idle_timeout`` is the one in force when the row was last
     written or extended.
     """
-    timeout = settings.get("idle_timeout")
+    timeout: int | None = settings.get("idle_timeout")
     if timeout is None or row.idle_expire is None:
         return None
     return row.idle_expire - timeout

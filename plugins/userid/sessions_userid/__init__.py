@@ -59,7 +59,7 @@ class UseridMixin:
 def _python_type(session: Session) -> type | None:
     """The Python type the model's ``userid`` column holds, if its type says so."""
     try:
-        column_type = sa.inspect(session.model).columns[COLUMN].type
+        column_type: sa.types.TypeEngine[Any] = sa.inspect(session.model).columns[COLUMN].type
         return column_type.python_type
     except (KeyError, NotImplementedError):
         return None

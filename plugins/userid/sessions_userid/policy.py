@@ -13,6 +13,8 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from pyramid.request import Request
 
+    from sessions_kernel import Session
+
 __all__ = ["UserSessionSecurityPolicy"]
 
 IdentityCallback = Callable[[Any, "Request"], Any]
@@ -111,7 +113,7 @@ class UserSessionSecurityPolicy:
         transaction): the row is deleted all the same, and no copy of the
         cookie works afterwards.
         """
-        session = request.session
+        session: Session = request.session
         session.invalidate()
         self._cache.clear(request)
         return session.logout_headers()

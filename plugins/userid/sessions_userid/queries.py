@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from pyramid.interfaces import ISessionFactory
@@ -23,6 +23,14 @@ from sessions_kernel.maintenance import expired_condition
 if TYPE_CHECKING:
     from pyramid.request import Request
     from sqlalchemy.orm import Session as DBSession
+
+    from sessions_kernel import BaseMixin, Session
+
+    from . import UseridMixin
+
+    class _UseridModel(UseridMixin, BaseMixin):
+        """What the queries read of the model: ``_check_model`` checked its ``userid``."""
+
 
 __all__ = ["UserSession", "invalidate_user_sessions", "user_sessions"]
 
@@ -62,9 +70,8 @@ def _context(source: Any, userid: Any, dbsession: DBSession | None, function: st
                 f"{function}(factory, ...) needs dbsession=<SQLAlchemy session>; or pass the "
                 "Pyramid request instead of the factory"
             )
-        factory = source
-        _check_model(factory, function)
-        return _Context(factory, dbsession, int(factory.clock()))
+        _check_model(source, function)
+        return _Context(source, dbsession, int(source.clock()))
     registry = getattr(source, "registry", None)
     factory = registry.queryUtility(ISessionFactory) if registry is not None else None
     if not isinstance(factory, SessionFactory):
@@ -118,7 +125,7 @@ def user_sessions(
     loaded yet). Reading through the request flushes its pending changes first.
     """
     ctx = _context(source, userid, dbsession, "user_sessions")
-    model = ctx.factory.model
+    model = cast("type[_UseridModel]", ctx.factory.model)
     stmt = sa.select(model).where(model.userid == userid)
     expired = _expired(ctx)
     if expired is not None:
@@ -175,26 +182,26 @@ def invalidate_user_sessions(
             "invalidate_user_sessions(factory, ..., except_current=True): only a request has "
             "a current session; pass the request"
         )
-    model = ctx.factory.model
+    model = cast("type[_UseridModel]", ctx.factory.model)
     request = ctx.request
-    session = request.session if request is not None else None
+    session: Session | None = request.session if request is not None else None
     current = ctx.current_id
-    if except_current and current is not None and session.userid == userid:
+    # (with except_current there is a request, checked above, so a session)
+    if except_current and current is not None and session is not None and session.userid == userid:
         session.regenerate_id(hold=True)  # a copy of the current cookie stops working too
         current = session.session_id
     statement = sa.delete(model).where(model.userid == userid)
     if current is not None:
         statement = statement.where(model.id != current)
     dialect = ctx.dbsession.get_bind(model).dialect
-    if dialect.delete_returning:
-        statement = statement.returning(model.id)
+    executed = statement.returning(model.id) if dialect.delete_returning else statement
     if session is not None:
-        result = session.execute_logout(statement)
+        result = session.execute_logout(executed)
     else:
-        result = ctx.dbsession.execute(statement)
+        result = ctx.dbsession.execute(executed)
     ids: Sequence[str] = result.scalars().all() if dialect.delete_returning else ()
     deleted = len(ids) if dialect.delete_returning else result.rowcount
-    if request is not None:
+    if session is not None:  # there is a request
         for session_id in ids:
             session.notify(SessionInvalidated(request, session_id))
         if not except_current and session.userid == userid:

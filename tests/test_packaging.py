@@ -1,0 +1,82 @@
+"""Every library distribution of the repository ships ``py.typed``, and mypy checks it.
+
+The kernel, each plugin under ``plugins/`` and each example under ``examples/``
+carries type hints for its users' type checkers (PEP 561): its package holds a
+``py.typed`` marker and its ``pyproject.toml`` puts the marker in the wheel
+(setuptools' ``package-data``). The check reads the project files rather than
+building wheels: a build without network would use this environment's
+setuptools, older than what the projects' metadata needs (pip's isolated
+builds fetch a newer one). The demo is an application, not a library: it has
+no marker.
+
+``make typecheck`` runs mypy over the packages that ``[tool.mypy] files``
+lists (mypy cannot follow editable installs), so each package must be listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = [
+    ROOT,
+    *sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml")),
+    *sorted(p.parent for p in ROOT.glob("examples/*/pyproject.toml")),
+]
+
+
+def _project(root: Path) -> dict:
+    return tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _package(root: Path) -> Path:
+    """The distribution's one top-level package, as its packages.find include names it."""
+    (pattern,) = _project(root)["tool"]["setuptools"]["packages"]["find"]["include"]
+    name = pattern.removesuffix("*")
+    assert (root / name / "__init__.py").is_file(), f"{root}: no package {name}"
+    return root / name
+
+
+def _label(root: Path) -> str:
+    return "kernel" if root == ROOT else root.relative_to(ROOT).as_posix()
+
+
+def test_the_libraries_are_the_kernel_the_plugins_and_the_examples():
+    labels = [_label(root) for root in LIBRARIES]
+    assert labels[0] == "kernel"
+    assert {"plugins/idle_timeout", "plugins/userid", "examples/device"} <= set(labels)
+
+
+@pytest.mark.parametrize("root", LIBRARIES, ids=_label)
+def test_each_library_ships_py_typed_in_its_wheel(root):
+    package = _package(root)
+    marker = package / "py.typed"
+    assert marker.is_file(), f"{marker.relative_to(ROOT)} is missing"
+    package_data = _project(root)["tool"]["setuptools"].get("package-data", {})
+    assert "py.typed" in package_data.get(package.name, []), (
+        f"{_label(root)}/pyproject.toml does not put py.typed in the wheel: add "
+        f'[tool.setuptools.package-data] {package.name} = ["py.typed"]'
+    )
+
+
+def test_mypy_checks_every_library_package():
+    files = _project(ROOT)["tool"]["mypy"]["files"]
+    assert sorted(files) == sorted(
+        _package(root).relative_to(ROOT).as_posix() for root in LIBRARIES
+    )
+
+
+def test_no_module_is_exempt_from_type_checking_but_the_session_pipeline():
+    """The temporary override that lifts errors names the modules the pipeline refactor
+    rewrites, and no other (it goes when that refactor lands)."""
+    exempt = {
+        module
+        for override in _project(ROOT)["tool"]["mypy"]["overrides"]
+        if override.get("ignore_errors")
+        for module in override["module"]
+    }
+    assert exempt <= {"sessions_kernel.session", "sessions_kernel.storage"}
