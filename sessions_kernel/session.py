@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -136,9 +136,10 @@ class _JoiningExtras(dict):  # type: ignore[type-arg]
         self._join()
         super().__delitem__(key)
 
-    def __ior__(self, other: Any) -> Any:
+    def __ior__(self, other: Any) -> _JoiningExtras:  # type: ignore[misc]
         self._join()
-        return super().__ior__(other)
+        super().update(other)
+        return self
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._join()
@@ -411,10 +412,11 @@ class Session(MutableMapping[str, Any]):
                 self.cookie_extras = unstored
             self._loaded_extras = dict(self.cookie_extras)
         else:
+            assert token is not None  # a stored row was found by its token
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
             self._lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
             self._loaded_extras = dict(extras)
-            self._created = None
+            self._created: int | None = None  # the row's own (see created)
 
     def _reject(self, reason: str) -> None:
         """A plugin rejected the stored row: delete it, and start a new, empty session."""
@@ -529,7 +531,8 @@ class Session(MutableMapping[str, Any]):
         primary = factory.primary_serializer
         if primary is not None:
             try:
-                return primary.loads(value)
+                plaintext: bytes = primary.loads(value)
+                return plaintext
             except ValueError:
                 payload = factory.serializer.loads(value)
                 self._stale_key = True  # an older key made it: send it again (_resend_cookie)
@@ -774,12 +777,13 @@ class Session(MutableMapping[str, Any]):
             data=self._data,
             flash=self._flash,
         )
+        stored_id = outcome.stored_id or ""
         if outcome.merged is not None:
-            self.notify(events.SessionMerged(self.request, outcome.stored_id, outcome.merged))
+            self.notify(events.SessionMerged(self.request, stored_id, outcome.merged))
         elif outcome.gone:
             # the browser's cookie was set with the stored settings, as in _drop_row
             self._delete_cookie = self._cookie_attributes(as_loaded=True)
-            self.notify(events.SessionNotFound(self.request, outcome.stored_id))
+            self.notify(events.SessionNotFound(self.request, stored_id))
         elif not outcome.written:  # dropped: the concurrent write stands, and the cookie
             self.cookie_extras = extras
         return outcome.written
@@ -876,7 +880,8 @@ class Session(MutableMapping[str, Any]):
         """
         response = _HeaderMaker()
         response.set_cookie(self._factory.cookie_name, None, **{**attrs, "max_age": None})
-        return response.headers["Set-Cookie"]
+        header: str = response.headers["Set-Cookie"]
+        return header
 
     def _cookie_value(self, *, unstored: bool = False) -> str:
         """The cookie's value: the token and the extras, with the kernel's own, encrypted."""
@@ -902,7 +907,7 @@ class Session(MutableMapping[str, Any]):
         request = self.request
         if not request.environ.get("tm.active"):
             return False
-        if self._txn.status not in _OPEN_STATUSES:  # committed, or its commit failed
+        if self._txn is None or self._txn.status not in _OPEN_STATUSES:  # committed, or failed
             return False
         if getattr(request, "exc_info", None) is not None:
             return False  # an exception view answered: pyramid_tm would have aborted
@@ -940,7 +945,8 @@ class Session(MutableMapping[str, Any]):
     def settings(self) -> SessionSettings:
         """The settings in force for this session; see :class:`SessionSettings`."""
         try:
-            return self.__dict__["_settings"]
+            settings: SessionSettings = self.__dict__["_settings"]
+            return settings
         except KeyError:
             settings = self.__dict__["_settings"] = SessionSettings(self)
             return settings
@@ -1030,7 +1036,11 @@ class Session(MutableMapping[str, Any]):
     @property
     def created(self) -> int:
         """Seconds since the epoch when the session was created."""
-        return self.row.created if self.row is not None and not self.new else self._created
+        if self.row is not None and not self.new:
+            created: int = self.row.created
+            return created
+        assert self._created is not None  # a new session's: set when it began
+        return self._created
 
     def changed(self) -> None:
         """Mark the session as changed (never needed for data; kept for ISession)."""
@@ -1056,7 +1066,7 @@ class Session(MutableMapping[str, Any]):
         if self.row is not None and not self.new:
             old_row = self.row
             self._drop_row()
-            self._held_cookies = [("delete", "", self._delete_cookie)]
+            self._held_cookies = [("delete", "", self._delete_cookie or {})]
             self.notify(events.SessionInvalidated(self.request, old_row.id))
         self._start_new()
         self._force = self._regenerated = False
@@ -1167,15 +1177,15 @@ class Session(MutableMapping[str, Any]):
         value = self._data.get(key, _MISSING)
         return default if value is _MISSING else self._touched_by(value)
 
-    def keys(self):  # type: ignore[override]
+    def keys(self) -> KeysView[str]:
         return self._data.keys()
 
-    def values(self):  # type: ignore[override]
+    def values(self) -> ValuesView[Any]:
         view = self._data.values()  # loads the session first
         self._data_touched = True
         return view
 
-    def items(self):  # type: ignore[override]
+    def items(self) -> ItemsView[str, Any]:
         view = self._data.items()  # loads the session first
         self._data_touched = True
         return view

@@ -98,7 +98,7 @@ class RowStorage:
         clock: Callable[[], float],
         lock_contended_for: int = 0,
     ) -> None:
-        mapper = sa.inspect(model)
+        mapper: Any = sa.inspect(model)
         if mapper.version_id_col is None:
             raise ConfigurationError(
                 f"{model.__name__} declares __mapper_args__ without the version column "
@@ -429,7 +429,9 @@ class RowStorage:
         statement = self._updates.get(keys)
         if statement is None:
             bind = sa.bindparam
-            changes = {self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)}
+            changes: dict[Any, Any] = {
+                self.columns[key]: bind(f"_sk_v{i}") for i, key in enumerate(keys)
+            }
             statement = (
                 sa.update(self.table)
                 .where(self.pk_column == bind("_sk_id"), self.version_column == bind("_sk_ver"))
@@ -449,7 +451,7 @@ class RowStorage:
         with dbsession.no_autoflush:  # the ORM must not write the row itself first
             result = dbsession.execute(statement, params)
         mark_changed(dbsession)  # see execute
-        return result.rowcount == 1
+        return bool(result.rowcount == 1)
 
     def execute(self, dbsession: Any, statement: Any) -> Any:
         """Run one of the kernel's own UPDATE or DELETE statements in the request's transaction."""
