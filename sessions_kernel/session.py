@@ -843,18 +843,21 @@ class Session(MutableMapping[str, Any]):
                 environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
-        headers = response.headers
-        if "Vary" not in headers:
-            response.headerlist.append(("Vary", "Cookie"))
+        headerlist = response.headerlist
+        for name, _ in headerlist:  # a few headers: cheaper than webob's header views
+            if name.lower() == "vary":
+                vary = response.vary or ()
+                if "Cookie" not in vary:
+                    response.vary = (*vary, "Cookie")
+                break
         else:
-            vary = response.vary or ()
-            if "Cookie" not in vary:
-                response.vary = (*vary, "Cookie")
+            headerlist.append(("Vary", "Cookie"))
         if self._txn is None:  # never joined: nothing changed, nothing to send
             return
         if not (self._committed or self._in_shared_transaction()) or not self._cookies:
             return
         # A shared cache must never store a response that sets or deletes the cookie.
+        headers = response.headers
         if "Cache-Control" not in headers:
             response.headerlist.append(("Cache-Control", "private"))
         else:

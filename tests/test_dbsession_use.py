@@ -97,3 +97,36 @@ def test_the_first_change_joins_the_transaction(app, change):
 def test_a_presented_cookie_joins_at_the_first_use(app):
     app.post_json("/set", {"a": 1})
     assert app.get("/probe/hooks").json == {"before_commit": 1, "after_commit": 1}
+
+
+@pytest.mark.parametrize("cookie", [False, True], ids=["anonymous", "with_cookie"])
+def test_the_applications_own_vary_is_kept(session_app, cookie):
+    """Vary: Cookie is added to what the view's response varies on, never replacing it."""
+
+    def configure(config):
+        def varied(request):
+            request.session.get("a")
+            response = request.response
+            response.vary = ("Accept-Encoding",)
+            response.text = "ok"
+            return response
+
+        def already(request):
+            request.session.get("a")
+            response = request.response
+            response.headerlist.append(("vary", "Cookie"))
+            response.text = "ok"
+            return response
+
+        config.add_route("varied", "/varied")
+        config.add_view(varied, route_name="varied")
+        config.add_route("already", "/already")
+        config.add_view(already, route_name="already")
+
+    app = session_app(make_model(), configure=configure)
+    if cookie:
+        app.post_json("/set", {"a": 1})
+    response = app.get("/varied")
+    assert response.headers.getall("Vary") == ["Accept-Encoding, Cookie"]
+    response = app.get("/already")
+    assert [v.lower() for v in response.headers.getall("Vary")] == ["cookie"]
