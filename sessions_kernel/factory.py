@@ -126,7 +126,6 @@ class SessionFactory:
         self.dbsession_name = values["dbsession_name"]
         self.data_serializer = values["data_serializer"]
         self.max_data_size = values["max_data_size"]
-        self.lock_contended_for = values["lock_contended_for"]
         if isinstance(self.data_serializer, PickleSerializer):
             log.warning(
                 "session.data_serializer = pickle: whoever can write to the table %s (a SQL "
@@ -165,18 +164,10 @@ class SessionFactory:
             self.data_serializer,
             self.merge_rules,
             clock=self.clock,
-            lock_contended_for=self.lock_contended_for,
+            lock_contended_for=values["lock_contended_for"],
         )
         #: columns whose write may give way to a concurrent one (``merge.droppable``)
         self.droppable_columns = self.storage.droppable_columns
-
-    def mark_contended(self, row_id: str) -> None:
-        """Have the row load locked for a while (``RowStorage.mark_contended``)."""
-        self.storage.mark_contended(row_id)
-
-    def is_contended(self, row_id: str) -> bool:
-        """Whether the row is to load locked (``RowStorage.is_contended``)."""
-        return self.storage.is_contended(row_id)
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)

@@ -124,9 +124,7 @@ class _JoiningExtras(dict):  # type: ignore[type-arg]
         self._session = session
 
     def _join(self) -> None:
-        session = self._session
-        if session._txn is None:
-            session._join()
+        self._session._join()
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self._join()
@@ -620,8 +618,7 @@ class Session(MutableMapping[str, Any]):
         deletes (or replaces) the browser's cookie: a logout holds, whatever
         the view did afterwards.
         """
-        if self._txn is None:
-            self._join()
+        self._join()
         self._held.append(statement)
         return self._factory.storage.execute(self._dbsession, statement)
 
@@ -974,8 +971,7 @@ class Session(MutableMapping[str, Any]):
         return self._factory.config.values[name]
 
     def _apply_settings(self, values: dict[str, Any]) -> None:
-        if self._txn is None:
-            self._join()
+        self._join()
         self._settings_values.update(values)
         if self.row is not None:
             for name, value in values.items():
@@ -1012,8 +1008,7 @@ class Session(MutableMapping[str, Any]):
         runtime-configurable settings, which go through ``session.settings``).
         """
         self._check_column(name)
-        if self._txn is None:
-            self._join()
+        self._join()
         if self.row is not None:
             setattr(self.row, name, value)
         elif value is None:
@@ -1049,8 +1044,7 @@ class Session(MutableMapping[str, Any]):
         """Mark the session as changed (never needed for data; kept for ISession)."""
         if not self._loaded:
             self._load()
-        if self._txn is None:
-            self._join()
+        self._join()
         self._force = True
 
     def invalidate(self) -> None:
@@ -1134,8 +1128,7 @@ class Session(MutableMapping[str, Any]):
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
         flashes = self._flash  # loads the session first
-        if self._txn is None:
-            self._join()
+        self._join()
         messages = flashes.setdefault(queue, [])
         if allow_duplicate or msg not in messages:
             messages.append(msg)
@@ -1158,8 +1151,7 @@ class Session(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         data = self._data  # loads the session first
-        if self._txn is None:
-            self._join()
+        self._join()
         data[key] = value
         self._data_touched = True
 
