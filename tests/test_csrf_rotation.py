@@ -59,12 +59,8 @@ def checked(app, token):
     return app.get("/check", headers={"X-CSRF-Token": token}).json["ok"]
 
 
-def test_remember_refuses_the_token_a_visitor_got_before_login(app):
-    # a visitor without a stored session: the token travels in the cookie, no row
-    before = app.get("/token").json["token"]
-    assert app.rows() == []
-    assert accepted(app, before)
-
+def assert_login_replaces(app, before):
+    """A login answers a new token, stored in the row; only the new one is accepted."""
     after = app.post("/login", {"user": "1"}).json["token"]
 
     assert after and after != before
@@ -73,6 +69,15 @@ def test_remember_refuses_the_token_a_visitor_got_before_login(app):
     assert not checked(app, before)
     assert accepted(app, after)
     assert checked(app, after)
+
+
+def test_remember_refuses_the_token_a_visitor_got_before_login(app):
+    # a visitor without a stored session: the token travels in the cookie, no row
+    before = app.get("/token").json["token"]
+    assert app.rows() == []
+    assert accepted(app, before)
+
+    assert_login_replaces(app, before)
 
 
 def test_remember_issues_a_new_token_and_refuses_the_pre_login_one(app):
@@ -81,14 +86,7 @@ def test_remember_issues_a_new_token_and_refuses_the_pre_login_one(app):
     assert app.row().csrf_token == before
     assert accepted(app, before)
 
-    after = app.post("/login", {"user": "1"}).json["token"]
-
-    assert after and after != before
-    assert app.row().csrf_token == after
-    assert not accepted(app, before)
-    assert not checked(app, before)
-    assert accepted(app, after)
-    assert checked(app, after)
+    assert_login_replaces(app, before)
 
 
 def test_remember_of_the_user_already_logged_in_issues_a_new_token(app):

@@ -467,6 +467,40 @@ def back_on_node1(url: str, seconds: float = 60) -> None:
         probe.dispose()
 
 
+def report_fault(
+    name: str,
+    load: Any,
+    attempts: Any,
+    *,
+    timeline: dict[str, float],
+    restarted: str,
+    missing: list[int],
+    sums: list[Any],
+    after: list[int],
+    **extra: Any,
+) -> None:
+    """Report a fault test's figures, then check what every fault must keep.
+
+    No acknowledged write lost on any node, the nodes' checksums agree, the
+    application answers 20 writes after the fault, and every failure was a 503.
+    """
+    figures = load.figures()
+    report(
+        name,
+        timeline_s=timeline,
+        rejoin=restarted.strip().splitlines()[-1],
+        **figures,
+        attempts_used=attempts.histogram(),
+        lost_acknowledged_writes_per_node=missing,
+        checksums=sums,
+        **extra,
+    )
+    assert missing == [0, 0, 0]
+    assert len(set(sums)) == 1
+    assert after == [200] * 20
+    assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
+
+
 def test_killing_the_writer_loses_no_acknowledged_write(cluster):
     """kill -9 of the node HAProxy writes to, under reads and writes; it rejoins by IST."""
     cluster_script()
@@ -497,22 +531,18 @@ def test_killing_the_writer_loses_no_acknowledged_write(cluster):
     finally:
         model.metadata.drop_all(engine)
         engine.dispose()
-    figures = load.figures()
-    report(
+    report_fault(
         "fault_kill_writer",
-        timeline_s=timeline,
-        rejoin=restarted.strip().splitlines()[-1],
-        **figures,
-        attempts_used=attempts.histogram(),
-        lost_acknowledged_writes_per_node=missing,
-        checksums=sums,
+        load,
+        attempts,
+        timeline=timeline,
+        restarted=restarted,
+        missing=missing,
+        sums=sums,
+        after=after,
         writer_after=writer_after,
     )
-    assert missing == [0, 0, 0]
-    assert len(set(sums)) == 1
-    assert after == [200] * 20
     assert writer_after == "node1"
-    assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
 
 
 def test_an_application_on_a_killed_node_answers_503_until_the_node_is_back(cluster):
@@ -543,20 +573,16 @@ def test_an_application_on_a_killed_node_answers_503_until_the_node_is_back(clus
     finally:
         model.metadata.drop_all(engine)
         engine.dispose()
-    figures = load.figures()
-    report(
+    report_fault(
         "fault_pinned_node",
-        timeline_s=timeline,
-        rejoin=restarted.strip().splitlines()[-1],
-        **figures,
-        attempts_used=attempts.histogram(),
-        lost_acknowledged_writes_per_node=missing,
-        checksums=sums,
+        load,
+        attempts,
+        timeline=timeline,
+        restarted=restarted,
+        missing=missing,
+        sums=sums,
+        after=after,
     )
-    assert missing == [0, 0, 0]
-    assert len(set(sums)) == 1
-    assert after == [200] * 20
-    assert set(figures["failed"]) <= {"write 503", "read 503"}, figures["failed"]
 
 
 # -- the drivers' real errors ----------------------------------------------------------------
