@@ -465,9 +465,9 @@ class RowStorage:
     def flush(self, dbsession: Any, row: Any) -> None:
         """Flush what the application left pending, if anything: the end of the persist stage.
 
-        The row the kernel's own UPDATE just wrote stays "dirty" to the ORM
-        (assigned attributes) with no net change left, so it alone is no
-        reason to flush.
+        The row the kernel's own UPDATE just wrote is marked clean
+        (:func:`_clean`); should it still look "dirty" to the ORM (assigned
+        attributes with no net change left), it alone is no reason to flush.
         """
         if (
             dbsession.new
