@@ -83,10 +83,28 @@ def test_rows_report_medians_p90_and_request_counts(report):
         "kernel new / floor: INSERT",
         "kernel anonymous / signed cookie anonymous",
     }
+    names = {r["name"] for r in db["rows"]}
     for row in db["rows"]:
         assert row["cpu_us"] > 0
-        if row["group"] != "baseline":
-            assert row["x_floor"] > 0 and row["floor"] in {r["name"] for r in db["rows"]}
+        if row["group"] != "baseline" and " floor: " not in row["name"]:
+            assert row["x_floor"] > 0 and row["floor"] in names
+
+
+def test_a_model_with_plugins_is_measured_against_floors_on_its_own_table(report):
+    """Same statements on its own table (its width, its indexes), and the bare floors too."""
+    (db,) = report["databases"]
+    rows = {row["name"]: row for row in db["rows"]}
+    if "features read" not in rows:
+        pytest.skip("the feature plugins are not installed")
+    for kind, floor in (("read", "PK SELECT"), ("write", "SELECT+UPDATE"), ("new", "INSERT")):
+        row = rows[f"features {kind}"]
+        assert row["floor"] == f"features floor: {floor}"
+        assert rows[row["floor"]]["statements"] == row["statements"]
+        assert row["bare_floor"] == f"floor: {floor}"
+        assert row["x_bare_floor"] > 0
+        assert f"features {kind} / floor: {floor}" in db["bare_ratios"]
+    assert rows["features floor: PK SELECT"]["body"] == "7"
+    assert rows["features anonymous"]["floor"] == "signed cookie anonymous"
 
 
 def test_a_model_whose_plugins_are_missing_is_skipped_with_a_note(bench, report):
@@ -131,6 +149,9 @@ def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
     (db,) = report["databases"]
     plain = {row["name"]: row["statements"] for row in db["rows"] if row["group"] == "plain"}
     assert plain == {
+        "plain floor: PK SELECT": ["SELECT"],
+        "plain floor: SELECT+UPDATE": ["SELECT", "UPDATE"],
+        "plain floor: INSERT": ["INSERT"],
         "plain read": ["SELECT"],
         "plain write": ["SELECT", "UPDATE"],
         "plain new": ["INSERT"],
@@ -138,9 +159,14 @@ def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
     }
     assert not any(row["group"] == "kernel" for row in db["rows"])
     assert set(db["ratios"]) == {
+        "plain read / plain floor: PK SELECT",
+        "plain write / plain floor: SELECT+UPDATE",
+        "plain new / plain floor: INSERT",
+        "plain anonymous / signed cookie anonymous",
+    }
+    assert set(db["bare_ratios"]) == {
         "plain read / floor: PK SELECT",
         "plain write / floor: SELECT+UPDATE",
         "plain new / floor: INSERT",
-        "plain anonymous / signed cookie anonymous",
     }
     assert report["notes"] == []
