@@ -5,7 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -73,6 +81,40 @@ _LAZY = frozenset(
     }
 )
 _MISSING = object()
+#: A session's request state, made on first use (``Session.__getattr__``): a visitor
+#: who stores nothing never needs most of it. Name -> what makes its initial value.
+_STATE: dict[str, Callable[[], Any]] = {
+    "_force": bool,  # changed() was called: write even if nothing else changed
+    "_regenerated": bool,
+    "_settings_values": dict,  # settings saved in this request
+    "_settings_loaded": dict,  # the stored values those replaced
+    "_columns": dict,  # plugin columns set with set_column before the row exists
+    # the cookie the browser holds, to delete: set when it must go (bad cookie, unknown
+    # or dropped session), with the attributes it was set with as far as they are known
+    "_delete_cookie": lambda: None,
+    "_cookies": list,  # the Set-Cookie headers to send: (action, value, attributes)
+    "_committed": bool,
+    "_stale_key": bool,  # the cookie was made with a key that is no longer first
+    "_held": list,  # logouts that must hold (see execute_logout)
+    "_held_cookies": list,
+    "_peeking": bool,
+    "_sharing": bool,  # written into a transaction that goes on (_in_shared_transaction)
+    "_lineage": lambda: None,  # the id's lineage the cookie carries, if any
+    "_orig_data": lambda: None,  # the data and flash as stored (serialized)
+    "_orig_flash": lambda: None,
+    "_loaded_extras": dict,  # the cookie extras as the request found them
+}
+#: The state of one session (not of the request): dropped when a new one starts.
+_SESSION_STATE = (
+    "_token",  # a new session's is drawn on first need
+    "_lineage",
+    "_orig_data",
+    "_orig_flash",
+    "_loaded_extras",
+    "_settings_values",
+    "_settings_loaded",
+    "_columns",
+)
 # transaction.Transaction.status of a transaction one can still write into
 _OPEN_STATUSES = frozenset({"Active", "Doomed"})
 #: Cookie extras the kernel owns (a plugin's extras have other names).
@@ -206,6 +248,25 @@ class Session(MutableMapping[str, Any]):
     #: ``invalidate()`` and a rejection leave it alone.
     stash: Stash
 
+    # request state, made on first use (_STATE)
+    _force: bool
+    _regenerated: bool
+    _settings_values: dict[str, Any]
+    _settings_loaded: dict[str, Any]
+    _columns: dict[str, Any]
+    _delete_cookie: dict[str, Any] | None
+    _cookies: list[tuple[str, str, dict[str, Any]]]
+    _committed: bool
+    _stale_key: bool
+    _held: list[Any]
+    _held_cookies: list[tuple[str, str, dict[str, Any]]]
+    _peeking: bool
+    _sharing: bool
+    _lineage: str | None
+    _orig_data: bytes | None
+    _orig_flash: bytes | None
+    _loaded_extras: dict[str, bytes]
+
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
         self._factory = factory
@@ -219,6 +280,11 @@ class Session(MutableMapping[str, Any]):
             error = self.__dict__.get("_load_error")
             if error is not None:  # every later use sees the same error, not an AttributeError
                 raise type(error)(*error.args)
+        if self._loaded:
+            make = _STATE.get(name)
+            if make is not None:  # request state, made on first use (see _STATE)
+                value = self.__dict__[name] = make()
+                return value
         if name == "_dbsession" and self._loaded:
             return self._fetch_dbsession()
         if name == "_token" and self._loaded:  # a new session's: a visitor who stores
@@ -378,22 +444,8 @@ class Session(MutableMapping[str, Any]):
             raise
 
     def _reset_state(self) -> None:
+        """A fresh session's request state: made on first use (see :data:`_STATE`)."""
         self._loaded = True
-        self._force = False
-        self._regenerated = False
-        self._settings_values: dict[str, Any] = {}
-        self._settings_loaded: dict[str, Any] = {}
-        self._columns: dict[str, Any] = {}
-        # the cookie the browser holds, to delete: set when it must go (bad cookie, unknown
-        # or dropped session), with the attributes it was set with as far as they are known
-        self._delete_cookie: dict[str, Any] | None = None
-        self._cookies: list[tuple[str, str, dict[str, Any]]] = []
-        self._committed = False
-        self._stale_key = False
-
-        self._held: list[Any] = []  # logouts that must hold (see execute_logout)
-        self._held_cookies: list[tuple[str, str, dict[str, Any]]] = []
-        self._peeking = False
 
     # -- the load and validate stages ------------------------------------------------------
     def _take(
@@ -408,7 +460,7 @@ class Session(MutableMapping[str, Any]):
             self._start_new()
             if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
                 self.cookie_extras = unstored
-            self._loaded_extras = dict(self.cookie_extras)
+                self._loaded_extras = dict(unstored)
         else:
             assert token is not None  # a stored row was found by its token
             self.row, self._token, self.cookie_extras, self.new = row, token, extras, False
@@ -586,16 +638,13 @@ class Session(MutableMapping[str, Any]):
     def _start_new(self) -> None:
         self.row = None
         self.new = True
-        self.__dict__.pop("_token", None)  # drawn on first need (see __getattr__)
-        self._lineage = None
+        state = self.__dict__
+        for name in _SESSION_STATE:  # back to their defaults, made again on first use
+            state.pop(name, None)
         self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
         self._data, self._flash = {}, {}
         self._data_touched = True
-        self._orig_data = self._orig_flash = None
         self._created = self.now
-        self._settings_values = {}
-        self._settings_loaded = {}
-        self._columns = {}
 
     def _drop_row(self) -> None:
         """DELETE the row (by its lineage if its id moved meanwhile), and make it hold."""
@@ -671,7 +720,8 @@ class Session(MutableMapping[str, Any]):
 
     def _insert_row(self, row: Any) -> None:
         self.notify(events.SessionCreated(self.request, row.id))
-        self._factory.storage.insert(self._dbsession, row)
+        # the row joins the identity map only for a transaction that goes on after this
+        self._factory.storage.insert(self._dbsession, row, attach=self._sharing)
 
     def _cookie_only(self) -> bool:
         """A session with nothing to store: whether a cookie-only session is to be sent.
@@ -748,9 +798,9 @@ class Session(MutableMapping[str, Any]):
             return True
         return written and self._setting("cookie_max_age") is not None
 
-    def _check_size(self, data: bytes, flash: bytes | None) -> None:
+    def _check_size(self, data: bytes | None, flash: bytes | None) -> None:
         """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
-        size = len(data) + len(flash or b"")
+        size = len(data or b"") + len(flash or b"")
         limit = self._factory.max_data_size
         if limit is not None and size > limit:
             raise SessionError(
@@ -911,6 +961,7 @@ class Session(MutableMapping[str, Any]):
             return False
         if getattr(request, "exc_info", None) is not None:
             return False  # an exception view answered: pyramid_tm would have aborted
+        self._sharing = True
         self._persist()
         return True
 

@@ -151,6 +151,7 @@ class RowStorage:
         self.droppable_columns = frozenset(
             name for name, (_, rule) in merge_rules.items() if getattr(rule, "droppable", 0)
         )
+        self._insert = self.table.insert()
         # the UPDATE statements, per tuple of changed columns (versioned_update)
         self._updates: dict[tuple[str, ...], Any] = {}
         self.clock = clock
@@ -290,7 +291,7 @@ class RowStorage:
         return False
 
     # -- writing ----------------------------------------------------------------------
-    def insert(self, dbsession: Any, row: Any) -> None:
+    def insert(self, dbsession: Any, row: Any, *, attach: bool = True) -> None:
         """INSERT a new session's row: one Core statement, not the ORM's unit of work.
 
         The row object was built, given the settings and columns of the
@@ -298,10 +299,15 @@ class RowStorage:
         ``session_persist`` hooks (and to ``SessionCreated`` subscribers);
         its column values are what the INSERT writes, with the first
         version. The ORM's flush of one new object costs more than the
-        statement itself. The stored row then joins the identity map, clean,
-        as the flush would have left it. A row that holds anything but
-        column values (a relationship a plugin assigned) goes through
-        ``dbsession.add`` instead.
+        statement itself. With ``attach``, the stored row then joins the
+        identity map, clean, as the flush would have left it: for a
+        transaction that goes on (the starter's test fixtures share one
+        across requests), whose next request finds it there without a
+        SELECT. Without, the commit follows: the row stays out of the
+        SQLAlchemy session, holding the values stored, so the commit has
+        no object to expire. A row that holds anything but column values
+        (a relationship a plugin assigned) goes through ``dbsession.add``
+        instead.
         """
         keys = self.insert_keys
         values = {}
@@ -315,8 +321,15 @@ class RowStorage:
         values_keys = set(vars(row))
         values[self.version_column_key] = 1  # what the ORM's version counter starts at
         # autoflush on: the application's pending objects (a user the row refers to) first
-        dbsession.execute(self.table.insert(), values)
+        dbsession.execute(self._insert, values)
         mark_changed(dbsession)
+        if not attach:
+            stored = instance_dict(row)
+            stored[self.version_key] = 1
+            for key in self.null_on_insert:  # what the INSERT left NULL
+                if key not in values_keys:
+                    stored[key] = None
+            return
         # The row, as stored, joins the identity map: a later request in a shared
         # transaction (the starter's test fixtures) finds it there without a SELECT.
         set_committed_value(row, self.version_key, 1)

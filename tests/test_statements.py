@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -186,3 +187,40 @@ def test_the_kernels_own_writes_leave_the_orm_nothing_to_flush(app, flushes):
     app.get("/incr/a")  # versioned UPDATE
     assert flushes == []
     assert app.get("/read").json["data"] == {"a": 2}
+
+
+def test_a_new_sessions_row_reads_after_the_commit_without_sql(session_app):
+    """The INSERTed row holds what was stored: nothing to expire at commit, nothing to reload.
+
+    A response callback (which runs after pyramid_tm committed) reads it; had the
+    row joined the SQLAlchemy session, the commit would have expired it and the
+    session would be closed: a DetachedInstanceError.
+    """
+
+    def configure(config):
+        def store(request):
+            request.session["a"] = 1
+            seen = {}
+
+            def after_commit(request, response):
+                row = request.session.row
+                seen.update(id=row.id, version=row.version, flash=row.flash, data=row.data)
+                response.headers["X-Row"] = json.dumps({**seen, "data": seen["data"].decode()})
+
+            request.add_response_callback(after_commit)
+            return {}
+
+        config.add_route("store", "/store")
+        config.add_view(store, route_name="store", renderer="json")
+
+    app = session_app(make_model(), configure=configure)
+    with app.count() as sql:
+        response = app.get("/store")
+    assert sql.kinds() == ["INSERT"], sql.statements
+    stored = app.row()
+    assert json.loads(response.headers["X-Row"]) == {
+        "id": stored.id,
+        "version": 1,
+        "flash": None,
+        "data": '{"a":1}',
+    }
