@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -17,9 +17,9 @@ from .crypto import AESGCMCookieSerializer
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
-from .plugins import FactoryConfig
+from .plugins import FactoryConfig, ObservedPluginManager
 from .serializers import PickleSerializer
-from .session import RESERVED_ATTRIBUTES, Peek, Session
+from .session import RESERVED_ATTRIBUTES, Peek, Session, _no_implementation
 from .storage import RowStorage
 
 if TYPE_CHECKING:
@@ -68,16 +68,17 @@ class SessionInfo:
     details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
 
-def _no_implementation(**kwargs: Any) -> None:
-    return None
-
-
-def _stage(name: str) -> property:
-    def caller(self: RequestHooks) -> Any:
-        hook_caller = getattr(self._hook, name)
-        return hook_caller if hook_caller.get_hookimpls() else _no_implementation
-
-    return property(caller, doc=f"``{name}``: pluggy's caller, or a no-op while unimplemented")
+#: The hooks the request path calls through :class:`RequestHooks`.
+REQUEST_STAGES = (
+    "session_load",
+    "session_validate",
+    "session_extend",
+    "session_renew",
+    "session_persist",
+    "session_cookie_attributes",
+    "session_regenerated",
+    "session_invalidated",
+)
 
 
 class RequestHooks:
@@ -86,25 +87,35 @@ class RequestHooks:
     Each attribute is pluggy's own :class:`~pluggy.HookCaller` of that hook
     (so hook call monitoring, tracing, blocked plugins and ``HookCallError``
     apply), except while no plugin implements the hook: then it is a no-op
-    and pluggy's dispatch is skipped. Which it is is decided at each access,
-    from the hook's current implementations, so a plugin registered later on
-    the factory's plugin manager (or blocked there) takes part (or stops) from
-    the next call on.
+    and pluggy's dispatch is skipped. Which it is is decided when the
+    factory is built, and again whenever the factory's plugin manager
+    registers or unregisters a plugin (blocking one included) or adds hook
+    specifications, so a plugin registered later takes part (or a blocked
+    one stops) from the next call on, and a request reads a plain attribute.
     """
 
-    __slots__ = ("_hook",)
+    __slots__ = ("_hook", *REQUEST_STAGES)
 
-    def __init__(self, hook: pluggy.HookRelay) -> None:
-        self._hook = hook
+    session_load: Callable[..., Any]
+    session_validate: Callable[..., Any]
+    session_extend: Callable[..., Any]
+    session_renew: Callable[..., Any]
+    session_persist: Callable[..., Any]
+    session_cookie_attributes: Callable[..., Any]
+    session_regenerated: Callable[..., Any]
+    session_invalidated: Callable[..., Any]
 
-    session_load = _stage("session_load")
-    session_validate = _stage("session_validate")
-    session_extend = _stage("session_extend")
-    session_renew = _stage("session_renew")
-    session_persist = _stage("session_persist")
-    session_cookie_attributes = _stage("session_cookie_attributes")
-    session_regenerated = _stage("session_regenerated")
-    session_invalidated = _stage("session_invalidated")
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._hook = pm.hook
+        self.refresh()
+        if isinstance(pm, ObservedPluginManager):
+            pm.on_change(self.refresh)
+
+    def refresh(self) -> None:
+        """Decide again, for each stage, between pluggy's caller and the no-op."""
+        for name in REQUEST_STAGES:
+            caller = getattr(self._hook, name)
+            setattr(self, name, caller if caller.get_hookimpls() else _no_implementation)
 
 
 class SessionFactory:
@@ -120,7 +131,7 @@ class SessionFactory:
         self.model = config.model
         self.hook = config.hook
         #: the per-request hooks: pluggy's callers, no-ops while no plugin implements them
-        self.stages = RequestHooks(config.hook)
+        self.stages = RequestHooks(config.pm)
         self.clock = values["clock"]
         self.cookie_name = values["cookie_name"]
         self.dbsession_name = values["dbsession_name"]

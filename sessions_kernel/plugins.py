@@ -19,7 +19,7 @@ import importlib.metadata
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -86,6 +86,46 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(eps, key=lambda ep: ep.name)
 
 
+class ObservedPluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, which tells listeners when a hook's implementations may change.
+
+    That is, when a plugin is registered or unregistered (``set_blocked``
+    unregisters) and when hook specifications are added. A factory's
+    request hooks (:class:`~sessions_kernel.factory.RequestHooks`) listen, so
+    that they decide which hooks have implementations then, not per call.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the registered plugins or specifications."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            self._changed()
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._changed()
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            self._changed()
+
+
 def _spec_manager(hidden: frozenset[str] = ALWAYS_HIDDEN) -> pluggy.PluginManager:
     """A plugin manager with the kernel's hook specifications.
 
@@ -95,7 +135,7 @@ def _spec_manager(hidden: frozenset[str] = ALWAYS_HIDDEN) -> pluggy.PluginManage
     ``SESSIONS_TRACE_HOOKS`` set, its hook calls are traced (``hidden``: the
     settings whose values the trace leaves out).
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = ObservedPluginManager(hookspecs.PROJECT)
     if asbool(os.environ.get(TRACE_HOOKS_ENV)):
         _trace_hooks(pm, hidden)
     pm.add_hookspecs(hookspecs)

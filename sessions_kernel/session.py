@@ -12,6 +12,7 @@ from collections.abc import (
     KeysView,
     Mapping,
     MutableMapping,
+    Sequence,
     ValuesView,
 )
 from dataclasses import dataclass, field
@@ -81,6 +82,13 @@ _LAZY = frozenset(
     }
 )
 _MISSING = object()
+
+
+def _no_implementation(**kwargs: Any) -> None:
+    """What a request stage is while no plugin implements its hook (``RequestHooks``)."""
+    return None
+
+
 #: A session's request state, made on first use (``Session.__getattr__``): a visitor
 #: who stores nothing never needs most of it. Name -> what makes its initial value.
 _STATE: dict[str, Callable[[], Any]] = {
@@ -266,11 +274,14 @@ class Session(MutableMapping[str, Any]):
     _orig_data: bytes | None
     _orig_flash: bytes | None
     _loaded_extras: dict[str, bytes]
+    _presented: Sequence[str]  # the session cookies the browser sent
+
+    #: whether the first use happened (the load stage ran)
+    _loaded = False
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
         self._factory = factory
-        self._loaded = False
 
     def __getattr__(self, name: str) -> Any:
         if name in _LAZY:
@@ -285,6 +296,9 @@ class Session(MutableMapping[str, Any]):
             if make is not None:  # request state, made on first use (see _STATE)
                 value = self.__dict__[name] = make()
                 return value
+        if name == "cookie_extras" and self._loaded:  # a new session's, on first use
+            extras = self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
+            return extras
         if name == "_dbsession" and self._loaded:
             return self._fetch_dbsession()
         if name == "_token" and self._loaded:  # a new session's: a visitor who stores
@@ -328,7 +342,7 @@ class Session(MutableMapping[str, Any]):
         )
 
     # -- the pipeline ---------------------------------------------------------------------
-    def _protocol(self) -> Iterator[None]:
+    def _protocol(self, *, loaded: bool = False) -> Iterator[None]:
         """The pipeline of one request's session: every stage, in its order.
 
         The one place to read what the kernel does with a session, and when
@@ -339,11 +353,17 @@ class Session(MutableMapping[str, Any]):
         (:meth:`_persist`) resumes it for the extend, renew and persist
         stages. The cookie it decides is sent by :meth:`_respond`, once the
         commit succeeded. The SQL is :class:`~sessions_kernel.storage.RowStorage`'s.
+
+        A request that sent no session cookie has nothing to load or
+        validate: :meth:`_load` starts its new session itself
+        (:meth:`_load_new`), and the pipeline starts only at the session's
+        first change (:meth:`_join`), ``loaded``.
         """
         stages = self._factory.stages
-        # load: the cookie decrypted and authenticated, the row fetched by its primary key
-        self._take(*self._find_row())
-        stages.session_load(session=self)
+        if not loaded:
+            # load: the cookie decrypted and authenticated, the row fetched by its key
+            self._take(*self._find_row())
+            stages.session_load(session=self)
         # validate: each plugin may reject a stored row; a rejected row is deleted
         if self.row is not None:
             reason = stages.session_validate(session=self)
@@ -397,19 +417,33 @@ class Session(MutableMapping[str, Any]):
         factory = self._factory
         request = self.request
         header = request.environ.get("HTTP_COOKIE")
-        presented = self._presented = _cookie_values(header, factory.cookie_name) if header else []
+        presented = self._presented = _cookie_values(header, factory.cookie_name) if header else ()
         self._txn = self._transaction() if presented else None
         self.now = int(factory.clock())
         name = factory.dbsession_name
         if name not in vars(request) and not hasattr(type(request), name):
             # checked without creating it: request.dbsession is made on first need
             raise self._no_dbsession_error()
-        self._reset_state()
-        pipeline = self._pipeline = self._protocol()
-        next(pipeline)  # load and validate
-        request.add_response_callback(self._respond)
+        self._loaded = True  # the request state is made on first use (see _STATE)
         if presented:
+            pipeline = self._pipeline = self._protocol()
+            next(pipeline)  # load and validate
+            request.add_response_callback(self._respond)
             self._join_transaction(self._txn)
+        else:
+            self._load_new()
+            request.add_response_callback(self._respond)
+
+    def _load_new(self) -> None:
+        """The load stage of a request that sent no session cookie: a new, empty session.
+
+        Nothing to decrypt, fetch or validate; the pipeline (:meth:`_protocol`)
+        starts at the session's first change (:meth:`_join`).
+        """
+        self._start_new(fresh=True)
+        load = self._factory.stages.session_load
+        if load is not _no_implementation:  # most requests: nobody implements it
+            load(session=self)
 
     def _join(self) -> None:
         """Join the request's transaction, at the first change of a session that had no cookie.
@@ -419,8 +453,11 @@ class Session(MutableMapping[str, Any]):
         the change.
         """
         if self._txn is None:
-            self._txn = self._transaction()
-            self._join_transaction(self._txn)
+            txn = self._txn = self._transaction()
+            if "_pipeline" not in self.__dict__:  # loaded without a cookie (_load_new)
+                pipeline = self._pipeline = self._protocol(loaded=True)
+                next(pipeline)
+            self._join_transaction(txn)
 
     def _join_transaction(self, txn: Any) -> None:
         txn.addBeforeCommitHook(self._persist)
@@ -443,10 +480,6 @@ class Session(MutableMapping[str, Any]):
                 dbsession.rollback()
             raise
 
-    def _reset_state(self) -> None:
-        """A fresh session's request state: made on first use (see :data:`_STATE`)."""
-        self._loaded = True
-
     # -- the load and validate stages ------------------------------------------------------
     def _take(
         self,
@@ -457,7 +490,7 @@ class Session(MutableMapping[str, Any]):
     ) -> None:
         """What the cookie found becomes the session: its stored row, or a new session."""
         if row is None:
-            self._start_new()
+            self._start_new(fresh=True)
             if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
                 self.cookie_extras = unstored
                 self._loaded_extras = dict(unstored)
@@ -481,7 +514,7 @@ class Session(MutableMapping[str, Any]):
         """See :meth:`SessionFactory.peek <sessions_kernel.SessionFactory.peek>`."""
         factory = self._factory
         self.now = int(factory.clock())
-        self._reset_state()
+        self._loaded = True  # the request state is made on first use (see _STATE)
         self._peeking = True  # no events: a peek is not the visitor's activity
         header = self.request.environ.get("HTTP_COOKIE") or ""
         self._txn = None  # a peek never writes
@@ -635,13 +668,15 @@ class Session(MutableMapping[str, Any]):
             "Delete the row or repair the column."
         )
 
-    def _start_new(self) -> None:
+    def _start_new(self, *, fresh: bool = False) -> None:
+        """A new, empty session: at load (``fresh``), or after a logout or a rejection."""
         self.row = None
         self.new = True
-        state = self.__dict__
-        for name in _SESSION_STATE:  # back to their defaults, made again on first use
-            state.pop(name, None)
-        self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
+        if not fresh:
+            state = self.__dict__
+            for name in _SESSION_STATE:  # back to their defaults, made again on first use
+                state.pop(name, None)
+            state.pop("cookie_extras", None)  # made empty on first use (see __getattr__)
         self._data, self._flash = {}, {}
         self._data_touched = True
         self._created = self.now
