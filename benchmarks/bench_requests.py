@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -550,10 +551,14 @@ def measure(
     """Time each scenario: ``rounds`` rounds of ``iterations`` requests each, interleaved.
 
     A round runs the scenarios in turn, ``chunk`` requests at a time, in an order
-    rotated at every turn, until each has made ``iterations`` requests, so that
-    background load (other processes, the database server) falls on every row
-    alike. Returns per scenario the median of the rounds' medians, the median of
-    the rounds' 90th percentiles (microseconds) and the number of timed requests.
+    shuffled at every turn (with a fixed seed), until each has made ``iterations``
+    requests, so that background load (other processes, the database server)
+    falls on every row alike, and so does what the row before leaves behind: a
+    chunk that follows a write waited for the disk, and starts with cold caches
+    (a rotated order kept every row after the same neighbour, and a
+    microsecond-scale row after a disk-bound one paid it in every round).
+    Returns per scenario the median of the rounds' medians, the median of the
+    rounds' 90th percentiles (microseconds) and the number of timed requests.
     """
     clock = time.perf_counter_ns
     cpu_clock = time.process_time_ns
@@ -563,7 +568,7 @@ def measure(
     medians: dict[str, list[float]] = {s.name: [] for s in scenarios}
     p90s: dict[str, list[float]] = {s.name: [] for s in scenarios}
     cpus: dict[str, list[float]] = {s.name: [] for s in scenarios}
-    turn = 0
+    shuffle = random.Random(14).shuffle
     for _ in range(rounds):
         samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
         cpu_samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
@@ -571,9 +576,9 @@ def measure(
         done = 0
         while done < iterations:
             n = min(chunk, iterations - done)
-            shift = turn % len(scenarios)
-            turn += 1
-            for scenario in [*scenarios[shift:], *scenarios[:shift]]:
+            order = list(scenarios)
+            shuffle(order)
+            for scenario in order:
                 call = scenario.call
                 out = samples[scenario.name]
                 cpu_start = cpu_clock()
