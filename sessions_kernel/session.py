@@ -355,9 +355,9 @@ class Session(MutableMapping[str, Any]):
         commit succeeded. The SQL is :class:`~sessions_kernel.storage.RowStorage`'s.
 
         A request that sent no session cookie has nothing to load or
-        validate: :meth:`_load` starts its new session itself
-        (:meth:`_load_new`), and the pipeline starts only at the session's
-        first change (:meth:`_join`), ``loaded``.
+        validate: :meth:`_load` starts its new session itself, and the
+        pipeline starts only at the session's first change (:meth:`_join`),
+        ``loaded``.
         """
         stages = self._factory.stages
         if not loaded:
@@ -431,19 +431,13 @@ class Session(MutableMapping[str, Any]):
             request.add_response_callback(self._respond)
             self._join_transaction(self._txn)
         else:
-            self._load_new()
+            # the load stage of a request that sent no session cookie: a new, empty session,
+            # nothing to decrypt, fetch or validate; the pipeline starts at its first change
+            self._start_new(fresh=True)
+            load = factory.stages.session_load
+            if load is not _no_implementation:  # most requests: nobody implements it
+                load(session=self)
             request.add_response_callback(self._respond)
-
-    def _load_new(self) -> None:
-        """The load stage of a request that sent no session cookie: a new, empty session.
-
-        Nothing to decrypt, fetch or validate; the pipeline (:meth:`_protocol`)
-        starts at the session's first change (:meth:`_join`).
-        """
-        self._start_new(fresh=True)
-        load = self._factory.stages.session_load
-        if load is not _no_implementation:  # most requests: nobody implements it
-            load(session=self)
 
     def _join(self) -> None:
         """Join the request's transaction, at the first change of a session that had no cookie.
@@ -454,7 +448,7 @@ class Session(MutableMapping[str, Any]):
         """
         if self._txn is None:
             txn = self._txn = self._transaction()
-            if "_pipeline" not in self.__dict__:  # loaded without a cookie (_load_new)
+            if "_pipeline" not in self.__dict__:  # loaded without a cookie (see _load)
                 pipeline = self._pipeline = self._protocol(loaded=True)
                 next(pipeline)
             self._join_transaction(txn)
@@ -1233,6 +1227,8 @@ class Session(MutableMapping[str, Any]):
         return value
 
     def __getitem__(self, key: str) -> Any:
+        if not self._loaded:  # the first use (cheaper than through __getattr__)
+            self._load()
         return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -1252,9 +1248,13 @@ class Session(MutableMapping[str, Any]):
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
+        if not self._loaded:  # the first use (cheaper than through __getattr__)
+            self._load()
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
+        if not self._loaded:  # the first use (cheaper than through __getattr__)
+            self._load()
         value = self._data.get(key, _MISSING)
         return default if value is _MISSING else self._touched_by(value)
 

@@ -7,6 +7,8 @@ import types
 import pytest
 
 import sessions_kernel
+from sessions_kernel.factory import _no_implementation
+from sessions_kernel.plugins import ObservedPluginManager
 from sessions_kernel.testing import make_model
 
 
@@ -185,6 +187,24 @@ def test_a_plugin_registered_later_runs_from_the_next_request(session_app):
     assert sql.kinds() == ["SELECT"]
     # the cookie's attributes are no longer the settings' alone
     assert "Path=/late" in app.new_browser().post_json("/set", {"a": 1}).headers["Set-Cookie"]
+
+
+def test_an_unregistered_plugin_stops_running_and_its_stages_are_skipped_again(session_app):
+    """The stages are worked out again when the plugin manager changes, not per request."""
+    calls: list[str] = []
+    app = session_app(make_model(ProbeMixin), plugins=[make_probe(calls)])
+    app.post_json("/set", {"a": 1})
+    factory = app.factory
+    pm = factory.config.pm
+    assert isinstance(pm, ObservedPluginManager)
+    pm.register(_late_plugin(calls), name="late")
+    assert factory.stages.session_extend is factory.hook.session_extend
+    pm.unregister(name="late")
+    assert factory.stages.session_extend is _no_implementation
+    calls.clear()
+    app.get("/read")
+    assert calls == ["load", "validate", "renew"]  # no "late extend"
+    assert "Path=/;" in app.new_browser().post_json("/set", {"a": 1}).headers["Set-Cookie"]
 
 
 def test_a_blocked_plugin_stops_running(session_app):
