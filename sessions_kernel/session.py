@@ -291,19 +291,19 @@ class Session(MutableMapping[str, Any]):
             error = self.__dict__.get("_load_error")
             if error is not None:  # every later use sees the same error, not an AttributeError
                 raise type(error)(*error.args)
-        if self._loaded:
+        if self._loaded:  # what is made on first use once the session is loaded
             make = _STATE.get(name)
-            if make is not None:  # request state, made on first use (see _STATE)
+            if make is not None:  # request state (see _STATE)
                 value = self.__dict__[name] = make()
                 return value
-        if name == "cookie_extras" and self._loaded:  # a new session's, on first use
-            extras = self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
-            return extras
-        if name == "_dbsession" and self._loaded:
-            return self._fetch_dbsession()
-        if name == "_token" and self._loaded:  # a new session's: a visitor who stores
-            token = self._token = os.urandom(TOKEN_BYTES)  # nothing never needs one
-            return token
+            if name == "cookie_extras":  # a new session's
+                extras = self.cookie_extras = _JoiningExtras(self) if self._txn is None else {}
+                return extras
+            if name == "_dbsession":
+                return self._fetch_dbsession()
+            if name == "_token":  # a new session's: a visitor who stores nothing never
+                token = self._token = os.urandom(TOKEN_BYTES)  # needs one
+                return token
         if name == "stash":  # made on first use: most requests never need one
             stash = self.stash = Stash()
             return stash
@@ -500,8 +500,7 @@ class Session(MutableMapping[str, Any]):
         old_row = self.row
         self._drop_row()
         self.notify(events.SessionRejected(self.request, old_row.id, reason))
-        self._start_new()
-        self._loaded_extras = {}
+        self._start_new()  # its extras as loaded are empty again too
         self._factory.stages.session_invalidated(session=self, reason=reason, old_row=old_row)
 
     def _peek(self) -> Peek:

@@ -249,8 +249,8 @@ class RowStorage:
         )
         if not plain:
             return False
-        keys = tuple(prop.key for prop in mapper.column_attrs)
-        select = sa.select(*(self.columns[key] for key in keys))
+        keys = tuple(self.columns)  # every column attribute, in the mapper's order
+        select = sa.select(*self.columns.values())
         return _DirectLoad(
             select=select.where(self.pk_column == sa.bindparam("_sk_id")),
             keys=keys,
@@ -323,21 +323,18 @@ class RowStorage:
         # autoflush on: the application's pending objects (a user the row refers to) first
         dbsession.execute(self._insert, values)
         mark_changed(dbsession)
-        if not attach:
-            stored = instance_dict(row)
-            stored[self.version_key] = 1
-            for key in self.null_on_insert:  # what the INSERT left NULL
-                if key not in values_keys:
-                    stored[key] = None
-            return
-        # The row, as stored, joins the identity map: a later request in a shared
-        # transaction (the starter's test fixtures) finds it there without a SELECT.
-        set_committed_value(row, self.version_key, 1)
-        for key in self.null_on_insert:  # what the INSERT left NULL, known without a SELECT
+        # the row holds what was stored: its version, and what the INSERT left NULL
+        stored = instance_dict(row)
+        stored[self.version_key] = 1
+        for key in self.null_on_insert:
             if key not in values_keys:
-                set_committed_value(row, key, None)
-        make_transient_to_detached(row)
-        dbsession.add(row)
+                stored[key] = None
+        if attach:
+            # As stored, clean (make_transient_to_detached resets the attributes'
+            # history), it joins the identity map: a later request in a shared
+            # transaction (the starter's test fixtures) finds it there without a SELECT.
+            make_transient_to_detached(row)
+            dbsession.add(row)
 
     def update(
         self,
