@@ -854,6 +854,7 @@ class Session(MutableMapping[str, Any]):
         )
         stored_id = outcome.stored_id or ""
         if outcome.merged is not None:
+            self._read_row(row)  # what is stored now: the other request's changes too
             self.notify(events.SessionMerged(self.request, stored_id, outcome.merged))
         elif outcome.gone:
             # the browser's cookie was set with the stored settings, as in _drop_row

@@ -397,10 +397,13 @@ class RowStorage:
                 return WriteOutcome(False, stored_id, gone=True)
             values, version, keys = merged
             outcome = WriteOutcome(True, stored_id, merged=keys)
+        # The row now holds what is stored: after a merge, every column as the merge left
+        # it (a rule's answer may be the other request's value, which this request's own
+        # assignment must not overwrite at the commit's flush).
         for key, value in values.items():
             set_committed_value(row, key, value)
         set_committed_value(row, self.version_key, version + 1)
-        if self.pk_key in values:  # regenerated: the identity map still has the old key
+        if self.pk_key in changes:  # regenerated: the identity map still has the old key
             dbsession.expunge(row)
         else:
             _clean(state, dbsession)
@@ -423,8 +426,10 @@ class RowStorage:
         ``updated`` takes the later time; a plugin's column merges by the rule
         its plugin declared (``session_merge_rules``); any other column both
         requests changed is a conflict (:class:`SessionConflictError`).
-        Returns the values written, the version they were written over and
-        what this request changed, or ``None`` when the row is gone.
+        Returns the values of every column as now stored (the columns
+        written and, for the rest, the other request's), the version they
+        were written over and what this request changed, or ``None`` when the
+        row is gone.
         """
         ser = self.data_serializer
         query = sa.select(self.table).where(self.pk_column == stored_id).with_for_update()
@@ -503,7 +508,9 @@ class RowStorage:
                 f"session {stored_id[:12]}… changed again while its changes were merged; "
                 "retry the request (pyramid_retry does it for you)"
             )
-        return values, version, tuple(merged_keys)
+        stored = {key: fresh[self.columns[key]] for key in self.column_keys}
+        stored.update(values)
+        return stored, version, tuple(merged_keys)
 
     def refuses_concurrent_updates(self, dbsession: Any) -> bool:
         """Whether the database fails an UPDATE of a row a concurrent transaction changed.
@@ -617,29 +624,44 @@ class RowStorage:
         ``run`` executes the statement (the session's ``execute_logout``, so
         that it holds). What the request assigned to the row meanwhile stays
         to be written by the persist stage.
+
+        The statement increments the stored version rather than writing the
+        one this request read plus one: had a concurrent request written the
+        row since it was read, the persist stage's versioned UPDATE then finds
+        the version moved on and merges, instead of matching the concurrent
+        write's version and overwriting it.
         """
         state = sa.inspect(row)
         stored_id = state.identity[0]
-        pending = {
-            key: state.attrs[key].history.added[0]
-            for key in self.column_keys
-            if key != self.pk_key and state.attrs[key].history.added
-        }
+        pending = {}  # key -> (assigned, as read)
+        for key in self.column_keys:
+            history = state.attrs[key].history
+            if key != self.pk_key and history.added:
+                pending[key] = (history.added[0], history.deleted[0] if history.deleted else None)
+        version = getattr(row, self.version_key)
         # the key, and what the kernel's own UPDATE would write with it: one statement
-        committed = {
-            self.pk_key: new_id,
-            "updated": now,
-            self.version_key: getattr(row, self.version_key) + 1,
-        }
-        columns = {self.columns[key]: value for key, value in committed.items()}
-        run(sa.update(self.table).where(self.pk_column == stored_id).values(columns))
+        updated = self.columns["updated"]
+        run(
+            sa.update(self.table)
+            .where(self.pk_column == stored_id)
+            .values(
+                {
+                    self.pk_column: new_id,
+                    updated: sa.case((updated < now, now), else_=updated),
+                    self.version_column: self.version_column + 1,
+                }
+            )
+        )
         dbsession.expunge(row)
         make_transient(row)
+        committed = {self.pk_key: new_id, "updated": now, self.version_key: version + 1}
+        # the row as stored; what this request assigned is assigned again once it is attached
+        committed.update((key, old) for key, (_, old) in pending.items())
         for key, value in committed.items():
             set_committed_value(row, key, value)
         make_transient_to_detached(row)
         dbsession.add(row)
-        for key, value in pending.items():
+        for key, (value, _) in pending.items():
             setattr(row, key, value)
 
     def replay(self, dbsession: Any, statements: Iterable[Any]) -> None:

@@ -7,6 +7,8 @@
   pyramid_retry, ``request.dbsession``) with the session factory and a few
   JSON views over the session (:func:`add_test_views`), wrapped for WebTest
   (:class:`SessionTestApp`);
+* :class:`Race`: requests of one session run side by side, each paused where
+  the test says (after its load, before its commit), to test merges;
 * :class:`ApplicationTestApp`: your own application, from its ``main()``,
   wrapped the same way (real commits, the clock, the statement counter).
 
@@ -34,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from .crypto import KitKey
 from .model import BaseMixin
+from .racing import Race, Racer
 
 if TYPE_CHECKING:
     from .factory import SessionFactory
@@ -54,6 +57,8 @@ __all__ = [
     "TEST_SECRET_KEY",
     "ApplicationTestApp",
     "Clock",
+    "Race",
+    "Racer",
     "SessionTestApp",
     "StatementCounter",
     "add_dbsession",

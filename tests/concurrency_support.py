@@ -12,7 +12,40 @@ import webtest
 from pyramid.events import NewRequest
 
 from sessions_kernel import events
+from sessions_kernel.pytest_plugin import server_url
 from sessions_kernel.testing import SessionTestApp, make_model
+
+#: Every database and isolation level the kernel supports.
+LEVELS = [
+    ("sqlite", None),
+    ("postgresql", "READ COMMITTED"),
+    ("postgresql", "REPEATABLE READ"),
+    ("postgresql", "SERIALIZABLE"),
+    ("mariadb", "REPEATABLE READ"),
+    ("mariadb", "READ COMMITTED"),
+]
+#: Where a request that lost merges (PostgreSQL's REPEATABLE READ and SERIALIZABLE refuse
+#: the write itself, before any rule can see both values: a droppable write is dropped,
+#: any other runs again).
+MERGING_LEVELS = [
+    ("sqlite", None),
+    ("postgresql", "READ COMMITTED"),
+    ("mariadb", "REPEATABLE READ"),
+    ("mariadb", "READ COMMITTED"),
+]
+
+
+def level_id(param: tuple[str, str | None]) -> str:
+    return f"{param[0]}-{(param[1] or 'default').replace(' ', '_')}"
+
+
+def make_engine(database: str, level: str | None, tmp_path: Any) -> sa.Engine:
+    """An engine on ``database`` at isolation ``level`` (skipped when its server is not there)."""
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'concurrency.sqlite'}"
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    url = server_url(database)  # skipped (or failed, in CI) when the server is not there
+    return sa.create_engine(url, isolation_level=level, pool_size=10)
 
 
 class Recorder:

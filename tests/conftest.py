@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 import pytest
+from concurrency_support import MERGING_LEVELS, level_id, make_engine
 from kernel_support import EventLog, install_distribution
 
 
@@ -28,3 +29,11 @@ def example_plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 def log() -> EventLog:
     """Every session event a test application sends (``log.configure(config)``)."""
     return EventLog()
+
+
+@pytest.fixture(params=MERGING_LEVELS, ids=level_id)
+def merging_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """An engine on each database and isolation level where a lost write is merged."""
+    engine = make_engine(*request.param, tmp_path)
+    yield engine
+    engine.dispose()

@@ -12,31 +12,23 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import sqlalchemy as sa
-from concurrency_support import browser_with, build, data, run_paused
+from concurrency_support import (
+    LEVELS,
+    MERGING_LEVELS,
+    browser_with,
+    build,
+    data,
+    level_id,
+    make_engine,
+    run_paused,
+)
 
-from sessions_kernel.pytest_plugin import server_url
 from sessions_kernel.testing import make_model
 
-LEVELS = [
-    ("sqlite", None),
-    ("postgresql", "READ COMMITTED"),
-    ("postgresql", "REPEATABLE READ"),
-    ("postgresql", "SERIALIZABLE"),
-    ("mariadb", "REPEATABLE READ"),
-    ("mariadb", "READ COMMITTED"),
-]
 
-
-@pytest.fixture(params=LEVELS, ids=lambda p: f"{p[0]}-{(p[1] or 'default').replace(' ', '_')}")
+@pytest.fixture(params=LEVELS, ids=level_id)
 def engine(request, tmp_path):
-    database, level = request.param
-    if database == "sqlite":
-        url = f"sqlite:///{tmp_path / 'concurrency.sqlite'}"
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-    else:
-        url = server_url(database)  # skipped (or failed, in CI) when the server is not there
-        engine = sa.create_engine(url, isolation_level=level, pool_size=10)
+    engine = make_engine(*request.param, tmp_path)
     yield engine
     engine.dispose()
 
@@ -340,16 +332,6 @@ def test_a_third_party_merge_rule_merges_its_columns(engine):
         app.model.metadata.drop_all(engine)
 
 
-# where a lost request merges or runs again (PostgreSQL's REPEATABLE READ and SERIALIZABLE
-# refuse the write itself, before a row lock taken at load could help)
-MERGING_LEVELS = [
-    ("sqlite", None),
-    ("postgresql", "READ COMMITTED"),
-    ("mariadb", "REPEATABLE READ"),
-    ("mariadb", "READ COMMITTED"),
-]
-
-
 def _loads_locked(sql) -> bool:
     """Whether the statements of one request loaded the session row locked."""
     return any("FOR UPDATE" in statement for statement in sql.statements) or (
@@ -357,9 +339,7 @@ def _loads_locked(sql) -> bool:
     )
 
 
-@pytest.mark.parametrize(
-    "engine", MERGING_LEVELS, indirect=True, ids=lambda p: f"{p[0]}-{p[1] or 'default'}"
-)
+@pytest.mark.parametrize("engine", MERGING_LEVELS, indirect=True, ids=level_id)
 def test_a_contended_session_loads_locked_for_a_while(engine):
     """After a lost conflict, the row's writers queue on its lock instead of losing in turn."""
     app = build(engine, attempts=3)
@@ -384,9 +364,7 @@ def test_a_contended_session_loads_locked_for_a_while(engine):
         app.model.metadata.drop_all(engine)
 
 
-@pytest.mark.parametrize(
-    "engine", MERGING_LEVELS, indirect=True, ids=lambda p: f"{p[0]}-{p[1] or 'default'}"
-)
+@pytest.mark.parametrize("engine", MERGING_LEVELS, indirect=True, ids=level_id)
 def test_lock_contended_for_0_locks_only_the_retry(engine):
     app = build(engine, attempts=3, settings={"session.lock_contended_for": "0"})
     try:

@@ -19,7 +19,7 @@ from sessions_renewal import (
 
 from sessions_kernel.crypto import decode_payload, encode_payload
 from sessions_kernel.events import SessionRejected
-from sessions_kernel.testing import SessionTestApp, make_model
+from sessions_kernel.testing import Race, SessionTestApp, make_model
 
 TIMEOUT = 60
 TRY_EVERY = 5
@@ -369,3 +369,33 @@ def test_the_presented_id_is_classified_once_per_request(app, classifications):
     classifications.clear()
     app.post_json("/set", {"b": 2})  # a write
     assert classifications == ["current"]
+
+
+def test_a_reoffer_merged_over_an_acknowledgement_stores_the_acknowledgement(app, events):
+    """The group rule keeps the state further on, even when that is the other request's.
+
+    A carries the old id and re-offers the candidate; B carries the candidate
+    and acknowledges it. B commits first: A's merge must store B's state whole,
+    not A's re-offer time over it.
+    """
+    first = start(app)
+    offered = offer(app)
+    app.clock.advance(TRY_EVERY)  # the old id is due a re-offer
+    old_browser, new_browser = app.new_browser(), app.new_browser()
+    old_browser.set_cookie("session", first)
+    new_browser.set_cookie("session", offered)
+    with Race(app) as race:
+        reoffer = race.start("/read", browser=old_browser)
+        ack = race.start("/read", browser=new_browser)
+        ack.finish()
+        reoffer.finish()
+    assert (reoffer.response.status_int, ack.response.status_int) == (200, 200)
+    row = app.row()
+    assert row.renewal_id == renewal_digest(payload(app, offered)[1])
+    assert row.renewal_previous == renewal_digest(payload(app, first)[1])
+    assert (row.renewal_candidate, row.renewal_offered_at) == (None, None)
+    assert row.renewal_at == int(app.clock())
+    # both browsers still read the session: nobody was taken for a thief
+    assert use(old_browser, first).json["data"] == {"a": 1}
+    assert use(new_browser, offered).json["data"] == {"a": 1}
+    assert events == []
