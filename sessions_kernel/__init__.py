@@ -8,6 +8,7 @@ from .errors import (
     InconsistentDataError,
     SessionConflictError,
     SessionError,
+    SessionTooLargeError,
     SettingsError,
 )
 from .factory import (
@@ -38,6 +39,7 @@ __all__ = [
     "SessionFactory",
     "SessionInfo",
     "SessionSettings",
+    "SessionTooLargeError",
     "Setting",
     "SettingsError",
     "Stash",

@@ -225,7 +225,14 @@ class AESGCMCookieSerializer:
     def dumps(self, payload: bytes) -> str:
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._ciphers[0].encrypt(nonce, payload, self._aad)
-        return base64.urlsafe_b64encode(bytes((_BOUND,)) + nonce + sealed).rstrip(b"=").decode()
+        value = base64.urlsafe_b64encode(bytes((_BOUND,)) + nonce + sealed).rstrip(b"=").decode()
+        if len(value) > MAX_COOKIE_LENGTH:  # loads would refuse it: the session would be lost
+            raise ValueError(
+                f"the cookie would be {len(value)} characters, over the {MAX_COOKIE_LENGTH} "
+                "a session cookie may have; plugins keep too much in cookie_extras "
+                f"({len(payload)} bytes with the token)"
+            )
+        return value
 
     def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes | None:
         for cipher in self._ciphers:

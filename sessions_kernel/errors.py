@@ -10,6 +10,7 @@ __all__ = [
     "InconsistentDataError",
     "SessionConflictError",
     "SessionError",
+    "SessionTooLargeError",
     "SettingsError",
 ]
 
@@ -44,4 +45,16 @@ class SessionConflictError(SessionError, TransientError):  # type: ignore[misc] 
     so with ``pyramid_retry`` the request runs again on the newer session
     (``retry.attempts`` in your settings); without it the request fails with
     this error instead of dropping one of the two writes.
+    """
+
+
+class SessionTooLargeError(SessionError):
+    """A write would store more data than ``session.max_data_size`` allows; nothing was stored.
+
+    Raised before commit, so the request's transaction does not commit. The
+    limit holds on what would be stored: this request's data, or, when a
+    concurrent request of the session wrote first, both requests' data
+    merged (the concurrent write then stands). A session stored over the
+    limit (before it was lowered) stays readable, and takes any write that
+    brings it under. The message gives the size, the limit and the fix.
     """

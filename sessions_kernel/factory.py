@@ -176,6 +176,8 @@ class SessionFactory:
             self.merge_rules,
             clock=self.clock,
             lock_contended_for=values["lock_contended_for"],
+            max_data_size=values["max_data_size"],
+            setting_columns=config.configurable,
         )
         #: columns whose write may give way to a concurrent one (``merge.droppable``)
         self.droppable_columns = self.storage.droppable_columns

@@ -730,7 +730,7 @@ class Session(MutableMapping[str, Any]):
                 "string, say), or set session.data_serializer."
             ) from exc
         if data != self._orig_data or flash != self._orig_flash:
-            self._check_size(data, flash)
+            self._factory.storage.check_size(data, flash)  # before any SQL
         return data, flash
 
     def _new_row(self, data: bytes | None, flash: bytes | None) -> Any:
@@ -825,18 +825,6 @@ class Session(MutableMapping[str, Any]):
         if self.cookie_extras != self._loaded_extras:
             return True
         return written and self._setting("cookie_max_age") is not None
-
-    def _check_size(self, data: bytes | None, flash: bytes | None) -> None:
-        """Refuse data over ``max_data_size`` before any SQL: nothing stored, nothing cut."""
-        size = len(data or b"") + len(flash or b"")
-        limit = self._factory.max_data_size
-        if limit is not None and size > limit:
-            raise SessionError(
-                f"the session's data is {size} bytes serialized, over session.max_data_size "
-                f"= {limit}; nothing was stored and the stored data is unchanged. Keep large "
-                "values in a table of your own and a key to them in the session, or raise "
-                "session.max_data_size."
-            )
 
     def _write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
         """UPDATE the changed columns, merged with a concurrent write if needed.
@@ -969,7 +957,14 @@ class Session(MutableMapping[str, Any]):
             extras[LINEAGE_EXTRA] = self._lineage.encode("ascii")
         if unstored:
             extras[UNSTORED_EXTRA] = b""
-        return self._factory.serializer.dumps(encode_payload(self._token, extras))
+        try:
+            value: str = self._factory.serializer.dumps(encode_payload(self._token, extras))
+        except ValueError as exc:  # extras the cookie cannot carry: stop before the commit
+            raise SessionError(
+                f"the session's cookie cannot be made: {exc}. Nothing was stored; keep "
+                "large values in the session's row (a plugin's column), not in the cookie."
+            ) from exc
+        return value
 
     def _in_shared_transaction(self) -> bool:
         """Write the session into a transaction this request does not own; True if done.

@@ -26,7 +26,7 @@ from sqlalchemy.orm import make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from zope.sqlalchemy import mark_changed
 
-from .errors import ConfigurationError, SessionConflictError
+from .errors import ConfigurationError, SessionConflictError, SessionTooLargeError
 from .merge import MergeConflict, MergeRule, merge_mappings
 
 __all__ = ["DROPPED", "LINEAGE_CHARS", "MAX_CONTENDED", "WRITTEN", "RowStorage", "WriteOutcome"]
@@ -118,6 +118,8 @@ class RowStorage:
         *,
         clock: Callable[[], float],
         lock_contended_for: int = 0,
+        max_data_size: int | None = None,
+        setting_columns: Iterable[str] = (),
     ) -> None:
         mapper: Any = sa.inspect(model)
         if mapper.version_id_col is None:
@@ -157,11 +159,47 @@ class RowStorage:
         self.clock = clock
         #: seconds a row that lost a conflict loads locked (see mark_contended)
         self.lock_contended_for = lock_contended_for
+        #: bytes the serialized data and flash may take together (``None``: no limit)
+        self.max_data_size = max_data_size
+        #: columns of runtime-configurable settings, valid only together (see merge)
+        self.setting_columns = frozenset(setting_columns)
         # row id -> until when its requests load it locked (see mark_contended)
         self._contended: dict[str, float] = {}
         self._contended_lock = threading.Lock()
         # how _get loads a row without the ORM's query (decided at the first load)
         self._direct: _DirectLoad | Literal[False] | None = None
+
+    def check_size(self, data: bytes | None, flash: bytes | None, *, merged: bool = False) -> None:
+        """Refuse to store data and flash over ``max_data_size`` (:class:`SessionTooLargeError`).
+
+        Called with what is about to be stored: one request's data before any
+        SQL, and the merged data of two requests before the merge's UPDATE
+        (``merged``). Only a write of the data or flash is checked, so a
+        session stored over the limit stays readable, takes any other write
+        (an idle extension, a logout), and any write of its data that brings
+        it under the limit.
+        """
+        limit = self.max_data_size
+        size = len(data or b"") + len(flash or b"")
+        if limit is None or size <= limit:
+            return
+        if merged:
+            what = (
+                f"merged with a concurrent request's write, the session's data would be "
+                f"{size} bytes serialized, over session.max_data_size = {limit}; nothing of "
+                "this request was stored and the concurrent write stands."
+            )
+        else:
+            what = (
+                f"the session's data would be {size} bytes serialized, over "
+                f"session.max_data_size = {limit}; nothing was stored and the stored data "
+                "is unchanged."
+            )
+        raise SessionTooLargeError(
+            f"{what} Keep large values in a table of your own and a key to them in the "
+            "session, delete keys you no longer need (a session stored over the limit takes "
+            "any write that brings it under), or raise session.max_data_size."
+        )
 
     # -- reading ----------------------------------------------------------------------
     def fetch(self, dbsession: Any, sid: str, *, retried: bool = False, peek: bool = False) -> Any:
@@ -493,6 +531,27 @@ class RowStorage:
             else:
                 conflicts.append(key)
         version = fresh[self.version_column]
+        settings = self.setting_columns
+        if settings.intersection(changes):
+            # Each request's settings were checked together (session_check_settings), but
+            # not this request's with the other's: two valid edits can make an invalid
+            # pair (a renewal period under its retry interval). Run again on the newer row.
+            theirs_too = sorted(
+                name
+                for name in settings.difference(changes)
+                if fresh[self.columns[name]] != getattr(row, name)
+            )
+            if theirs_too:
+                conflicts += theirs_too
+                reasons.append("settings are checked together")
+        if not conflicts and ("data" in changes or "flash" in changes):
+            # the limit holds on what is stored: both requests' data together
+            data_column, flash_column = self.columns["data"], self.columns["flash"]
+            self.check_size(
+                values.get("data", fresh[data_column]),
+                values.get("flash", fresh[flash_column]),
+                merged=True,
+            )
         if conflicts:
             self.mark_contended(stored_id)
             why = f" ({'; '.join(reasons)})" if reasons else ""
