@@ -13,7 +13,7 @@ from pyramid.events import NewRequest
 
 from sessions_kernel import events
 from sessions_kernel.pytest_plugin import server_url
-from sessions_kernel.testing import SessionTestApp, make_model
+from sessions_kernel.testing import Race, SessionTestApp, make_model
 
 #: Every database and isolation level the kernel supports.
 LEVELS = [
@@ -68,36 +68,28 @@ class Recorder:
         config.add_subscriber(self, events.SessionNotFound)
 
 
-class Gate:
-    """Lets a test pause a request after it loaded the session, and release it later."""
+def add_apply_view(config: Any) -> None:
+    """``/apply``: one request's changes, as its JSON body lists them (for races)."""
 
-    def __init__(self) -> None:
-        self.loaded = threading.Event()
-        self.go = threading.Event()
+    def apply(request: Any) -> dict[str, Any]:
+        session = request.session
+        body = request.json_body
+        if body.get("logout"):
+            session.invalidate()
+        for key, value in body.get("set", {}).items():
+            session[key] = value
+        for key in body.get("incr", []):
+            session[key] = session.get(key, 0) + 1
+        for message in body.get("flash", []):
+            session.flash(message)
+        if body.get("settings"):
+            with session.settings as settings:
+                for name, value in body["settings"].items():
+                    settings[name] = value
+        return {"data": dict(session)}
 
-    def configure(self, config: Any) -> None:
-        def paused(request: Any) -> dict[str, Any]:
-            session = request.session
-            session.get("x")  # load now, under this request's snapshot
-            self.loaded.set()
-            assert self.go.wait(30), "the test never released the paused request"
-            body = request.json_body
-            if body.get("logout"):
-                session.invalidate()
-            for key, value in body.get("set", {}).items():
-                session[key] = value
-            for key in body.get("incr", []):
-                session[key] = session.get(key, 0) + 1
-            for message in body.get("flash", []):
-                session.flash(message)
-            if body.get("settings"):
-                with session.settings as settings:
-                    for name, value in body["settings"].items():
-                        settings[name] = value
-            return {"data": dict(session)}
-
-        config.add_route("paused", "/paused")
-        config.add_view(paused, route_name="paused", renderer="json")
+    config.add_route("apply", "/apply")
+    config.add_view(apply, route_name="apply", renderer="json")
 
 
 def build(
@@ -110,13 +102,13 @@ def build(
     configure: Any = None,
     plugins: Any = (),
 ) -> Any:
-    """A test app whose requests a test can pause (``/paused``), counting attempts and events."""
-    recorder, gate = Recorder(), Gate()
+    """A test app with ``/apply`` (see :func:`run_paused`), counting attempts and events."""
+    recorder = Recorder()
     extra = configure
 
     def configure(config: Any) -> None:
         recorder.configure(config)
-        gate.configure(config)
+        add_apply_view(config)
         if extra is not None:
             extra(config)
 
@@ -131,7 +123,7 @@ def build(
         configure=configure,
         plugins=plugins,
     )
-    app.recorder, app.gate = recorder, gate
+    app.recorder = recorder
     return app
 
 
@@ -142,23 +134,17 @@ def browser_with(app: Any, cookie: str) -> webtest.TestApp:
 
 
 def run_paused(app: Any, body: dict[str, Any], then: Any) -> Any:
-    """Start a paused request, run ``then()`` while it waits, release it, return both."""
-    slow = browser_with(app, app.cookies["session"])
-    result: dict[str, Any] = {}
+    """A slow request: it loads the session, ``then()`` runs, and it commits after that.
 
-    def slow_request() -> None:
-        try:
-            result["response"] = slow.post_json("/paused", body, expect_errors=True)
-        except Exception as exc:  # an error no exception view rendered reaches WebTest
-            result["response"] = exc
-
-    thread = threading.Thread(target=slow_request)
-    thread.start()
-    assert app.gate.loaded.wait(30)
-    other = then()
-    app.gate.go.set()
-    thread.join(30)
-    return result["response"], other
+    The slow request is ``/apply`` with ``body``, in a copy of the default
+    browser (:class:`~sessions_kernel.testing.Race`). Returns its response (or
+    the exception that reached WebTest) and what ``then()`` returned.
+    """
+    with Race(app) as race:
+        slow = race.start("/apply", json=body)
+        other = then()
+        slow.finish()
+    return (slow.response if slow.error is None else slow.error), other
 
 
 def data(app: Any) -> dict[str, Any]:

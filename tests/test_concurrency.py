@@ -321,7 +321,7 @@ def test_a_third_party_merge_rule_merges_its_columns(engine):
         assert slow.status_int == 200
         (row,) = app.rows()
         assert row.hits == 2  # neither read's hit lost
-        assert row.last_path in ("/read", "/paused")
+        assert row.last_path in ("/read", "/apply")
         if refuses_concurrent_updates(engine):
             # add_both is not droppable: PostgreSQL refused the write, pyramid_retry ran it again
             assert app.recorder.counts["NewRequest"] == 4
