@@ -1,4 +1,5 @@
-"""Keeps benchmarks/bench_gc.py and bench_concurrency.py from rotting: small runs on SQLite.
+"""Keeps the benchmark scripts (gc, concurrency, plugins, HTTP, workers) from rotting: small
+runs on SQLite.
 
 Asserts on what they count (rows deleted, updates lost), never on time.
 """
@@ -86,3 +87,20 @@ def test_http_benchmark_runs_gunicorn_and_wrk_on_sqlite():
     assert (cell["backend"], cell["workers"]) == ("sqlite", 2)
     assert cell["requests"] > 0
     assert cell["non_2xx"] == 0
+
+
+def test_workers_benchmark_hammers_one_session_through_gunicorn():
+    import pytest
+
+    if not Path(sys.executable).with_name("gunicorn").exists():
+        pytest.skip("gunicorn (the bench extra) is not installed")
+    out = run(
+        "bench_workers.py",
+        *("--database", "sqlite", "--workers", "2", "--runs", "1"),
+        *("--keys", "6", "--increments", "6", "--threads", "3", "--json"),
+    )
+    (cell,) = json.loads(out)
+    assert (cell["database"], cell["workers"]) == ("sqlite", 2)
+    assert cell["statuses"] == {"200": 12} and cell["failed"] == 0
+    assert cell["attempts"] == 12 + cell["retries"]  # every worker's events were summed
+    assert (cell["lost_increments"], cell["lost_keys"]) == (0, 0)
