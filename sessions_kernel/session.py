@@ -103,6 +103,7 @@ _STATE: dict[str, Callable[[], Any]] = {
     "_cookies": list,  # the Set-Cookie headers to send: (action, value, attributes)
     "_committed": bool,
     "_stale_key": bool,  # the cookie was made with a key that is no longer first
+    "_keep_cookie": bool,  # keep_cookie() was called: the browser's cookie stays as it is
     "_held": list,  # logouts that must hold (see execute_logout)
     "_held_cookies": list,
     "_peeking": bool,
@@ -266,6 +267,7 @@ class Session(MutableMapping[str, Any]):
     _cookies: list[tuple[str, str, dict[str, Any]]]
     _committed: bool
     _stale_key: bool
+    _keep_cookie: bool
     _held: list[Any]
     _held_cookies: list[tuple[str, str, dict[str, Any]]]
     _peeking: bool
@@ -820,6 +822,8 @@ class Session(MutableMapping[str, Any]):
         """
         if self._delete_cookie is not None:  # the row vanished meanwhile (see _write_row)
             return extras != self.cookie_extras
+        if self._keep_cookie and not self._regenerated:
+            return False
         if self._regenerated or self._force or self._settings_loaded or self._stale_key:
             return True
         if self.cookie_extras != self._loaded_extras:
@@ -1180,6 +1184,20 @@ class Session(MutableMapping[str, Any]):
         else:
             new = self.session_id
         self._factory.stages.session_regenerated(session=self, old_id=old, new_id=new)
+
+    def keep_cookie(self) -> None:
+        """Send no ``Set-Cookie`` of this session in this response: the browser's stays.
+
+        For a plugin that knows this request's cookie is older than the one
+        the browser holds by now (a request sent before the browser stored a
+        newer cookie): sending it again, or one derived from it, would
+        replace the newer one. The stored session is written as usual; only
+        the cookie is left alone, even where the kernel would send it again
+        (a sliding ``cookie_max_age``, extras a plugin changed, a key
+        rotation). A new id (:meth:`regenerate_id`) and a logout
+        (:meth:`invalidate`, a rejection) still set or delete the cookie.
+        """
+        self._keep_cookie = True
 
     @property
     def session_id(self) -> str:
