@@ -294,6 +294,15 @@ SETTINGS = (
     ),
     Setting("cookie_name", "session", _cookie_name, "name of the session cookie", runtime=False),
     Setting(
+        "cookie_previous_name",
+        None,
+        optional(_cookie_name),
+        "the cookie's name before cookie_name was changed (to adopt a __Host- prefix, say): "
+        "a cookie of that name is still read and replaced by one of the current name; "
+        "remove it once your longest session has passed",
+        runtime=False,
+    ),
+    Setting(
         "cookie_max_age",
         None,
         optional(integer(0, 10 * 365 * 24 * 3600)),
@@ -347,6 +356,11 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
                 "session lifetime is enough (every visit in the window renews a cookie)"
             )
     name = settings.get("cookie_name") or ""
+    if settings.get("cookie_previous_name") == name:
+        problems.append(
+            f"cookie_previous_name is cookie_name ({name!r}): set it to the name your "
+            "cookie had before you changed cookie_name, or remove it"
+        )
     secure = settings.get("cookie_secure")
     if name.startswith("__Host-"):
         if not secure or settings.get("cookie_path") != "/" or settings.get("cookie_domain"):

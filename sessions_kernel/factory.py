@@ -151,6 +151,20 @@ class SessionFactory:
             accept_unbound_until=values["accept_unbound_cookies_until"],
             clock=self.clock,
         )
+        #: the cookie's name before a rename (``cookie_previous_name``): still read
+        self.previous_cookie_name: str | None = values["cookie_previous_name"]
+        #: the serializer of cookies of that name (each built-in cookie is bound to its name)
+        self.previous_serializer = (
+            values["serializer"]
+            or AESGCMCookieSerializer(
+                values["secret_key"],
+                cookie_name=self.previous_cookie_name,
+                accept_unbound_until=values["accept_unbound_cookies_until"],
+                clock=self.clock,
+            )
+            if self.previous_cookie_name is not None
+            else None
+        )
         #: the serializer with the first key only, when there are several: a cookie it
         #: cannot read but the serializer can was made with an older key, and is sent
         #: again made with the first (so that old keys can be retired)

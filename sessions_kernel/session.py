@@ -104,6 +104,7 @@ _STATE: dict[str, Callable[[], Any]] = {
     "_committed": bool,
     "_stale_key": bool,  # the cookie was made with a key that is no longer first
     "_keep_cookie": bool,  # keep_cookie() was called: the browser's cookie stays as it is
+    "_renamed": bool,  # the browser sent its cookie under cookie_previous_name
     "_held": list,  # logouts that must hold (see execute_logout)
     "_held_cookies": list,
     "_peeking": bool,
@@ -129,7 +130,8 @@ _OPEN_STATUSES = frozenset({"Active", "Doomed"})
 #: Cookie extras the kernel owns (a plugin's extras have other names).
 LINEAGE_EXTRA = "sessions_kernel.lineage"
 UNSTORED_EXTRA = "sessions_kernel.unstored"
-#: How many cookies of the session's name one request may look up.
+#: How many cookies of the session's name one request tries; a request that sends more
+#: gets a new session, and none of them is deleted.
 MAX_COOKIES_TRIED = 4
 log = logging.getLogger("sessions_kernel")
 # Values that cannot change in place: handing one out cannot change the data.
@@ -268,6 +270,7 @@ class Session(MutableMapping[str, Any]):
     _committed: bool
     _stale_key: bool
     _keep_cookie: bool
+    _renamed: bool
     _held: list[Any]
     _held_cookies: list[tuple[str, str, dict[str, Any]]]
     _peeking: bool
@@ -419,7 +422,7 @@ class Session(MutableMapping[str, Any]):
         factory = self._factory
         request = self.request
         header = request.environ.get("HTTP_COOKIE")
-        presented = self._presented = _cookie_values(header, factory.cookie_name) if header else ()
+        presented = self._presented = self._session_cookies(header) if header else ()
         self._txn = self._transaction() if presented else None
         self.now = int(factory.clock())
         name = factory.dbsession_name
@@ -513,7 +516,7 @@ class Session(MutableMapping[str, Any]):
         self._peeking = True  # no events: a peek is not the visitor's activity
         header = self.request.environ.get("HTTP_COOKIE") or ""
         self._txn = None  # a peek never writes
-        self._presented = _cookie_values(header, factory.cookie_name)
+        self._presented = self._session_cookies(header)
         if not self._presented:
             return Peek(reason="no session cookie")
         row, token, extras, unstored = self._find_row()
@@ -567,20 +570,35 @@ class Session(MutableMapping[str, Any]):
     def _find_row(self) -> tuple[Any, bytes | None, dict[str, bytes], dict[str, bytes] | None]:
         """The stored session the request's cookie names: (row, token, extras, unstored).
 
-        A browser may send several cookies of the session's name (one planted
-        from a sibling subdomain, say). They are tried in the order sent, and
-        the first that decrypts to a stored session is used; a cookie that
-        does not decrypt, or names no row, is passed over. The browser's
-        cookie is deleted only when none was good, so a bad cookie never
-        logs the user out. ``unstored`` is the extras of a cookie-only
-        session (nothing stored yet) when no stored one was found.
+        A browser may send several cookies of the session's name: one planted
+        from a sibling subdomain or with a longer path is sent before the
+        user's own. Every one is tried; a cookie that does not decrypt, or
+        names no row, is passed over. The request fails closed, with a new
+        empty session and without deleting any cookie, when the cookies open
+        two different stored sessions (a planted live session must not put
+        the user in the attacker's account), or when more were sent than
+        :data:`MAX_COOKIES_TRIED` (an untried one may be the user's own). The
+        browser's cookie is deleted only when every cookie was tried and none
+        was good, so a planted cookie never logs the user out. ``unstored``
+        is the extras of a cookie-only session (nothing stored yet) when no
+        stored one was found.
         """
         factory = self._factory
         request = self.request
         values = self._presented
+        if len(values) > MAX_COOKIES_TRIED:
+            self.notify(
+                events.CookieRejected(
+                    request,
+                    f"{len(values)} cookies named {factory.cookie_name!r}, more than the "
+                    f"{MAX_COOKIES_TRIED} tried: none is used, none is deleted",
+                )
+            )
+            return None, None, {}, None
+        found: tuple[Any, bytes, dict[str, bytes]] | None = None
         unstored = None
         bad = False
-        for value in values[:MAX_COOKIES_TRIED]:
+        for value in values:
             try:
                 token, extras = decode_payload(self._open_cookie(value))
             except Exception as exc:
@@ -594,22 +612,59 @@ class Session(MutableMapping[str, Any]):
                 continue
             lineage = extras.get(LINEAGE_EXTRA)
             sid = row_id(token, lineage.decode("ascii") if lineage else None)
+            if found is not None and found[0].id == sid:
+                continue  # the same session twice (an old path's cookie, say)
             row = self._fetch_row(sid)
-            if row is not None:
-                return row, token, extras, None
-            self.notify(events.SessionNotFound(request, sid))
-            bad = True
+            if row is None:
+                self.notify(events.SessionNotFound(request, sid))
+                bad = True
+            elif found is None:
+                found = (row, token, extras)
+            else:  # two live sessions: which is the user's cannot be told
+                self.notify(
+                    events.CookieRejected(
+                        request,
+                        f"cookies named {factory.cookie_name!r} of two different stored "
+                        "sessions: neither is used, neither is deleted",
+                    )
+                )
+                return None, None, {}, None
+        if found is not None:
+            return (*found, None)
         if bad and unstored is None:
-            self._delete_cookie = factory.default_cookie_attributes
+            self._delete_cookie = self._as_sent(factory.default_cookie_attributes)
         return None, None, {}, unstored
+
+    def _session_cookies(self, header: str) -> list[str]:
+        """The values of the session's cookies in a Cookie header, in the browser's order.
+
+        Those named ``cookie_name``; if there are none, those named
+        ``cookie_previous_name`` (the name before a rename), read until
+        the browser holds one of the new name (see :meth:`_as_sent`).
+        """
+        factory = self._factory
+        values = _cookie_values(header, factory.cookie_name)
+        previous = factory.previous_cookie_name
+        if not values and previous is not None:
+            values = _cookie_values(header, previous)
+            self._renamed = bool(values)
+        return values
+
+    def _as_sent(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The attributes of the browser's cookie, with its name if it is the previous one."""
+        return {**attrs, "name": self._factory.previous_cookie_name} if self._renamed else attrs
 
     def _open_cookie(self, value: str) -> bytes:
         """The cookie's plaintext; notes a cookie made with a key that is no longer first."""
         factory = self._factory
+        previous = factory.previous_serializer
+        if self._renamed and previous is not None:  # bound to its name; sent again renamed
+            plaintext: bytes = previous.loads(value)
+            return plaintext
         primary = factory.primary_serializer
         if primary is not None:
             try:
-                plaintext: bytes = primary.loads(value)
+                plaintext = primary.loads(value)
                 return plaintext
             except ValueError:
                 payload = factory.serializer.loads(value)
@@ -679,7 +734,7 @@ class Session(MutableMapping[str, Any]):
     def _drop_row(self) -> None:
         """DELETE the row (by its lineage if its id moved meanwhile), and make it hold."""
         # the browser's cookie was set with the stored settings, not with edits of this request
-        self._delete_cookie = self._cookie_attributes(as_loaded=True)
+        self._delete_cookie = self._as_sent(self._cookie_attributes(as_loaded=True))
         storage = self._factory.storage
         storage.delete(self._dbsession, self.row, self._lineage, self._held.append)
         self._orig_data = self._orig_flash = None
@@ -765,7 +820,9 @@ class Session(MutableMapping[str, Any]):
             return False
         if self.cookie_extras:
             return True
-        self._delete_cookie = self._delete_cookie or self._factory.default_cookie_attributes
+        self._delete_cookie = self._delete_cookie or self._as_sent(
+            self._factory.default_cookie_attributes
+        )
         return False
 
     def _apply_changes(self, row: Any, data: bytes | None, flash: bytes | None) -> None:
@@ -791,11 +848,12 @@ class Session(MutableMapping[str, Any]):
         if send:
             value = self._cookie_value(unstored=unstored)
             attrs = self._cookie_attributes()
-            if old is None and self._settings_loaded:  # this request changed stored settings
-                old = self._cookie_attributes(as_loaded=True)
+            if old is None and (self._settings_loaded or self._renamed):  # not where it was
+                old = self._as_sent(self._cookie_attributes(as_loaded=True))
             # A cookie is known by its name, path and domain: a new one set elsewhere leaves
             # the old one in the browser unless it is deleted too.
-            if old is not None and (old["path"], old["domain"]) != (attrs["path"], attrs["domain"]):
+            where = (None, attrs["path"], attrs["domain"])
+            if old is not None and (old.get("name"), old["path"], old["domain"]) != where:
                 self._cookies.append(("delete", "", old))
             self._cookies.append(("set", value, attrs))
         elif old is not None:
@@ -826,6 +884,8 @@ class Session(MutableMapping[str, Any]):
             return False
         if self._regenerated or self._force or self._settings_loaded or self._stale_key:
             return True
+        if self._renamed:  # under cookie_previous_name: sent again under the current one
+            return True
         if self.cookie_extras != self._loaded_extras:
             return True
         return written and self._setting("cookie_max_age") is not None
@@ -850,7 +910,7 @@ class Session(MutableMapping[str, Any]):
             self.notify(events.SessionMerged(self.request, stored_id, outcome.merged))
         elif outcome.gone:
             # the browser's cookie was set with the stored settings, as in _drop_row
-            self._delete_cookie = self._cookie_attributes(as_loaded=True)
+            self._delete_cookie = self._as_sent(self._cookie_attributes(as_loaded=True))
             self.notify(events.SessionNotFound(self.request, stored_id))
         elif not outcome.written:  # dropped: the concurrent write stands, and the cookie
             self.cookie_extras = extras
@@ -946,11 +1006,14 @@ class Session(MutableMapping[str, Any]):
     def _deletion_header(self, attrs: dict[str, Any]) -> str:
         """The Set-Cookie value that deletes the cookie set with ``attrs``.
 
-        Same path and domain, or the browser keeps the cookie; same Secure,
-        or it refuses the deletion of a __Host-/__Secure- cookie.
+        Same name, path and domain, or the browser keeps the cookie; same
+        Secure, or it refuses the deletion of a __Host-/__Secure- cookie.
+        ``attrs`` may name a cookie other than ``cookie_name`` (:meth:`_as_sent`).
         """
         response = _HeaderMaker()
-        response.set_cookie(self._factory.cookie_name, None, **{**attrs, "max_age": None})
+        attrs = {**attrs, "max_age": None}
+        name = attrs.pop("name", None) or self._factory.cookie_name
+        response.set_cookie(name, None, **attrs)
         header: str = response.headers["Set-Cookie"]
         return header
 
@@ -1215,7 +1278,7 @@ class Session(MutableMapping[str, Any]):
         """
         if not self._loaded:
             self._load()
-        attrs = self._delete_cookie or self._factory.default_cookie_attributes
+        attrs = self._delete_cookie or self._as_sent(self._factory.default_cookie_attributes)
         return [("Set-Cookie", self._deletion_header(attrs))]
 
     # flash messages, kept apart from the data (clear() leaves them)

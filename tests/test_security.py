@@ -15,6 +15,7 @@ from pyramid.httpexceptions import HTTPFound
 from pyramid.security import forget, remember
 from sessions_userid import UseridMixin, UserSessionSecurityPolicy, invalidate_user_sessions
 
+from sessions_kernel.events import CookieRejected
 from sessions_kernel.testing import make_model
 
 
@@ -65,8 +66,17 @@ def _views(config: Any) -> None:
 
 
 @pytest.fixture
-def app(session_app):
-    return session_app(make_model(UseridMixin), configure=_views)
+def app(session_app, log):
+    def configure(config: Any) -> None:
+        _views(config)
+        log.configure(config)
+
+    return session_app(make_model(UseridMixin), configure=configure)
+
+
+def _rejected(log: Any) -> list[str]:
+    """The reasons of the CookieRejected events sent so far."""
+    return [event.reason for event in log.of(CookieRejected)]
 
 
 def _login(app: Any, browser: Any = None, user: int = 7) -> Any:
@@ -221,13 +231,52 @@ def test_a_planted_cookie_of_a_dead_session_does_not_log_the_user_out(app):
             response = browser.get("/whoami", headers=_cookie_header(*values))
         assert response.json["userid"] == 7
         assert set_cookies(response) == []
-        assert sql.kinds() == ["SELECT"] * (1 + (values[0] == planted))
+        assert sql.kinds() == ["SELECT", "SELECT"]  # every cookie is looked up
 
 
-def test_the_first_stored_session_wins(app):
-    first, second = _login(app, user=1), _login(app, user=2)
-    header = _cookie_header(first.cookies["session"], second.cookies["session"])
-    assert app.new_browser().get("/whoami", headers=header).json["userid"] == 1
+@pytest.mark.parametrize("order", ["attacker first", "victim first"])
+def test_a_planted_live_session_never_puts_the_victim_in_another_account(app, log, order):
+    """The attacker plants the cookie of their own live session (a longer Path, a parent
+    Domain), so that the browser sends it beside, or before, the victim's own."""
+    attacker, victim = _login(app, user=666), _login(app, user=7)
+    cookies = [attacker.cookies["session"], victim.cookies["session"]]
+    if order == "victim first":
+        cookies.reverse()
+    response = app.new_browser().get("/whoami", headers=_cookie_header(*cookies))
+    assert response.json == {"userid": None, "data": {}}  # neither account: fail closed
+    assert set_cookies(response) == []  # and neither cookie is deleted
+    assert "two different stored sessions" in _rejected(log)[-1]
+    # both sessions live on: the victim's own cookie, alone, still opens the victim's
+    assert victim.get("/whoami").json["userid"] == 7
+    assert attacker.get("/whoami").json["userid"] == 666
+
+
+@pytest.mark.parametrize("planted", ["garbage", "dead"])
+def test_more_cookies_than_tried_never_delete_the_victims(app, log, planted):
+    """Four planted cookies sent before the victim's own: the fifth is not tried."""
+    if planted == "dead":
+        dead = _login(app, user=9)
+        value = dead.cookies["session"]
+        dead.get("/invalidate_redirect", status=302)
+    else:
+        value = "garbage"
+    victim = _login(app)
+    header = _cookie_header(*[value] * 4, victim.cookies["session"])
+    with app.count() as sql:
+        response = app.new_browser().get("/whoami", headers=header)
+    assert response.json["userid"] is None
+    assert set_cookies(response) == []  # the untried cookie may be the victim's: kept
+    assert sql.kinds() == []  # none is tried at all
+    assert "more than the 4 tried" in _rejected(log)[-1]
+    assert victim.get("/whoami").json["userid"] == 7
+
+
+def test_four_bad_cookies_before_the_good_one_are_all_tried(app):
+    victim = _login(app)
+    header = _cookie_header("garbage", "junk", "x" * 40, victim.cookies["session"])
+    response = app.new_browser().get("/whoami", headers=header)
+    assert response.json["userid"] == 7
+    assert set_cookies(response) == []
 
 
 def test_only_bad_cookies_are_deleted(app):
