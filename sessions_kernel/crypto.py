@@ -125,12 +125,44 @@ def key_weakness(raw: bytes) -> str | None:
     return None
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def key_text_weakness(text: str) -> str | None:
+    """Why the 43 characters of a key's base64 cannot have come from a random generator.
+
+    What people type instead of a key decodes to 32 bytes that look random
+    enough (43 lowercase letters, a passphrase with its spaces removed, a hex
+    digest), so its text is checked too. A random key's text draws 43 of the
+    64 URL-safe symbols; the rules refuse one about once in two billion:
+
+    * letters of one case only, or digits only (about once in 10^15);
+    * hex digits only (about once in 10^20);
+    * no uppercase letter, or no lowercase letter (about once in 5 billion each);
+    * fewer than 17 distinct symbols (about once in 10^12; a random key has about 31).
+    """
+    body = text.rstrip("=")
+    kinds = [any(c.isupper() for c in body), any(c.islower() for c in body)]
+    kinds.append(any(c.isdigit() for c in body))
+    if sum(kinds) <= 1:
+        return "uses one kind of character only (a word or a number?), not random base64"
+    if set(body) <= _HEX:
+        return "is hex digits only (a digest or a hex string?), not random base64"
+    if not (kinds[0] and kinds[1]):
+        return "lacks upper- or lowercase letters (typed or derived?), not random base64"
+    if len(set(body)) < 17:
+        return "uses too few distinct characters to be random base64"
+    return None
+
+
 def generate_secret_key() -> str:
     """Return a fresh 256-bit key, URL-safe base64 encoded, for ``session.secret_key``."""
     while True:
         raw = os.urandom(KEY_BYTES)
-        if key_weakness(raw) is None:  # the checks refuse about one key in 200 billion
-            return base64.urlsafe_b64encode(raw).decode("ascii")
+        text = base64.urlsafe_b64encode(raw).decode("ascii")
+        # the checks refuse about one key in a billion
+        if key_weakness(raw) is None and key_text_weakness(text) is None:
+            return text
 
 
 def _decode_key(text: str) -> bytes | str:
@@ -176,7 +208,7 @@ def parse_secret_keys(
         raw = _decode_key(text.strip())
         if isinstance(raw, bytes):
             kit = isinstance(item, KitKey) and hashlib.sha256(raw).hexdigest() == _KIT_KEY
-            problem = None if kit else key_weakness(raw)
+            problem = None if kit else key_weakness(raw) or key_text_weakness(text.strip())
             if problem is None:
                 keys.append(raw)
                 continue
@@ -249,6 +281,11 @@ class AESGCMCookieSerializer:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError) as exc:
             raise ValueError("cookie is not base64") from exc
+        # The decoder skips characters outside the alphabet, takes + and / for - and _,
+        # and ignores the unused low bits of the last character: only the one encoding
+        # dumps() makes is a cookie of ours, so that no two cookie values open one session.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=") != value.encode("ascii", "replace"):
+            raise ValueError("cookie is not in its canonical encoding")
         if len(raw) < _NONCE_BYTES + _TAG_BYTES + 1 + TOKEN_BYTES:
             raise ValueError("cookie too short")
         if raw[0] == _BOUND:

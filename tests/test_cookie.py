@@ -216,3 +216,45 @@ def test_host_prefix_cookie_is_set_and_deleted_with_its_attributes(session_app):
     [deletion] = set_cookies(app.get("/read"))
     assert deletion.startswith("__Host-s=; Max-Age=0; Path=/")
     assert "secure" in deletion.lower()
+
+
+def _lenient(value: str) -> bytes:
+    """How sessions-kernel decoded a cookie before it checked the encoding."""
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _variants(value: str) -> dict[str, str]:
+    """Other cookie values that :func:`_lenient` reads as ``value``'s bytes."""
+    middle = len(value) // 2
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    index = alphabet.index(value[-1])
+    return {
+        "!!!! inserted": value[:middle] + "!!!!" + value[middle:],
+        ".... inserted": value[:middle] + "...." + value[middle:],
+        "standard alphabet": value.replace("-", "+").replace("_", "/"),
+        "padded": value + "=" * (-len(value) % 4),
+        # the last character's unused low bits (a length not a multiple of 4 leaves some)
+        "unused bits set": value[:-1] + alphabet[index ^ 1],
+    }
+
+
+def test_only_the_canonical_encoding_of_a_cookie_opens_its_session(session_app, log):
+    app = session_app(make_model(), configure=log.configure)
+    app.post_json("/set", {"cart": 3})
+    value = app.cookies["session"]
+    assert len(value) % 4  # so that the last character has unused bits
+    tried = 0
+    for name, variant in _variants(value).items():
+        if variant == value or _lenient(variant) != _lenient(value):
+            continue  # not a variant of this cookie (no - or _ in it, say)
+        tried += 1
+        browser = app.new_browser()
+        browser.set_cookie("session", variant)
+        with app.count() as sql:
+            response = browser.get("/read")
+        assert response.json["new"] is True, name
+        assert sql.count == 0, name  # refused before any SQL
+        reason = log.of(events.CookieRejected)[-1].reason
+        assert reason == "cookie is not in its canonical encoding", name
+    assert tried >= 3
+    assert app.get("/read").json["data"] == {"cart": 3}  # the canonical one still works

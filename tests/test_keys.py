@@ -16,7 +16,13 @@ import pytest
 from pyramid.config import Configurator
 
 from sessions_kernel import ConfigurationError, generate_secret_key, session_factory
-from sessions_kernel.crypto import PUBLISHED_KEYS, KitKey, key_weakness, parse_secret_keys
+from sessions_kernel.crypto import (
+    PUBLISHED_KEYS,
+    KitKey,
+    key_text_weakness,
+    key_weakness,
+    parse_secret_keys,
+)
 from sessions_kernel.testing import TEST_SECRET_KEY, make_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +79,14 @@ REFUSED = {
         (lambda k: k[:20] + "*" + k[20:])(generate_secret_key()),
         "has characters outside URL-safe base64",
     ),
+    # text that decodes to random-looking bytes but came from no random generator
+    "43 lowercase letters": ("correcthorsebatterystaplecorrecthorsebatter=", "uses one kind"),
+    "43 uppercase letters": ("CORRECTHORSEBATTERYSTAPLECORRECTHORSEBATTER=", "uses one kind"),
+    "43 random digits": ("5554604796329195110330256313851580327352427=", "uses one kind"),
+    "a hex digest": (hashlib.sha256(b"password").hexdigest()[:43] + "=", "is hex digits only"),
+    "mixed-case hex": ("DEADbeef0123456789abcdefABCDEF0123456789abc=", "is hex digits only"),
+    "no uppercase": ("correct-horse-battery-staple-1234567890-xyz=", "lacks upper- or"),
+    "few distinct characters": ("aB1aB1aB1aB1cD2cD2cD2cD2eF3eF3eF3eF3gH4gH4g=", "uses too few"),
     "a space inside": ("abc def", "is not a 256-bit key"),
     "too short": (generate_secret_key()[:40], "is not a 256-bit key"),
     # published: in the docs, in the tests before, the kit's key as text
@@ -130,7 +144,8 @@ def test_every_key_printed_in_the_repository_is_published_and_refused():
     for key in found:
         raw = base64.urlsafe_b64decode(key.replace("+", "-").replace("/", "_").rstrip("=") + "=")
         assert len(raw) == 32, key
-        assert key_weakness(raw), f"{key} is printed in the repository but not published"
+        refused = key_weakness(raw) or key_text_weakness(key)
+        assert refused, f"{key} is printed in the repository but not published"
         with pytest.raises(ValueError, match=r"key 1 of session\.secret_key"):
             parse_secret_keys(key)
 
@@ -157,8 +172,10 @@ def test_the_kit_key_is_accepted_as_its_object_only():
 def test_generated_keys_are_accepted():
     keys = [generate_secret_key() for _ in range(2000)]
     assert len(parse_secret_keys(" ".join(keys))) == 2000
-    # the rules refuse a random key once in ten billion or less: never in 20 000
+    # the rules refuse a random key once in a billion or less: never in 20 000
     assert not [raw for raw in (os.urandom(32) for _ in range(20_000)) if key_weakness(raw)]
+    texts = (_b64(os.urandom(32)) for _ in range(20_000))
+    assert not [text for text in texts if key_text_weakness(text)]
 
 
 def test_an_unknown_setting_holding_a_key_is_not_shown():
