@@ -10,7 +10,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from . import serializers
-from .crypto import UNBOUND_EXTRA, parse_secret_keys
+from .crypto import UNBOUND_EXTRA, SecretKeys, parse_secret_keys
 from .hookspecs import hookimpl
 from .model import BaseMixin
 from .settings import Setting, boolean, choice, dotted, integer, optional, text
@@ -18,7 +18,7 @@ from .settings import Setting, boolean, choice, dotted, integer, optional, text
 NAME = "sessions_kernel"
 
 
-def _secret_keys(value: Any) -> list[bytes]:
+def _secret_keys(value: Any) -> SecretKeys:
     """one or more 256-bit keys in URL-safe base64, separated by white space"""
     return parse_secret_keys(value)
 
@@ -47,7 +47,7 @@ def _moment(value: Any) -> int:
     return int(value.timestamp())
 
 
-def _secret_key_file(value: Any) -> list[bytes]:
+def _secret_key_file(value: Any) -> SecretKeys:
     """the path of a file holding the key(s), as container secrets are mounted"""
     path = os.path.expanduser(text(value))
     try:
@@ -67,7 +67,7 @@ def _secret_key_file(value: Any) -> list[bytes]:
         raise ValueError(f"the key file {path!r} holds no valid key: {_first_line(exc)}") from None
 
 
-def _secret_key_env(value: Any) -> list[bytes]:
+def _secret_key_env(value: Any) -> SecretKeys:
     """the name of an environment variable holding the key(s)"""
     name = text(value)
     if not name or "=" in name:

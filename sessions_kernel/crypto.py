@@ -37,6 +37,7 @@ __all__ = [
     "UNBOUND_EXTRA",
     "AESGCMCookieSerializer",
     "KitKey",
+    "SecretKeys",
     "decode_payload",
     "encode_payload",
     "generate_secret_key",
@@ -97,6 +98,24 @@ class KitKey(str):
     """
 
     __slots__ = ()
+
+
+class SecretKeys(tuple[bytes, ...]):
+    """The raw keys of ``session.secret_key``: a tuple of 32-byte keys that never shows them.
+
+    What :func:`parse_secret_keys` returns and ``factory.config.values`` holds.
+    Its ``repr`` and ``str`` say how many keys there are and nothing else, so
+    that a traceback tool dumping local variables, a debug toolbar listing the
+    settings, ``SESSIONS_TRACE_HOOKS`` or a log line of the settings cannot
+    print a key.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} secret key{'s' if len(self) != 1 else ''}, hidden>"
+
+    __str__ = __repr__
 
 
 def key_weakness(raw: bytes) -> str | None:
@@ -185,8 +204,10 @@ def _decode_key(text: str) -> bytes | str:
 
 def parse_secret_keys(
     value: str | bytes | Iterable[str | bytes], setting: str = "session.secret_key"
-) -> list[bytes]:
+) -> SecretKeys:
     """Parse one or more keys (white-space separated in a string) into raw 32-byte keys.
+
+    Returns them as :class:`SecretKeys`, which never shows them.
 
     Each key must be 44 characters of URL-safe base64 decoding to 32 random
     bytes (:func:`key_weakness`). Raises :class:`ValueError` naming a bad key
@@ -215,7 +236,7 @@ def parse_secret_keys(
         else:
             problem = raw  # what is wrong with the text
         raise ValueError(f"key {position} of {setting} {problem}. {_MAKE_ONE}")
-    return keys
+    return SecretKeys(keys)
 
 
 class AESGCMCookieSerializer:
