@@ -302,13 +302,13 @@ class AESGCMCookieSerializer:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError) as exc:
             raise ValueError("cookie is not base64") from exc
+        if len(raw) < _NONCE_BYTES + _TAG_BYTES + 1 + TOKEN_BYTES:
+            raise ValueError("cookie too short")
         # The decoder skips characters outside the alphabet, takes + and / for - and _,
         # and ignores the unused low bits of the last character: only the one encoding
         # dumps() makes is a cookie of ours, so that no two cookie values open one session.
         if base64.urlsafe_b64encode(raw).rstrip(b"=") != value.encode("ascii", "replace"):
             raise ValueError("cookie is not in its canonical encoding")
-        if len(raw) < _NONCE_BYTES + _TAG_BYTES + 1 + TOKEN_BYTES:
-            raise ValueError("cookie too short")
         if raw[0] == _BOUND:
             payload = self._open(raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :], self._aad)
             if payload is not None:

@@ -8,7 +8,7 @@ it cannot be turned back into a cookie.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "CookieRejected",
@@ -27,6 +27,10 @@ class SessionEvent:
     """Base of every session event."""
 
     request: Any
+    #: ``True`` for an event sent while :meth:`SessionFactory.peek
+    #: <sessions_kernel.SessionFactory.peek>` looked at the session: what a real request
+    #: would have found, but nothing was done about it (no row deleted, no cookie sent).
+    peek: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)

@@ -243,8 +243,12 @@ class SessionFactory:
         session), and runs the plugins' ``session_load`` and
         ``session_validate`` hooks, so an expired session or a stale cookie
         that renewal would reject is reported as such, with its data
-        withheld. It writes nothing, sends no cookie and no event, and leaves
-        ``request.session`` as it was. Returns a :class:`~sessions_kernel.Peek`.
+        withheld. It sends the events a real request would send for what it
+        finds (``CookieRejected``, ``SessionNotFound``, ``SessionRejected``,
+        a plugin's own such as ``RenewalViolation``), each with ``event.peek``
+        true, and acts on none: it writes nothing, deletes nothing, sends no
+        cookie, and leaves ``request.session`` as it was. Returns a
+        :class:`~sessions_kernel.Peek`.
         """
         return self.session_class(request, self)._peek()
 

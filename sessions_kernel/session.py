@@ -106,6 +106,7 @@ _STATE: dict[str, Callable[[], Any]] = {
     "_keep_cookie": bool,  # keep_cookie() was called: the browser's cookie stays as it is
     "_renamed": bool,  # the browser sent its cookie under cookie_previous_name
     "_held": list,  # logouts that must hold (see execute_logout)
+    "_logout_failed": bool,  # a held logout could not be run again: the response says so
     "_held_cookies": list,
     "_peeking": bool,
     "_sharing": bool,  # written into a transaction that goes on (_in_shared_transaction)
@@ -136,6 +137,32 @@ MAX_COOKIES_TRIED = 4
 log = logging.getLogger("sessions_kernel")
 # Values that cannot change in place: handing one out cannot change the data.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _literal_sql(statement: Any, dialect: Any) -> str:
+    """A statement with its values in it, for a log line (its text alone if that fails)."""
+    try:
+        return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    except Exception:
+        return str(statement)
+
+
+def _logout_unavailable(response: Any) -> None:
+    """Turn the response into a 503: a logout did not hold, and must not look as if it had.
+
+    The browser keeps its cookie, so that the user can log out again once the
+    database answers (``Retry-After``); a redirect's ``Location`` is dropped.
+    """
+    response.status = "503 Service Unavailable"
+    response.content_type = "text/plain"
+    response.charset = "utf-8"
+    response.text = (
+        "The logout could not be completed: the database did not answer. "
+        "You are still logged in; please try again in a moment.\n"
+    )
+    dropped = {"location", "set-cookie", "cache-control", "retry-after"}
+    response.headerlist[:] = [h for h in response.headerlist if h[0].lower() not in dropped]
+    response.headerlist += [("Retry-After", "5"), ("Cache-Control", "no-store")]
 
 
 def row_id(token: bytes, lineage: str | None = None) -> str:
@@ -272,6 +299,7 @@ class Session(MutableMapping[str, Any]):
     _keep_cookie: bool
     _renamed: bool
     _held: list[Any]
+    _logout_failed: bool
     _held_cookies: list[tuple[str, str, dict[str, Any]]]
     _peeking: bool
     _sharing: bool
@@ -513,7 +541,7 @@ class Session(MutableMapping[str, Any]):
         factory = self._factory
         self.now = int(factory.clock())
         self._loaded = True  # the request state is made on first use (see _STATE)
-        self._peeking = True  # no events: a peek is not the visitor's activity
+        self._peeking = True  # its events say so (event.peek): not the visitor's activity
         header = self.request.environ.get("HTTP_COOKIE") or ""
         self._txn = None  # a peek never writes
         self._presented = self._session_cookies(header)
@@ -526,7 +554,8 @@ class Session(MutableMapping[str, Any]):
         self._take(row, token, extras, None)
         factory.stages.session_load(session=self)
         reason = factory.stages.session_validate(session=self)
-        if reason:
+        if reason:  # reported as a real request would, and left for it to act on
+            self.notify(events.SessionRejected(self.request, row.id, reason))
             return Peek(reason=reason, rejected=True)
         self._read_row(row)
         data = factory.data_serializer.loads(row.data)  # a copy of its own
@@ -762,7 +791,9 @@ class Session(MutableMapping[str, Any]):
         For the kernel's events and plugins' own (``RenewalViolation``, say).
         """
         registry = self.request.registry
-        if getattr(registry, "has_listeners", True) and not self.__dict__.get("_peeking"):
+        if getattr(registry, "has_listeners", True):
+            if self.__dict__.get("_peeking"):
+                object.__setattr__(event, "peek", True)  # see SessionEvent.peek
             registry.notify(event)
 
     # -- the extend, renew and persist stages (before commit) ------------------------------
@@ -952,11 +983,16 @@ class Session(MutableMapping[str, Any]):
         try:
             factory.storage.replay(self._dbsession, held)
         except Exception:
+            # The sessions it was to end are still valid: say which, by the statements
+            # (row keys and lineages are hashes, safe to log), not by this session's new id.
+            dialect = self._dbsession.get_bind(factory.model).dialect
             log.exception(
-                "a logout of session %s… could not be replayed after its request's "
-                "transaction was aborted; the session may still be valid",
-                self.session_id[:12],
+                "a logout could not be run again after its request's transaction was "
+                "aborted; these sessions stay valid until it runs (every id of a session "
+                "starts with its lineage, the first 24 hex digits): %s",
+                "; ".join(_literal_sql(statement, dialect) for statement in held),
             )
+            self._logout_failed = True
             return
         self._cookies = list(self._held_cookies)
         self._committed = True  # what the response says is now what the database holds
@@ -971,6 +1007,9 @@ class Session(MutableMapping[str, Any]):
                 environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
+        if self._loaded and self._logout_failed:
+            _logout_unavailable(response)
+            return
         headerlist = response.headerlist
         for name, _ in headerlist:  # a few headers: cheaper than webob's header views
             if name.lower() == "vary":

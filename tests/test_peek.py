@@ -75,10 +75,15 @@ def test_an_expired_session_is_reported_without_its_data_and_kept(app):
         "expires": None,
     }
     assert sql.kinds() == ["SELECT"]
-    assert seen == []  # no SessionRejected: nothing happened to the session
+    # reported as a real request would report it, marked as a peek's
+    assert [(type(e).__name__, e.reason, e.peek) for e in seen] == [
+        ("SessionRejected", "idle timeout", True)
+    ]
     assert len(app.rows()) == 1  # the next real use deletes it, not a peek
+    seen.clear()
     assert app.get("/read").json["new"] is True
     assert app.rows() == []
+    assert [(type(e).__name__, e.peek) for e in seen] == [("SessionRejected", False)]
 
 
 @pytest.mark.parametrize(
@@ -93,6 +98,40 @@ def test_no_session(app, cookie, reason):
         response = browser.get("/peek")
     assert response.json["reason"] == reason and not response.json["valid"]
     assert sql.count == 0 and "Set-Cookie" not in response.headers
+    seen = app.wsgi.registry["seen"]
+    assert [(type(e).__name__, e.peek) for e in seen] == (
+        [("CookieRejected", True)] if cookie else []
+    )
+
+
+def test_a_peek_reports_a_stolen_cookie_as_a_real_request_would(session_app):
+    """A status poller that sees a thief's replayed cookie: RenewalViolation is sent."""
+    from sessions_renewal import RenewalMixin, RenewalViolation
+
+    app = session_app(
+        make_model(RenewalMixin),
+        settings={"renewal_timeout": "60", "renewal_try_every": "5"},
+        configure=_views,
+    )
+    app.post_json("/set", {"a": 1})
+    stolen = app.cookies["session"]
+    app.clock.advance(60)
+    app.get("/read")  # the offer
+    app.clock.advance(1)
+    app.get("/read")  # acknowledged: the stolen cookie is the previous id now
+    app.clock.advance(10)  # and past the grace window
+    seen = app.wsgi.registry["seen"]
+    seen.clear()
+    thief = app.new_browser()
+    thief.set_cookie("session", stolen)
+    response = thief.get("/peek").json
+    assert response["rejected"] and response["reason"] == "renewal violation"
+    assert [(type(e).__name__, e.peek) for e in seen] == [
+        ("RenewalViolation", True),
+        ("SessionRejected", True),
+    ]
+    assert isinstance(seen[0], RenewalViolation)
+    assert len(app.rows()) == 1  # acted on by the next real request only
 
 
 def test_a_peek_leaves_request_session_alone(app):

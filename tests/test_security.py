@@ -111,6 +111,35 @@ def test_logout_in_a_view_that_raises_a_redirect_holds(app):
     assert thief.get("/whoami").json == {"userid": None, "data": {}}
 
 
+@pytest.mark.parametrize("path", ["/logout_redirect", "/invalidate_redirect"])
+def test_a_logout_that_cannot_be_run_again_says_so_and_names_the_live_session(
+    app, caplog, monkeypatch, path
+):
+    """The database stops answering between the abort and the replay of the logout."""
+    import sqlalchemy as sa
+
+    user = _login(app)
+    (row,) = app.rows()
+    storage = app.factory.storage
+
+    def unreachable(dbsession: Any, statements: Any) -> None:
+        raise sa.exc.OperationalError("DELETE", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(storage, "replay", unreachable)
+    response = user.get(path, status=503)
+    # a clean error, not a redirect that looks like a logout: the user is still logged in
+    assert response.headers["Retry-After"] == "5"
+    assert "Location" not in response.headers and set_cookies(response) == []
+    assert "still logged in" in response.text
+    (record,) = [r for r in caplog.records if "could not be run again" in r.getMessage()]
+    message = record.getMessage()
+    assert row.id[:24] in message  # the lineage of the session that stays valid
+    assert user.get("/whoami").json["userid"] == 7  # true: the session lives on
+    monkeypatch.undo()  # the database answers again: the same logout now holds
+    user.get(path, status=302)
+    assert app.rows() == []
+
+
 def test_logout_in_a_view_that_then_fails_holds(app):
     user = _login(app)
     thief = _stolen(app, user)
