@@ -1021,9 +1021,12 @@ class Session(MutableMapping[str, Any]):
             headerlist.append(("Vary", "Cookie"))
         if self._txn is None:  # never joined: nothing changed, nothing to send
             return
-        if not (self._committed or self._in_shared_transaction()) or not self._cookies:
+        sending = bool(self._cookies) and (self._committed or self._in_shared_transaction())
+        if not (sending or self.row is not None):
             return
-        # A shared cache must never store a response that sets or deletes the cookie.
+        # A shared cache must never store a response that sets or deletes the cookie, nor
+        # a page made for a stored session (a logged-in page): Vary alone is not enough,
+        # many caches ignore it.
         headers = response.headers
         if "Cache-Control" not in headers:
             response.headerlist.append(("Cache-Control", "private"))
@@ -1032,6 +1035,8 @@ class Session(MutableMapping[str, Any]):
             if not (cache.private or cache.no_store):
                 cache.public = False
                 cache.private = True
+        if not sending:
+            return
         factory = self._factory
         sent = headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:

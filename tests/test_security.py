@@ -198,10 +198,37 @@ def test_responses_that_set_or_delete_the_cookie_are_private(app):
     response = app.post_json("/set", {"a": 1})
     assert response.headers["Cache-Control"] == "private"
     assert "Cookie" in response.headers["Vary"]
-    response = app.get("/read")  # no cookie sent: no Cache-Control of ours
-    assert "Set-Cookie" not in response.headers and "Cache-Control" not in response.headers
     response = app.get("/invalidate")
     assert _deletes_the_cookie(response) and response.headers["Cache-Control"] == "private"
+
+
+def test_a_page_of_a_stored_session_is_private_even_without_a_cookie(app):
+    """A logged-in page that sets no cookie: Vary alone lets many shared caches store it."""
+    user = _login(app)
+    response = user.get("/whoami")
+    assert "Set-Cookie" not in response.headers
+    assert response.headers["Cache-Control"] == "private"
+    assert "Cookie" in response.headers["Vary"]
+    # a page of a visitor without a session is the application's to cache
+    response = app.new_browser().get("/whoami")
+    assert "Cache-Control" not in response.headers and "Set-Cookie" not in response.headers
+
+
+def test_a_public_logged_in_page_is_made_private(session_app):
+    def views(config: Any) -> None:
+        def page(request: Any) -> Any:
+            request.session.get("a")
+            request.response.cache_control.public = True
+            request.response.cache_control.max_age = 600
+            return {}
+
+        config.add_route("page", "/page")
+        config.add_view(page, route_name="page", renderer="json")
+
+    app = session_app(make_model(), configure=views)
+    app.post_json("/set", {"a": 1})
+    cache = app.get("/page").headers["Cache-Control"]
+    assert "private" in cache and "public" not in cache
 
 
 # -- 8. a limit on the data's size -------------------------------------------------------------
