@@ -139,5 +139,10 @@ def keep_theirs(base: Any, mine: Any, theirs: Any) -> Any:
 
 
 def add_both(base: Any, mine: Any, theirs: Any) -> Any:
-    """Both requests' increments: ``theirs + (mine - base)``. For counters."""
-    return theirs + (mine - (base or 0))
+    """Both requests' increments: ``theirs + (mine - base)``. For counters.
+
+    ``None`` counts as 0 on every side, so a request that reset the counter
+    (to ``None``) and one that added to it merge into the reset plus the
+    addition.
+    """
+    return (theirs or 0) + ((mine or 0) - (base or 0))

@@ -63,9 +63,9 @@ def _pause_points(event: NewRequest) -> None:
     racer.attempts += 1
     if racer.attempts > 1:  # a retried attempt runs straight through
         return
-    request.tm.get().addBeforeCommitHook(racer._pause, ("commit",))
+    request.tm.get().addBeforeCommitHook(racer._pause, ("commit", request))
     "" in request.session  # noqa: B015  (the load: the row read, load and validate run)
-    racer._pause("loaded")
+    racer._pause("loaded", request)
 
 
 class Racer:
@@ -106,16 +106,23 @@ class Racer:
         return f"<Racer {self.name} {self.stage}>"
 
     # -- the request's side ---------------------------------------------------------------
-    def _pause(self, point: Stage, *args: Any) -> None:
+    def _pause(self, point: Stage, request: Any) -> None:
         with self._changed:
             self.stage = point
             self._changed.notify_all()
-            if not self._changed.wait_for(
+            released = self._changed.wait_for(
                 lambda: _ORDER[self._target] > _ORDER[point], self._race.timeout
-            ):
-                raise RuntimeError(
-                    f"racer {self.name} was left paused at {point!r} for {self._race.timeout} s"
-                )
+            )
+        if not released:
+            # The request fails; whatever it holds must not outlive it. An exception view
+            # that renders the error keeps pyramid_tm from aborting, so roll back here:
+            # a connection left in its transaction would keep its locks (a DELETE's, say).
+            dbsession = getattr(request, self._race.dbsession_name, None)
+            if dbsession is not None:
+                dbsession.rollback()
+            raise RuntimeError(
+                f"racer {self.name} was left paused at {point!r} for {self._race.timeout} s"
+            )
 
     def _run(self, call: Any) -> None:
         try:
@@ -136,7 +143,11 @@ class Racer:
                 self._changed.notify_all()
             reached = self._changed.wait_for(lambda: _ORDER[self.stage] >= _ORDER[target], timeout)
         if not reached:
-            paused = [r.name for r in self._race.racers if r is not self and r.stage != "done"]
+            paused = [
+                r.name
+                for r in self._race.racers
+                if r is not self and (r.stage != "done" or (r._thread and r._thread.is_alive()))
+            ]
             raise AssertionError(
                 f"racer {self.name} did not reach {target!r} within {timeout} s (it is at "
                 f"{self.stage!r}). It is probably waiting for a lock that a paused request "
@@ -162,6 +173,8 @@ class Racer:
         self._advance("done")
         assert self._thread is not None
         self._thread.join(self._race.timeout)
+        if self._race.share_cookies and self.response is not None:
+            self._race._take_cookies(self)
         return self.response
 
 
@@ -176,10 +189,18 @@ class Race:
     :param timeout: seconds any wait may take before the race fails with a
         message saying where each request stands.
 
+    :param share_cookies: as one browser's parallel requests: each request
+        presents ``browser``'s cookies as they are when it starts, and the
+        cookies a response sets or deletes go to ``browser`` when the
+        request is finished (in the order the test finishes them). By
+        default they go only to the request's own copy of ``browser``
+        (:attr:`Racer.browser`), as for requests of several browsers that
+        hold one cookie.
+
     Use it as a context manager: leaving the block finishes every request
     still paused (in start order), so that none keeps a database connection.
-    Each request runs in a copy of ``browser``: the cookie it is sent back
-    goes to that copy (:attr:`Racer.browser`), not to ``browser``.
+    A request left paused longer than ``timeout`` fails, rolling its
+    database session back.
 
     A paused request holds no lock on the common path (a plain ``SELECT``),
     so another can run to its commit meanwhile. One that loaded the row
@@ -189,11 +210,19 @@ class Race:
     """
 
     def __init__(
-        self, app: Any, browser: webtest.TestApp | None = None, *, timeout: float = 30.0
+        self,
+        app: Any,
+        browser: webtest.TestApp | None = None,
+        *,
+        timeout: float = 30.0,
+        share_cookies: bool = False,
     ) -> None:
         self.app = app
         self.browser = browser if browser is not None else app.browser
         self.timeout = timeout
+        self.share_cookies = share_cookies
+        factory = getattr(app, "factory", None)
+        self.dbsession_name = getattr(factory, "dbsession_name", "dbsession")
         #: every request started, in start order
         self.racers: list[Racer] = []
         registry = app.wsgi.registry
@@ -217,9 +246,10 @@ class Race:
         ``application/json``) is given; ``kwargs`` go to WebTest
         (``params``, ``headers``, ``extra_environ``, ...). Errors come back
         as responses (``expect_errors``), unless ``status`` says otherwise.
-        A request that ends before it loads the session (a 404, say)
-        returns ``"done"``. ``browser`` presents another browser's cookies
-        (a copy of them) than the race's.
+        Every request loads the session (in a ``NewRequest`` subscriber) before
+        Pyramid looks up its view, a 404 too; one that a tween answers
+        before that returns ``"done"``. ``browser`` presents another
+        browser's cookies (a copy of them) than the race's.
         """
         copied = self.app.new_browser()
         for cookie in (browser if browser is not None else self.browser).cookiejar:
@@ -246,6 +276,19 @@ class Race:
         )
         racer._thread.start()
         return racer._advance("loaded")
+
+    def _take_cookies(self, racer: Racer) -> None:
+        """The cookies a finished request's response set or deleted, into the race's browser."""
+        names = {
+            header.split("=", 1)[0].strip()
+            for header in racer.response.headers.getall("Set-Cookie")
+        }
+        jar = self.browser.cookiejar
+        for cookie in [c for c in jar if c.name in names]:
+            jar.clear(cookie.domain, cookie.path, cookie.name)
+        for cookie in racer.browser.cookiejar:
+            if cookie.name in names:
+                jar.set_cookie(copy.copy(cookie))
 
     def finish(self) -> None:
         """Finish every request still running, in start order."""

@@ -436,6 +436,7 @@ class Session(MutableMapping[str, Any]):
             send = self._resend_cookie(written, extras)
         # the cookie to set or delete; _respond sends it once the transaction committed
         self._decide_cookie(send, unstored)
+        self._seal()
         self._flush()
 
     def _load(self) -> None:
@@ -477,14 +478,35 @@ class Session(MutableMapping[str, Any]):
 
         Raises :class:`SessionError` if ``request.tm`` has no transaction
         begun (pshell without ``request.tm.begin()``): nothing could store
-        the change.
+        the change; and once the session was written (:meth:`_seal`).
         """
+        self._check_open()
         if self._txn is None:
             txn = self._txn = self._transaction()
             if "_pipeline" not in self.__dict__:  # loaded without a cookie (see _load)
                 pipeline = self._pipeline = self._protocol(loaded=True)
                 next(pipeline)
             self._join_transaction(txn)
+
+    def _seal(self) -> None:
+        """The session was written for this request: a later change would not be stored.
+
+        From the row's write (or the decision not to write) until the request
+        ends, every change raises :class:`SessionError`, instead of being
+        lost (the data, the flash) or written past the merge rules by the
+        ORM's flush at commit (a plugin's column).
+        """
+        self._sealed = True
+
+    def _check_open(self) -> None:
+        if "_sealed" in self.__dict__:
+            raise SessionError(
+                "request.session was already written for this request (before its transaction "
+                "committed), so this change would not be stored. Change the session in the view "
+                "or in a hook before session_persist, not in a SessionMerged subscriber or a "
+                "response callback; in pshell, change it before "
+                "request.tm.commit(), or make a new request for the next change."
+            )
 
     def _join_transaction(self, txn: Any) -> None:
         txn.addBeforeCommitHook(self._persist)
@@ -838,6 +860,7 @@ class Session(MutableMapping[str, Any]):
         self.notify(events.SessionCreated(self.request, row.id))
         # the row joins the identity map only for a transaction that goes on after this
         self._factory.storage.insert(self._dbsession, row, attach=self._sharing)
+        self._seal()
 
     def _cookie_only(self) -> bool:
         """A session with nothing to store: whether a cookie-only session is to be sent.
@@ -934,8 +957,16 @@ class Session(MutableMapping[str, Any]):
             orig_flash=self._orig_flash,
             data=self._data,
             flash=self._flash,
+            lineage=self._lineage,
         )
+        self._seal()  # a SessionMerged subscriber's change would not be stored
         stored_id = outcome.stored_id or ""
+        if outcome.moved_to is not None:
+            # A concurrent request (a login) gave the session a new id and sent the browser
+            # its cookie: this request's changes were merged onto it, and its own cookie,
+            # with the old id (or a new id of its own that was dropped), must not replace it.
+            self._regenerated = False
+            self._keep_cookie = True
         if outcome.merged is not None:
             self._read_row(row)  # what is stored now: the other request's changes too
             self.notify(events.SessionMerged(self.request, stored_id, outcome.merged))
@@ -1021,7 +1052,8 @@ class Session(MutableMapping[str, Any]):
             headerlist.append(("Vary", "Cookie"))
         if self._txn is None:  # never joined: nothing changed, nothing to send
             return
-        sending = bool(self._cookies) and (self._committed or self._in_shared_transaction())
+        # (in a transaction shared across requests, this runs the persist stage first)
+        sending = (self._committed or self._in_shared_transaction()) and bool(self._cookies)
         if not (sending or self.row is not None):
             return
         # A shared cache must never store a response that sets or deletes the cookie, nor
@@ -1245,6 +1277,7 @@ class Session(MutableMapping[str, Any]):
         The plugins' ``session_invalidated`` hook is called once the new
         session began, with the reason ``"invalidated"`` and the deleted row.
         """
+        self._check_open()
         old_row = None
         if self.row is not None and not self.new:
             old_row = self.row
@@ -1274,6 +1307,7 @@ class Session(MutableMapping[str, Any]):
         The plugins' ``session_regenerated`` hook is called with the old and
         the new id, also on a session that has no row yet.
         """
+        self._check_open()
         stored = self.row is not None and not self.new
         # a session without a row: the id it would have been stored under
         old = self.row.id if stored else self.session_id
@@ -1334,7 +1368,10 @@ class Session(MutableMapping[str, Any]):
             messages.append(msg)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
-        return self._flash.pop(queue, [])
+        flashes = self._flash  # loads the session first
+        if queue in flashes:
+            self._check_open()
+        return flashes.pop(queue, [])
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
@@ -1358,7 +1395,9 @@ class Session(MutableMapping[str, Any]):
         self._data_touched = True
 
     def __delitem__(self, key: str) -> None:
-        del self._data[key]  # a new session that never joined has no key to delete
+        data = self._data  # loads the session first
+        self._check_open()
+        del data[key]  # a new session that never joined has no key to delete
         self._data_touched = True
 
     def __iter__(self) -> Iterator[str]:
@@ -1392,7 +1431,9 @@ class Session(MutableMapping[str, Any]):
         return view
 
     def clear(self) -> None:
-        self._data.clear()
+        data = self._data  # loads the session first
+        self._check_open()
+        data.clear()
         self._data_touched = True
 
     def __repr__(self) -> str:

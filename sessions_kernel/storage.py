@@ -26,7 +26,7 @@ from sqlalchemy.orm import make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from zope.sqlalchemy import mark_changed
 
-from .errors import ConfigurationError, SessionConflictError, SessionTooLargeError
+from .errors import ConfigurationError, SessionConflictError, SessionError, SessionTooLargeError
 from .merge import MergeConflict, MergeRule, merge_mappings
 
 __all__ = ["DROPPED", "LINEAGE_CHARS", "MAX_CONTENDED", "WRITTEN", "RowStorage", "WriteOutcome"]
@@ -56,6 +56,9 @@ class WriteOutcome(NamedTuple):
     gone: bool = False
     #: what this request changed, applied onto a concurrent write; ``None``: no merge
     merged: tuple[str, ...] | None = None
+    #: the row's key now, when a concurrent request gave the session a new id meanwhile
+    #: (this request's changes were merged onto it, its own new id, if any, dropped)
+    moved_to: str | None = None
 
 
 #: Stored as they were, or nothing to store.
@@ -383,16 +386,21 @@ class RowStorage:
         orig_flash: bytes | None,
         data: Mapping[str, Any],
         flash: Mapping[str, list[Any]],
+        lineage: str | None = None,
     ) -> WriteOutcome:
         """UPDATE the changed columns if nobody wrote the row since it was read, else merge.
 
         ``orig_data``/``orig_flash`` are the serialized data and flash as
         read, ``data``/``flash`` what the request holds now: the base and
-        "mine" of a merge (:meth:`merge`). Returns :data:`WRITTEN`,
-        :data:`DROPPED` (the database refused a write of droppable columns
-        over a concurrent one, which stands; the row's columns are reset to
-        what was read), or an outcome with ``gone`` (the row was deleted
-        meanwhile; it is expunged) or ``merged``.
+        "mine" of a merge (:meth:`merge`); ``lineage`` the session's (the
+        first :data:`LINEAGE_CHARS` of the key by default). Returns
+        :data:`WRITTEN`, :data:`DROPPED` (the database refused a write of
+        droppable columns over a concurrent one, which stands; the row's
+        columns are reset to what was read), or an outcome with ``gone`` (the
+        row was deleted meanwhile; it is expunged) or ``merged`` (and
+        ``moved_to``, when a concurrent request regenerated the id
+        meanwhile: the merge found the row by its lineage; the row is
+        expunged).
         """
         state = sa.inspect(row)
         changes: dict[str, tuple[Any, Any]] = {}
@@ -429,19 +437,24 @@ class RowStorage:
         outcome = WRITTEN
         if not written:
             base = (orig_data, orig_flash)
-            merged = self.merge(dbsession, row, stored_id, changes, base, (data, flash))
+            lineage = lineage or stored_id[:LINEAGE_CHARS]
+            merged = self.merge(dbsession, row, stored_id, changes, base, (data, flash), lineage)
             if merged is None:
                 dbsession.expunge(row)
                 return WriteOutcome(False, stored_id, gone=True)
             values, version, keys = merged
-            outcome = WriteOutcome(True, stored_id, merged=keys)
+            now_id = values[self.pk_key]  # ours, our own new one, or a concurrent new one
+            own = (stored_id, changes[self.pk_key][0] if self.pk_key in changes else stored_id)
+            outcome = WriteOutcome(
+                True, stored_id, merged=keys, moved_to=None if now_id in own else now_id
+            )
         # The row now holds what is stored: after a merge, every column as the merge left
         # it (a rule's answer may be the other request's value, which this request's own
         # assignment must not overwrite at the commit's flush).
         for key, value in values.items():
             set_committed_value(row, key, value)
         set_committed_value(row, self.version_key, version + 1)
-        if self.pk_key in changes:  # regenerated: the identity map still has the old key
+        if self.pk_key in changes or outcome.moved_to:  # the identity map has the old key
             dbsession.expunge(row)
         else:
             _clean(state, dbsession)
@@ -455,6 +468,7 @@ class RowStorage:
         changes: Mapping[str, tuple[Any, Any]],
         base: tuple[bytes | None, bytes | None],
         mine: tuple[Mapping[str, Any], Mapping[str, list[Any]]],
+        lineage: str | None = None,
     ) -> tuple[dict[str, Any], int, tuple[str, ...]] | None:
         """Re-read the row another request wrote, apply our changes onto it, write it.
 
@@ -468,13 +482,29 @@ class RowStorage:
         written and, for the rest, the other request's), the version they
         were written over and what this request changed, or ``None`` when the
         row is gone.
+
+        A row not found under ``stored_id`` may have been given a new id by a
+        concurrent request (a login's ``regenerate_id``): every id of a
+        session starts with its ``lineage``, so the row is looked for by it.
+        Found, the changes merge onto it under its new id; a new id of this
+        request's own is dropped (the concurrent one stands: it is the cookie
+        the browser was sent). Only a row deleted meanwhile (a logout) is gone.
         """
         ser = self.data_serializer
         query = sa.select(self.table).where(self.pk_column == stored_id).with_for_update()
         with dbsession.no_autoflush:
             fresh = dbsession.execute(query).mappings().one_or_none()
+            if fresh is None and lineage:
+                pk = self.pk_column
+                in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
+                moved = sa.select(self.table).where(in_lineage).with_for_update()
+                fresh = dbsession.execute(moved).mappings().one_or_none()
         if fresh is None:
             return None
+        moved = fresh[self.pk_column] != stored_id
+        if moved:  # merge onto its new id, not ours
+            stored_id = fresh[self.pk_column]
+            changes = {key: change for key, change in changes.items() if key != self.pk_key}
         orig_data, orig_flash = base
         my_data, my_flash = mine
         values: dict[str, Any] = {}
@@ -521,6 +551,14 @@ class RowStorage:
                     conflicts += group
                     reasons.append(str(exc))
                     continue
+                if len(group) > 1 and not (
+                    isinstance(result, Mapping) and set(group) <= result.keys()
+                ):
+                    raise TypeError(
+                        f"the merge rule {getattr(rule, '__qualname__', rule)!r} of the columns "
+                        f"{', '.join(group)} returned {result!r}: a rule of a group of "
+                        "columns returns a dict with every column of the group"
+                    )
                 for name in group:
                     if result[name] != current[name]:
                         values[name] = result[name]
@@ -553,8 +591,16 @@ class RowStorage:
                 merged=True,
             )
         if conflicts:
-            self.mark_contended(stored_id)
             why = f" ({'; '.join(reasons)})" if reasons else ""
+            if moved:  # run again, the request would present the old id: a new session
+                raise SessionError(
+                    f"session {stored_id[:12]}…: a concurrent request gave it a new id (a "
+                    f"login) and changed {', '.join(map(repr, conflicts))}{why}, as this "
+                    "request did. Run again, this request would find no session under its "
+                    "old id and replace the browser's new cookie, so it is refused: nothing "
+                    "of it was stored, and the browser keeps the new cookie."
+                )
+            self.mark_contended(stored_id)
             raise SessionConflictError(
                 f"session {stored_id[:12]}…: this request and a concurrent one both changed "
                 f"{', '.join(map(repr, conflicts))}{why}. Include pyramid_retry "

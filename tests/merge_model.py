@@ -5,8 +5,10 @@ request reads the session at its load; at its commit, if nobody wrote since,
 what it changed is stored; otherwise each data key and column it changed
 merges onto the newer row by its rule, and when no merge is right (both
 changed one data key, a column without a rule, a rule that refuses) the
-request runs again on the newer row (pyramid_retry). The columns and rules
-are ``ruled_plugin``'s; ``/op`` bodies are the requests' writes.
+request runs again on the newer row (pyramid_retry). A request may give the
+session a new id first (a login); another that loaded the old id merges onto
+the new one all the same. The columns and rules are ``ruled_plugin``'s;
+``/op`` bodies are the requests' writes.
 
 ``test_merge_model.py`` drives real requests through :class:`~sessions_kernel.testing.Race`
 in a generated order and compares the stored row with :func:`run`. Property
@@ -29,15 +31,15 @@ INTS = st.one_of(st.none(), st.integers(0, 3))
 #: what each column may be set to
 VALUES = {name: INTS for name in ruled_plugin.COLUMNS} | {
     "c_theirs": st.sampled_from([None, "a", "b"]),
-    "c_add": st.integers(0, 3),
 }
-SETTABLE = tuple(name for name in ruled_plugin.COLUMNS if name != "c_add")
+SETTABLE = ruled_plugin.COLUMNS  # c_add too: set (to None, say) or added to
 
 
 @st.composite
 def initial_states(draw: Any) -> dict[str, Any]:
-    """A stored session: some data keys, every column."""
-    data = draw(st.dictionaries(st.sampled_from(KEYS), st.integers(0, 2), max_size=3))
+    """A stored session: some data keys, every column (and a key no request writes, so that
+    the session is stored even when everything else is empty)."""
+    data = {"_seed": 1, **draw(st.dictionaries(st.sampled_from(KEYS), st.integers(0, 2)))}
     return {"data": data, **{name: draw(VALUES[name]) for name in ruled_plugin.COLUMNS}}
 
 
@@ -51,6 +53,8 @@ def ops(draw: Any) -> dict[str, Any]:
     op: dict[str, Any] = {"data": data, "set": {name: draw(VALUES[name]) for name in names}}
     if draw(st.booleans()):
         op["add"] = {"c_add": draw(st.integers(1, 2))}
+    if draw(st.integers(0, 3)) == 0:  # a login: a new id first (the data merges all the same)
+        op["regenerate"] = True
     return op
 
 
@@ -95,8 +99,8 @@ def _pick(base: Any, mine: Any, theirs: Any, rule: str) -> Any:
         return max(mine, theirs) if rule == "c_latest" else min(mine, theirs)
     if rule == "c_theirs":
         return theirs
-    if rule == "c_add":
-        return theirs + (mine - (base or 0))
+    if rule == "c_add":  # None counts as 0
+        return (theirs or 0) + ((mine or 0) - (base or 0))
     if rule == "c_strict":
         return mine if mine == theirs else MISSING
     return MISSING  # c_plain: no rule
@@ -133,27 +137,44 @@ def merge(state: dict[str, Any], base: dict[str, Any], mine: dict[str, Any]) -> 
     return new
 
 
-def commit(state: dict[str, Any], base: dict[str, Any], op: dict[str, Any]) -> dict[str, Any]:
-    """The state after a request that read ``base`` commits ``op`` over ``state``."""
+def commit(
+    state: dict[str, Any], base: dict[str, Any], op: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """The state after a request that read ``base`` commits ``op`` over ``state``, and
+    whether the request succeeded.
+
+    ``_version`` counts writes, ``_id`` the session's ids: a request whose
+    session got a new id from another since it read it merges onto the new id
+    (its own new id dropped); when no merge is right there, it is refused
+    (run again, it would present the old id and start a new session).
+    """
     mine = apply(base, op)
-    if mine == base:
-        return state  # nothing changed: nothing written
+    regenerate = bool(op.get("regenerate"))
+    if mine == base and not regenerate:
+        return state, True  # nothing changed: nothing written (a new id is a write)
     if state["_version"] == base["_version"]:
-        return {**mine, "_version": state["_version"] + 1}
+        return {**mine, "_version": state["_version"] + 1, "_id": base["_id"] + regenerate}, True
     merged = merge(state, base, mine)
-    if merged is None:  # run again on the newer row: nothing in between, so no merge
-        return commit(state, state, op)
-    return {**merged, "_version": state["_version"] + 1}
+    moved = state["_id"] != base["_id"]
+    if merged is None:
+        if moved:
+            return state, False
+        return commit(state, state, op)  # run again on the newer row: nothing in between
+    new_id = state["_id"] + (regenerate and not moved)
+    return {**merged, "_version": state["_version"] + 1, "_id": new_id}, True
 
 
-def run(initial: dict[str, Any], request_ops: list[Any], order: list[Any]) -> dict[str, Any]:
-    """The state the model stores after the requests ran in ``order``."""
-    state = {**copy.deepcopy(initial), "_version": 1}
+def run(
+    initial: dict[str, Any], request_ops: list[Any], order: list[Any]
+) -> tuple[dict[str, Any], dict[int, bool]]:
+    """The state the model stores after the requests ran in ``order``, and which succeeded."""
+    state = {**copy.deepcopy(initial), "_version": 1, "_id": 0}
     loaded: dict[int, dict[str, Any]] = {}
+    succeeded: dict[int, bool] = {}
     for event, i in order:
         if event == "load":
             loaded[i] = copy.deepcopy(state)
         else:
-            state = commit(state, loaded[i], request_ops[i])
-    del state["_version"]
-    return state
+            state, succeeded[i] = commit(state, loaded[i], request_ops[i])
+    del state["_version"], state["_id"]
+    return state, succeeded

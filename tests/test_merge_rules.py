@@ -34,6 +34,8 @@ def test_the_kernels_rules():
     assert keep_theirs(1, 2, 3) == 3
     assert add_both(5, 7, 6) == 8  # both added: 5 + 2 + 1
     assert add_both(None, 1, 1) == 2
+    # a reset (None) on either side and an increment: the reset, then the increment
+    assert add_both(3, None, 5) == 2 and add_both(3, 4, None) == 1
     assert latest.droppable and earliest.droppable and keep_theirs.droppable
     assert not hasattr(add_both, "droppable")  # a dropped increment would be lost
 

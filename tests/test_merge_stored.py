@@ -69,6 +69,14 @@ def test_add_both_adds_both(app):
     assert app.row().c_add == 2
 
 
+@pytest.mark.parametrize(("a_body", "b_body"), [("add", "reset"), ("reset", "add")])
+def test_add_both_merges_an_increment_with_a_reset(app, a_body, b_body):
+    bodies = {"add": {"add": {"c_add": 1}}, "reset": {"set": {"c_add": None}}}
+    app.post_json("/op", {"data": {"start": 1}, "set": {"c_add": 3}})
+    race_a_over_b(app, bodies[a_body], bodies[b_body])
+    assert app.row().c_add == 1  # the reset, then the increment
+
+
 @pytest.mark.parametrize(
     ("mine", "theirs", "answer"),
     [((5, 50), (3, 30), (5, 50)), ((3, 30), (5, 50), (5, 50)), ((4, 40), (4, 41), (4, 41))],
@@ -133,3 +141,110 @@ def test_what_was_assigned_before_a_regenerate_is_stored(app, hold):
     browser.post_json("/op", body)
     row = app.row()
     assert (json.loads(row.data), row.c_plain, row.c_theirs) == ({"start": 1, "a": 1}, 2, "x")
+
+
+@pytest.mark.parametrize("login", [True, "hold"])
+@pytest.mark.parametrize("mine", ["write", "regenerate and write"])
+def test_a_write_racing_a_login_merges_onto_the_new_id(app, login, mine):
+    """B logs in (a new id) while A, loaded with the old id, writes: A's write is merged
+    onto the session under its new id, and A's response leaves the browser B's cookie."""
+    app.post_json("/op", {"data": {"start": 1}})
+    a_body = {"data": {"a": 1}, **({"regenerate": True} if mine != "write" else {})}
+    a, b = race_a_over_b(app, a_body, {"regenerate": login, "data": {"b": 2}})
+    row = app.row()
+    assert json.loads(row.data) == {"start": 1, "a": 1, "b": 2}
+    assert "Set-Cookie" not in a.response.headers  # neither deleted nor replaced
+    assert b.browser.get("/read").json["data"] == {"start": 1, "a": 1, "b": 2}
+    assert a.browser.get("/read").json["new"] is True  # the old id stopped working
+
+
+def test_a_group_rule_that_returns_part_of_its_group_is_a_clear_error(merging_engine):
+    import types
+
+    from sessions_kernel import hookimpl
+
+    plugin = types.ModuleType("partial_rule")
+    plugin.session_mixins = hookimpl(lambda: [ruled_plugin.RuledMixin])
+    plugin.session_merge_rules = hookimpl(
+        lambda: {ruled_plugin.GROUP: lambda base, mine, theirs: {"g_level": 1}}
+    )
+    model = make_model(ruled_plugin.RuledMixin)
+    model.metadata.create_all(merging_engine)
+    try:
+        app = SessionTestApp(
+            model, merging_engine, plugins=[plugin], configure=ruled_plugin.configure
+        )
+        app.post_json("/op", {"data": {"start": 1}})
+        with Race(app) as race:
+            a = race.start("/op", json={"set": {"g_level": 5}})
+            b = race.start("/op", json={"set": {"g_at": 3}})
+            b.finish()
+            a.finish()
+        message = str(a.error)
+        assert "returned {'g_level': 1}" in message and "every column of the group" in message
+        assert app.row().g_at == 3  # B's write stands, nothing of A's
+    finally:
+        model.metadata.drop_all(merging_engine)
+
+
+def test_a_change_after_the_row_was_written_is_refused_not_lost(merging_engine):
+    """A SessionMerged subscriber, or a response callback, that changes the session: the
+    change would be written past the rules by the ORM's flush (a column) or lost (the data).
+    It fails the request instead."""
+    from sessions_kernel import SessionError
+    from sessions_kernel.events import SessionMerged
+
+    def configure(config):
+        ruled_plugin.configure(config)
+
+        def reassign(event):
+            event.request.session.set_column("c_latest", 1)
+
+        config.add_subscriber(reassign, SessionMerged)
+
+        def late(request, response):
+            request.session["late"] = 1
+
+        def view(request):
+            request.session["x"] = 1
+            request.add_response_callback(late)
+            return {}
+
+        config.add_route("late", "/late")
+        config.add_view(view, route_name="late", renderer="json")
+
+    model = make_model(ruled_plugin.RuledMixin)
+    model.metadata.create_all(merging_engine)
+    try:
+        app = SessionTestApp(model, merging_engine, plugins=[ruled_plugin], configure=configure)
+        app.post_json("/op", {"data": {"start": 1}})
+        with Race(app) as race:
+            a = race.start("/op", json={"set": {"c_latest": 5}, "data": {"a": 1}})
+            b = race.start("/op", json={"set": {"c_latest": 9}})
+            b.finish()
+            a.finish()
+        assert a.response.status_int == 500  # the test app's view of a RuntimeError
+        assert "already written for this request" in a.response.json["error"]
+        row = app.row()
+        assert (row.c_latest, json.loads(row.data)) == (9, {"start": 1})  # B's write stands
+        with pytest.raises(SessionError, match="already written for this request"):
+            app.new_browser().get("/late")
+    finally:
+        model.metadata.drop_all(merging_engine)
+
+
+def test_a_conflict_with_a_login_is_refused_not_run_again_into_a_new_session(app):
+    """Run again, A would present the old id, find no session, and start a new one whose
+    cookie replaces the one the login sent: A is refused instead, and stores nothing."""
+    app.post_json("/op", {"data": {"k": 0}})
+    with Race(app, share_cookies=True) as race:  # one browser's two requests
+        a = race.start("/op", json={"data": {"k": 1}})
+        b = race.start("/op", json={"regenerate": True, "data": {"k": 2}})
+        b.finish()
+        a.finish()
+    assert a.response.status_int == 500 and a.attempts == 1
+    assert "gave it a new id" in a.response.json["error"]
+    assert "Set-Cookie" not in a.response.headers
+    (row,) = app.rows()  # no second session
+    assert json.loads(row.data) == {"k": 2}
+    assert race.browser.get("/read").json["data"] == {"k": 2}  # the login's cookie stands

@@ -195,6 +195,30 @@ def test_pshell_shows_and_changes_a_browsers_session(app, engine):
     assert browser.get("/read").json["data"] == {"cart": ["tea", "milk"]}
 
 
+def test_pshell_a_change_after_the_commit_is_refused_not_lost(app, engine):
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        request.tm.begin()
+        request.session["note"] = "from pshell"
+        request.tm.commit()
+        request.tm.begin()
+        for change in (
+            lambda session: session.__setitem__("more", 1),
+            lambda session: session.pop("note"),
+            lambda session: session.clear(),
+            lambda session: session.flash("saved"),
+            lambda session: session.invalidate(),
+            lambda session: session.regenerate_id(),
+        ):
+            with pytest.raises(SessionError, match="already written for this request"):
+                change(request.session)
+        request.tm.abort()
+    finally:
+        env["closer"]()
+    assert stored_rows(engine) == 1
+
+
 def test_session_before_begin_says_what_to_do(app):
     env = prepare(registry=app.registry)
     try:
