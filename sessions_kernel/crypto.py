@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "KitKey",
     "SecretKeys",
     "decode_payload",
+    "derive_keys",
     "encode_payload",
     "generate_secret_key",
     "key_weakness",
@@ -116,6 +119,20 @@ class SecretKeys(tuple[bytes, ...]):
         return f"<{len(self)} secret key{'s' if len(self) != 1 else ''}, hidden>"
 
     __str__ = __repr__
+
+
+def derive_keys(secret_keys: Iterable[bytes], label: bytes, length: int = 32) -> SecretKeys:
+    """One key of ``length`` bytes per secret key, for ``label``'s own use (HKDF-SHA256).
+
+    A plugin that encrypts or authenticates something of its own (a column,
+    a token) must not use the cookie's key itself: each use gets keys of its
+    own, derived with a label that names it. The order is the secret keys':
+    the first is current, the others are for what older keys made.
+    """
+    return SecretKeys(
+        HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(key)
+        for key in secret_keys
+    )
 
 
 def key_weakness(raw: bytes) -> str | None:

@@ -13,7 +13,7 @@ import pluggy
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
-from .crypto import AESGCMCookieSerializer
+from .crypto import AESGCMCookieSerializer, derive_keys
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
@@ -169,6 +169,8 @@ class SessionFactory:
         #: cannot read but the serializer can was made with an older key, and is sent
         #: again made with the first (so that old keys can be retired)
         self.primary_serializer = _primary_serializer(self.serializer)
+        # derived_keys(), per (label, length)
+        self._derived: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
             "path": values["cookie_path"],
@@ -251,6 +253,32 @@ class SessionFactory:
         :class:`~sessions_kernel.Peek`.
         """
         return self.session_class(request, self)._peek()
+
+    def derived_keys(self, label: bytes, length: int = 32) -> tuple[bytes, ...]:
+        """Keys for a plugin's own cryptography, derived from ``session.secret_key``.
+
+        One per key of ``secret_key``, in its order (the first is current;
+        the others open what older keys made, so rotating the secret key
+        rotates these too), each ``length`` bytes of HKDF-SHA256 with
+        ``label`` (name your use: ``b"sessions_csrf column"``), never the
+        cookie's key itself. Computed once per label and length. Raises
+        :class:`~sessions_kernel.ConfigurationError` when ``secret_key`` is
+        not set (the cookie has a serializer of its own). The keys never show
+        in a ``repr``.
+        """
+        cache_key = (label, length)
+        keys = self._derived.get(cache_key)
+        if keys is None:
+            secret = self.config.values.get("secret_key")
+            if not secret:
+                raise ConfigurationError(
+                    f"a session plugin needs keys derived from session.secret_key "
+                    f"({label.decode('ascii', 'replace')}), which is not set (the cookie has a "
+                    "serializer of your own): set session.secret_key as well (python -m "
+                    "sessions_kernel prints one)"
+                )
+            keys = self._derived[cache_key] = derive_keys(secret, label, length)
+        return keys
 
     def describe(self, row: Any) -> SessionInfo:
         """What a listing shows of a stored row ("your sessions", a debug toolbar).

@@ -807,6 +807,11 @@ class Session(MutableMapping[str, Any]):
         self._held.append(statement)
         return self._factory.storage.execute(self._dbsession, statement)
 
+    def derived_keys(self, label: bytes, length: int = 32) -> tuple[bytes, ...]:
+        """Keys for a plugin's own cryptography: :meth:`SessionFactory.derived_keys
+        <sessions_kernel.SessionFactory.derived_keys>` of this session's factory."""
+        return self._factory.derived_keys(label, length)
+
     def notify(self, event: Any) -> None:
         """Send ``event`` through the request's registry, skipped when nobody subscribed.
 
