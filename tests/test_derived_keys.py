@@ -32,5 +32,5 @@ def test_without_a_secret_key_it_says_what_to_set():
             return bytes.fromhex(value)
 
     factory = session_factory(model_class=make_model(), serializer=Serializer())
-    with pytest.raises(ConfigurationError, match="set session.secret_key as well"):
+    with pytest.raises(ConfigurationError, match=r"set session\.secret_key as well"):
         factory.derived_keys(b"sessions_test column")
