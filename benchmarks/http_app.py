@@ -12,6 +12,11 @@ Configured by the environment (gunicorn passes it to every worker):
 ``BENCH_GALERA``
     ``1``: build the engine with ``sessions_kernel.cluster.galera_engine`` and include
     ``sessions_kernel.cluster`` (what the operations guide recommends for a cluster).
+``BENCH_OUTAGE``
+    ``1``: include ``sessions_kernel.outage`` (what ``config.include("sessions_kernel")``
+    includes by default: database outages retried where safe, else a 503);
+    ``bench_outage.py`` compares it with ``0``. The application sets its session
+    factory by hand, so without it the tween is absent.
 ``BENCH_ISOLATION``
     the engine's ``isolation_level`` (``READ COMMITTED``...); unset: the database's default.
 ``BENCH_LOCK_CONTENDED_FOR``
@@ -159,6 +164,8 @@ def make_app() -> Any:
                     url, pool_size=2, pool_pre_ping=True, connect_args=connect_args, **options
                 )
             add_dbsession(config, engine)
+            if os.environ.get("BENCH_OUTAGE") == "1":
+                config.include("sessions_kernel.outage")
             model = model_for(os.environ.get("BENCH_TABLE", "bench_http"))
             factory_args: dict[str, Any] = {}
             if os.environ.get("BENCH_LOCK_CONTENDED_FOR"):

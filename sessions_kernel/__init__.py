@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from . import factory, outage
 from .crypto import AESGCMCookieSerializer, generate_secret_key
 from .errors import (
     ConfigurationError,
@@ -15,7 +18,6 @@ from .factory import (
     SessionFactory,
     SessionInfo,
     factory_args_from_settings,
-    includeme,
     register_factory,
     session_factory,
 )
@@ -25,6 +27,22 @@ from .model import BaseMixin, BlobType
 from .session import Peek, Session
 from .settings import SessionSettings, Setting
 from .stash import Stash, StashKey
+
+
+def includeme(config: Any) -> None:
+    """``config.include("sessions_kernel")``: the session factory, and clean outages.
+
+    Sets the session factory from the ``session.*`` settings
+    (``sessions_kernel.factory.includeme``: the installed plugins found, those the
+    model activates kept, every setting validated, the factory registered with
+    :func:`register_factory`), then includes :mod:`sessions_kernel.outage`: a
+    database restart or a lost connection is run again by pyramid_retry where
+    that is safe, and answered 503 with ``Retry-After`` otherwise. The setting
+    ``sessions_kernel.outage_tween = false`` leaves the latter out.
+    """
+    factory.includeme(config)
+    outage.include_by_default(config)
+
 
 __all__ = [
     "AESGCMCookieSerializer",

@@ -433,7 +433,7 @@ class Load:
 
 
 class ServiceUnavailableLog(logging.Handler):
-    """Counts the database errors behind the cluster tween's 503 answers."""
+    """Counts the database errors behind the outage tween's 503 answers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -443,10 +443,10 @@ class ServiceUnavailableLog(logging.Handler):
         self.causes[record.getMessage().split(" after ")[0]] += 1
 
     def start(self) -> None:
-        logging.getLogger("sessions_kernel.cluster").addHandler(self)
+        logging.getLogger("sessions_kernel.outage").addHandler(self)
 
     def stop(self) -> None:
-        logging.getLogger("sessions_kernel.cluster").removeHandler(self)
+        logging.getLogger("sessions_kernel.outage").removeHandler(self)
 
 
 def back_on_node1(url: str, seconds: float = 60) -> None:
