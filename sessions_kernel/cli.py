@@ -7,14 +7,15 @@ bootstraps the application and uses the session factory it configured::
     psessions development.ini gc --dry-run   # count them
     psessions development.ini plugins        # installed plugins, active ones, settings
     psessions development.ini indexes        # indexes the active plugins need
+    psessions production.ini check           # settings too weak for production
 
 and, with no config file, starts a plugin of your own (:mod:`sessions_kernel.scaffold`)::
 
     psessions new-plugin login-alerts        # ./sessions-login-alerts, tests included
 
-Exit codes, for schedulers: 0 done (also when nothing was expired), 1 the
-database failed, 2 bad usage or an application without a sessions_kernel
-factory.
+Exit codes, for schedulers and CI: 0 done (also when nothing was expired,
+and ``check`` found nothing), 1 the database failed, 2 bad usage or an
+application without a sessions_kernel factory, 3 ``check`` found weak settings.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from . import maintenance
+from . import deploy, maintenance
 from .factory import SessionFactory
 from .model import model_table
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_DATABASE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_DATABASE, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="psessions",
         description="Look after the server-side sessions of a Pyramid application.",
-        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error. "
+        epilog="Exit codes: 0 done, 1 database error, 2 usage or configuration error, "
+        "3 check found weak settings. "
         "To start a plugin of your own: psessions new-plugin NAME (see --help there).",
     )
     parser.add_argument("config_uri", help="the application's config file, e.g. development.ini")
@@ -76,10 +78,31 @@ def _parser() -> argparse.ArgumentParser:
 
     indexes = commands.add_parser("indexes", help="list the indexes the active plugins need")
     indexes.add_argument("--sql", action="store_true", help="print CREATE INDEX for missing ones")
+
+    check = commands.add_parser(
+        "check",
+        help="report the settings that are weak for production, each with its fix",
+        description="Report the settings that are weak for production, each with its fix; "
+        "exit 3 when there is any, so that CI can run it. Silence a finding on purpose with "
+        f"--ignore ID or {deploy.SILENCE_SETTING} = ID ... in the app section.",
+    )
+    check.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="silence the finding ID (repeat, or separate ids with commas)",
+    )
+    check.add_argument(
+        "--server-name",
+        default="main",
+        help="the server section that counts the workers, [server:NAME] (default: main)",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
-def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any]:
+def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any, Any]:
     from pyramid.interfaces import ISessionFactory
     from pyramid.paster import bootstrap, setup_logging
 
@@ -98,7 +121,7 @@ def _bootstrap(config_uri: str, app_name: str) -> tuple[SessionFactory, Any, Any
         )
     dbsession = getattr(request, factory.dbsession_name)
     bind = dbsession.get_bind(mapper=sa.inspect(factory.model))
-    return factory, bind, env["closer"]
+    return factory, bind, env["closer"], registry
 
 
 def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
@@ -225,6 +248,57 @@ def _indexes(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: 
     return EXIT_OK
 
 
+def _server_section(config_uri: str, name: str) -> dict[str, str] | None:
+    """The settings of the ini file's ``[server:NAME]`` section, or ``None`` if it has none."""
+    from pyramid.paster import get_config_loader
+
+    section = f"server:{name}"
+    loader = get_config_loader(config_uri.split("#", 1)[0])
+    if section not in loader.get_sections():
+        return None
+    return dict(loader.get_settings(section))
+
+
+def _check(
+    args: argparse.Namespace, factory: SessionFactory, bind: Any, registry: Any, out: IO[str]
+) -> int:
+    deployment = deploy.Deployment(
+        registry=registry,
+        bind=bind,
+        server=_server_section(args.config_uri, args.server_name),
+        server_section=f"server:{args.server_name}",
+    )
+    ignore = [i for given in args.ignore for i in given.replace(",", " ").split()]
+    report = deploy.run_checks(factory, deployment, ignore=ignore)
+    source = args.config_uri
+    if args.json:
+        json.dump(
+            {
+                "config": source,
+                "ok": report.ok,
+                "findings": [f.as_dict() for f in report.findings],
+                "silenced": [f.as_dict() for f in report.silenced],
+            },
+            out,
+            indent=2,
+        )
+        print(file=out)
+        return EXIT_OK if report.ok else EXIT_FINDINGS
+    for finding in report.findings:
+        print(finding.line(), file=out)
+    silenced = (
+        f" ({len(report.silenced)} silenced: {', '.join(f.id for f in report.silenced)})"
+        if report.silenced
+        else ""
+    )
+    if report.ok:
+        print(f"{source}: no weak session setting found{silenced}", file=out)
+        return EXIT_OK
+    count = len(report.findings)
+    print(f"{source}: {count} weak setting{'s' if count > 1 else ''}{silenced}", file=out)
+    return EXIT_FINDINGS
+
+
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     """Run ``psessions``; return its exit code."""
     from pyramid.exceptions import ConfigurationError
@@ -239,7 +313,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     closer = None
     try:
         try:
-            factory, bind, closer = _bootstrap(args.config_uri, args.app_name)
+            factory, bind, closer, registry = _bootstrap(args.config_uri, args.app_name)
         except ConfigurationError as exc:
             if args.command != "plugins":
                 raise UsageError(f"the application does not start: {exc}") from exc
@@ -251,6 +325,8 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             return _gc(args, factory, bind, out)
         if args.command == "plugins":
             return _plugins(args, factory, out)
+        if args.command == "check":
+            return _check(args, factory, bind, registry, out)
         return _indexes(args, factory, bind, out)
     except UsageError as exc:
         print(f"psessions: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@ A plugin is a module (or any object) with functions marked
 in the entry-point group ``sessions_kernel.plugins`` of its distribution and
 is *active* for a session factory exactly when the factory's model subclasses
 one of the mixins its :func:`session_mixins` returns. Inactive plugins are
-not called at all. A hook implementation may accept fewer arguments than the
+not called at all, but for :func:`session_deploy_checks` (which tells them
+so). A hook implementation may accept fewer arguments than the
 specification names; pluggy passes only those it asks for.
 
 Hooks come in four groups:
@@ -25,7 +26,7 @@ Hooks come in four groups:
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`,
   :func:`session_expires_at`, :func:`session_last_active`,
-  :func:`session_details`.
+  :func:`session_details`, :func:`session_deploy_checks`.
 
 The ``session`` argument of the pipeline hooks is the request's
 :class:`sessions_kernel.Session`. What plugins use of it (the attributes are
@@ -78,8 +79,10 @@ import pluggy
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
+    from pyramid.registry import Registry
     from sqlalchemy import ColumnElement
 
+    from .deploy import Finding
     from .factory import SessionFactory
     from .merge import MergeRule
     from .model import BaseMixin
@@ -549,4 +552,60 @@ def session_details(row: BaseMixin, settings: Mapping[str, Any]) -> Mapping[str,
     a :class:`~sessions_kernel.SessionError`. Called with
     :func:`session_expires_at` and :func:`session_last_active`, by tools and
     listings only, never per request. Issue no SQL.
+    """
+
+
+@hookspec
+def session_deploy_checks(
+    settings: Mapping[str, Any],
+    model: type[BaseMixin],
+    registry: Registry | None,
+    active: bool,
+) -> Iterable[Finding] | None:
+    """Report the settings of this plugin's feature that are weak for a production deployment.
+
+    :param settings: the global settings in force, parsed (read-only). For an
+        inactive plugin its own settings are absent: its feature is off.
+    :param model: the factory's model class.
+    :param registry: the Pyramid application's registry (``registry.settings``
+        holds every setting of the ini file's app section, the execution
+        policy, the tweens); ``None`` when a factory is checked on its own.
+    :param active: whether ``model`` activates this plugin. Unlike every other
+        hook, this one is called for each *installed* plugin, so that a plugin
+        can say what is missing when the model lacks its mixin (a feature the
+        application installed but never turned on). Return nothing when
+        ``active`` is false unless that is a weakness.
+
+    Return (or yield) :class:`~sessions_kernel.deploy.Finding` objects, one per
+    weakness: ``id``, the name a user silences it by, as
+    ``<your plugin's name>.<what>`` (the entry-point name ``psessions
+    plugins`` lists; the kernel puts it in front of an id that lacks it, so
+    that two plugins' ids never collide), ``setting``, the setting to change,
+    ``message``, what is weak with the value in force and what an attacker
+    or a failure gets from it, and ``fix``, what to set instead. Return
+    ``None`` or nothing when all is well. Report choices that are legal, and
+    may suit development, but are weak in production (a timeout left off, a
+    long one); a combination that is wrong everywhere belongs in
+    :func:`session_check_settings`, which stops the application before this
+    hook could run. A user silences a finding on purpose by its id
+    (``psessions.silenced_checks`` in the ini file, or ``--ignore ID``)::
+
+        from sessions_kernel.deploy import Finding
+
+        @hookimpl
+        def session_deploy_checks(settings, active):
+            if active and settings["ttl"] is None:
+                yield Finding(
+                    "ttl.off", "session.ttl", "session.ttl is not set: sessions never expire",
+                    "set session.ttl, in seconds",
+                )
+
+    Called by ``psessions CONFIG check`` (:mod:`sessions_kernel.deploy`) after
+    the application started, once per plugin, never per request. The kernel
+    reports its own findings (cookie attributes, the key, the data format,
+    the transaction and retry setup, the database and the server's workers,
+    and ``kernel.expiry`` when no plugin's :func:`session_expiry_policy`
+    answers), then the plugins', by plugin name; an exception a plugin's
+    implementation raises is reported as ``<plugin>.check_failed``. Issue no
+    SQL. Modelled on Django's system checks (``check --deploy``).
     """

@@ -170,3 +170,57 @@ def session_indexes(model: type[BaseMixin]) -> list[str]:
 @hookimpl
 def session_expires_at(row: BaseMixin, settings: Mapping[str, Any]) -> int | None:
     return expiry(row, settings.get("absolute_timeout"))
+
+
+# -- deploy checks (``psessions CONFIG check``) --------------------------------------------
+
+if TYPE_CHECKING:
+    from sessions_kernel.deploy import Finding
+
+#: An ``absolute_timeout`` above this is reported as long: the kernel's own default bound.
+LONG_ABSOLUTE_TIMEOUT = 30 * 24 * 3600
+
+
+@hookimpl
+def session_deploy_checks(settings: Mapping[str, Any], active: bool) -> list[Finding]:
+    """``absolute_timeout.off``: no absolute timeout (the mixin missing, or no timeout);
+    ``absolute_timeout.long``: one over :data:`LONG_ABSOLUTE_TIMEOUT`."""
+    from sessions_kernel.deploy import Finding, duration
+
+    exposure = (
+        "a session kept in use, by its owner or with a stolen cookie, ends only by another "
+        "rule (session.max_age where it applies: psessions CONFIG plugins prints the expiry "
+        "in force)"
+    )
+    if not active:
+        return [
+            Finding(
+                "absolute_timeout.off",
+                "the session model",
+                "sessions-absolute-timeout is installed but the model lacks AbsoluteMixin: "
+                + exposure,
+                "add AbsoluteMixin (or ConfigAbsoluteMixin) to the model's bases and set "
+                "session.absolute_timeout (OWASP: a few hours to a day, e.g. 28800)",
+            )
+        ]
+    timeout = settings["absolute_timeout"]
+    if timeout is None:
+        return [
+            Finding(
+                "absolute_timeout.off",
+                "session.absolute_timeout",
+                f"session.absolute_timeout is not set: {exposure}",
+                "set session.absolute_timeout, e.g. 28800 (8 hours)",
+            )
+        ]
+    if timeout > LONG_ABSOLUTE_TIMEOUT:
+        return [
+            Finding(
+                "absolute_timeout.long",
+                "session.absolute_timeout",
+                f"session.absolute_timeout = {timeout} ({duration(timeout)}): a stolen cookie "
+                "kept in use works that long",
+                "lower session.absolute_timeout to hours or days (OWASP: a few hours to a day)",
+            )
+        ]
+    return []

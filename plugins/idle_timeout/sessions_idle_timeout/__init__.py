@@ -357,3 +357,56 @@ def session_last_active(row: _IdleRow, settings: Mapping[str, Any]) -> int | Non
     if timeout is None or row.idle_expire is None:
         return None
     return row.idle_expire - timeout
+
+
+# -- deploy checks (``psessions CONFIG check``) --------------------------------------------
+
+if TYPE_CHECKING:
+    from sessions_kernel.deploy import Finding
+
+#: An ``idle_timeout`` above this is reported as long (OWASP: minutes to hours).
+LONG_IDLE_TIMEOUT = 24 * 3600
+
+
+@hookimpl
+def session_deploy_checks(settings: Mapping[str, Any], active: bool) -> list[Finding]:
+    """``idle_timeout.off``: no idle expiry (the mixin missing, or no timeout);
+    ``idle_timeout.long``: one over :data:`LONG_IDLE_TIMEOUT`."""
+    from sessions_kernel.deploy import Finding, duration
+
+    exposure = (
+        "a session never expires for lack of activity, so a cookie left in a browser, or "
+        "copied from one, keeps working as long as the session lives"
+    )
+    if not active:
+        return [
+            Finding(
+                "idle_timeout.off",
+                "the session model",
+                f"sessions-idle-timeout is installed but the model lacks IdleMixin: {exposure}",
+                "add IdleMixin (or ConfigIdleMixin) to the model's bases and set "
+                "session.idle_timeout (OWASP: 15 to 30 minutes for most applications)",
+            )
+        ]
+    timeout = settings["idle_timeout"]
+    if timeout is None:
+        return [
+            Finding(
+                "idle_timeout.off",
+                "session.idle_timeout",
+                f"session.idle_timeout is not set: {exposure}",
+                "set session.idle_timeout, e.g. 1800 (30 minutes)",
+            )
+        ]
+    if timeout > LONG_IDLE_TIMEOUT:
+        return [
+            Finding(
+                "idle_timeout.long",
+                "session.idle_timeout",
+                f"session.idle_timeout = {timeout} ({duration(timeout)}): an unattended "
+                "session stays usable that long",
+                "lower session.idle_timeout to minutes or hours (OWASP: 15 to 30 minutes for "
+                "most applications); keep longer sessions for the visitors who ask, per session",
+            )
+        ]
+    return []
