@@ -1378,6 +1378,13 @@ class Session(MutableMapping[str, Any]):
             self._check_open()
         return flashes.pop(queue, [])
 
+    def clear_flash(self) -> None:
+        """Drop the messages of every flash queue (``clear()`` leaves them)."""
+        flashes = self._flash  # loads the session first
+        if flashes:
+            self._check_open()
+            flashes.clear()
+
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
 

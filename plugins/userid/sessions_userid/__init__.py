@@ -4,24 +4,44 @@ Include :class:`UseridMixin` in the session model to activate the plugin. It
 gives ``request.session`` a ``userid`` property, a Pyramid 2 security policy
 (:class:`UserSessionSecurityPolicy`, installed by you) and the queries behind
 a "your sessions" page (:func:`user_sessions`, :func:`invalidate_user_sessions`).
+
+When the session passes from one user to another, its data and flash
+messages are cleared (as Django's ``login()`` flushes the session), unless
+``session.userid_clear_on_user_change = false``.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sessions_kernel import Session, StashKey, hookimpl
+from sessions_kernel import (
+    Session,
+    SessionConflictError,
+    SessionError,
+    Setting,
+    StashKey,
+    hookimpl,
+)
+from sessions_kernel.events import SessionMerged
+from sessions_kernel.settings import boolean
 
 from . import hookspecs
 from .policy import UserSessionSecurityPolicy
 from .queries import UserSession, invalidate_user_sessions, user_sessions
 
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+
+    from sessions_kernel import SessionFactory
+
 __all__ = [
+    "SETTINGS",
     "UserSession",
     "UserSessionSecurityPolicy",
     "UseridMixin",
@@ -31,8 +51,27 @@ __all__ = [
 ]
 
 COLUMN = "userid"
+#: The setting that turns the clearing of the data at a change of user off.
+CLEAR_ON_USER_CHANGE = "userid_clear_on_user_change"
+
+SETTINGS = (
+    Setting(
+        CLEAR_ON_USER_CHANGE,
+        True,
+        boolean,
+        "when a session passes from one user to another, clear its data and flash "
+        "messages (the previous user's); false keeps them",
+    ),
+)
+
 #: The user a session without a row got in this request: its row would have held it.
 _UNSTORED_USER = StashKey[Any]("sessions_userid: the user of a session without a row")
+#: This request cleared the stored data of the previous user (see _clear).
+_CLEARED = StashKey[bool]("sessions_userid: the data was cleared at a change of user")
+#: The serialized data and flash that request is about to write (see session_persist).
+_WRITING = StashKey[tuple[Any, Any]]("sessions_userid: the data and flash written after a clear")
+#: The user this request writes the stored row as (see session_persist).
+_WRITTEN_AS = StashKey[Any]("sessions_userid: the user the row is written as")
 
 
 class UseridMixin:
@@ -74,10 +113,14 @@ def _get_userid(self: Session) -> Any:
     """The logged-in user's id, or ``None`` when nobody is logged in.
 
     Setting a different value (``None`` included) gives the session a new id
-    and cookie in the same request, keeping its data: the defence against
-    session fixation at every change of privilege. Setting the value it
-    already has does nothing. ``None`` logs the user out but keeps the data;
-    to drop everything, use ``invalidate()`` (what ``forget()`` does).
+    and cookie in the same request: the defence against session fixation at
+    every change of privilege. From one user to another, the data and flash
+    messages are cleared first, what the request stored before included (the
+    previous user's; ``session.userid_clear_on_user_change = false`` keeps
+    them). A login from an anonymous session keeps them (a cart). Setting
+    the value it already has does nothing. ``None`` logs the user out but
+    keeps the data; to drop everything, use ``invalidate()`` (what
+    ``forget()`` does).
     """
     return self.get_column(COLUMN)
 
@@ -96,11 +139,28 @@ def _set_userid(self: Session, value: Any) -> None:
     old = self.get_column(COLUMN)
     if value == old:
         return
+    if old is not None and value is not None and self.settings[CLEAR_ON_USER_CHANGE]:
+        _clear(self)
     self.regenerate_id()
     self.set_column(COLUMN, value)
     if self.row is None:  # until its row exists, only this request knows the user
         self.stash[_UNSTORED_USER] = value
     user_changed(self, old, value)
+
+
+def _clear(session: Session) -> None:
+    """Drop the previous user's data and flash messages (Django's ``flush()`` keeps no more).
+
+    The kernel merges a write onto a concurrent one key by key, so a key a
+    concurrent request of the previous user stored meanwhile, which this
+    request never saw, would survive the clear: :func:`session_persist` and
+    :func:`_refuse_merged_back` make such a write run again instead (and a
+    write of the previous user's that merges onto the row after this one).
+    """
+    session.clear()
+    session.clear_flash()
+    if session.row is not None and not session.new:
+        session.stash[_CLEARED] = True
 
 
 def user_changed(session: Session, old: Any, new: Any) -> None:
@@ -123,6 +183,90 @@ def session_invalidated(session: Session, old_row: Any) -> None:
         old = old_row.userid
     if old is not None:
         user_changed(session, old, None)
+
+
+@hookimpl
+def session_persist(session: Session, row: Any) -> None:
+    """Note the user this request writes the row as, and after a clear what it writes.
+
+    :func:`_refuse_merged_back` compares them with what a merge stored.
+    """
+    if session.new or not session.settings[CLEAR_ON_USER_CHANGE]:
+        return
+    stash = session.stash
+    stash[_WRITTEN_AS] = row.userid
+    if _CLEARED in stash:
+        stash[_WRITING] = (row.data, row.flash)
+
+
+def _refuse_merged_back(factory: SessionFactory, event: SessionMerged) -> None:
+    """Refuse a merge that would put one user's data in another user's session.
+
+    A ``SessionMerged`` subscriber: a concurrent request wrote the row after
+    this one read it, and the kernel merged this request's write onto it key
+    by key. Two such merges would carry the previous user's data past the
+    clear at a change of user:
+
+    * this request changed the user (and cleared the data): a key or flash
+      queue only the other request (of the previous user) wrote is kept;
+    * this request was the previous user's, and the other one changed the
+      user meanwhile: this request's keys land in the new user's session
+      (a kernel that finds a regenerated row by its lineage merges onto it).
+
+    Either way raise :class:`~sessions_kernel.SessionConflictError`: nothing
+    is stored, and with pyramid_retry the request runs again on the newer
+    row (where the first clears that key too, and the second finds its
+    session gone). A merge that brings nothing of the kind (the other
+    request only extended the idle expiry, say) stands.
+    """
+    session = event.request.session
+    if not isinstance(session, Session) or session.row is None:
+        return
+    stash = session.stash
+    written_as = stash.get(_WRITTEN_AS, None)
+    row = session.row
+    if written_as is not None and row.userid is not None and row.userid != written_as:
+        why = (
+            "another user logged in to its session while this request ran, and this "
+            "request's changes, made for the previous user, would have been merged into "
+            "the new user's session"
+        )
+    else:
+        writing = stash.get(_WRITING, None)
+        if writing is None:
+            return
+        loads = factory.data_serializer.loads
+
+        def decoded(data: Any, flash: Any) -> tuple[Any, Any]:
+            return loads(data), (loads(flash) if flash is not None else {})
+
+        if decoded(row.data, row.flash) == decoded(*writing):
+            return
+        why = (
+            "its user changed in this request, which cleared the previous user's data, "
+            "while a concurrent request wrote data this request did not see; it would have "
+            "stayed in the new user's session"
+        )
+    if row.id != session.session_id:
+        # merged onto an id a concurrent login gave the session: run again, this request
+        # would present its old id and start a new session, replacing the login's cookie
+        raise SessionError(f"session {event.session_id[:12]}…: {why}; nothing was stored.")
+    raise SessionConflictError(
+        f"session {event.session_id[:12]}…: {why}. Include pyramid_retry "
+        "(config.include('pyramid_retry')) to run the request again on the newer session; "
+        "nothing was stored."
+    )
+
+
+@hookimpl
+def session_includeme(config: Configurator, factory: SessionFactory) -> None:
+    if factory.config.values[CLEAR_ON_USER_CHANGE]:
+        config.add_subscriber(partial(_refuse_merged_back, factory), SessionMerged)
+
+
+@hookimpl
+def session_settings() -> tuple[Setting, ...]:
+    return SETTINGS
 
 
 @hookimpl

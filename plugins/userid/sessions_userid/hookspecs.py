@@ -21,7 +21,9 @@ def session_user_changed(session: Session, old: Any, new: Any) -> None:
 
     :param session: the request's session; ``session.userid`` is already ``new``.
         After a login or a change of user the session already has a new id
-        (``regenerate_id()``, whose ``session_regenerated`` hook came first);
+        (``regenerate_id()``, whose ``session_regenerated`` hook came first)
+        and, after a change from one user to another, no data and no flash
+        messages (unless ``session.userid_clear_on_user_change = false``);
         after a logout that ended the session it is the new, empty session
         that followed (the kernel's ``session_invalidated`` came first).
     :param old: the user id before (``None``: nobody was logged in).

@@ -86,8 +86,11 @@ class UserSessionSecurityPolicy:
         The id is renewed even when the same user logs in again (a login is
         an authentication event), and the plugins' ``session_user_changed``
         hook runs at every login (a CSRF token of the session is replaced).
-        The data is kept. Returns no headers: the session sends its cookie
-        itself once the transaction commits.
+        The data is kept when nobody, or this same user, was logged in; when
+        another user was, it is cleared first, flash messages included
+        (unless ``session.userid_clear_on_user_change = false``). Returns no
+        headers: the session sends its cookie itself once the transaction
+        commits.
         """
         if userid is None:
             raise ValueError(

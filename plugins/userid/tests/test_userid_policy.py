@@ -313,6 +313,12 @@ def test_login_costs(app):
     # the session (with its joined, empty user); one UPDATE of id and userid, flushed
     # early by the callback's SELECT of the user
     assert sql.kinds() == ["SELECT", "UPDATE", "SELECT"], sql.statements
+    with app.count() as sql:
+        app.post_json("/login?uuid=1", {"user": str(BOB)})
+    # over Alice's session: the same, and her data cleared in an UPDATE at commit (the
+    # kernel serializes the data then, after the callback's flush)
+    assert sql.kinds() == ["SELECT", "UPDATE", "SELECT", "UPDATE"], sql.statements
+    assert app.get("/whoami").json["data"] == {}
 
 
 # -- permits() -------------------------------------------------------------------------------
