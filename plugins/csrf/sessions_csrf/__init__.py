@@ -12,28 +12,40 @@ and ``get_csrf_token()`` in templates then use the token stored here.
 
 A token is created only when something asks for it. Asked for on a session
 that has no row yet (a visitor's login form), it travels in the encrypted
-session cookie and no row is written, so anonymous page views cannot fill the
-table; the session's first INSERT carries it into the column.
-``regenerate_id()`` keeps the token; ``invalidate()`` drops it with the row.
-A login (``remember()``) or any change of ``request.session.userid`` replaces
-it (the ``session_user_changed`` hook of sessions-userid): a token handed out
-before the login, in the column or in the cookie, is refused after it. A
-logout that ends the session (``forget()``) leaves no token behind.
+session cookie with the time it was handed out, and no row is written, so
+anonymous page views cannot fill the table. Such a cookie-only token expires
+(:func:`unstored_lifetime`), and never becomes the stored session's token: the
+session's first INSERT issues a fresh one, so a cookie planted in a victim's
+browser fixes no token. The column holds the token encrypted (AES-SIV, with a
+key the kernel derives from ``session.secret_key``; see :func:`seal`): a copy
+of the table yields no token.
+
+``regenerate_id()`` keeps the token; ``invalidate()`` drops it with the row. A
+login (``remember()``) or any change of ``request.session.userid`` replaces it
+(the ``session_user_changed`` hook of sessions-userid): a token handed out
+before the login, in the column or in the cookie, is refused after it. A logout
+that ends the session (``forget()``) leaves no token behind.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hmac
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from pyramid.interfaces import PHASE3_CONFIG, ICSRFStoragePolicy, ISessionFactory
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 from zope.interface import implementer
 
-from sessions_kernel import ConfigurationError, Session, SessionFactory, hookimpl
+from sessions_kernel import ConfigurationError, Session, SessionFactory, StashKey, hookimpl
+from sessions_kernel.merge import MergeConflict, MergeRule
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -47,65 +59,280 @@ if TYPE_CHECKING:
         new_csrf_token: Callable[[], str]
 
 
-__all__ = ["TOKEN_BYTES", "CSRFMixin", "ColumnCSRFStoragePolicy", "includeme"]
+__all__ = [
+    "CLEAR_LENGTH",
+    "KEY_BYTES",
+    "KEY_LABEL",
+    "SEALED_LENGTH",
+    "TOKEN_BYTES",
+    "UNSTORED_TOKEN_LIFETIME",
+    "CSRFMixin",
+    "ColumnCSRFStoragePolicy",
+    "column_keys",
+    "includeme",
+    "open_sealed",
+    "seal",
+    "stored_token",
+    "unstored_lifetime",
+]
 
 #: Random bytes in a token (256 bits); the token is their URL-safe base64 (43 characters).
 TOKEN_BYTES = 32
 COLUMN = "csrf_token"
-#: The cookie extra that carries the token of a session with no row yet.
+#: The cookie extra that carries the token of a session with no row yet: the token's
+#: bytes, then the time it was last handed out (8 bytes, big-endian seconds).
 EXTRA = "csrf"
+_STAMP_BYTES = 8
+#: How long a cookie-only token is accepted after it was last handed out when no
+#: timeout of the session applies (neither ``idle_timeout`` nor ``absolute_timeout``
+#: is in force): one hour, in seconds.
+UNSTORED_TOKEN_LIFETIME = 3600
+#: Characters of a sealed value in the column (:func:`seal`): the unpadded URL-safe
+#: base64 of AES-SIV's 16-byte tag and the encrypted token (48 bytes). A value of
+#: :data:`CLEAR_LENGTH` characters is a token stored in clear by sessions-csrf 0.1.
+SEALED_LENGTH = 64
+#: Characters of a token in clear (the URL-safe base64 of :data:`TOKEN_BYTES` bytes).
+CLEAR_LENGTH = 43
+#: The label of the column's keys: ``session.derived_keys(KEY_LABEL, KEY_BYTES)``.
+KEY_LABEL = b"sessions_csrf column"
+#: Bytes of a column key: AES-SIV takes two AES keys, so 64 bytes are AES-256-SIV.
+KEY_BYTES = 64
+#: The associated data AES-SIV authenticates with each sealed token (no nonce: the
+#: encryption is deterministic).
+_ASSOCIATED_DATA = [b"sessions_csrf csrf_token column"]
+_TAG_BYTES = 16
+#: The raw token this request made for a session without a row (see session_persist).
+_MINTED = StashKey[bytes]("sessions_csrf: the token made in this request")
 
 
 class CSRFMixin:
-    """Model mixin: the session's CSRF token in a ``csrf_token`` column.
+    """Model mixin: the session's CSRF token, sealed, in a ``csrf_token`` column.
 
     ``NULL`` until a token is first asked for. List it before ``BaseMixin``::
 
         class Session(CSRFMixin, BaseMixin, Base):
             __tablename__ = "session"
 
-    With this mixin, ``request.session`` has ``csrf_token`` (the stored token
-    or ``None``; reading it never creates one), ``get_csrf_token()`` (the token,
+    With this mixin, ``request.session`` has ``csrf_token`` (the token or
+    ``None``; reading it never creates one), ``get_csrf_token()`` (the token,
     created if there is none) and ``new_csrf_token()`` (a fresh token that
-    replaces the old one).
+    replaces the old one). The column holds the token encrypted (:func:`seal`),
+    never the token itself.
     """
 
     csrf_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# -- the column's encryption ------------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str, size: int) -> bytes | None:
+    """The ``size`` bytes ``text`` is the unpadded URL-safe base64 of, or ``None``."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size and _b64(raw) == text else None
+
+
+def column_keys(factory: SessionFactory) -> tuple[bytes, ...]:
+    """The keys of the ``csrf_token`` column under ``factory``'s ``session.secret_key``.
+
+    ``factory.derived_keys(KEY_LABEL, KEY_BYTES)``: one AES-256-SIV key per
+    secret key, in the same order (the first seals, all open), each derived
+    with HKDF-SHA256 and this plugin's label, so the column's key is never the
+    cookie's. The kernel computes them once per factory.
+    """
+    return factory.derived_keys(KEY_LABEL, KEY_BYTES)
+
+
+def _keys(session: Session) -> tuple[bytes, ...]:
+    return session.derived_keys(KEY_LABEL, KEY_BYTES)
+
+
+def seal(key: bytes, token: bytes) -> str:
+    """The column's value for the raw ``token`` (:data:`TOKEN_BYTES` bytes), sealed with ``key``.
+
+    AES-SIV (RFC 5297, ``cryptography``'s ``AESSIV``) with a
+    :data:`KEY_BYTES`-byte key: deterministic authenticated encryption. The
+    value is the unpadded URL-safe base64 of the 16-byte tag and the
+    encrypted token (:data:`SEALED_LENGTH` characters, what the
+    ``String(64)`` column holds). Without ``key`` it tells nothing of the
+    token; with it, :func:`open_sealed` gives the token back and knows which
+    key sealed it. The same token under the same key always seals to the
+    same value, so two concurrent requests that seal one token write one
+    value (see :func:`same_token`).
+    """
+    if len(token) != TOKEN_BYTES:
+        raise ValueError(f"a CSRF token is {TOKEN_BYTES} bytes, not {len(token)}")
+    return _b64(AESSIV(key).encrypt(token, _ASSOCIATED_DATA))
+
+
+def open_sealed(keys: Sequence[bytes], value: str) -> tuple[bytes, int] | None:
+    """The raw token a value of :func:`seal` holds and the index of the key that sealed it.
+
+    ``None`` when ``value`` is not a sealed value, or none of ``keys``
+    sealed it (a key since removed from ``session.secret_key``, a damaged
+    value): AES-SIV's tag authenticates it.
+    """
+    blob = _unb64(value, _TAG_BYTES + TOKEN_BYTES)
+    if blob is None:
+        return None
+    for index, key in enumerate(keys):
+        try:
+            return AESSIV(key).decrypt(blob, _ASSOCIATED_DATA), index
+        except InvalidTag:
+            continue
+    return None
+
+
+def _opened(keys: Sequence[bytes], value: str | None) -> tuple[bytes | None, bool]:
+    """The raw token a column's value stands for, and whether to seal the value again.
+
+    The format is told by the length: :data:`SEALED_LENGTH` characters are a
+    sealed value, :data:`CLEAR_LENGTH` a token in clear (sessions-csrf 0.1).
+    A value sealed with an older key, or a token in clear, stands for its
+    token and is to be sealed again with the first key (the token stays the
+    same). A value no key opens, or of neither form, stands for no token.
+    """
+    if value is None:
+        return None, False
+    if len(value) == SEALED_LENGTH:
+        opened = open_sealed(keys, value)
+        return (None, False) if opened is None else (opened[0], opened[1] != 0)
+    token = _unb64(value, TOKEN_BYTES)  # None: not a token this plugin ever stored
+    return token, token is not None
+
+
+@functools.cache
+def _siv_problem() -> str | None:
+    """Why AES-SIV cannot seal the column here (``cryptography`` built without it), if so."""
+    try:
+        AESSIV(bytes(KEY_BYTES))
+    except UnsupportedAlgorithm as exc:
+        return (
+            f"sessions_csrf seals the CSRF tokens it stores with AES-SIV, which this build of "
+            f"the cryptography package does not support ({exc}). Install cryptography's own "
+            "wheels (pip install --force-reinstall cryptography), built with OpenSSL 3."
+        )
+    return None
+
+
+_NO_KEY = (
+    "sessions_csrf seals the CSRF tokens it stores with a key derived from "
+    "session.secret_key, which is not set (the cookie has a serializer of your own). "
+    "Set session.secret_key as well (python -m sessions_kernel prints one); your "
+    "serializer still makes the cookie."
+)
+
+
+def stored_token(factory: SessionFactory, value: str | None) -> str | None:
+    """The token a ``csrf_token`` column's ``value`` stands for under ``factory``'s keys.
+
+    For tests and tools (``stored_token(app.factory, row.csrf_token)``):
+    ``None`` for ``NULL`` and for a value none of the factory's keys opens.
+    """
+    token = _opened(column_keys(factory), value)[0]
+    return None if token is None else _b64(token)
+
+
+# -- tokens of sessions without a row (cookie-only) ------------------------------------------
+
+
+def unstored_lifetime(session: Session) -> int:
+    """Seconds a cookie-only token is accepted after it was last handed out.
+
+    The session's ``idle_timeout`` or ``absolute_timeout`` (the shorter of
+    those in force, read through ``session.settings``): a cookie-only token
+    lives no longer than a stored session that nobody uses. Without either,
+    :data:`UNSTORED_TOKEN_LIFETIME`.
+    """
+    settings = session.settings
+    bounds = [t for t in (settings.get("idle_timeout"), settings.get("absolute_timeout")) if t]
+    return min(bounds) if bounds else UNSTORED_TOKEN_LIFETIME
+
+
+def _carried(session: Session) -> tuple[bytes, int] | None:
+    """The raw token the cookie of a session without a row carries and its time, if any.
+
+    An extra of sessions-csrf 0.1 (the token without a time) is not one:
+    nothing tells its age.
+    """
+    value = session.cookie_extras.get(EXTRA)
+    if value is None or len(value) != TOKEN_BYTES + _STAMP_BYTES:
+        return None
+    return value[:TOKEN_BYTES], int.from_bytes(value[TOKEN_BYTES:], "big")
+
+
+def _live(session: Session, stamp: int) -> bool:
+    """Whether a cookie-only token handed out at ``stamp`` is still accepted."""
+    return abs(session.now - stamp) < unstored_lifetime(session)
+
+
+def _carry(session: Session, token: bytes) -> None:
+    session.cookie_extras[EXTRA] = token + session.now.to_bytes(_STAMP_BYTES, "big")
 
 
 # -- request.session's API (added to the factory's session class only) ------------------
 
 
 def _csrf_token(session: Session) -> str | None:
-    """The session's CSRF token, or ``None`` if none was asked for; never creates one."""
-    token: str | None = session.get_column(COLUMN)
-    if token is None and session.row is None:
-        carried = session.cookie_extras.get(EXTRA)
-        token = carried.decode("ascii") if carried else None
-    return token
+    """The session's CSRF token, or ``None`` if it has none (or an expired one); never
+    creates one."""
+    if session.row is not None:
+        token = _opened(_keys(session), session.get_column(COLUMN))[0]
+        return None if token is None else _b64(token)
+    carried = _carried(session)
+    if carried is None or not _live(session, carried[1]):
+        return None
+    return _b64(carried[0])
 
 
 def _new_csrf_token(session: Session) -> str:
     """A new random token (256 bits from :mod:`secrets`), replacing any old one.
 
-    A session with a row stores it in the ``csrf_token`` column (an UPDATE of
-    that column at the end of the request). A session without one (a visitor
-    who stored nothing yet, rendering a login form) carries it in the
-    encrypted session cookie instead and writes no row; the session's first
-    INSERT moves it into the column. Forms rendered with the old token stop
-    passing the check.
+    A session with a row stores it, sealed, in the ``csrf_token`` column (an
+    UPDATE of that column at the end of the request). A session without one
+    (a visitor who stored nothing yet, rendering a login form) carries it in
+    the encrypted session cookie instead, with the time, and writes no row.
+    Forms rendered with the old token stop passing the check.
     """
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = secrets.token_bytes(TOKEN_BYTES)
     if session.row is None:
-        session.cookie_extras[EXTRA] = token.encode("ascii")
+        _carry(session, token)
+        session.stash[_MINTED] = token
     else:
-        session.set_column(COLUMN, token)
-    return token
+        session.set_column(COLUMN, seal(_keys(session)[0], token))
+    return _b64(token)
 
 
 def _get_csrf_token(session: Session) -> str:
-    """The stored token, or a new one (see ``new_csrf_token``) if there is none."""
-    return _csrf_token(session) or _new_csrf_token(session)
+    """The session's token, or a new one (see ``new_csrf_token``) if it has none.
+
+    A cookie-only token is handed out again with the time of this request
+    once a tenth of its lifetime has passed (the cookie is sent again, no
+    SQL), so that a form stays good for at least nine tenths of
+    :func:`unstored_lifetime` after the page that rendered it. If the session
+    is about to be stored in this request (it holds data), a cookie-only token
+    the cookie brought is replaced now, since the INSERT would replace it.
+    """
+    if session.row is not None:
+        return _csrf_token(session) or _new_csrf_token(session)
+    carried = _carried(session)
+    if carried is None:
+        return _new_csrf_token(session)
+    token, stamp = carried
+    if not _live(session, stamp):
+        return _new_csrf_token(session)
+    if session.dirty and session.stash.get(_MINTED, None) != token:
+        return _new_csrf_token(session)
+    if session.now - stamp >= max(1, unstored_lifetime(session) // 10):
+        _carry(session, token)
+    return _b64(token)
 
 
 def _ready(session_class: type) -> bool:
@@ -155,14 +382,20 @@ class ColumnCSRFStoragePolicy:
         return self._session(request).new_csrf_token()
 
     def get_csrf_token(self, request: Request) -> str:
-        """The session's token, created (and stored with the session) if it has none."""
+        """The session's token, created (and stored with the session) if it has none.
+
+        See ``request.session.get_csrf_token()``.
+        """
         return self._session(request).get_csrf_token()
 
     def check_csrf_token(self, request: Request, supplied_token: str | bytes | None) -> bool:
-        """Whether ``supplied_token`` equals the stored token, compared in constant time.
+        """Whether ``supplied_token`` is the session's token, compared in constant time.
 
-        ``False`` when the session has no token or nothing was supplied. Reads
-        the session (one SELECT when it has a cookie) and writes nothing.
+        The token is the one the ``csrf_token`` column holds sealed, or, for a
+        session without a row, the cookie's while it has not expired. ``False``
+        when the session has no token or nothing was supplied; the sealed value
+        of the column itself is no token. Reads the session (one SELECT when it
+        has a cookie) and writes nothing.
         """
         expected = self._session(request).csrf_token
         if isinstance(supplied_token, str):
@@ -262,9 +495,71 @@ def session_attributes() -> Mapping[str, Any]:
 
 
 @hookimpl
+def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
+    """The column's keys come from ``session.secret_key``: it must be set, at start-up
+    (the kernel's own error would come at the first request that uses a token). And
+    the installed ``cryptography`` must support AES-SIV."""
+    problems = [] if settings.get("secret_key") else [_NO_KEY]
+    siv = _siv_problem()
+    return [*problems, siv] if siv else problems
+
+
+@hookimpl
+def session_merge_rules() -> Mapping[str, MergeRule]:
+    return {COLUMN: same_token}
+
+
+def same_token(base: Any, mine: Any, theirs: Any) -> Any:
+    """Merge rule of ``csrf_token``: two requests that wrote one value agree, else conflict.
+
+    Two requests that sealed one token again (an upgrade, see
+    :func:`session_extend`) wrote the same value (:func:`seal` is
+    deterministic). Two that each made a new token conflict: the request runs
+    again (pyramid_retry) and finds the other's token.
+    """
+    if mine == theirs:
+        return theirs
+    raise MergeConflict("both requests replaced the CSRF token")
+
+
+@hookimpl
+def session_extend(session: Session) -> None:
+    """A token stored in clear (sessions-csrf 0.1) or sealed with an older key is sealed again.
+
+    With the first key, keeping the token: open forms keep working, no user is
+    logged out, and from the session's next request on the column tells
+    nothing of the token. One UPDATE of ``csrf_token``, once per session.
+    """
+    value = session.get_column(COLUMN)
+    if value is None:
+        return
+    keys = _keys(session)
+    if len(keys) == 1 and len(value) == SEALED_LENGTH:
+        return  # sealed with the only key, or by none: nothing to seal again
+    token, stale = _opened(keys, value)
+    if token is not None and stale:
+        session.set_column(COLUMN, seal(keys[0], token))
+
+
+@hookimpl
 def session_persist(session: Session, row: Any) -> None:
-    """The first INSERT: the token the cookie carried moves into the column."""
-    if session.new:
-        carried = session.cookie_extras.pop(EXTRA, None)
-        if carried is not None and row.csrf_token is None:
-            row.csrf_token = carried.decode("ascii")
+    """The first INSERT: the session's token is a fresh one, never the cookie's.
+
+    A cookie-only token the browser brought (one an attacker may have planted,
+    and knows) is dropped; the row gets a new token instead, so that forms
+    rendered with the cookie-only token are refused from now on (the request
+    that inserts was checked against it before). A token made in this very
+    request (a login, a form rendered after the session changed) is the one
+    its response shows: it is kept.
+    """
+    if not session.new or EXTRA not in session.cookie_extras:
+        return
+    carried = _carried(session)
+    session.cookie_extras.pop(EXTRA)
+    if row.csrf_token is not None:
+        return
+    if carried is not None and carried[0] == session.stash.get(_MINTED, None):
+        token = carried[0]
+    else:
+        token = secrets.token_bytes(TOKEN_BYTES)
+    row.csrf_token = seal(_keys(session)[0], token)

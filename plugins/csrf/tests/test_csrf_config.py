@@ -103,3 +103,37 @@ def test_include_with_a_session_factory_of_another_kind_fails_at_start_up(engine
 
     with pytest.raises(ConfigurationError, match="not a sessions_kernel one"):
         make_wsgi_app(make_model(), engine, configure=configure)
+
+
+def test_a_cookie_serializer_of_your_own_needs_a_secret_key_too():
+    """The column's tokens are sealed with a key derived from session.secret_key."""
+    from sessions_kernel import AESGCMCookieSerializer
+    from sessions_kernel.crypto import parse_secret_keys
+
+    serializer = AESGCMCookieSerializer(parse_secret_keys(TEST_SECRET_KEY))
+    with pytest.raises(ConfigurationError, match=r"Set session\.secret_key as well"):
+        session_factory(model_class=make_model(CSRFMixin), serializer=serializer)
+    factory = session_factory(
+        model_class=make_model(CSRFMixin), serializer=serializer, secret_key=TEST_SECRET_KEY
+    )
+    assert "csrf" in {info.name for info in factory.config.active}
+    # without the mixin the plugin is off, and asks for nothing
+    session_factory(model_class=make_model(), serializer=serializer)
+
+
+def test_a_cryptography_without_aes_siv_fails_at_start_up(monkeypatch):
+    """The column is sealed with AES-SIV: a cryptography built without it (an OpenSSL
+    before 3.0) is a start-up error that says so, not a 500 at the first token."""
+    import sessions_csrf
+    from cryptography.exceptions import UnsupportedAlgorithm, _Reasons
+
+    def unsupported(key):
+        raise UnsupportedAlgorithm("AES-SIV is not supported", _Reasons.UNSUPPORTED_CIPHER)
+
+    monkeypatch.setattr(sessions_csrf, "AESSIV", unsupported)
+    sessions_csrf._siv_problem.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="with AES-SIV, which this build"):
+            session_factory(model_class=make_model(CSRFMixin), secret_key=TEST_SECRET_KEY)
+    finally:
+        sessions_csrf._siv_problem.cache_clear()
