@@ -4,33 +4,58 @@ A *renewal id* (16 random bytes) travels inside the encrypted session cookie,
 beside the session token, under the cookie extra :data:`COOKIE_KEY`. The row
 stores only SHA-256 hashes of renewal ids. The protocol, for one session:
 
-1. The first cookie of a session carries its first renewal id. A stored
-   session without one (created before the feature was turned on) is
-   *adopted*: it gets an id at its next request, which is no violation.
+1. The first cookie of a session carries its first renewal id, and so does
+   the cookie of a new session id (``regenerate_id()``: a new chain, since the
+   old token's cookies are dead anyway). A stored session without one (created
+   before the feature was turned on) is *adopted*: it gets an id at its next
+   request, which is no violation.
 2. ``renewal_timeout`` seconds after the current id was issued, a request
    carrying it gets a *candidate* id in a new cookie (the *offer*). The
    current id stays valid while the offer is pending.
 3. The first request carrying the candidate *acknowledges* it: the candidate
    becomes the current id and the old one becomes the *previous* id.
-4. Until then, the offer is repeated (the same candidate) every
-   ``renewal_try_every`` seconds, and in every response that sends a cookie
-   anyway.
+4. Until then, a request carrying the current id at least
+   ``renewal_try_every`` seconds after the last offer gets a *new* candidate
+   (a *re-offer*); the one it replaces is from then on an unknown id. No
+   other response hands out a candidate: a request carrying the current id
+   while an offer is pending (not yet due again) keeps the browser's cookie
+   (:meth:`~sessions_kernel.Session.keep_cookie`), so that it neither gives a
+   second holder of the cookie the candidate nor puts the current id back
+   into a browser that holds the candidate by now.
 5. *Grace*: for ``renewal_try_every`` seconds after the acknowledgement, a
-   request carrying the previous id is accepted and answered with the
-   current cookie. These are the browser's own requests that were in flight
-   when it stored the new cookie.
+   request carrying the previous id is served (the browser's own requests
+   that were in flight when it stored the new cookie), and its response keeps
+   the browser's cookie: it never carries the current id (that would hand it
+   to a thief replaying the old cookie) nor the previous one (that would put
+   it back into the owner's browser).
 6. Any other id (the previous one after the grace window, an unknown one, a
    missing one) means two copies of one cookie are in use: the session is
    rejected with the reason ``"renewal violation"`` (the kernel deletes it and
    starts a new one, so every copy is logged out) and :class:`RenewalViolation`
    is notified.
 
-The candidate for an id is derived from it, ``HMAC-SHA256(id, label)``
-truncated to 16 bytes (:func:`next_renewal_id`), so that a re-offer sends the
-same candidate and a request in the grace window can be given the current id,
-while the row holds hashes only. The first id of a chain is random. Only the
-server reads renewal ids (they are inside the AES-GCM cookie), so deriving
-one from the other gives nothing to anybody who lacks the cookie key.
+So every id is handed to one request only, except the first offer, which
+concurrent requests that loaded the same state (a page's parallel loads at the
+renewal time) all get: it is derived from the current id alone. Two holders
+of one cookie therefore part at the first renewal after the copy was made:
+whichever acknowledges first, the other one's next request shows an id that is
+previous (after the grace window) or unknown. A copy is caught within one
+renewal period of the first renewal after it was made, whatever the rhythm of
+either holder's requests; it can be used until then.
+
+Candidates are derived, so that concurrent requests that loaded the same state
+offer the same one, while the row holds hashes only: the first offer for an id
+is ``HMAC-SHA256(id, label)`` truncated to 16 bytes, each re-offer
+``HMAC-SHA256(id, label' || digest of the candidate it replaces)``
+(:func:`next_renewal_id`). Only a request that shows the current id can derive
+either. The first id of a chain is random. Only the server reads renewal ids
+(they are inside the AES-GCM cookie), so deriving one from the other gives
+nothing to anybody who lacks the cookie key.
+
+A request whose write was merged onto a concurrent one keeps the browser's
+cookie unless the stored protocol state is the one it wrote: its offer may
+have lost to a concurrent acknowledgement, or the id it carries may have
+become the previous one meanwhile.
 """
 
 from __future__ import annotations
@@ -40,15 +65,20 @@ import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sessions_kernel import Session, Setting, StashKey, hookimpl
-from sessions_kernel.events import SessionEvent
+from sessions_kernel.events import SessionEvent, SessionMerged
 from sessions_kernel.merge import MergeConflict, MergeRule, droppable
 from sessions_kernel.settings import integer, optional
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+
+    from sessions_kernel import SessionFactory
 
 __all__ = [
     "COLUMNS",
@@ -71,6 +101,7 @@ ID_BYTES = 16
 REASON = "renewal violation"
 
 _NEXT_LABEL = b"sessions_renewal: next renewal id"
+_REOFFER_LABEL = b"sessions_renewal: renewal id offered again, replacing "
 MAX_RENEWAL_TIMEOUT = 365 * 24 * 3600
 MAX_TRY_EVERY = 24 * 3600
 
@@ -88,7 +119,7 @@ class RenewalMixin:
     ``renewal_candidate``
         SHA-256 of the offered candidate; ``NULL`` when no offer is pending.
     ``renewal_offered_at``
-        when the candidate was last sent.
+        when the candidate was offered (the last re-offer, if any).
     ``renewal_previous``
         SHA-256 of the id the last acknowledgement replaced, accepted until
         ``renewal_at + renewal_try_every``; cleared by the next offer.
@@ -133,9 +164,18 @@ def renewal_digest(renewal_id: bytes) -> str:
     return hashlib.sha256(renewal_id).hexdigest()
 
 
-def next_renewal_id(renewal_id: bytes) -> bytes:
-    """The candidate that replaces ``renewal_id``: ``HMAC-SHA256(renewal_id, label)[:16]``."""
-    return hmac.new(renewal_id, _NEXT_LABEL, hashlib.sha256).digest()[:ID_BYTES]
+def next_renewal_id(renewal_id: bytes, replacing: str | None = None) -> bytes:
+    """The candidate offered to replace ``renewal_id``.
+
+    The first offer: ``HMAC-SHA256(renewal_id, label)[:16]``, a function of
+    the id alone, so that every request that loaded the session in the same
+    state offers the same candidate. A re-offer (``replacing``, the stored
+    digest of the candidate it replaces):
+    ``HMAC-SHA256(renewal_id, label' || replacing)[:16]``, new at every
+    re-offer and again the same for requests that loaded the same state.
+    """
+    message = _NEXT_LABEL if replacing is None else _REOFFER_LABEL + replacing.encode("ascii")
+    return hmac.new(renewal_id, message, hashlib.sha256).digest()[:ID_BYTES]
 
 
 def _same(digest: str, stored: str | None) -> bool:
@@ -255,40 +295,85 @@ COLUMNS = (
 )
 
 
+def _state(row: Any) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in COLUMNS)
+
+
 @droppable
 def merge_states(
     base: Mapping[str, Any], mine: Mapping[str, Any], theirs: Mapping[str, Any]
 ) -> Mapping[str, Any]:
-    """Two requests of one session moved the protocol at once: keep the state further on.
+    """Two requests of one session moved the protocol at once: the state first stored stands.
 
-    Both requests carried ids of one chain, and every candidate is derived
-    from the id before it, so the two states differ only by how far each got:
-    an offer (``renewal_offered_at`` later) or an acknowledgement
-    (``renewal_at`` later). The state further on accepts the cookie either
-    request sent: an offer's candidate is the acknowledged id, and the
-    acknowledged request's own id is its ``renewal_previous``. Two different
-    chains (two requests adopting one old session, each with a random first
-    id) cannot both stand: :class:`~sessions_kernel.merge.MergeConflict`, and
-    the request is retried. Droppable: where the database refuses the write
-    outright, the concurrent state stands and the browser keeps the cookie
-    it has, which that state accepts (the same id, or the previous one
-    within the grace window).
+    The concurrent request (``theirs``) committed first: its response, and the
+    id it carries, are on their way to a browser, and only the state it
+    stored accepts that id for sure. This request can still take its own
+    cookie back (the plugin's ``SessionMerged`` subscriber keeps the browser's
+    cookie when the stored state is not the one this request wrote). So the
+    stored state stands, except where this request's step applies to it
+    unchanged:
+
+    * this request acknowledged the candidate the stored state still offers:
+      the acknowledgement is stored;
+    * this request gave the session a new id (``regenerate_id()``, which
+      starts a new chain): every cookie of the old token, the other request's
+      too, names no session any more, so the new chain is stored.
+
+    Two requests that adopted one old session (each with a random first id)
+    cannot both stand: :class:`~sessions_kernel.merge.MergeConflict`, and the
+    request is retried. Droppable: where the database refuses the write
+    outright, the concurrent state stands, as here.
     """
     if dict(mine) == dict(theirs):
         return theirs
-
-    def progress(state: Mapping[str, Any]) -> tuple[int, int]:
-        return (state["renewal_at"] or -1, state["renewal_offered_at"] or -1)
-
-    ahead, behind = (mine, theirs) if progress(mine) > progress(theirs) else (theirs, mine)
-    if behind["renewal_id"] not in (ahead["renewal_id"], ahead["renewal_previous"]):
-        raise MergeConflict("two requests started different renewal chains")
-    return ahead
+    current, candidate = base["renewal_id"], base["renewal_candidate"]
+    if mine["renewal_id"] not in (current, candidate):  # a new chain
+        if current is None:
+            raise MergeConflict("two requests started different renewal chains")
+        return mine
+    acknowledged = mine["renewal_id"] == candidate and mine["renewal_previous"] == current
+    if (
+        acknowledged
+        and theirs["renewal_id"] == current
+        and theirs["renewal_candidate"] == mine["renewal_id"]
+    ):
+        return mine
+    return theirs
 
 
 @hookimpl
 def session_merge_rules() -> dict[tuple[str, ...], MergeRule]:
     return {COLUMNS: merge_states}
+
+
+@hookimpl
+def session_includeme(config: Configurator, factory: SessionFactory) -> None:
+    config.add_subscriber(_after_merge, SessionMerged)
+
+
+#: The protocol state this request writes (set just before its write).
+_WRITING = StashKey[tuple[Any, ...]]("sessions_renewal: the state this request writes")
+#: ``regenerate_id()`` was called in this request: its new id starts a new chain.
+_REGENERATED = StashKey[bool]("sessions_renewal: the session id was regenerated")
+
+
+def _after_merge(event: SessionMerged) -> None:
+    """Keep the browser's cookie when the merged state is not the one this request wrote.
+
+    A ``SessionMerged`` subscriber: a concurrent request wrote the row after
+    this one read it, and the kernel stored what the rules decided
+    (:func:`merge_states`). If that is not the state this request wrote, the
+    renewal id in its cookie may be one the stored state refuses (an offer
+    that lost to an acknowledgement) or the previous id (the concurrent
+    request acknowledged a candidate): either would log the owner out, or
+    hand an id to a second holder. The browser's cookie is then left as it is.
+    """
+    session = event.request.session
+    if not isinstance(session, Session):
+        return
+    writing = session.stash.get(_WRITING, None)
+    if writing is not None and session.row is not None and _state(session.row) != writing:
+        session.keep_cookie()
 
 
 # -- the request pipeline -------------------------------------------------------------
@@ -309,22 +394,39 @@ def session_validate(session: Session) -> str | None:
 
 
 @hookimpl
+def session_regenerated(session: Session) -> None:
+    session.stash[_REGENERATED] = True
+
+
+def _start_chain(session: Session, row: Any) -> None:
+    """A random first id: a new session's, an adopted one's, or a new session id's."""
+    first = os.urandom(ID_BYTES)
+    session.cookie_extras[COOKIE_KEY] = first
+    _assign(row, "renewal_id", renewal_digest(first))
+    _assign(row, "renewal_at", session.now)
+    for name in ("renewal_candidate", "renewal_offered_at", "renewal_previous"):
+        _assign(row, name, None)
+
+
+def _offer(session: Session, row: Any, candidate: bytes) -> None:
+    _assign(row, "renewal_candidate", renewal_digest(candidate))
+    _assign(row, "renewal_previous", None)
+    row.renewal_offered_at = session.now
+    session.cookie_extras[COOKIE_KEY] = candidate
+
+
+@hookimpl
 def session_renew(session: Session) -> None:
     timeout, try_every = _timing(session)
     if timeout is None:
         return
-    row, now, extras = session.row, session.now, session.cookie_extras
-    if session.new or row.renewal_id is None:
-        # A new session's first cookie, or the adoption of a session stored before
-        # the feature was on: start a chain with a random id.
-        first = os.urandom(ID_BYTES)
-        extras[COOKIE_KEY] = first
-        _assign(row, "renewal_id", renewal_digest(first))
-        _assign(row, "renewal_at", now)
-        for name in ("renewal_candidate", "renewal_offered_at", "renewal_previous"):
-            _assign(row, name, None)
+    row, now = session.row, session.now
+    if session.new or row.renewal_id is None or session.stash.get(_REGENERATED, False):
+        # A new session's first cookie, the adoption of a session stored before the
+        # feature was on, or a new session id (no cookie of the old one works any more).
+        _start_chain(session, row)
         return
-    presented = extras.get(COOKIE_KEY)
+    presented = session.cookie_extras.get(COOKIE_KEY)
     kind = _classified(session, presented, try_every)
     if kind == _ACK:
         row.renewal_previous = row.renewal_id
@@ -332,27 +434,33 @@ def session_renew(session: Session) -> None:
         row.renewal_candidate = None
         row.renewal_offered_at = None
         row.renewal_at = now
-    elif kind == _PREVIOUS:
-        # Answer with the current id so that this response, if it arrives last,
-        # cannot put the replaced id back into the browser.
-        assert presented is not None
-        current = next_renewal_id(presented)
-        if _same(renewal_digest(current), row.renewal_id):
-            extras[COOKIE_KEY] = current
     elif kind == _CURRENT:
         assert presented is not None
         if row.renewal_candidate is None:
-            due = now >= (row.renewal_at or 0) + timeout
+            if now >= (row.renewal_at or 0) + timeout:
+                _offer(session, row, next_renewal_id(presented))
+        elif now >= (row.renewal_offered_at or 0) + try_every:
+            # a new candidate: whoever holds the one it replaces shows an unknown id
+            _offer(session, row, next_renewal_id(presented, row.renewal_candidate))
         else:
-            due = session.dirty or now >= (row.renewal_offered_at or 0) + try_every
-        if due:
-            candidate = next_renewal_id(presented)
-            _assign(row, "renewal_candidate", renewal_digest(candidate))
-            _assign(row, "renewal_previous", None)
-            row.renewal_offered_at = now
-            extras[COOKIE_KEY] = candidate
-    # _ADOPTION_GRACE: accepted as it is. A violation never gets here (validate
-    # rejected it), unless this request's saved settings shortened the grace.
+            # The browser may hold the pending candidate by now: sending the current id
+            # would replace it, and sending the candidate would hand it to a second
+            # holder of the current id.
+            session.keep_cookie()
+    elif kind in (_PREVIOUS, _ADOPTION_GRACE):
+        # A request the browser sent before it stored its newer cookie, or a copy of
+        # the old cookie: its response hands out no id (neither the current one, which
+        # a thief would keep, nor its own, which would replace the browser's).
+        session.keep_cookie()
+    # A violation never gets here (validate rejected it), unless this request's saved
+    # settings shortened the grace.
+
+
+@hookimpl
+def session_persist(session: Session, row: Any) -> None:
+    """Note the protocol state this request writes, for :func:`_after_merge`."""
+    if not session.new and _timing(session)[0] is not None:
+        session.stash[_WRITING] = _state(row)
 
 
 # -- maintenance ------------------------------------------------------------------------

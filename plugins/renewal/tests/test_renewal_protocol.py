@@ -49,6 +49,19 @@ def app(session_app, mixin, events):
     return session_app(make_model(mixin), settings=SETTINGS, configure=_listen(events))
 
 
+@pytest.fixture
+def sliding(session_app):
+    """A cookie with a Max-Age: the kernel sends the cookie again on every write."""
+    events: list = []
+    app = session_app(
+        make_model(RenewalMixin),
+        settings={**SETTINGS, "cookie_max_age": 3600},
+        configure=_listen(events),
+    )
+    app.sliding_events = events
+    return app
+
+
 def payload(app, cookie=None):
     """(token, renewal id) inside a session cookie (the default browser's by default)."""
     factory = app.wsgi.registry.queryUtility(ISessionFactory)
@@ -124,10 +137,12 @@ def test_offer_at_renewal_timeout(app, offset, offered):
     assert row.renewal_offered_at == int(app.clock())
 
 
-def test_old_id_stays_valid_while_the_offer_is_pending_and_is_offered_again(app, events):
+def test_old_id_stays_valid_while_the_offer_is_pending_and_a_new_candidate_is_offered(app, events):
     first = start(app)
+    _, rid = payload(app)
     offered = offer(app)
     offered_at = int(app.clock())
+    candidate = payload(app, offered)[1]
     # The browser did not store the new cookie (lost response): it keeps sending the old one.
     app.clock.advance(TRY_EVERY - 1)
     with app.count() as sql:
@@ -138,25 +153,52 @@ def test_old_id_stays_valid_while_the_offer_is_pending_and_is_offered_again(app,
     with app.count() as sql:
         response = use(app, first)
     assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
-    assert payload(app)[1] == payload(app, offered)[1], "a re-offer sends the same candidate"
-    assert app.row().renewal_offered_at == offered_at + TRY_EVERY
-    # and again try_every seconds after the re-offer, not before
+    # a re-offer sends a new candidate, derived from the current id and the one it replaces
+    again = payload(app)[1]
+    assert again != candidate
+    assert again == next_renewal_id(rid, renewal_digest(candidate))
+    row = app.row()
+    assert row.renewal_candidate == renewal_digest(again)
+    assert row.renewal_offered_at == offered_at + TRY_EVERY
+    # and again try_every seconds after the re-offer, not before, with another candidate
     app.clock.advance(TRY_EVERY - 1)
     assert "Set-Cookie" not in use(app, first).headers
     app.clock.advance(1)
     assert "Set-Cookie" in use(app, first).headers
+    assert payload(app)[1] == next_renewal_id(rid, renewal_digest(again))
+    assert events == []
+    # the browser acknowledges the last candidate
+    assert app.get("/read").json["data"] == {"a": 1}
+    assert app.row().renewal_id == renewal_digest(payload(app)[1])
     assert events == []
 
 
-def test_a_write_while_the_offer_is_pending_carries_the_candidate(app):
+def test_a_replaced_candidate_is_an_unknown_id(app, events):
+    """Whoever still holds a candidate a re-offer replaced is a second holder of the cookie."""
     first = start(app)
-    offered = offer(app)
-    app.clock.advance(1)
+    offered = offer(app)  # to one holder of the cookie ...
+    app.clock.advance(TRY_EVERY)
+    use(app.new_browser(), first)  # ... and a new candidate to another one
+    response = use(app.new_browser(), offered)
+    assert response.json["new"] is True
+    assert [e.detail for e in events if isinstance(e, RenewalViolation)] == ["unknown id"]
+    assert app.rows() == []
+
+
+def test_a_write_with_the_current_id_while_the_offer_is_pending_hands_out_no_id(sliding):
+    """Neither the candidate (a second holder of the current id would get it too) nor the
+    current id (it would replace the candidate in a browser that holds it by now)."""
+    app = sliding
+    first = start(app)
+    offer(app)
+    app.clock.advance(TRY_EVERY - 1)
     with app.count() as sql:
-        response = use(app, first, "/incr/a")
+        response = use(app.new_browser(), first, "/incr/a")
     assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
     assert response.json["data"] == {"a": 2}
-    assert payload(app)[1] == payload(app, offered)[1]
+    assert "Set-Cookie" not in response.headers
+    assert app.get("/read").json["data"] == {"a": 2}  # the browser acknowledges
+    assert app.sliding_events == []
 
 
 def test_acknowledgement_makes_the_candidate_current(app):
@@ -188,26 +230,37 @@ def test_acknowledgement_makes_the_candidate_current(app):
     assert app.row().renewal_previous is None, "the next offer forgets the previous id"
 
 
-def test_in_flight_request_with_the_old_id_within_grace_gets_the_current_cookie(app, events):
+def test_old_id_within_grace_is_served_and_handed_no_id(sliding):
+    """In the grace window the previous id is served, and its response never carries the
+    current id (a thief replaying the old cookie would keep it) nor the previous one (it
+    would replace the current one in the owner's browser)."""
+    app = sliding
     first = start(app)
     offer(app)
-    _, current = payload(app)
     app.get("/read")  # acknowledgement
     # A request the browser sent with the old cookie before it stored the new one.
     late = app.new_browser()
     app.clock.advance(TRY_EVERY - 1)
     with app.count() as sql:
-        response = use(late, first, "/incr/a")
+        response = use(late, first, "/incr/a")  # a write: the kernel would send the cookie
     assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements
     assert response.json["data"] == {"a": 2}
-    assert payload(app, late.cookies["session"])[1] == current
-    # a read-only one costs one SELECT and also answers with the current cookie
+    assert "Set-Cookie" not in response.headers
+    # a read-only one costs one SELECT
     with app.count() as sql:
         response = use(late, first)
     assert sql.kinds() == ["SELECT"], sql.statements
-    assert payload(app, late.cookies["session"])[1] == current
-    assert events == []
+    assert "Set-Cookie" not in response.headers
+    assert app.sliding_events == []
+    # the owner's browser holds the current id, which works after the window
+    app.clock.advance(1)
     assert app.get("/read").json["data"] == {"a": 2}
+    assert app.sliding_events == []
+    # and the copy of the old cookie, kept as it was, is caught at its next use
+    assert use(late, first).json["new"] is True
+    assert [e.detail for e in app.sliding_events if isinstance(e, RenewalViolation)] == [
+        "previous id after the grace window"
+    ]
 
 
 def test_old_id_after_the_grace_window_is_a_violation(app, events):
