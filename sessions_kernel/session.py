@@ -105,6 +105,9 @@ _STATE: dict[str, Callable[[], Any]] = {
     "_stale_key": bool,  # the cookie was made with a key that is no longer first
     "_keep_cookie": bool,  # keep_cookie() was called: the browser's cookie stays as it is
     "_renamed": bool,  # the browser sent its cookie under cookie_previous_name
+    # the cookies sent cannot be told apart (planted ones?), or one is older than a cookie
+    # the browser holds by now: this response sets and deletes none, but after a login
+    "_hold_cookies": bool,
     "_held": list,  # logouts that must hold (see execute_logout)
     "_logout_failed": bool,  # a held logout could not be run again: the response says so
     "_held_cookies": list,
@@ -179,12 +182,19 @@ def row_id(token: bytes, lineage: str | None = None) -> str:
 
 
 def _cookie_values(header: str, name: str) -> list[str]:
-    """Every value of the cookie ``name`` in a Cookie header, in the browser's order."""
+    """Every value of the cookie ``name`` in a Cookie header, in the browser's order.
+
+    Pairs are separated by ``;`` (and by ``,``, with which some servers join two
+    Cookie header lines); a value may be wrapped in one pair of double quotes.
+    """
     values = []
-    for part in header.split(";"):
+    for part in header.replace(",", ";").split(";"):
         key, sep, value = part.partition("=")
         if sep and key.strip() == name:
-            values.append(value.strip().strip('"'))
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            values.append(value)
     return values
 
 
@@ -298,6 +308,7 @@ class Session(MutableMapping[str, Any]):
     _stale_key: bool
     _keep_cookie: bool
     _renamed: bool
+    _hold_cookies: bool
     _held: list[Any]
     _logout_failed: bool
     _held_cookies: list[tuple[str, str, dict[str, Any]]]
@@ -638,6 +649,7 @@ class Session(MutableMapping[str, Any]):
         request = self.request
         values = self._presented
         if len(values) > MAX_COOKIES_TRIED:
+            self._hold_cookies = True
             self.notify(
                 events.CookieRejected(
                     request,
@@ -669,22 +681,38 @@ class Session(MutableMapping[str, Any]):
             if row is None:
                 self.notify(events.SessionNotFound(request, sid))
                 bad = True
+                storage = factory.storage
+                if storage.lineage_lives(self._dbsession, sid[:LINEAGE_CHARS]):
+                    # An id a login (regenerate_id) replaced since this request was sent: the
+                    # browser holds the new cookie by now, which this response must not replace.
+                    self._hold_cookies = True
             elif found is None:
                 found = (row, token, extras)
             else:  # two live sessions: which is the user's cannot be told
-                self.notify(
-                    events.CookieRejected(
-                        request,
-                        f"cookies named {factory.cookie_name!r} of two different stored "
-                        "sessions: neither is used, neither is deleted",
-                    )
-                )
-                return None, None, {}, None
+                return self._fail_closed("of two different stored sessions")
         if found is not None:
+            if unstored is not None:  # a session with nothing stored beside a stored one
+                return self._fail_closed("of a stored session and of one with nothing stored")
             return (*found, None)
+        if self._hold_cookies:
+            return None, None, {}, None
         if bad and unstored is None:
             self._delete_cookie = self._as_sent(factory.default_cookie_attributes)
         return None, None, {}, unstored
+
+    def _fail_closed(self, what: str) -> tuple[None, None, dict[str, bytes], None]:
+        """Cookies that cannot be told apart (a planted one?): a new empty session, and a
+        response that sets and deletes no cookie (either might be the user's), but after a
+        login (``regenerate_id``)."""
+        self._hold_cookies = True
+        self.notify(
+            events.CookieRejected(
+                self.request,
+                f"cookies named {self._factory.cookie_name!r} {what}: none is used, "
+                "none is deleted",
+            )
+        )
+        return None, None, {}, None
 
     def _session_cookies(self, header: str) -> list[str]:
         """The values of the session's cookies in a Cookie header, in the browser's order.
@@ -903,6 +931,8 @@ class Session(MutableMapping[str, Any]):
 
     def _decide_cookie(self, send: bool, unstored: bool) -> None:
         """The cookie to set (``send``), or the browser's to delete, once committed."""
+        if self._hold_cookies and not self._regenerated:
+            return  # see _fail_closed: the browser's cookies stay as they are
         old = self._delete_cookie
         if send:
             value = self._cookie_value(unstored=unstored)

@@ -227,6 +227,18 @@ class RowStorage:
             self.execute(dbsession, keep.values({self.version_column: self.version_column}))
         return dbsession.get(model, sid, with_for_update=True, populate_existing=True)
 
+    def lineage_lives(self, dbsession: Any, lineage: str) -> bool:
+        """Whether a row of the session whose ids start with ``lineage`` exists.
+
+        For a cookie whose id names no row: a session regenerated since (a
+        login) still lives under another id of its lineage.
+        """
+        pk = self.pk_column
+        in_lineage = sa.and_(pk >= lineage, pk < lineage + "g", pk.startswith(lineage))
+        with dbsession.no_autoflush:
+            found = dbsession.execute(sa.select(pk).where(in_lineage).limit(1)).first()
+        return found is not None
+
     def _get(self, dbsession: Any, sid: str) -> Any:
         """What ``dbsession.get(model, sid)`` returns, for less: one Core SELECT.
 

@@ -59,9 +59,13 @@ def _views(config: Any) -> None:
     def whoami(request: Any) -> Any:
         return {"userid": request.authenticated_userid, "data": dict(request.session)}
 
+    def login_free_write(request: Any) -> Any:
+        request.session.update(request.json_body)
+        return {"userid": request.authenticated_userid}
+
     for func in (login, logout_redirect, logout_then_fail, invalidate_redirect, others_redirect):
         view(func.__name__, func)
-    for func in (others, everyone_redirect, whoami):
+    for func in (others, everyone_redirect, whoami, login_free_write):
         view(func.__name__, func)
 
 
@@ -287,7 +291,8 @@ def test_a_planted_cookie_of_a_dead_session_does_not_log_the_user_out(app):
             response = browser.get("/whoami", headers=_cookie_header(*values))
         assert response.json["userid"] == 7
         assert set_cookies(response) == []
-        assert sql.kinds() == ["SELECT", "SELECT"]  # every cookie is looked up
+        # every cookie is looked up, and the dead one's lineage (was it a login's old id?)
+        assert sql.kinds() == ["SELECT", "SELECT", "SELECT"]
 
 
 @pytest.mark.parametrize("order", ["attacker first", "victim first"])
@@ -305,6 +310,52 @@ def test_a_planted_live_session_never_puts_the_victim_in_another_account(app, lo
     # both sessions live on: the victim's own cookie, alone, still opens the victim's
     assert victim.get("/whoami").json["userid"] == 7
     assert attacker.get("/whoami").json["userid"] == 666
+
+
+def _cookie_only(app: Any) -> str:
+    """A valid cookie of a session with nothing stored (what a CSRF page would set)."""
+    import os
+
+    from sessions_kernel.crypto import encode_payload
+    from sessions_kernel.session import UNSTORED_EXTRA
+
+    return app.factory.serializer.dumps(encode_payload(os.urandom(32), {UNSTORED_EXTRA: b""}))
+
+
+def test_a_fail_closed_request_sets_no_cookie_that_would_replace_the_victims(app):
+    """The chain the second review found: the planted live session makes the request fail
+    closed, and the page's own Set-Cookie (an anonymous write, a CSRF token) then replaced
+    the victim's cookie, leaving the planted one the only stored session."""
+    attacker, victim = _login(app, user=2), _login(app, user=7)
+    header = _cookie_header(attacker.cookies["session"], victim.cookies["session"])
+    response = app.new_browser().post_json("/login_free_write", {"cart": [1]}, headers=header)
+    assert response.json["userid"] is None and set_cookies(response) == []
+    assert victim.get("/whoami").json["userid"] == 7  # the victim's cookie is intact
+
+
+@pytest.mark.parametrize("order", ["cookie-only first", "live first"])
+def test_a_planted_live_session_beside_a_cookie_only_one_is_not_used(app, log, order):
+    attacker = _login(app, user=2)
+    cookies = [_cookie_only(app), attacker.cookies["session"]]
+    if order == "live first":
+        cookies.reverse()
+    response = app.new_browser().get("/whoami", headers=_cookie_header(*cookies))
+    assert response.json["userid"] is None and set_cookies(response) == []
+    assert "with nothing stored" in _rejected(log)[-1]
+
+
+def test_cookie_values_are_read_exactly(app):
+    """One pair of quotes around a value, and Cookie lines a server joined with a comma;
+    a stray quote makes another value, which opens nothing."""
+    victim = _login(app)
+    value = victim.cookies["session"]
+    for header in (f'session="{value}"', f"session=x, session={value}", f"session= {value} "):
+        response = app.new_browser().get("/whoami", headers={"Cookie": header})
+        assert response.json["userid"] == 7, header
+        assert set_cookies(response) == [], header
+    for stray in (f'session="{value}', f'session={value}"', f'session=""{value}""'):
+        response = app.new_browser().get("/whoami", headers={"Cookie": stray})
+        assert response.json["userid"] is None, stray
 
 
 @pytest.mark.parametrize("planted", ["garbage", "dead"])
