@@ -25,7 +25,8 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import overload
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -103,17 +104,44 @@ class KitKey(str):
     __slots__ = ()
 
 
-class SecretKeys(tuple[bytes, ...]):
-    """The raw keys of ``session.secret_key``: a tuple of 32-byte keys that never shows them.
+class SecretKeys:
+    """The raw keys of ``session.secret_key``: 32-byte keys that never show themselves.
 
-    What :func:`parse_secret_keys` returns and ``factory.config.values`` holds.
-    Its ``repr`` and ``str`` say how many keys there are and nothing else, so
-    that a traceback tool dumping local variables, a debug toolbar listing the
-    settings, ``SESSIONS_TRACE_HOOKS`` or a log line of the settings cannot
-    print a key.
+    What :func:`parse_secret_keys` returns and ``factory.config.values`` holds:
+    iterate it, index it, take its ``len``. Its ``repr`` and ``str`` say how
+    many keys there are and nothing else, and it is not a tuple or a list,
+    so that a traceback tool dumping local variables (which walks sequences
+    item by item), a debug toolbar listing the settings,
+    ``SESSIONS_TRACE_HOOKS`` or a log line of the settings cannot print a key.
     """
 
-    __slots__ = ()
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[bytes] = ()) -> None:
+        self._keys = tuple(keys)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> SecretKeys: ...
+    def __getitem__(self, index: int | slice) -> bytes | SecretKeys:
+        if isinstance(index, slice):
+            return SecretKeys(self._keys[index])
+        return self._keys[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SecretKeys):
+            return self._keys == other._keys
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._keys)
 
     def __repr__(self) -> str:
         return f"<{len(self)} secret key{'s' if len(self) != 1 else ''}, hidden>"

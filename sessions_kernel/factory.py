@@ -13,7 +13,7 @@ import pluggy
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
-from .crypto import AESGCMCookieSerializer, derive_keys
+from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
@@ -170,7 +170,7 @@ class SessionFactory:
         #: again made with the first (so that old keys can be retired)
         self.primary_serializer = _primary_serializer(self.serializer)
         # derived_keys(), per (label, length)
-        self._derived: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+        self._derived: dict[tuple[bytes, int], SecretKeys] = {}
         self.default_cookie_attributes = {
             "max_age": values["cookie_max_age"],
             "path": values["cookie_path"],
@@ -254,7 +254,7 @@ class SessionFactory:
         """
         return self.session_class(request, self)._peek()
 
-    def derived_keys(self, label: bytes, length: int = 32) -> tuple[bytes, ...]:
+    def derived_keys(self, label: bytes, length: int = 32) -> SecretKeys:
         """Keys for a plugin's own cryptography, derived from ``session.secret_key``.
 
         One per key of ``secret_key``, in its order (the first is current;

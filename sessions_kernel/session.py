@@ -26,7 +26,7 @@ from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 
 from . import events
-from .crypto import TOKEN_BYTES, decode_payload, encode_payload, session_id_for
+from .crypto import TOKEN_BYTES, SecretKeys, decode_payload, encode_payload, session_id_for
 from .errors import InconsistentDataError, SessionError
 from .hookspecs import INVALIDATED
 from .model import KERNEL_COLUMNS
@@ -148,6 +148,32 @@ def _literal_sql(statement: Any, dialect: Any) -> str:
         return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     except Exception:
         return str(statement)
+
+
+def _make_private(response: Any) -> None:
+    """Keep shared caches from storing ``response`` (it sets a cookie, or shows a session).
+
+    ``Vary: Cookie`` alone is not enough: many caches ignore it. A bare
+    ``private`` or a ``no-store`` of the application's is kept; anything else
+    (``public``, a ``private`` that names only some headers) becomes ``private``.
+    """
+    headers = response.headers
+    if "Cache-Control" not in headers:
+        response.headerlist.append(("Cache-Control", "private"))
+        return
+    cache = response.cache_control
+    if cache.private == "*" or cache.no_store is True:
+        return
+    cache.public = False
+    cache.private = True
+
+
+def _private_response(request: Any, response: Any) -> None:
+    """A response callback: the page shows a session (see :meth:`Session._peek`)."""
+    _make_private(response)
+    vary = response.vary or ()
+    if "Cookie" not in vary:
+        response.vary = (*vary, "Cookie")
 
 
 def _logout_unavailable(response: Any) -> None:
@@ -584,6 +610,8 @@ class Session(MutableMapping[str, Any]):
         if row is None:
             why = "nothing stored yet" if unstored is not None else "no stored session"
             return Peek(reason=why)
+        # what the page shows of the session is the visitor's own: no shared cache stores it
+        self.request.add_response_callback(_private_response)
         self._take(row, token, extras, None)
         factory.stages.session_load(session=self)
         reason = factory.stages.session_validate(session=self)
@@ -835,7 +863,7 @@ class Session(MutableMapping[str, Any]):
         self._held.append(statement)
         return self._factory.storage.execute(self._dbsession, statement)
 
-    def derived_keys(self, label: bytes, length: int = 32) -> tuple[bytes, ...]:
+    def derived_keys(self, label: bytes, length: int = 32) -> SecretKeys:
         """Keys for a plugin's own cryptography: :meth:`SessionFactory.derived_keys
         <sessions_kernel.SessionFactory.derived_keys>` of this session's factory."""
         return self._factory.derived_keys(label, length)
@@ -1091,19 +1119,10 @@ class Session(MutableMapping[str, Any]):
         sending = (self._committed or self._in_shared_transaction()) and bool(self._cookies)
         if not (sending or self.row is not None):
             return
-        # A shared cache must never store a response that sets or deletes the cookie, nor
-        # a page made for a stored session (a logged-in page): Vary alone is not enough,
-        # many caches ignore it.
-        headers = response.headers
-        if "Cache-Control" not in headers:
-            response.headerlist.append(("Cache-Control", "private"))
-        else:
-            cache = response.cache_control
-            if not (cache.private or cache.no_store):
-                cache.public = False
-                cache.private = True
+        _make_private(response)
         if not sending:
             return
+        headers = response.headers
         factory = self._factory
         sent = headers.getall("Set-Cookie")
         for action, value, attrs in self._cookies:

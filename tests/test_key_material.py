@@ -132,3 +132,9 @@ def test_the_keys_repr_says_how_many_and_nothing_else():
     keys = parse_secret_keys(f"{generate_secret_key()} {generate_secret_key()}")
     assert repr(keys) == str(keys) == "<2 secret keys, hidden>"
     assert len(keys) == 2 and all(len(k) == 32 for k in keys)  # still the keys to use
+    # not a sequence: a dumper of local variables (Sentry's, say) walks sequences item by
+    # item and would print each key's bytes
+    from collections.abc import Sequence
+
+    assert not isinstance(keys, (tuple, list, Sequence))
+    assert repr(keys[1:]) == "<1 secret key, hidden>"

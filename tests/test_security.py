@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kernel_support import set_cookies
 from pyramid.httpexceptions import HTTPFound
+from pyramid.interfaces import ISessionFactory
 from pyramid.security import forget, remember
 from sessions_userid import UseridMixin, UserSessionSecurityPolicy, invalidate_user_sessions
 
@@ -233,6 +234,49 @@ def test_a_public_logged_in_page_is_made_private(session_app):
     app.post_json("/set", {"a": 1})
     cache = app.get("/page").headers["Cache-Control"]
     assert "private" in cache and "public" not in cache
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("private", True), ("no-store", True), ('public, max-age=600, private="Set-Cookie"', False)],
+)
+def test_only_a_bare_private_or_no_store_is_kept(session_app, given, kept):
+    """``private="Set-Cookie"`` lets a shared cache store the rest of the page."""
+
+    def views(config: Any) -> None:
+        def page(request: Any) -> Any:
+            request.session.get("a")
+            request.response.headers["Cache-Control"] = given
+            return {}
+
+        config.add_route("page", "/page")
+        config.add_view(page, route_name="page", renderer="json")
+
+    app = session_app(make_model(), configure=views)
+    app.post_json("/set", {"a": 1})
+    cache = app.get("/page").headers["Cache-Control"]
+    if kept:
+        assert cache == given
+    else:
+        assert "public" not in cache and ("private," in cache + "," or cache.endswith("private"))
+        assert 'private="Set-Cookie"' not in cache and "private=Set-Cookie" not in cache
+
+
+def test_a_page_built_from_a_peek_is_private(session_app):
+    def views(config: Any) -> None:
+        def status(request: Any) -> Any:
+            return {"valid": request.registry.getUtility(ISessionFactory).peek(request).valid}
+
+        config.add_route("status", "/status")
+        config.add_view(status, route_name="status", renderer="json")
+
+    app = session_app(make_model(), configure=views)
+    assert "Cache-Control" not in app.get("/status").headers  # no session: no opinion
+    app.post_json("/set", {"a": 1})
+    response = app.get("/status")
+    assert response.json["valid"] is True
+    assert response.headers["Cache-Control"] == "private"
+    assert "Cookie" in response.headers["Vary"]
 
 
 # -- 8. a limit on the data's size -------------------------------------------------------------

@@ -34,7 +34,7 @@ import binascii
 import functools
 import hmac
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -45,6 +45,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from zope.interface import implementer
 
 from sessions_kernel import ConfigurationError, Session, SessionFactory, StashKey, hookimpl
+from sessions_kernel.crypto import SecretKeys
 from sessions_kernel.merge import MergeConflict, MergeRule
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def _unb64(text: str, size: int) -> bytes | None:
     return raw if len(raw) == size and _b64(raw) == text else None
 
 
-def column_keys(factory: SessionFactory) -> tuple[bytes, ...]:
+def column_keys(factory: SessionFactory) -> SecretKeys:
     """The keys of the ``csrf_token`` column under ``factory``'s ``session.secret_key``.
 
     ``factory.derived_keys(KEY_LABEL, KEY_BYTES)``: one AES-256-SIV key per
@@ -150,7 +151,7 @@ def column_keys(factory: SessionFactory) -> tuple[bytes, ...]:
     return factory.derived_keys(KEY_LABEL, KEY_BYTES)
 
 
-def _keys(session: Session) -> tuple[bytes, ...]:
+def _keys(session: Session) -> SecretKeys:
     return session.derived_keys(KEY_LABEL, KEY_BYTES)
 
 
@@ -172,7 +173,7 @@ def seal(key: bytes, token: bytes) -> str:
     return _b64(AESSIV(key).encrypt(token, _ASSOCIATED_DATA))
 
 
-def open_sealed(keys: Sequence[bytes], value: str) -> tuple[bytes, int] | None:
+def open_sealed(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
     """The raw token a value of :func:`seal` holds and the index of the key that sealed it.
 
     ``None`` when ``value`` is not a sealed value, or none of ``keys``
@@ -190,7 +191,7 @@ def open_sealed(keys: Sequence[bytes], value: str) -> tuple[bytes, int] | None:
     return None
 
 
-def _opened(keys: Sequence[bytes], value: str | None) -> tuple[bytes | None, bool]:
+def _opened(keys: Iterable[bytes], value: str | None) -> tuple[bytes | None, bool]:
     """The raw token a column's value stands for, and whether to seal the value again.
 
     The format is told by the length: :data:`SEALED_LENGTH` characters are a
