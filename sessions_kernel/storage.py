@@ -45,6 +45,10 @@ def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
     return code in ("40001", "40P01")
 
 
+class _GiveWay(Exception):
+    """Raised by :meth:`RowStorage.merge`: drop this request's write; the row moved to ``args[0]``."""
+
+
 class WriteOutcome(NamedTuple):
     """What :meth:`RowStorage.update` did with the changes of a stored row."""
 
@@ -450,7 +454,13 @@ class RowStorage:
         if not written:
             base = (orig_data, orig_flash)
             lineage = lineage or stored_id[:LINEAGE_CHARS]
-            merged = self.merge(dbsession, row, stored_id, changes, base, (data, flash), lineage)
+            try:
+                merged = self.merge(
+                    dbsession, row, stored_id, changes, base, (data, flash), lineage
+                )
+            except _GiveWay as moved:
+                dbsession.expunge(row)
+                return WriteOutcome(False, stored_id, moved_to=moved.args[0])
             if merged is None:
                 dbsession.expunge(row)
                 return WriteOutcome(False, stored_id, gone=True)
@@ -604,6 +614,10 @@ class RowStorage:
             )
         if conflicts:
             why = f" ({'; '.join(reasons)})" if reasons else ""
+            if moved and not {"data", "flash"} & changes.keys():
+                # only plugins' bookkeeping (an idle extension, a CSRF token sealed again):
+                # the login's write stands, and this request's gives way (see update)
+                raise _GiveWay(stored_id)
             if moved:  # run again, the request would present the old id: a new session
                 raise SessionError(
                     f"session {stored_id[:12]}…: a concurrent request gave it a new id (a "

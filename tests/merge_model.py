@@ -146,7 +146,8 @@ def commit(
     ``_version`` counts writes, ``_id`` the session's ids: a request whose
     session got a new id from another since it read it merges onto the new id
     (its own new id dropped); when no merge is right there, it is refused
-    (run again, it would present the old id and start a new session).
+    (run again, it would present the old id and start a new session), unless
+    it changed only columns (plugins' bookkeeping): then its write gives way.
     """
     mine = apply(base, op)
     regenerate = bool(op.get("regenerate"))
@@ -157,8 +158,8 @@ def commit(
     merged = merge(state, base, mine)
     moved = state["_id"] != base["_id"]
     if merged is None:
-        if moved:
-            return state, False
+        if moved:  # refused; or, when it changed only columns (bookkeeping), it gives way
+            return state, mine["data"] == base["data"]
         return commit(state, state, op)  # run again on the newer row: nothing in between
     new_id = state["_id"] + (regenerate and not moved)
     return {**merged, "_version": state["_version"] + 1, "_id": new_id}, True
