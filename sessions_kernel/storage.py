@@ -46,7 +46,7 @@ def _is_serialization_failure(exc: sa.exc.DBAPIError) -> bool:
 
 
 class _GiveWay(Exception):
-    """Raised by :meth:`RowStorage.merge`: drop this request's write; the row moved to ``args[0]``."""
+    """From :meth:`RowStorage.merge`: drop this write; the row moved to ``args[0]``."""
 
 
 class WriteOutcome(NamedTuple):
