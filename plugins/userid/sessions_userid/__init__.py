@@ -225,11 +225,11 @@ def _refuse_merged_back(factory: SessionFactory, event: SessionMerged) -> None:
     stash = session.stash
     written_as = stash.get(_WRITTEN_AS, None)
     row = session.row
-    if written_as is not None and row.userid is not None and row.userid != written_as:
+    if written_as is not None and row.userid != written_as:
         why = (
-            "another user logged in to its session while this request ran, and this "
-            "request's changes, made for the previous user, would have been merged into "
-            "the new user's session"
+            "its user changed while this request ran (another user logged in, or the "
+            "user logged out), and this request's changes, made for the previous user, "
+            "would have been merged into a session that is no longer theirs"
         )
     else:
         writing = stash.get(_WRITING, None)

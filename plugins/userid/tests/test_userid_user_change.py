@@ -282,3 +282,20 @@ def test_a_concurrent_write_that_brings_nothing_back_merges_without_running_agai
     assert login.attempts == 1  # no second run
     assert len(merges) == 1  # the login merged onto the reader's extension
     assert stored(app) == (A, {}, None)
+
+
+def test_a_write_of_the_previous_user_stays_out_after_a_login_and_a_logout(app):
+    """B's request loads before A's login and commits after A logged out again (``userid =
+    None``, which keeps the data): B's write must not land in the now anonymous session,
+    whose data the next login would keep."""
+    b_logged_in(app)
+    with Race(app, share_cookies=True) as race:
+        b = race.start("/set", json={"last_order": "B's order 42"})
+        login = race.start("/login", json={"user": A})
+        login.finish()
+        logout = race.start("/switch", json={"user": None})
+        logout.finish()
+        b.finish()
+    assert b.response.status_int == 500 and "nothing was stored" in b.response.json["error"]
+    rows = [json.loads(row.data) for row in app.rows()]
+    assert rows == [{}]
