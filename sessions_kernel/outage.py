@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 
 #: What an error means: ``"retry"`` (the server rolled the transaction back: run the
 #: request again), ``"unavailable"`` (the database could not be reached or refused to
-#: start the work: nothing was done, run it again) or ``"unknown-outcome"`` (the
-#: connection broke during ``COMMIT``: it may have committed; not run again).
-Kind = Literal["retry", "unavailable", "unknown-outcome"]
+#: start the work: nothing was done, run it again), ``"unknown-outcome"`` (the
+#: connection broke during ``COMMIT``: it may have committed; not run again) or ``"busy"``
+#: (no pooled connection came free in time: nothing was done; not run again at once).
+Kind = Literal["retry", "unavailable", "unknown-outcome", "busy"]
 #: Where an error happened: ``"connect"``, ``"statement"``, ``"commit"`` or ``"rollback"``.
 Phase = Literal["connect", "statement", "commit", "rollback"]
 
@@ -206,9 +207,14 @@ def classify_error(error: BaseException) -> Kind | None:
     * ``"unknown-outcome"``: the connection broke during ``COMMIT`` (or where
       :func:`error_phase` cannot tell): the transaction may have committed. Running
       it again could apply it twice, so it is not retried.
+    * ``"busy"``: no connection of the pool came free in time (SQLAlchemy's
+      ``TimeoutError``): nothing was done, but running it again at once would
+      only wait again, so it is not retried.
 
     An error of the application's own (a missing table, a constraint) is ``None``.
     """
+    if isinstance(error, sa.exc.TimeoutError):
+        return "busy"
     kind = _kind_by_driver(error)
     if kind != "disconnect":
         return kind
@@ -358,6 +364,7 @@ _LABELS: dict[Kind, str] = {
     "retry": "conflict or lost connection",
     "unavailable": "database unavailable",
     "unknown-outcome": "database connection lost at COMMIT",
+    "busy": "no database connection free",
 }
 _DETAILS: dict[Kind, str] = {
     "retry": "The database could not complete the request (concurrent requests conflicted, "
@@ -366,6 +373,7 @@ _DETAILS: dict[Kind, str] = {
     "try again in a moment.",
     "unknown-outcome": "The connection to the database was lost while the request was being "
     "committed: its changes may or may not have been saved. Check before trying again.",
+    "busy": "The server is busy (no database connection came free in time); try again in a moment.",
 }
 
 
@@ -405,7 +413,7 @@ def outage_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callab
         if found is None:
             return None
         db_error, kind = found
-        if kind != "unknown-outcome" and mark_error_retryable is not None:
+        if kind in ("retry", "unavailable") and mark_error_retryable is not None:
             mark_error_retryable(error)
             if is_error_retryable(request, error):
                 return None  # pyramid_retry runs the request again

@@ -796,8 +796,20 @@ class RowStorage:
             setattr(row, key, value)
 
     def replay(self, dbsession: Any, statements: Iterable[Any]) -> None:
-        """Run ``statements`` in a transaction of their own (the request's was aborted)."""
+        """Run ``statements`` in a transaction of their own (the request's was aborted).
+
+        Once more on a fresh connection if the connection broke (the statements
+        are DELETEs and key UPDATEs by key or lineage: running them twice is
+        harmless), since what aborted the request was often that same break.
+        """
         engine = dbsession.get_bind(self.model)
-        with engine.begin() as connection:
-            for statement in statements:
-                connection.execute(statement)
+        statements = list(statements)
+        for attempt in (1, 2):
+            try:
+                with engine.begin() as connection:
+                    for statement in statements:
+                        connection.execute(statement)
+                return
+            except sa.exc.DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise

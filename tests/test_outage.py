@@ -347,3 +347,46 @@ def test_an_exception_view_s_500_for_an_outage_becomes_a_503():
         config.add_exception_view(error_view, context=sa.exc.DBAPIError, renderer="json")
         app = webtest.TestApp(config.make_wsgi_app())
     assert app.get("/down", status=503).headers["Retry-After"] == "1"
+
+
+def test_a_pool_with_no_connection_free_is_a_clean_503_at_once(tmp_path):
+    """Every connection of the pool is taken (a slow report, a leak): a request waiting
+    for one gets 503 with Retry-After, not SQLAlchemy's TimeoutError and a traceback, and
+    is not run again (it would only wait again)."""
+    import sqlalchemy as sa
+    import webtest
+    from pyramid.config import Configurator
+
+    from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession, add_test_views, make_model
+
+    engine = sa.create_engine(
+        f"sqlite:///{tmp_path / 'busy.sqlite'}", pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    model = make_model()
+    model.metadata.create_all(engine)
+    settings = {
+        "session.secret_key": TEST_SECRET_KEY,
+        "session.model_class": model,
+        "retry.attempts": "3",
+        "tm.manager_hook": "pyramid_tm.explicit_manager",
+    }
+    attempts = []
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_retry")
+        add_dbsession(config, engine)
+        config.include("sessions_kernel")
+        add_test_views(config)
+        config.add_subscriber(lambda event: attempts.append(1), "pyramid.events.NewRequest")
+        app = webtest.TestApp(config.make_wsgi_app())
+    app.post_json("/set", {"a": 1})
+    held = engine.connect()  # the pool's only connection
+    try:
+        attempts.clear()
+        response = app.get("/read", status=503)
+    finally:
+        held.close()
+    assert response.headers["Retry-After"] == "1"
+    assert "busy" in response.text
+    assert len(attempts) == 1
+    assert app.get("/read").json["data"] == {"a": 1}

@@ -145,6 +145,29 @@ def test_a_logout_that_cannot_be_run_again_says_so_and_names_the_live_session(
     assert app.rows() == []
 
 
+def test_a_logout_replayed_over_a_broken_connection_is_run_once_more(app, monkeypatch):
+    """The connection that aborted the request is often the one the replay gets first."""
+    import sqlalchemy as sa
+
+    user = _login(app)
+    engine = app.engine
+    begin, broken = engine.begin, []
+
+    def begin_once_broken() -> Any:
+        if not broken:
+            broken.append(1)
+            raise sa.exc.OperationalError(
+                "DELETE", {}, Exception("server closed the connection"), connection_invalidated=True
+            )
+        return begin()
+
+    monkeypatch.setattr(engine, "begin", begin_once_broken)
+    response = user.get("/logout_redirect", status=302)
+    assert broken == [1] and _deletes_the_cookie(response)
+    monkeypatch.undo()
+    assert app.rows() == []
+
+
 def test_logout_in_a_view_that_then_fails_holds(app):
     user = _login(app)
     thief = _stolen(app, user)
