@@ -172,15 +172,19 @@ def key_weakness(raw: bytes) -> str | None:
     * 31 or more of the 32 bytes printable ASCII or white space (a passphrase
       or a hex string in base64); a random key has about 12;
     * fewer than 16 distinct byte values, or fewer than 16 distinct steps
-      between neighbouring bytes (all zeros, a repeated pattern, a counter);
-      a random key has about 30 of each;
+      between neighbouring bytes, or between neighbouring steps (all zeros, a
+      repeated pattern, a counter, squares); a random key has about 30 of each;
+    * six equal bytes in a row (a short key padded with zeros);
     * a key :data:`PUBLISHED_KEYS` lists.
     """
     if sum(32 <= b < 127 or 9 <= b <= 13 for b in raw) >= 31:
         return "decodes to text (a passphrase?), not to random bytes"
-    steps = {(b - a) % 256 for a, b in itertools.pairwise(raw)}
-    if len(set(raw)) < 16 or len(steps) < 16:
+    steps = [(b - a) % 256 for a, b in itertools.pairwise(raw)]
+    curves = {(b - a) % 256 for a, b in itertools.pairwise(steps)}
+    if len(set(raw)) < 16 or len(set(steps)) < 16 or len(curves) < 16:
         return "is not random: its bytes repeat or follow a pattern"
+    if any(len(set(raw[i : i + 6])) == 1 for i in range(len(raw) - 5)):
+        return "is not random: it has a run of equal bytes (padding?)"
     if hashlib.sha256(raw).hexdigest() in PUBLISHED_KEYS:
         return (
             "is published in the documentation or the tests of sessions_kernel, "
@@ -203,7 +207,10 @@ def key_text_weakness(text: str) -> str | None:
     * letters of one case only, or digits only (about once in 10^15);
     * hex digits only (about once in 10^20);
     * no uppercase letter, or no lowercase letter (about once in 5 billion each);
-    * fewer than 17 distinct symbols (about once in 10^12; a random key has about 31).
+    * fewer than 17 distinct symbols (about once in 10^12; a random key has about 31);
+    * 30 or more of its 42 neighbouring pairs next to each other in the alphabet,
+      among the digits or on a keyboard, or the same letter (a keyboard walk, the
+      alphabet; about once in 10^10, a random key has about 9).
     """
     body = text.rstrip("=")
     kinds = [any(c.isupper() for c in body), any(c.islower() for c in body)]
@@ -216,7 +223,30 @@ def key_text_weakness(text: str) -> str | None:
         return "lacks upper- or lowercase letters (typed or derived?), not random base64"
     if len(set(body)) < 17:
         return "uses too few distinct characters to be random base64"
+    if sum(_neighbours(a, b) for a, b in itertools.pairwise(body.lower())) >= 30:
+        return "follows the alphabet or the keyboard (a walk?), not random base64"
     return None
+
+
+_KEYBOARD = ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")
+_KEY_AT = {
+    key: (row, column) for row, keys in enumerate(_KEYBOARD) for column, key in enumerate(keys)
+}
+
+
+def _neighbours(a: str, b: str) -> bool:
+    """Whether two (lowercased) characters are the same, next in the alphabet or among the
+    digits, or next to each other on a keyboard (in a row, or on the rows above or below)."""
+    if a == b or (
+        a.isalnum() and b.isalnum() and a.isalpha() == b.isalpha() and abs(ord(a) - ord(b)) == 1
+    ):
+        return True
+    if a in _KEY_AT and b in _KEY_AT:
+        (row_a, col_a), (row_b, col_b) = _KEY_AT[a], _KEY_AT[b]
+        return (row_a == row_b and abs(col_a - col_b) == 1) or (
+            abs(row_a - row_b) == 1 and abs(col_a - col_b) <= 1
+        )
+    return False
 
 
 def generate_secret_key() -> str:

@@ -87,6 +87,13 @@ REFUSED = {
     "mixed-case hex": ("DEADbeef0123456789abcdefABCDEF0123456789abc=", "is hex digits only"),
     "no uppercase": ("correct-horse-battery-staple-1234567890-xyz=", "lacks upper- or"),
     "few distinct characters": ("aB1aB1aB1aB1cD2cD2cD2cD2eF3eF3eF3eF3gH4gH4g=", "uses too few"),
+    # what the second review got past the rules above
+    "the alphabet": ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq=", "follows the alphabet"),
+    "alternating case": ("AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIjKlMnOpQ=", "follows the alphabet"),
+    "a keyboard walk": ("QwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUiOpAsDfGhJ=", "follows the alphabet"),
+    "a column walk": ("1qaz2wsx3edc4rfv5tgb6yhn7ujm8ikLOLPQAZWSXED=", "follows the alphabet"),
+    "16 bytes padded with zeros": (_b64(os.urandom(16) + bytes(16)), "is not random"),
+    "squares": (_b64(bytes(i * i % 256 for i in range(100, 132))), "is not random"),
     "a space inside": ("abc def", "is not a 256-bit key"),
     "too short": (generate_secret_key()[:40], "is not a 256-bit key"),
     # published: in the docs, in the tests before, the kit's key as text
