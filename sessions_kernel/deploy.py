@@ -369,6 +369,18 @@ def _data(values: Mapping[str, Any]) -> list[Finding]:
                 "remove session.accept_unbound_cookies_until",
             )
         )
+    if values.get("cookie_previous_name"):
+        found.append(
+            Finding(
+                "kernel.cookie_previous_name",
+                "session.cookie_previous_name",
+                f"session.cookie_previous_name = {values['cookie_previous_name']} is on: a "
+                "cookie of that name, which another host can plant, is still read and "
+                "replaced by one of the current name",
+                "remove session.cookie_previous_name once your longest session has passed "
+                "since the rename",
+            )
+        )
     return found
 
 

@@ -215,6 +215,7 @@ WEAKNESSES = [
     ({"session.max_data_size": "none"}, ["kernel.max_data_size"]),
     ({"session.lock_contended_for": "0"}, ["kernel.lock_contended_for"]),
     ({"session.accept_unbound_cookies_until": "2020-01-31"}, ["kernel.unbound_cookies"]),
+    ({"session.cookie_previous_name": "session"}, ["kernel.cookie_previous_name"]),
     # the timeouts: the plugins' own checks
     ({"session.idle_timeout": None}, ["idle_timeout.off"]),
     (
