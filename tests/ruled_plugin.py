@@ -17,6 +17,7 @@ carries ``X-Session-Data``: the session's data once the transaction committed.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,3 +111,24 @@ def configure(config: Any) -> None:
 
     config.add_route("op", "/op")
     config.add_view(op, route_name="op", renderer="json")
+
+
+def make_app(engine: Any, *mixins: type, configure: Any = configure, **settings: str) -> Any:
+    """A test app whose model has :class:`RuledMixin` (and ``mixins``), its table created.
+
+    A session that lost a conflict would load locked for ``lock_contended_for``
+    seconds: a request a race left paused would then hold the row's lock, and
+    the next one wait for it (see ``Race``), so it is 0 here.
+    """
+    from sessions_kernel.testing import SessionTestApp, make_model
+
+    model = make_model(RuledMixin, *mixins)
+    model.metadata.drop_all(engine)
+    model.metadata.create_all(engine)
+    return SessionTestApp(
+        model,
+        engine,
+        plugins=[sys.modules[__name__]],
+        configure=configure,
+        settings={"lock_contended_for": "0", **settings},
+    )

@@ -23,16 +23,7 @@ LIMIT = 8192
 
 
 def make(engine, *mixins, **settings):
-    model = make_model(ruled_plugin.RuledMixin, *mixins)
-    model.metadata.drop_all(engine)
-    model.metadata.create_all(engine)
-    return SessionTestApp(
-        model,
-        engine,
-        plugins=[ruled_plugin],
-        configure=ruled_plugin.configure,
-        settings={"lock_contended_for": "0", **settings},
-    )
+    return ruled_plugin.make_app(engine, *mixins, **settings)
 
 
 @pytest.fixture

@@ -19,25 +19,14 @@ import pytest
 import ruled_plugin
 from hypothesis import HealthCheck, given, note, settings
 
-from sessions_kernel.testing import Race, SessionTestApp, make_model
+from sessions_kernel.testing import Race
 
 
 @pytest.fixture
 def app(merging_engine):
-    model = make_model(ruled_plugin.RuledMixin)
-    model.metadata.drop_all(merging_engine)
-    model.metadata.create_all(merging_engine)
-    app = SessionTestApp(
-        model,
-        merging_engine,
-        plugins=[ruled_plugin],
-        configure=ruled_plugin.configure,
-        # a session that lost a conflict would load locked for 30 s: a paused request would
-        # then hold the row's lock, and the next one wait for it (see Race)
-        settings={"lock_contended_for": "0"},
-    )
+    app = ruled_plugin.make_app(merging_engine)
     yield app
-    model.metadata.drop_all(merging_engine)
+    app.model.metadata.drop_all(merging_engine)
 
 
 @settings(

@@ -20,18 +20,9 @@ from sessions_kernel.testing import Race, SessionTestApp, make_model
 
 @pytest.fixture
 def app(merging_engine):
-    model = make_model(ruled_plugin.RuledMixin)
-    model.metadata.drop_all(merging_engine)
-    model.metadata.create_all(merging_engine)
-    app = SessionTestApp(
-        model,
-        merging_engine,
-        plugins=[ruled_plugin],
-        configure=ruled_plugin.configure,
-        settings={"lock_contended_for": "0"},
-    )
+    app = ruled_plugin.make_app(merging_engine)
     yield app
-    model.metadata.drop_all(merging_engine)
+    app.model.metadata.drop_all(merging_engine)
 
 
 def race_a_over_b(app, a_body, b_body):
@@ -213,10 +204,9 @@ def test_a_change_after_the_row_was_written_is_refused_not_lost(merging_engine):
         config.add_route("late", "/late")
         config.add_view(view, route_name="late", renderer="json")
 
-    model = make_model(ruled_plugin.RuledMixin)
-    model.metadata.create_all(merging_engine)
+    app = ruled_plugin.make_app(merging_engine, configure=configure)
+    model = app.model
     try:
-        app = SessionTestApp(model, merging_engine, plugins=[ruled_plugin], configure=configure)
         app.post_json("/op", {"data": {"start": 1}})
         with Race(app) as race:
             a = race.start("/op", json={"set": {"c_latest": 5}, "data": {"a": 1}})
