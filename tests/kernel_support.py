@@ -73,13 +73,18 @@ class EventLog(list):
 
 def make_included_app(
     engine: sa.Engine,
-    settings: Mapping[str, str],
+    settings: Mapping[str, Any],
     configure: Callable[[Configurator], None] | None = None,
+    *,
+    retry: bool = False,
 ) -> webtest.TestApp:
     """An application configured the way users do it: ini-style settings and
-    ``config.include('sessions_kernel')`` (pyramid_tm, ``request.dbsession``)."""
+    ``config.include('sessions_kernel')`` (pyramid_tm, ``request.dbsession``, and
+    pyramid_retry with ``retry``)."""
     with Configurator(settings=dict(settings)) as config:
         config.include("pyramid_tm")
+        if retry:
+            config.include("pyramid_retry")
         add_dbsession(config, engine)
         config.include("sessions_kernel")
         add_test_views(config)

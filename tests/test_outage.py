@@ -18,6 +18,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 import webtest
+from kernel_support import make_included_app
 from pyramid.config import Configurator
 from pyramid.interfaces import ITweens
 
@@ -222,12 +223,8 @@ def app_raising(errors: list[BaseException], *, at_commit: bool = False, attempt
         "session.secret_key": TEST_SECRET_KEY,
         "session.model_class": model,
     }
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_tm")
-        config.include("pyramid_retry")
-        config.include("sessions_kernel")
-        add_dbsession(config, sa.create_engine("sqlite://"))
 
+    def configure(config: Configurator) -> None:
         def view(request: Any) -> Any:
             calls.append(request.environ["retry.attempt"])
             error = errors.pop(0) if errors else None
@@ -243,8 +240,9 @@ def app_raising(errors: list[BaseException], *, at_commit: bool = False, attempt
 
         config.add_route("view", "/")
         config.add_view(view, route_name="view", renderer="json")
-        app = config.make_wsgi_app()
-    return webtest.TestApp(app), calls
+
+    app = make_included_app(sa.create_engine("sqlite://"), settings, configure, retry=True)
+    return app, calls
 
 
 def shutdown(statement: str | None = "SELECT 1") -> Exception:
@@ -353,12 +351,6 @@ def test_a_pool_with_no_connection_free_is_a_clean_503_at_once(tmp_path):
     """Every connection of the pool is taken (a slow report, a leak): a request waiting
     for one gets 503 with Retry-After, not SQLAlchemy's TimeoutError and a traceback, and
     is not run again (it would only wait again)."""
-    import sqlalchemy as sa
-    import webtest
-    from pyramid.config import Configurator
-
-    from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession, add_test_views, make_model
-
     engine = sa.create_engine(
         f"sqlite:///{tmp_path / 'busy.sqlite'}", pool_size=1, max_overflow=0, pool_timeout=0.2
     )
@@ -371,14 +363,11 @@ def test_a_pool_with_no_connection_free_is_a_clean_503_at_once(tmp_path):
         "tm.manager_hook": "pyramid_tm.explicit_manager",
     }
     attempts = []
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_tm")
-        config.include("pyramid_retry")
-        add_dbsession(config, engine)
-        config.include("sessions_kernel")
-        add_test_views(config)
+
+    def count_attempts(config: Configurator) -> None:
         config.add_subscriber(lambda event: attempts.append(1), "pyramid.events.NewRequest")
-        app = webtest.TestApp(config.make_wsgi_app())
+
+    app = make_included_app(engine, settings, count_attempts, retry=True)
     app.post_json("/set", {"a": 1})
     held = engine.connect()  # the pool's only connection
     try:
