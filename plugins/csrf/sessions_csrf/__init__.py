@@ -564,3 +564,47 @@ def session_persist(session: Session, row: Any) -> None:
     else:
         token = secrets.token_bytes(TOKEN_BYTES)
     row.csrf_token = seal(_keys(session)[0], token)
+
+
+# -- deploy checks (``psessions CONFIG check``) --------------------------------------------
+
+if TYPE_CHECKING:
+    from sessions_kernel.deploy import Finding
+
+
+@hookimpl
+def session_deploy_checks(registry: Any, active: bool) -> list[Finding]:
+    """``csrf.policy``: Pyramid's CSRF storage policy is not this plugin's;
+    ``csrf.require``: views check tokens only where each asks (``require_csrf`` off)."""
+    from pyramid.interfaces import IDefaultCSRFOptions
+
+    from sessions_kernel.deploy import Finding
+
+    if not active or registry is None:
+        return []
+    found = []
+    policy = registry.queryUtility(ICSRFStoragePolicy)
+    if not isinstance(policy, ColumnCSRFStoragePolicy):
+        found.append(
+            Finding(
+                "csrf.policy",
+                "config.include('sessions_csrf')",
+                f"the model includes CSRFMixin, but Pyramid's CSRF storage policy is "
+                f"{type(policy).__name__}: the tokens are not the ones this plugin keeps in "
+                "the session's row",
+                "add config.include('sessions_csrf') to main()",
+            )
+        )
+    options = registry.queryUtility(IDefaultCSRFOptions)
+    if options is None or not options.require_csrf:
+        found.append(
+            Finding(
+                "csrf.require",
+                "config.set_default_csrf_options",
+                "views check CSRF tokens only where each asks (Pyramid's require_csrf is off "
+                "by default): a view that forgets accepts forged requests",
+                "config.set_default_csrf_options(require_csrf=True) in main(); exempt a view "
+                "with require_csrf=False",
+            )
+        )
+    return found

@@ -471,3 +471,32 @@ def session_last_active(row: Any) -> int | None:
     """An acknowledgement or an offer happens on a request, often a read-only one."""
     times = [t for t in (row.renewal_at, row.renewal_offered_at) if t is not None]
     return max(times) if times else None
+
+
+# -- deploy checks (``psessions CONFIG check``) --------------------------------------------
+
+if TYPE_CHECKING:
+    from sessions_kernel.deploy import Finding
+
+
+@hookimpl
+def session_deploy_checks(settings: Mapping[str, Any], active: bool) -> list[Finding]:
+    """``renewal.off``: the model has the renewal columns but ``renewal_timeout`` is not set.
+
+    A plugin installed and left out of the model is the application's choice:
+    it reports nothing then.
+    """
+    from sessions_kernel.deploy import Finding
+
+    if not active or settings.get("renewal_timeout") is not None:
+        return []
+    return [
+        Finding(
+            "renewal.off",
+            "session.renewal_timeout",
+            "session.renewal_timeout is not set: the model has the renewal columns, but the "
+            "renewal id in the cookie never changes, so a copied cookie in use beside the "
+            "original is never detected",
+            "set session.renewal_timeout, e.g. 900 (15 minutes)",
+        )
+    ]

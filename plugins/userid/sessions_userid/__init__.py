@@ -288,3 +288,29 @@ def session_attributes() -> dict[str, Any]:
 def session_indexes(model: type) -> Sequence[str]:
     # user_sessions() and invalidate_user_sessions() select rows by user id
     return [COLUMN]
+
+
+# -- deploy checks (``psessions CONFIG check``) --------------------------------------------
+
+if TYPE_CHECKING:
+    from sessions_kernel.deploy import Finding
+
+
+@hookimpl
+def session_deploy_checks(model: Any, active: bool) -> list[Finding]:
+    """``userid.foreign_key``: the ``userid`` column has no foreign key to the users."""
+    from sessions_kernel.deploy import Finding
+
+    if not active or sa.inspect(model).columns[COLUMN].foreign_keys:
+        return []
+    name = model.__name__
+    return [
+        Finding(
+            "userid.foreign_key",
+            f"{name}.userid",
+            f"{name}.userid has no foreign key to your users: a deleted user's sessions stay "
+            "logged in under that id, and a user given that id later inherits them",
+            "redeclare userid with sa.ForeignKey(User.id, ondelete='CASCADE') (see the "
+            "sessions-userid README's section on the mixin)",
+        )
+    ]
