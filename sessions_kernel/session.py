@@ -1101,7 +1101,7 @@ class Session(MutableMapping[str, Any]):
                 environ["HTTP_COOKIE"] = ";".join([*kept, f" {name}={value}"]).strip()
 
     def _respond(self, request: Request, response: Response) -> None:
-        if self._loaded and self._logout_failed:
+        if self.__dict__.get("_logout_failed"):  # see _replay_logouts (no state made)
             _logout_unavailable(response)
             return
         headerlist = response.headerlist
