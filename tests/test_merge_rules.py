@@ -1,5 +1,8 @@
 """Plugins' merge rules: the kernel's rules, their declaration, and the start-up checks.
 
+The renewal plugin's group rule is tested with the plugin
+(``plugins/renewal/tests/test_renewal_attacks.py``).
+
 The merges themselves, under real concurrency on every database, are in
 test_concurrency.py.
 """
@@ -12,11 +15,9 @@ import types
 import hits_plugin
 import pytest
 from pyramid.config import Configurator
-from sessions_renewal import merge_states
 
 from sessions_kernel import ConfigurationError, hookimpl, session_factory
 from sessions_kernel.merge import (
-    MergeConflict,
     add_both,
     droppable,
     earliest,
@@ -38,34 +39,6 @@ def test_the_kernels_rules():
     assert add_both(3, None, 5) == 2 and add_both(3, 4, None) == 1
     assert latest.droppable and earliest.droppable and keep_theirs.droppable
     assert not hasattr(add_both, "droppable")  # a dropped increment would be lost
-
-
-def _state(renewal_id, at, candidate=None, offered=None, previous=None):
-    return {
-        "renewal_id": renewal_id,
-        "renewal_at": at,
-        "renewal_candidate": candidate,
-        "renewal_offered_at": offered,
-        "renewal_previous": previous,
-    }
-
-
-def test_renewal_keeps_the_state_further_on():
-    base = _state("P", 100, "C", 110)
-    reoffer = _state("P", 100, "C", 112)  # a request with the current id offered again
-    ack = _state("C", 112, previous="P")  # a request with the candidate acknowledged it
-    assert merge_states(base, reoffer, ack) == ack
-    assert merge_states(base, ack, reoffer) == ack
-    assert merge_states(base, ack, dict(ack)) == ack
-    first_offer = _state("P", 100, "C", 112)
-    assert merge_states(_state("P", 100), first_offer, first_offer) == first_offer
-    assert merge_states.droppable
-
-
-def test_renewal_refuses_two_chains():
-    base = _state(None, None)
-    with pytest.raises(MergeConflict, match="different renewal chains"):
-        merge_states(base, _state("R1", 100), _state("R2", 100))
 
 
 def _plugin(rules):

@@ -450,9 +450,12 @@ def test_merge_keeps_the_stored_state_unless_this_step_applies_to_it():
     # an acknowledgement of the candidate the stored state still offers applies to it
     retimed = _state("A", 100, "C1", 161)
     assert merge_states(base, ack, retimed) == ack
+    assert merge_states(base, ack, dict(ack)) == ack
     # identical steps of concurrent requests (parallel page loads)
     first = _state("A", 100, "C1", 160)
     assert merge_states(_state("A", 100), first, dict(first)) == first
+    # where the database refuses the second write outright, it gives way
+    assert merge_states.droppable
     # a further state stands against an older step
     further = _state("C1", 165, "D1", 230)
     assert merge_states(base, reoffer, further) == further
