@@ -17,14 +17,13 @@ import psycopg
 import pymysql
 import pytest
 import sqlalchemy as sa
-import webtest
 from kernel_support import make_included_app
 from pyramid.config import Configurator
 from pyramid.interfaces import ITweens
 
 from sessions_kernel import outage
 from sessions_kernel.pytest_plugin import server_url
-from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession, add_test_views, make_model
+from sessions_kernel.testing import TEST_SECRET_KEY, make_model
 
 APPLICATION_NAME = f"outage-test-{os.getpid()}"
 
@@ -326,13 +325,8 @@ def test_an_exception_view_s_500_for_an_outage_becomes_a_503():
         "session.secret_key": TEST_SECRET_KEY,
         "session.model_class": model,
     }
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_tm")
-        config.include("pyramid_retry")
-        config.include("sessions_kernel")
-        add_dbsession(config, sa.create_engine("sqlite://"))
-        add_test_views(config)
 
+    def configure(config: Configurator) -> None:
         def view(request: Any) -> Any:
             raise shutdown()
 
@@ -343,7 +337,8 @@ def test_an_exception_view_s_500_for_an_outage_becomes_a_503():
         config.add_route("down", "/down")
         config.add_view(view, route_name="down", renderer="json")
         config.add_exception_view(error_view, context=sa.exc.DBAPIError, renderer="json")
-        app = webtest.TestApp(config.make_wsgi_app())
+
+    app = make_included_app(sa.create_engine("sqlite://"), settings, configure, retry=True)
     assert app.get("/down", status=503).headers["Retry-After"] == "1"
 
 

@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import webtest
+from kernel_support import make_included_app
 from pyramid.config import Configurator
 from pyramid_retry import IBeforeRetry
 
 from sessions_kernel.pytest_plugin import server_url
-from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession, add_test_views, make_model
+from sessions_kernel.testing import TEST_SECRET_KEY, make_model
 
 WRITERS, WRITES, READS = 4, 100, 100
 KILL_EVERY = (0.005, 0.03)  # seconds between two kills, at random
@@ -102,16 +103,13 @@ def build_app(engine: sa.Engine, model: type, retries: Counter[str]) -> Any:
         "session.secret_key": TEST_SECRET_KEY,
         "session.model_class": model,
     }
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_tm")
-        config.include("pyramid_retry")
-        config.include("sessions_kernel")
-        add_dbsession(config, engine)
-        add_test_views(config)
+
+    def count_retries(config: Configurator) -> None:
         config.add_subscriber(
             lambda event: retries.update([type(event.exception).__name__]), IBeforeRetry
         )
-        return config.make_wsgi_app()
+
+    return make_included_app(engine, settings, count_retries, retry=True).app
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
