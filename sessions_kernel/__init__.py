@@ -24,7 +24,8 @@ from .factory import (
 from .hookspecs import hookimpl, hookspec
 from .maintenance import add_indexes
 from .model import BaseMixin, BlobType
-from .session import Peek, Session
+from .peek import Peek
+from .session import Session
 from .settings import SessionSettings, Setting
 from .stash import Stash, StashKey
 

@@ -17,9 +17,11 @@ from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
+from .peek import Peek, peek
+from .pipeline import no_implementation as _no_implementation
 from .plugins import FactoryConfig, ObservedPluginManager
 from .serializers import PickleSerializer
-from .session import RESERVED_ATTRIBUTES, Peek, Session, _no_implementation
+from .session import PLUGIN_ATTRIBUTES, RESERVED_ATTRIBUTES, Session
 from .storage import RowStorage
 
 if TYPE_CHECKING:
@@ -252,7 +254,7 @@ class SessionFactory:
         cookie, and leaves ``request.session`` as it was. Returns a
         :class:`~sessions_kernel.Peek`.
         """
-        return self.session_class(request, self)._peek()
+        return peek(self.session_class(request, self))
 
     def derived_keys(self, label: bytes, length: int = 32) -> SecretKeys:
         """Keys for a plugin's own cryptography, derived from ``session.secret_key``.
@@ -354,8 +356,8 @@ def _claim_problem(name: str, owners: Mapping[str, str]) -> str | None:
         return f"session plugin {owners[name]!r} already adds it"
     if name.startswith("_"):
         return "names starting with '_' are the kernel's private ones"
-    if name in Session.__annotations__:
-        declared = ", ".join(sorted(Session.__annotations__))
+    if name in PLUGIN_ATTRIBUTES:
+        declared = ", ".join(PLUGIN_ATTRIBUTES)
         return (
             f"the kernel reserves {name!r}: it is one of the attributes plugins rely on "
             f"({declared}), and replacing it breaks every session"

@@ -29,8 +29,8 @@ from pyramid.settings import asbool
 from sqlalchemy.orm import Mapper
 
 from . import builtin, hookspecs
-from .errors import ConfigurationError
-from .model import BaseMixin
+from .errors import ConfigurationError, SessionError
+from .model import KERNEL_COLUMNS, BaseMixin
 from .settings import HIDDEN, Setting
 
 __all__ = [
@@ -453,6 +453,21 @@ class FactoryConfig:
             if value is not None:
                 values[name] = value
         return values
+
+    def check_plugin_column(self, name: str) -> None:
+        """Raise :class:`SessionError` unless ``name`` is a plugin's column of the model
+        (``session.get_column``/``set_column``): not the kernel's, not a runtime setting."""
+        if name not in self.column_names or name in KERNEL_COLUMNS:
+            raise SessionError(
+                f"{self.model.__name__} has no plugin column {name!r}: add the mixin that "
+                "declares it to the model's bases (the kernel's own columns "
+                f"{', '.join(sorted(KERNEL_COLUMNS))} are not set this way)"
+            )
+        if name in self.configurable:
+            raise SessionError(
+                f"{name!r} is a runtime setting of {self.model.__name__}: change it "
+                "through request.session.settings"
+            )
 
     def not_configurable_message(self, name: str) -> str:
         if name not in self.settings_by_name:

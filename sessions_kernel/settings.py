@@ -22,6 +22,8 @@ from pyramid.settings import asbool
 
 from .errors import SettingsError
 
+_MISSING = object()
+
 if TYPE_CHECKING:
     from .session import Session
 
@@ -234,7 +236,7 @@ class SessionSettings(Mapping[str, Any]):
         edits = self._edits
         if edits is not None and name in edits:
             return edits[name]
-        return self._session._setting(name)
+        return self._value(name)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -301,13 +303,46 @@ class SessionSettings(Mapping[str, Any]):
         # Cross-setting rules see every setting, start-up-only ones (cookie_name) included,
         # exactly as at start-up: the global values, this session's own, then the edits.
         effective = dict(config.values)
-        effective.update((name, self._session._setting(name)) for name in config.runtime_names)
+        effective.update((name, self._value(name)) for name in config.runtime_names)
         effective.update(parsed)
         problems = config.check(effective)
         if problems:
             raise SettingsError("; ".join(problems))
-        self._session._apply_settings(parsed)
+        self._apply(parsed)
         object.__setattr__(self, "_edits", None)
+
+    def _apply(self, values: dict[str, Any]) -> None:
+        """Saved values: in force for this session from now on, and written with it."""
+        session = self._session
+        session._join()
+        state = session._state
+        state.settings_values.update(values)
+        row = session.row
+        if row is not None:
+            for name, value in values.items():
+                state.settings_loaded.setdefault(name, getattr(row, name))
+                setattr(row, name, value)
+
+    def _value(self, name: str, as_loaded: bool = False) -> Any:
+        """The value in force: saved in this request, else the row's own, else the global.
+
+        ``as_loaded`` ignores what was saved in this request (the stored value).
+        """
+        session = self._session
+        state = session._state  # loads the session first
+        if not as_loaded:
+            value = state.settings_values.get(name, _MISSING)
+            if value is not _MISSING:
+                return value
+        config = session._factory.config
+        row = session.row
+        if row is not None and name in config.configurable:
+            value = state.settings_loaded.get(name, _MISSING) if as_loaded else _MISSING
+            if value is _MISSING:
+                value = getattr(row, name)
+            if value is not None:
+                return value
+        return config.values[name]
 
     def __enter__(self) -> SessionSettings:
         return self.edit()

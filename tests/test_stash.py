@@ -226,7 +226,7 @@ def test_the_declared_attributes_are_on_the_class():
     }
     reserved = sessions_kernel.session.RESERVED_ATTRIBUTES
     assert {"request", "now", "stash", "invalidate"} <= reserved
-    assert {"_cookies", "_held"} <= reserved  # the kernel's request state, made on first use
+    assert {"_cookies", "_binding"} <= reserved  # the kernel's request state, made on first use
 
 
 def test_a_plugins_own_attribute_still_works(session_app):

@@ -1,0 +1,261 @@
+"""The transaction binding: how a request's session rides on the request's transaction.
+
+The session joins the transaction of ``request.tm`` (pyramid_tm's, or one a
+script or a test fixture began). :class:`TransactionBinding` registers the
+hooks that run the rest of the pipeline before the commit and learn how it
+ended, holds logouts (statements that must take effect even if the
+transaction is then aborted, run again in a transaction of their own), and
+serves the shared transaction of the SQLAlchemy starter's test fixtures. It
+decides *when* the response's cookies may be sent; :mod:`~sessions_kernel.cookies`
+builds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from transaction.interfaces import NoTransaction
+
+from .cookies import make_private, vary_on_cookie
+from .errors import SessionError
+
+if TYPE_CHECKING:
+    from pyramid.request import Request
+
+    from .session import Session
+
+__all__ = ["TransactionBinding", "find_transaction", "logout_unavailable"]
+
+log = logging.getLogger("sessions_kernel")
+# transaction.Transaction.status of a transaction one can still write into
+_OPEN_STATUSES = frozenset({"Active", "Doomed"})
+
+
+def find_transaction(request: Request, *, changed: bool) -> Any:
+    """The transaction of ``request.tm`` the session joins, or a SessionError saying why not.
+
+    pyramid_tm's tween begins one for each request it handles; outside it
+    (pshell, ``bootstrap``/``prepare`` scripts, tests sharing a transaction
+    across requests) whoever manages ``request.tm`` must have begun one.
+    ``changed`` tells the message whether the session was changed or first used.
+    """
+    try:
+        manager = request.tm
+    except AttributeError:
+        raise SessionError(
+            "request.session needs request.tm, the request's transaction manager: "
+            "include pyramid_tm (config.include('pyramid_tm'), as the SQLAlchemy "
+            "starter's models/__init__.py does)"
+        ) from None
+    txn = None
+    if request.environ.get("tm.active") or getattr(manager, "explicit", True):
+        with contextlib.suppress(NoTransaction):
+            txn = manager.get()
+    elif getattr(getattr(manager, "manager", manager), "_txn", True) is not None:
+        # an implicit manager's get() would begin a transaction nobody commits
+        txn = manager.get()
+    if txn is None:
+        raise SessionError(
+            f"request.session was {'changed' if changed else 'first used'} while "
+            "request.tm has no transaction begun, so nothing could store it. In "
+            "pshell, call request.tm.begin() first (the starter's pshell setup does) "
+            "and request.tm.commit() to store the session; in a script, use it "
+            "inside 'with request.tm:'; in "
+            "a tween, add the tween under pyramid_tm's (over=EXCVIEW, "
+            "under='pyramid_tm.tm_tween_factory')."
+        )
+    return txn
+
+
+def _literal_sql(statement: Any, dialect: Any) -> str:
+    """A statement with its values in it, for a log line (its text alone if that fails)."""
+    try:
+        return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    except Exception:
+        return str(statement)
+
+
+def logout_unavailable(response: Any) -> None:
+    """Turn the response into a 503: a logout did not hold, and must not look as if it had.
+
+    The browser keeps its cookie, so that the user can log out again once the
+    database answers (``Retry-After``); a redirect's ``Location`` is dropped.
+    """
+    response.status = "503 Service Unavailable"
+    response.content_type = "text/plain"
+    response.charset = "utf-8"
+    response.text = (
+        "The logout could not be completed: the database did not answer. "
+        "You are still logged in; please try again in a moment.\n"
+    )
+    dropped = {"location", "set-cookie", "cache-control", "retry-after"}
+    response.headerlist[:] = [h for h in response.headerlist if h[0].lower() not in dropped]
+    response.headerlist += [("Retry-After", "5"), ("Cache-Control", "no-store")]
+
+
+class TransactionBinding:
+    """One session's part in one transaction: made when the session joins it.
+
+    A session whose browser sent a cookie joins at its first use; one that
+    sent none, at its first change. :meth:`attach` registers the hooks once
+    the load and validate stages ran.
+    """
+
+    __slots__ = (
+        "committed",
+        "logout_failed",
+        "logouts",
+        "persisted",
+        "sealed",
+        "session",
+        "sharing",
+        "txn",
+    )
+
+    def __init__(self, session: Session, txn: Any) -> None:
+        self.session = session
+        #: the transaction of ``request.tm`` the session joined
+        self.txn = txn
+        #: the before-commit hook ran (the pipeline's last stages), or runs now
+        self.persisted = False
+        #: the row was written (or not) for this request: a later change is an error
+        self.sealed = False
+        #: the transaction committed: the response may send the cookie
+        self.committed = False
+        #: written into a transaction that goes on (see :meth:`in_shared_transaction`)
+        self.sharing = False
+        #: statements of logouts that must hold (see ``Session.execute_logout``)
+        self.logouts: list[Any] = []
+        #: a held logout could not be run again: the response says so (a 503)
+        self.logout_failed = False
+
+    def attach(self) -> None:
+        """Register the before-commit, after-commit and after-abort hooks."""
+        txn = self.txn
+        txn.addBeforeCommitHook(self.before_commit)
+        txn.addAfterCommitHook(self.after_commit)
+        txn.addAfterAbortHook(self.after_abort)
+
+    def check_open(self) -> None:
+        """Raise :class:`SessionError` once the session was written for this request.
+
+        From the row's write (or the decision not to write) until the request
+        ends, every change raises, instead of being lost (the data, the flash)
+        or written past the merge rules by the ORM's flush at commit (a
+        plugin's column).
+        """
+        if self.sealed:
+            raise SessionError(
+                "request.session was already written for this request (before its transaction "
+                "committed), so this change would not be stored. Change the session in the view "
+                "or in a hook before session_persist, not in a SessionMerged subscriber or a "
+                "response callback; in pshell, change it before "
+                "request.tm.commit(), or make a new request for the next change."
+            )
+
+    def before_commit(self) -> None:
+        """The before-commit hook: the pipeline's extend, renew and persist stages (once)."""
+        if self.persisted:  # already written into a shared transaction
+            return
+        self.persisted = True
+        session = self.session
+        pipeline = session._pipeline
+        assert pipeline is not None  # made when the session joined
+        try:
+            pipeline.resume()
+        except BaseException:
+            # A failing before-commit hook stops the commit, but the transaction package
+            # aborts nothing itself, and pyramid_tm aborts only if no exception view
+            # rendered the error. Roll back now so no connection keeps its locks.
+            dbsession = session.__dict__.get("_dbsession")
+            if dbsession is not None:
+                dbsession.rollback()
+            raise
+
+    def after_commit(self, status: bool) -> None:
+        self.committed = status
+        if not status:
+            self.replay_logouts()
+
+    def after_abort(self) -> None:
+        self.replay_logouts()
+
+    def replay_logouts(self) -> None:
+        """The transaction did not commit: run its logouts again, in one of their own.
+
+        Then the response still deletes (or, for a held regenerate, replaces)
+        the browser's cookie, and a retried attempt of the request
+        (pyramid_retry reuses the environ) sees the cookie the response sends.
+        """
+        held, self.logouts = self.logouts, []
+        if not held:
+            return
+        session = self.session
+        factory = session._factory
+        dbsession = session._dbsession
+        try:
+            factory.storage.replay(dbsession, held)
+        except Exception:
+            # The sessions it was to end are still valid: say which, by the statements
+            # (row keys and lineages are hashes, safe to log), not by this session's new id.
+            dialect = dbsession.get_bind(factory.model).dialect
+            log.exception(
+                "a logout could not be run again after its request's transaction was "
+                "aborted; these sessions stay valid until it runs (every id of a session "
+                "starts with its lineage, the first 24 hex digits): %s",
+                "; ".join(_literal_sql(statement, dialect) for statement in held),
+            )
+            self.logout_failed = True
+            return
+        cookies = session._cookies
+        cookies.outgoing = list(cookies.held)
+        self.committed = True  # what the response says is now what the database holds
+        # A retried attempt must present the new id; a deleted session's cookie it
+        # presents finds no row, and is deleted then.
+        cookies.present_to_retry(session.request.environ)
+
+    def in_shared_transaction(self) -> bool:
+        """Write the session into a transaction this request does not own; True if done.
+
+        pyramid_tm's tween clears ``tm.active`` before it commits or aborts, so
+        a response that still finds it set comes from a request whose
+        transaction is someone else's: the starter's test fixtures put
+        ``tm.active`` and ``tm.manager`` in the environ and share one
+        transaction across requests. The stages run now, into that transaction
+        (flushed, so the next request in it sees the row), and the cookie is
+        sent; committing or aborting is the owner's business. As pyramid_tm
+        would abort, a response an exception view rendered writes nothing.
+        """
+        request = self.session.request
+        if not request.environ.get("tm.active"):
+            return False
+        if self.txn.status not in _OPEN_STATUSES:  # committed, or failed
+            return False
+        if getattr(request, "exc_info", None) is not None:
+            return False  # an exception view answered: pyramid_tm would have aborted
+        self.sharing = True
+        self.before_commit()
+        return True
+
+    def respond(self, response: Any) -> None:
+        """The response of a session that joined: its cookies, once they may be sent.
+
+        They are sent once the transaction committed (or, in a transaction
+        shared across requests, once the session was written into it). A
+        response that sets a cookie or shows a stored session is kept from
+        shared caches.
+        """
+        if self.logout_failed:  # see replay_logouts
+            logout_unavailable(response)
+            return
+        vary_on_cookie(response)
+        session = self.session
+        cookies = session._cookies
+        sending = (self.committed or self.in_shared_transaction()) and bool(cookies.outgoing)
+        if not (sending or session.row is not None):
+            return
+        make_private(response)
+        if sending:
+            cookies.write(response)

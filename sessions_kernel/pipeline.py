@@ -1,0 +1,509 @@
+"""The pipeline: one request's session through the stages, in order.
+
+:meth:`Pipeline.protocol` is the one place to read what the kernel does with
+a session, and when (compare pytest's ``runtestprotocol``): load, validate,
+then, before the request's transaction commits, extend, renew and persist.
+The steps of each stage follow it in this module. The cookie they decide is
+built by :mod:`~sessions_kernel.cookies`; when it runs is
+:mod:`~sessions_kernel.binding`'s business; the SQL is
+:class:`~sessions_kernel.storage.RowStorage`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import events
+from .binding import TransactionBinding, find_transaction
+from .cookies import LINEAGE_EXTRA, CookieTransport
+from .errors import InconsistentDataError, SessionError
+from .state import SessionState
+
+if TYPE_CHECKING:
+    from .factory import SessionFactory
+    from .session import Session
+
+__all__ = ["Pipeline", "fetch_dbsession", "first_use", "join", "no_implementation"]
+
+
+def no_implementation(**kwargs: Any) -> None:
+    """What a request stage is while no plugin implements its hook (``RequestHooks``)."""
+    return None
+
+
+def _inconsistent(row: Any, column: str, problem: str) -> InconsistentDataError:
+    return InconsistentDataError(
+        f"session {str(row.id)[:12]}… ({type(row).__name__}): column {column!r} {problem}. "
+        "Delete the row or repair the column."
+    )
+
+
+def decode_row(row: Any, serializer: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """A stored row's data and flash, checked: :class:`InconsistentDataError` if they are not
+    what the kernel stores (a dict, queues of lists, ``created`` in seconds)."""
+    try:
+        data = serializer.loads(row.data)
+    except Exception as exc:
+        raise _inconsistent(row, "data", f"cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _inconsistent(row, "data", f"holds {type(data).__name__}, not a dict")
+    flash: Any = {}
+    if row.flash is not None:
+        try:
+            flash = serializer.loads(row.flash)
+        except Exception as exc:
+            raise _inconsistent(row, "flash", f"cannot be read: {exc}") from exc
+        if not (isinstance(flash, dict) and all(isinstance(v, list) for v in flash.values())):
+            raise _inconsistent(row, "flash", "does not map queues to lists")
+    if not isinstance(row.created, int):
+        raise _inconsistent(row, "created", f"holds {row.created!r}, not seconds")
+    return data, flash
+
+
+class Pipeline:
+    """The stages of one request's session, and the steps each takes.
+
+    Made when the session joins the request's transaction: at its first use
+    when the browser sent a session cookie, else at its first change. A peek
+    (``SessionFactory.peek``) uses its load steps without starting it.
+    """
+
+    __slots__ = ("binding", "factory", "run", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.factory: SessionFactory = session._factory
+        #: the session's part in the request's transaction (``None`` for a peek)
+        self.binding: TransactionBinding | None = session._binding
+        self.run: Iterator[None] | None = None
+
+    @property
+    def bound(self) -> TransactionBinding:
+        """The transaction binding: every stage but a peek's runs in a transaction."""
+        assert self.binding is not None
+        return self.binding
+
+    def start(self, *, loaded: bool = False) -> None:
+        """Run the load and validate stages (only validate, if ``loaded``); then pause."""
+        run = self.run = self.protocol(loaded=loaded)
+        next(run)
+
+    def resume(self) -> None:
+        """Run the extend, renew and persist stages (the before-commit hook calls this)."""
+        assert self.run is not None
+        next(self.run, None)
+
+    def protocol(self, *, loaded: bool = False) -> Iterator[None]:
+        """The pipeline of one request's session: every stage, in its order.
+
+        The session starts it at its first use: it runs the load and validate
+        stages, then pauses at ``yield`` while the application uses the
+        session. The before-commit hook of the request's transaction
+        (:meth:`resume`) runs it on for the extend, renew and persist stages.
+        The cookie it decides is sent by the response once the commit
+        succeeded.
+
+        A request that sent no session cookie has nothing to load or
+        validate: the session starts its new session itself, and the
+        pipeline starts only at the session's first change, ``loaded``.
+        """
+        session = self.session
+        stages = self.factory.stages
+        if not loaded:
+            # load: the cookie decrypted and authenticated, the row fetched by its key
+            self.take(*self.choose_cookie())
+            stages.session_load(session=session)
+        # validate: each plugin may reject a stored row; a rejected row is deleted
+        if session.row is not None:
+            reason = stages.session_validate(session=session)
+            if reason:
+                self.reject(reason)
+            else:
+                self.read_row(session.row)
+
+        yield  # the application uses the session; then its transaction is about to commit
+
+        data, flash = self.settle()
+        row = session.row
+        unstored = False
+        if row is None:
+            if session.dirty:  # a new session that holds something gets its row: no extend
+                row = self.new_row(data, flash)
+                # renew: plugins put their first secrets in the cookie
+                stages.session_renew(session=session)
+                # persist: plugins' columns set, then the INSERT
+                stages.session_persist(session=session, row=row)
+                self.insert_row(row)
+                send = True
+            else:  # nothing to store: no row, at most a cookie-only session
+                send = unstored = self.cookie_only()
+        else:
+            self.apply_changes(row, data, flash)
+            # extend: plugins decide whether an otherwise unchanged session needs a write
+            stages.session_extend(session=session)
+            # renew: plugins rotate secrets the cookie carries
+            extras = dict(session.cookie_extras)
+            stages.session_renew(session=session)
+            # persist: plugins' columns set, then the changed columns written (or merged)
+            written = False
+            if session.dirty:
+                stages.session_persist(session=session, row=row)
+                written = self.write_row(row, extras)
+            send = self.resend_cookie(written, extras)
+        # the cookie to set or delete; the response sends it once the transaction committed
+        self.decide_cookie(send, unstored)
+        self.bound.sealed = True
+        self.flush()
+
+    # -- the load and validate stages ------------------------------------------------------
+    def choose_cookie(self) -> Any:
+        """What the request's cookies name (see :meth:`CookieTransport.choose
+        <sessions_kernel.cookies.CookieTransport.choose>`)."""
+        session = self.session
+        return session._cookies.choose(
+            session.request, self.fetch_row, self.lineage_lives, session.notify
+        )
+
+    def fetch_row(self, sid: str) -> Any:
+        """The row by its primary key; locked until commit on a retried attempt or while
+        contended, never for a peek (see :meth:`RowStorage.fetch
+        <sessions_kernel.storage.RowStorage.fetch>`)."""
+        session = self.session
+        retried = bool(session.request.environ.get("retry.attempt"))
+        storage = self.factory.storage
+        return storage.fetch(session._dbsession, sid, retried=retried, peek=session._peeking)
+
+    def lineage_lives(self, lineage: str) -> bool:
+        """Whether a row of the session's lineage is stored (under a newer id)."""
+        return self.factory.storage.lineage_lives(self.session._dbsession, lineage)
+
+    def take(
+        self,
+        row: Any,
+        token: bytes | None,
+        extras: dict[str, bytes],
+        unstored: dict[str, bytes] | None,
+    ) -> None:
+        """What the cookie found becomes the session: its stored row, or a new session."""
+        session = self.session
+        if row is None:
+            session._start_new(fresh=True)
+            if unstored is not None:  # a cookie-only session: what plugins keep in the cookie
+                session.cookie_extras = unstored
+                session._state.loaded_extras = dict(unstored)
+        else:
+            assert token is not None  # a stored row was found by its token
+            session.row, session.cookie_extras, session.new = row, extras, False
+            lineage = extras.pop(LINEAGE_EXTRA, b"").decode("ascii") or None
+            # created: the row's own (see Session.created)
+            session._state = SessionState(
+                created=None, token=token, lineage=lineage, loaded_extras=dict(extras)
+            )
+
+    def reject(self, reason: str) -> None:
+        """A plugin rejected the stored row: delete it, and start a new, empty session."""
+        session = self.session
+        old_row = session.row
+        self.drop_row()
+        session.notify(events.SessionRejected(session.request, old_row.id, reason))
+        session._start_new()  # its extras as loaded are empty again too
+        self.factory.stages.session_invalidated(session=session, reason=reason, old_row=old_row)
+
+    def read_row(self, row: Any) -> None:
+        """The stored data and flash, checked; an inconsistent row is an error every later
+        use of the session repeats (InconsistentDataError)."""
+        session = self.session
+        try:
+            session._data, session._flash = decode_row(row, self.factory.data_serializer)
+        except InconsistentDataError as exc:
+            session._load_error = exc
+            raise
+        state = session._state
+        state.orig_data, state.orig_flash = row.data, row.flash
+        state.touched = False  # see Session._touched_by
+
+    def drop_row(self) -> None:
+        """DELETE the row (by its lineage if its id moved meanwhile), and make it hold."""
+        session = self.session
+        cookies, state = session._cookies, session._state
+        cookies.delete = self.browser_cookie()
+        logouts = self.bound.logouts
+        self.factory.storage.delete(session._dbsession, session.row, state.lineage, logouts.append)
+        state.orig_data = state.orig_flash = None
+
+    # -- the extend, renew and persist stages (before commit) ------------------------------
+    def settle(self) -> tuple[bytes | None, bytes | None]:
+        """The data and flash as they are to be stored: serialized (only if they may have
+        changed) and within ``max_data_size``; unsaved settings edits dropped first."""
+        session = self.session
+        # Unsaved settings edits end with the request; dropping them first means every
+        # hook that follows reads the settings in force through ``session.settings``.
+        settings = session.__dict__.get("_settings")
+        if settings is not None:
+            settings.discard()
+        ser = self.factory.data_serializer
+        state = session._state
+        # a new session that stores nothing (an anonymous visitor) serializes nothing
+        touched = state.touched and (session.row is not None or session.dirty)
+        try:
+            data = ser.dumps(session._data) if touched else state.orig_data
+            flash = ser.dumps(session._flash) if session._flash else None
+        except (TypeError, ValueError) as exc:
+            raise SessionError(
+                f"the session holds a value {type(ser).__name__} cannot store ({exc}). "
+                "Pyramid sessions hold JSON values: convert it (a datetime to an ISO "
+                "string, say), or set session.data_serializer."
+            ) from exc
+        if data != state.orig_data or flash != state.orig_flash:
+            self.factory.storage.check_size(data, flash)  # before any SQL
+        return data, flash
+
+    def new_row(self, data: bytes | None, flash: bytes | None) -> Any:
+        """A new session's row, with the settings and plugin columns of this request."""
+        session = self.session
+        state = session._state
+        row = session.row = self.factory.model(
+            id=session.session_id,
+            created=state.created,
+            updated=session.now,
+            data=data,
+            flash=flash,
+        )
+        for name, value in (*state.settings_values.items(), *state.columns.items()):
+            setattr(row, name, value)
+        return row
+
+    def insert_row(self, row: Any) -> None:
+        session = self.session
+        session.notify(events.SessionCreated(session.request, row.id))
+        binding = self.bound
+        # the row joins the identity map only for a transaction that goes on after this
+        self.factory.storage.insert(session._dbsession, row, attach=binding.sharing)
+        binding.sealed = True
+
+    def cookie_only(self) -> bool:
+        """A session with nothing to store: whether a cookie-only session is to be sent.
+
+        A plugin may keep something in the cookie (a CSRF token for a form)
+        with no row. Its first store gets a new token, so a planted
+        cookie-only session fixes no id. When the extras were emptied, the
+        browser's cookie is deleted.
+        """
+        session = self.session
+        if session.cookie_extras == session._state.loaded_extras:
+            return False
+        if session.cookie_extras:
+            return True
+        cookies = session._cookies
+        if cookies.delete is None:
+            cookies.delete = cookies.as_sent(self.factory.default_cookie_attributes)
+        return False
+
+    def apply_changes(self, row: Any, data: bytes | None, flash: bytes | None) -> None:
+        """Assign a stored row what this request changed of the data and flash.
+
+        ``updated`` records the last change of what the kernel owns (data,
+        flash, settings, id); a plugin's own write (an idle extension) sets
+        only its columns.
+        """
+        state = self.session._state
+        changed = state.force or state.regenerated or bool(state.settings_values)
+        if data != state.orig_data:
+            row.data = data
+            changed = True
+        if flash != state.orig_flash:
+            row.flash = flash
+            changed = True
+        if changed:
+            row.updated = self.session.now
+
+    def write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
+        """UPDATE the changed columns, merged with a concurrent write if needed.
+
+        ``extras`` is the cookie as the browser holds it, restored if this
+        request's write is dropped. Returns whether the row was written.
+        """
+        session = self.session
+        state, cookies = session._state, session._cookies
+        outcome = self.factory.storage.update(
+            session._dbsession,
+            row,
+            orig_data=state.orig_data,
+            orig_flash=state.orig_flash,
+            data=session._data,
+            flash=session._flash,
+            lineage=state.lineage,
+        )
+        # a SessionMerged subscriber's change would not be stored
+        self.bound.sealed = True
+        stored_id = outcome.stored_id or ""
+        if outcome.moved_to is not None:
+            # A concurrent request (a login) gave the session a new id and sent the browser
+            # its cookie: this request's changes were merged onto it, and its own cookie,
+            # with the old id (or a new id of its own that was dropped), must not replace it.
+            state.regenerated = False
+            cookies.keep = True
+        if outcome.merged is not None:
+            self.read_row(row)  # what is stored now: the other request's changes too
+            session.notify(events.SessionMerged(session.request, stored_id, outcome.merged))
+        elif outcome.gone:
+            cookies.delete = self.browser_cookie()
+            session.notify(events.SessionNotFound(session.request, stored_id))
+        elif not outcome.written:  # dropped: the concurrent write stands, and the cookie
+            session.cookie_extras = extras
+        return outcome.written
+
+    def resend_cookie(self, written: bool, extras: dict[str, bytes]) -> bool:
+        """Whether a stored session's cookie must be sent again, its row written or not.
+
+        The browser's cookie holds the token and the plugins' extras, under
+        the attributes it was set with. It is sent again only when one of
+        them changed: a new id (``regenerate_id``), extras a plugin changed
+        (a renewal offer), settings saved in this request (they may change
+        the attributes), a cookie made with a key that is no longer the first
+        (key rotation), or ``changed()``; or, when the row was written
+        and the cookie has a ``Max-Age``, so that the browser's expiry slides
+        with the session's activity. A write of the data (or of a plugin's
+        column only, an idle extension) sends no ``Set-Cookie`` otherwise:
+        the browser's cookie is the same.
+        """
+        session = self.session
+        state, cookies = session._state, session._cookies
+        if cookies.delete is not None:  # the row vanished meanwhile (see write_row)
+            return extras != session.cookie_extras
+        if cookies.keep and not state.regenerated:
+            return False
+        if state.regenerated or state.force or state.settings_loaded or cookies.stale_key:
+            return True
+        if cookies.renamed:  # under cookie_previous_name: sent again under the current one
+            return True
+        if session.cookie_extras != state.loaded_extras:
+            return True
+        return written and session.settings._value("cookie_max_age") is not None
+
+    def decide_cookie(self, send: bool, unstored: bool) -> None:
+        """The cookie to set (``send``), or the browser's to delete, once committed."""
+        session = self.session
+        state, cookies = session._state, session._cookies
+        if cookies.hold and not state.regenerated:
+            return  # see CookieTransport.choose: the browser's cookies stay as they are
+        new = None
+        if send:
+            token = state.current_token()
+            value = cookies.encode(token, session.cookie_extras, state.lineage, unstored)
+            new = value, self.cookie_attributes()
+        # settings saved in this request, a rename: the new cookie may not land where it was
+        moved = state.settings_loaded or cookies.renamed
+        cookies.decide(new, self.browser_cookie if moved else None)
+
+    def flush(self) -> None:
+        session = self.session
+        dbsession = session.__dict__.get("_dbsession")  # None: this request never needed it
+        if dbsession is not None:
+            self.factory.storage.flush(dbsession, session.row)
+
+    def browser_cookie(self) -> dict[str, Any]:
+        """The attributes (and name) the browser's cookie was set with: from the stored
+        settings, not from edits saved in this request."""
+        return self.session._cookies.as_sent(self.cookie_attributes(as_loaded=True))
+
+    def cookie_attributes(self, as_loaded: bool = False) -> dict[str, Any]:
+        """The cookie's attributes from the settings in force, after the plugins' hook.
+
+        With ``as_loaded``, from the settings as this request found them (the row's
+        stored values), ignoring changes saved in this request: the attributes the
+        browser's cookie was set with.
+        """
+        factory = self.factory
+        static = factory.static_cookie_attributes
+        if static is not None:  # nothing per session or per request changes them
+            return dict(static)
+        value = self.session.settings._value
+        attrs = {
+            "max_age": value("cookie_max_age", as_loaded),
+            "path": value("cookie_path", as_loaded),
+            "domain": value("cookie_domain", as_loaded),
+            "secure": value("cookie_secure", as_loaded),
+            "httponly": value("cookie_httponly", as_loaded),
+            "samesite": value("cookie_samesite", as_loaded),
+        }
+        factory.stages.session_cookie_attributes(session=self.session, attributes=attrs)
+        return attrs
+
+
+# -- how a session starts and joins -------------------------------------------------------
+def first_use(session: Session) -> None:
+    """The first use: the load and validate stages, then the application's turn.
+
+    A request whose browser sent no session cookie (a visitor's first
+    page, an anonymous one) reads nothing and joins the request's
+    transaction only when it first has something to store (:func:`join`):
+    until then it costs no transaction hooks and no persist stage.
+    """
+    factory = session._factory
+    request = session.request
+    cookies = session._cookies = CookieTransport(factory, request.environ.get("HTTP_COOKIE"))
+    binding = None
+    if cookies.presented:  # a stored session joins the transaction at its first use
+        binding = TransactionBinding(session, find_transaction(request, changed=False))
+    session.now = int(factory.clock())
+    name = factory.dbsession_name
+    if name not in vars(request) and not hasattr(type(request), name):
+        # checked without creating it: request.dbsession is made on first need
+        raise no_dbsession_error(factory)
+    session._loaded = True
+    if binding is not None:
+        session._binding = binding
+        pipeline = session._pipeline = Pipeline(session)
+        pipeline.start()  # load and validate
+        request.add_response_callback(session._respond)
+        binding.attach()
+    else:
+        # the load stage of a request that sent no session cookie: a new, empty session,
+        # nothing to decrypt, fetch or validate; the pipeline starts at its first change
+        session._start_new(fresh=True)
+        load = factory.stages.session_load
+        if load is not no_implementation:  # most requests: nobody implements it
+            load(session=session)
+        request.add_response_callback(session._respond)
+
+
+def join(session: Session) -> None:
+    """Join the request's transaction, at the first change of a session that had no cookie.
+
+    Raises :class:`SessionError` if ``request.tm`` has no transaction
+    begun (pshell without ``request.tm.begin()``): nothing could store
+    the change; and once the session was written for this request.
+    """
+    if not session._loaded:
+        session._load()
+    binding = session._binding
+    if binding is not None:
+        binding.check_open()
+        return
+    binding = session._binding = TransactionBinding(
+        session, find_transaction(session.request, changed=True)
+    )
+    pipeline = session._pipeline = Pipeline(session)
+    pipeline.start(loaded=True)
+    binding.attach()
+
+
+def fetch_dbsession(session: Session) -> Any:
+    """``request.<dbsession_name>``, fetched on first need: a request without a session
+    cookie never needs it unless it stores something, so an anonymous request does not
+    create (and register with the transaction) a SQLAlchemy session for nothing."""
+    factory = session._factory
+    try:
+        return getattr(session.request, factory.dbsession_name)
+    except AttributeError:
+        raise no_dbsession_error(factory) from None
+
+
+def no_dbsession_error(factory: SessionFactory) -> SessionError:
+    return SessionError(
+        f"request.{factory.dbsession_name} does not exist: the session needs the "
+        "SQLAlchemy session joined to the request's transaction there (see the "
+        "Pyramid SQLAlchemy starter), or set session.dbsession_name"
+    )

@@ -1,0 +1,176 @@
+"""The session's state: what the kernel keeps of the session a request holds, beside its data.
+
+One :class:`SessionState` per session: made whole when the request's cookie
+names a stored session or a new session starts (at the first use, after a
+logout or a rejection), and dropped with that session. What belongs to the
+request rather than to the session lives with its part: the cookies in
+:class:`~sessions_kernel.cookies.CookieTransport`, the transaction in
+:class:`~sessions_kernel.binding.TransactionBinding`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .crypto import TOKEN_BYTES
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["SessionState", "made_on_first_need", "new_extras", "on_first_use"]
+
+
+@dataclass(slots=True, eq=False)
+class SessionState:
+    """The bookkeeping of one session: its token, what was stored, what this request changed."""
+
+    #: seconds since the epoch when the session began; ``None``: the stored row's own
+    created: int | None
+    #: the token the cookie carries; a new session's is drawn on first need
+    token: bytes | None = None
+    #: the id's lineage the cookie carries, if any (see ``cookies.row_id``)
+    lineage: str | None = None
+    #: the data and flash as stored (serialized), to compare with at persist
+    orig_data: bytes | None = None
+    orig_flash: bytes | None = None
+    #: the cookie extras as the request found them
+    loaded_extras: dict[str, bytes] = field(default_factory=dict)
+    #: settings saved in this request, and the stored values those replaced
+    settings_values: dict[str, Any] = field(default_factory=dict)
+    settings_loaded: dict[str, Any] = field(default_factory=dict)
+    #: plugin columns set with ``set_column`` before the row exists
+    columns: dict[str, Any] = field(default_factory=dict)
+    #: the data may have changed: the persist stage serializes and compares it
+    touched: bool = True
+    #: ``changed()`` was called: write even if nothing else changed
+    force: bool = False
+    #: ``regenerate_id()`` gave the session a new id in this request
+    regenerated: bool = False
+
+    def current_token(self) -> bytes:
+        """The token; a new session's is drawn now (a visitor who stores nothing needs none)."""
+        if self.token is None:
+            self.token = os.urandom(TOKEN_BYTES)
+        return self.token
+
+
+class _OnFirstUse:
+    """An attribute of the loaded session: reading it before the first use loads the session.
+
+    The load sets it on the instance, which then answers without this
+    descriptor. ``make`` gives its value when the load left it unset (a new
+    session's cookie extras); an attribute the load could not set (the data
+    of a row that failed to read) raises the load's error again.
+    """
+
+    __slots__ = ("make", "name")
+
+    def __init__(self, make: Any = None) -> None:
+        self.make = make
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, session: Any, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        if not session._loaded:
+            session._load()
+        values = session.__dict__
+        if self.name in values:
+            return values[self.name]
+        error = session._load_error
+        if error is not None:  # every later use sees the same error, not an AttributeError
+            raise type(error)(*error.args)
+        if self.make is None:
+            raise AttributeError(f"{type(session).__name__!r} has no {self.name!r} yet")
+        value = values[self.name] = self.make(session)
+        return value
+
+
+def on_first_use(make: Any = None) -> Any:
+    """Declare an attribute set by the session's load (see :class:`_OnFirstUse`)."""
+    return _OnFirstUse(make)
+
+
+class _MadeOnFirstNeed:
+    """An attribute ``make(session)`` makes when first read, then kept on the instance.
+
+    ``functools.cached_property`` without its lock (Python < 3.12 takes one lock
+    for every instance): a session belongs to one request, in one thread.
+    """
+
+    __slots__ = ("make", "name")
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, session: Any, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        value = session.__dict__[self.name] = self.make(session)
+        return value
+
+
+def made_on_first_need(make: Any) -> Any:
+    """Declare an attribute ``make(session)`` makes when first read (:class:`_MadeOnFirstNeed`)."""
+    return _MadeOnFirstNeed(make)
+
+
+class _JoiningExtras(dict):  # type: ignore[type-arg]
+    """The cookie extras of a session that has not joined the transaction yet.
+
+    A request whose browser sent no session cookie does not join the
+    request's transaction until it has something to store: a plugin that
+    writes an extra (a CSRF token for a form) is such a change, so every way
+    of writing this dict joins first.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._session._join()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._session._join()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> _JoiningExtras:  # type: ignore[misc]
+        self._session._join()
+        super().update(other)
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._session._join()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._session._join()
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self._session._join()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._session._join()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._session._join()
+        super().clear()
+
+
+def new_extras(session: Session) -> dict[str, bytes]:
+    """A new session's cookie extras: joining on the first write until the session joined."""
+    return _JoiningExtras(session) if session._binding is None else {}
