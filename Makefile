@@ -33,6 +33,7 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # mypy over the kernel and the plugins' packages, as [tool.mypy] in pyproject.toml lists them.
 typecheck: install
