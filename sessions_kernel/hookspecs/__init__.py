@@ -111,7 +111,7 @@ from .maintenance import (  # noqa: E402
     session_indexes,
     session_last_active,
 )
-from .pipeline import (  # noqa: E402
+from .stages import (  # noqa: E402
     session_cookie_attributes,
     session_extend,
     session_load,
