@@ -133,7 +133,6 @@ class CookieTransport:
         "factory",
         "held",
         "hold",
-        "keep",
         "outgoing",
         "presented",
         "renamed",
@@ -152,8 +151,6 @@ class CookieTransport:
         #: cookie the browser holds by now: this response sets and deletes none, but after
         #: a login (``regenerate_id``)
         self.hold = False
-        #: ``Session.keep_cookie()`` was called: the browser's cookie stays as it is
-        self.keep = False
         #: the browser's cookie, to delete, with the attributes it was set with as far as
         #: they are known (a bad cookie, an unknown or dropped session)
         self.delete: dict[str, Any] | None = None

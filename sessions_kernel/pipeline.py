@@ -307,8 +307,9 @@ class Pipeline:
         flash, settings, id); a plugin's own write (an idle extension) sets
         only its columns.
         """
-        state = self.session._state
-        changed = state.force or state.regenerated or bool(state.settings_values)
+        session = self.session
+        state = session._state
+        changed = session._force or session._regenerated or bool(state.settings_values)
         if data != state.orig_data:
             row.data = data
             changed = True
@@ -316,7 +317,7 @@ class Pipeline:
             row.flash = flash
             changed = True
         if changed:
-            row.updated = self.session.now
+            row.updated = session.now
 
     def write_row(self, row: Any, extras: dict[str, bytes]) -> bool:
         """UPDATE the changed columns, merged with a concurrent write if needed.
@@ -342,8 +343,8 @@ class Pipeline:
             # A concurrent request (a login) gave the session a new id and sent the browser
             # its cookie: this request's changes were merged onto it, and its own cookie,
             # with the old id (or a new id of its own that was dropped), must not replace it.
-            state.regenerated = False
-            cookies.keep = True
+            session._regenerated = False
+            session._keep_cookie = True
         if outcome.merged is not None:
             self.read_row(row)  # what is stored now: the other request's changes too
             session.notify(events.SessionMerged(session.request, stored_id, outcome.merged))
@@ -372,9 +373,10 @@ class Pipeline:
         state, cookies = session._state, session._cookies
         if cookies.delete is not None:  # the row vanished meanwhile (see write_row)
             return extras != session.cookie_extras
-        if cookies.keep and not state.regenerated:
+        regenerated = session._regenerated
+        if session._keep_cookie and not regenerated:
             return False
-        if state.regenerated or state.force or state.settings_loaded or cookies.stale_key:
+        if regenerated or session._force or state.settings_loaded or cookies.stale_key:
             return True
         if cookies.renamed:  # under cookie_previous_name: sent again under the current one
             return True
@@ -386,7 +388,7 @@ class Pipeline:
         """The cookie to set (``send``), or the browser's to delete, once committed."""
         session = self.session
         state, cookies = session._state, session._cookies
-        if cookies.hold and not state.regenerated:
+        if cookies.hold and not session._regenerated:
             return  # see CookieTransport.choose: the browser's cookies stay as they are
         new = None
         if send:
@@ -443,7 +445,7 @@ def first_use(session: Session) -> None:
     """
     factory = session._factory
     request = session.request
-    cookies = session._cookies = CookieTransport(factory, request.environ.get("HTTP_COOKIE"))
+    cookies = CookieTransport(factory, request.environ.get("HTTP_COOKIE"))
     binding = None
     if cookies.presented:  # a stored session joins the transaction at its first use
         binding = TransactionBinding(session, find_transaction(request, changed=False))
@@ -452,9 +454,13 @@ def first_use(session: Session) -> None:
     if name not in vars(request) and not hasattr(type(request), name):
         # checked without creating it: request.dbsession is made on first need
         raise no_dbsession_error(factory)
+    session._cookies = cookies  # a failed first use made none of the parts
     session._loaded = True
     if binding is not None:
         session._binding = binding
+        # until the load stage finds the stored session: a new one's, as a subscriber to
+        # the events of choosing the cookie (CookieRejected) may read session.session_id
+        session._state = SessionState(created=None)
         pipeline = session._pipeline = Pipeline(session)
         pipeline.start()  # load and validate
         request.add_response_callback(session._respond)

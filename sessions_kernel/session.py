@@ -96,6 +96,10 @@ class Session(MutableMapping[str, Any]):
     _pipeline: Pipeline | None = None  # made when it joins
     _data: dict[str, Any] = on_first_use()
     _flash: dict[str, list[Any]] = on_first_use()
+    # what this request asked for (invalidate() withdraws the first two)
+    _force = False  # changed() was called: write even if nothing else changed
+    _regenerated = False  # regenerate_id() gave the session a new id
+    _keep_cookie = False  # keep_cookie(): the browser's cookie stays as it is
     _loaded = False  # whether the first use happened (the load stage ran)
     _load_error: Exception | None = None  # the stored row could not be read
     _peeking = False  # loaded by SessionFactory.peek: events say so (event.peek)
@@ -230,10 +234,10 @@ class Session(MutableMapping[str, Any]):
         row, state = self.row, self._state
         if row is None:
             return bool(
-                self._data or self._flash or state.force or state.settings_values or state.columns
+                self._data or self._flash or self._force or state.settings_values or state.columns
             )
         # a regenerated id must be written and sent even if an autoflush already wrote it
-        if self.new or state.force or state.regenerated:
+        if self.new or self._force or self._regenerated:
             return True
         # no attribute assigned since the load (the common read): nothing to compare
         return instance_state(row).modified and self._dbsession.is_modified(row)
@@ -250,9 +254,8 @@ class Session(MutableMapping[str, Any]):
 
     def changed(self) -> None:
         """Mark the session as changed (never needed for data; kept for ISession)."""
-        state = self._state  # loads the session first
-        self._join()
-        state.force = True
+        self._join()  # loads the session first
+        self._force = True
 
     def invalidate(self) -> None:
         """Delete the stored session and its cookie; later use starts a new session.
@@ -276,6 +279,7 @@ class Session(MutableMapping[str, Any]):
             cookies.held = [("delete", "", cookies.delete or {})]
             self.notify(events.SessionInvalidated(self.request, old_row.id))
         self._start_new()
+        self._force = self._regenerated = False
         self._factory.stages.session_invalidated(session=self, reason=INVALIDATED, old_row=old_row)
 
     def regenerate_id(self, *, hold: bool = False) -> None:
@@ -304,7 +308,7 @@ class Session(MutableMapping[str, Any]):
         old = row.id if stored else self.session_id
         state = self._state
         token = state.token = os.urandom(TOKEN_BYTES)
-        state.regenerated = True
+        self._regenerated = True
         if stored:
             lineage = state.lineage = state.lineage or old[:LINEAGE_CHARS]
             new = row.id = row_id(token, lineage)
@@ -333,7 +337,7 @@ class Session(MutableMapping[str, Any]):
         rotation). A new id (:meth:`regenerate_id`) and a logout
         (:meth:`invalidate`, a rejection) still set or delete the cookie.
         """
-        self._cookies.keep = True
+        self._keep_cookie = True
 
     @property
     def session_id(self) -> str:

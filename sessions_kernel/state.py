@@ -44,10 +44,6 @@ class SessionState:
     columns: dict[str, Any] = field(default_factory=dict)
     #: the data may have changed: the persist stage serializes and compares it
     touched: bool = True
-    #: ``changed()`` was called: write even if nothing else changed
-    force: bool = False
-    #: ``regenerate_id()`` gave the session a new id in this request
-    regenerated: bool = False
 
     def current_token(self) -> bytes:
         """The token; a new session's is drawn now (a visitor who stores nothing needs none)."""
@@ -85,7 +81,9 @@ class _OnFirstUse:
         if error is not None:  # every later use sees the same error, not an AttributeError
             raise type(error)(*error.args)
         if self.make is None:
-            raise AttributeError(f"{type(session).__name__!r} has no {self.name!r} yet")
+            raise AttributeError(
+                f"{type(session).__name__!r} object has no attribute {self.name!r}"
+            )
         value = values[self.name] = self.make(session)
         return value
 
