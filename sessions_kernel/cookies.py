@@ -159,6 +159,11 @@ class CookieTransport:
         #: what a held logout sends if the request's transaction does not commit
         self.held: list[tuple[str, str, dict[str, Any]]] = []
 
+    @classmethod
+    def without_cookies(cls, session: Any) -> CookieTransport:
+        """The transport of a request that sent no Cookie header (made on first need)."""
+        return cls(session._factory, None)
+
     # -- what the browser presented -------------------------------------------------------
     def _session_cookies(self, header: str) -> list[str]:
         """The values of the session's cookies in a Cookie header, in the browser's order.

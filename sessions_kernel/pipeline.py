@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .factory import SessionFactory
     from .session import Session
 
-__all__ = ["Pipeline", "fetch_dbsession", "first_use", "join", "no_implementation"]
+__all__ = ["Pipeline", "fetch_dbsession", "first_use", "join", "no_implementation", "start_new"]
 
 
 def no_implementation(**kwargs: Any) -> None:
@@ -445,16 +445,19 @@ def first_use(session: Session) -> None:
     """
     factory = session._factory
     request = session.request
-    cookies = CookieTransport(factory, request.environ.get("HTTP_COOKIE"))
+    header = request.environ.get("HTTP_COOKIE")
+    # no Cookie header (a first visit): the transport is made if it is ever needed
+    cookies = CookieTransport(factory, header) if header else None
     binding = None
-    if cookies.presented:  # a stored session joins the transaction at its first use
+    if cookies is not None and cookies.presented:  # a stored session joins at its first use
         binding = TransactionBinding(session, find_transaction(request, changed=False))
     session.now = int(factory.clock())
     name = factory.dbsession_name
     if name not in vars(request) and not hasattr(type(request), name):
         # checked without creating it: request.dbsession is made on first need
         raise no_dbsession_error(factory)
-    session._cookies = cookies  # a failed first use made none of the parts
+    if cookies is not None:  # a failed first use made none of the parts
+        session._cookies = cookies
     session._loaded = True
     if binding is not None:
         session._binding = binding
@@ -494,6 +497,16 @@ def join(session: Session) -> None:
     pipeline = session._pipeline = Pipeline(session)
     pipeline.start(loaded=True)
     binding.attach()
+
+
+def start_new(session: Session, *, fresh: bool = False) -> None:
+    """A new, empty session: at load (``fresh``), or after a logout or a rejection."""
+    session.row = None
+    session.new = True
+    session._state = SessionState(created=session.now)
+    if not fresh:
+        session.__dict__.pop("cookie_extras", None)  # made empty on first use
+    session._data, session._flash = {}, {}
 
 
 def fetch_dbsession(session: Session) -> Any:

@@ -24,7 +24,7 @@ from .binding import TransactionBinding
 from .cookies import UNSTORED_EXTRA, CookieTransport, row_id, vary_on_cookie
 from .crypto import TOKEN_BYTES, SecretKeys
 from .hookspecs import INVALIDATED
-from .pipeline import Pipeline, fetch_dbsession, first_use, join
+from .pipeline import Pipeline, fetch_dbsession, first_use, join, start_new
 from .settings import SessionSettings
 from .stash import Stash
 from .state import SessionState, made_on_first_need, new_extras, on_first_use
@@ -91,7 +91,7 @@ class Session(MutableMapping[str, Any]):
 
     # the parts, made whole at the first use (see the modules' docstrings)
     _state: SessionState = on_first_use()
-    _cookies: CookieTransport = on_first_use()
+    _cookies: CookieTransport = on_first_use(CookieTransport.without_cookies)
     _binding: TransactionBinding | None = None  # until the session joins the transaction
     _pipeline: Pipeline | None = None  # made when it joins
     _data: dict[str, Any] = on_first_use()
@@ -139,14 +139,7 @@ class Session(MutableMapping[str, Any]):
             return
         binding.respond(response)
 
-    def _start_new(self, *, fresh: bool = False) -> None:
-        """A new, empty session: at load (``fresh``), or after a logout or a rejection."""
-        self.row = None
-        self.new = True
-        self._state = SessionState(created=self.now)
-        if not fresh:
-            self.__dict__.pop("cookie_extras", None)  # made empty on first use
-        self._data, self._flash = {}, {}
+    _start_new = start_new  # a new, empty session (pipeline.start_new)
 
     # -- what plugins use -----------------------------------------------------------------
     def execute_logout(self, statement: Any) -> Any:
@@ -389,7 +382,9 @@ class Session(MutableMapping[str, Any]):
         return value
 
     def __getitem__(self, key: str) -> Any:
-        return self._touched_by(self._data[key])  # loads the session first
+        if not self._loaded:  # the first use (cheaper than through the descriptor)
+            self._load()
+        return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
         data = self._data  # loads the session first
@@ -410,10 +405,14 @@ class Session(MutableMapping[str, Any]):
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
+        if not self._loaded:  # the first use (cheaper than through the descriptor)
+            self._load()
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._data.get(key, _MISSING)  # loads the session first
+        if not self._loaded:  # the first use (cheaper than through the descriptor)
+            self._load()
+        value = self._data.get(key, _MISSING)
         return default if value is _MISSING else self._touched_by(value)
 
     def keys(self) -> KeysView[str]:
