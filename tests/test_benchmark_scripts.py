@@ -7,9 +7,12 @@ Asserts on what they count (rows deleted, updates lost), never on time.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -104,3 +107,36 @@ def test_workers_benchmark_hammers_one_session_through_gunicorn():
     assert cell["statuses"] == {"200": 12} and cell["failed"] == 0
     assert cell["attempts"] == 12 + cell["retries"]  # every worker's events were summed
     assert (cell["lost_increments"], cell["lost_keys"]) == (0, 0)
+
+
+def test_instruction_counts_name_unknown_rows_before_running_valgrind():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "count_instructions.py"), "--rows", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "no row ['nope']" in result.stderr and "kernel anonymous" in result.stderr
+
+
+def test_instruction_counts_of_a_row():
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (Debian's package valgrind)")
+    out = json.loads(
+        run(
+            "count_instructions.py",
+            "--rows",
+            "no session,kernel anonymous",
+            "--requests",
+            "20",
+            "--warmup",
+            "5",
+            "--json",
+        )
+    )
+    counts = {row["row"]: row["ir_per_request"] for row in out["rows"]}
+    assert set(counts) == {"no session", "kernel anonymous"}
+    assert out["sessions_kernel"].endswith("sessions_kernel")
+    # a request that uses the session executes more than one that never touches it
+    assert 0 < counts["no session"] < counts["kernel anonymous"]
