@@ -11,7 +11,6 @@ request rather than to the session lives with its part: the cookies in
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .crypto import TOKEN_BYTES
@@ -22,28 +21,51 @@ if TYPE_CHECKING:
 __all__ = ["SessionState", "made_on_first_need", "new_extras", "on_first_use"]
 
 
-@dataclass(slots=True, eq=False)
 class SessionState:
-    """The bookkeeping of one session: its token, what was stored, what this request changed."""
+    """The bookkeeping of one session: its token, what was stored, what this request changed.
 
-    #: seconds since the epoch when the session began; ``None``: the stored row's own
-    created: int | None
-    #: the token the cookie carries; a new session's is drawn on first need
-    token: bytes | None = None
-    #: the id's lineage the cookie carries, if any (see ``cookies.row_id``)
-    lineage: str | None = None
-    #: the data and flash as stored (serialized), to compare with at persist
-    orig_data: bytes | None = None
-    orig_flash: bytes | None = None
-    #: the cookie extras as the request found them
-    loaded_extras: dict[str, bytes] = field(default_factory=dict)
-    #: settings saved in this request, and the stored values those replaced
-    settings_values: dict[str, Any] = field(default_factory=dict)
-    settings_loaded: dict[str, Any] = field(default_factory=dict)
-    #: plugin columns set with ``set_column`` before the row exists
-    columns: dict[str, Any] = field(default_factory=dict)
-    #: the data may have changed: the persist stage serializes and compares it
-    touched: bool = True
+    (A plain class rather than a dataclass: a request makes one even when it
+    stores nothing, and the generated ``__init__`` costs twice as much.)
+    """
+
+    __slots__ = (
+        "columns",
+        "created",
+        "lineage",
+        "loaded_extras",
+        "orig_data",
+        "orig_flash",
+        "settings_loaded",
+        "settings_values",
+        "token",
+        "touched",
+    )
+
+    def __init__(
+        self,
+        created: int | None,
+        token: bytes | None = None,
+        lineage: str | None = None,
+        loaded_extras: dict[str, bytes] | None = None,
+    ) -> None:
+        #: seconds since the epoch when the session began; ``None``: the stored row's own
+        self.created = created
+        #: the token the cookie carries; a new session's is drawn on first need
+        self.token = token
+        #: the id's lineage the cookie carries, if any (see ``cookies.row_id``)
+        self.lineage = lineage
+        #: the cookie extras as the request found them
+        self.loaded_extras: dict[str, bytes] = {} if loaded_extras is None else loaded_extras
+        #: the data and flash as stored (serialized), to compare with at persist
+        self.orig_data: bytes | None = None
+        self.orig_flash: bytes | None = None
+        #: settings saved in this request, and the stored values those replaced
+        self.settings_values: dict[str, Any] = {}
+        self.settings_loaded: dict[str, Any] = {}
+        #: plugin columns set with ``set_column`` before the row exists
+        self.columns: dict[str, Any] = {}
+        #: the data may have changed: the persist stage serializes and compares it
+        self.touched = True
 
     def current_token(self) -> bytes:
         """The token; a new session's is drawn now (a visitor who stores nothing needs none)."""
