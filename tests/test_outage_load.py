@@ -68,7 +68,10 @@ class Connections:
         else:
             with self.lock:
                 candidates = sorted(self.ids)
-        if not candidates:
+        if not candidates:  # every connection was killed, none made again yet
+            # End the transaction: PostgreSQL reads pg_stat_activity once per transaction,
+            # so the next look would see this empty list again, and the killer would stop.
+            killer.rollback()
             return False
         victim = chooser.choice(candidates)
         try:
