@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import factory, outage
+from .changes import RowChanges
 from .crypto import AESGCMCookieSerializer, generate_secret_key
 from .errors import (
     ConfigurationError,
@@ -22,7 +23,7 @@ from .factory import (
     session_factory,
 )
 from .hookspecs import hookimpl, hookspec
-from .maintenance import add_indexes
+from .maintenance import add_ddl, add_indexes
 from .model import BaseMixin, BlobType
 from .peek import Peek
 from .session import Session
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "InconsistentDataError",
     "Peek",
+    "RowChanges",
     "Session",
     "SessionConflictError",
     "SessionError",
@@ -63,6 +65,7 @@ __all__ = [
     "SettingsError",
     "Stash",
     "StashKey",
+    "add_ddl",
     "add_indexes",
     "factory_args_from_settings",
     "generate_secret_key",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from transaction.interfaces import NoTransaction
 
+from .changes import ChangeLog
 from .cookies import make_private, vary_on_cookie
 from .errors import SessionError
 
@@ -138,6 +139,29 @@ class TransactionBinding:
         txn.addAfterCommitHook(self.after_commit)
         txn.addAfterAbortHook(self.after_abort)
 
+    def changes(self) -> ChangeLog | None:
+        """The transaction's record of changed rows (``None`` while no plugin observes them:
+        see :attr:`SessionFactory.observed <sessions_kernel.SessionFactory.observed>`)."""
+        factory = self.session._factory
+        return ChangeLog.of(self.txn, factory) if factory.observed else None
+
+    def record(self, **changes: Any) -> None:
+        """Note rows this transaction changes (:meth:`ChangeLog.record
+        <sessions_kernel.changes.ChangeLog.record>`), told once it committed."""
+        log = self.changes()
+        if log is not None:
+            log.record(**changes)
+
+    def execute_logout(self, statement: Any, **changes: Any) -> Any:
+        """Run a logout's statement now and hold it (see ``Session.execute_logout``).
+
+        ``changes`` are what it changes (:meth:`record`); by default, any row.
+        """
+        session = self.session
+        self.logouts.append(statement)
+        self.record(**(changes or {"everything": True}))
+        return session._factory.storage.execute(session._dbsession, statement)
+
     def check_open(self) -> None:
         """Raise :class:`SessionError` once the session was written for this request.
 
@@ -209,6 +233,9 @@ class TransactionBinding:
             )
             self.logout_failed = True
             return
+        changes = self.changes()
+        if changes is not None:
+            changes.announce("replay")
         cookies = session._cookies
         cookies.outgoing = list(cookies.held)
         self.committed = True  # what the response says is now what the database holds

@@ -7,6 +7,7 @@ bootstraps the application and uses the session factory it configured::
     psessions development.ini gc --dry-run   # count them
     psessions development.ini plugins        # installed plugins, active ones, settings
     psessions development.ini indexes        # indexes the active plugins need
+    psessions development.ini ddl --apply    # triggers the active plugins need (sessions-cache)
     psessions production.ini check           # settings too weak for production
 
 and, with no config file, starts a plugin of your own (:mod:`sessions_kernel.scaffold`)::
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
     indexes = commands.add_parser("indexes", help="list the indexes the active plugins need")
     indexes.add_argument("--sql", action="store_true", help="print CREATE INDEX for missing ones")
+
+    ddl = commands.add_parser(
+        "ddl", help="print (or run) the SQL the active plugins need: functions, triggers"
+    )
+    ddl.add_argument(
+        "--apply", action="store_true", help="run it, in one transaction (safe to run again)"
+    )
 
     check = commands.add_parser(
         "check",
@@ -248,6 +256,26 @@ def _indexes(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: 
     return EXIT_OK
 
 
+def _ddl(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[str]) -> int:
+    model = factory.model
+    statements = maintenance.required_ddl(model, bind.dialect)
+    if not statements:
+        print(
+            f"the active plugins of {model.__name__} need no SQL on {bind.dialect.name}",
+            file=out,
+        )
+        return EXIT_OK
+    if not args.apply:
+        for statement in statements:
+            print(f"{statement.strip()};\n", file=out)
+        return EXIT_OK
+    with bind.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+    print(f"applied {len(statements)} statements to {model_table(model).name}", file=out)
+    return EXIT_OK
+
+
 def _server_section(config_uri: str, name: str) -> dict[str, str] | None:
     """The settings of the ini file's ``[server:NAME]`` section, or ``None`` if it has none."""
     from pyramid.paster import get_config_loader
@@ -327,6 +355,8 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             return _plugins(args, factory, out)
         if args.command == "check":
             return _check(args, factory, bind, registry, out)
+        if args.command == "ddl":
+            return _ddl(args, factory, bind, out)
         return _indexes(args, factory, bind, out)
     except UsageError as exc:
         print(f"psessions: {exc}", file=sys.stderr)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from pyramid.config import Configurator
     from pyramid.request import Request
 
+    from .changes import RowChanges
+
 __all__ = [
     "SessionFactory",
     "SessionInfo",
@@ -80,6 +82,8 @@ REQUEST_STAGES = (
     "session_cookie_attributes",
     "session_regenerated",
     "session_invalidated",
+    "session_row_lookup",
+    "session_rows_changed",
 )
 
 
@@ -106,6 +110,8 @@ class RequestHooks:
     session_cookie_attributes: Callable[..., Any]
     session_regenerated: Callable[..., Any]
     session_invalidated: Callable[..., Any]
+    session_row_lookup: Callable[..., Any]
+    session_rows_changed: Callable[..., Any]
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._hook = pm.hook
@@ -202,6 +208,21 @@ class SessionFactory:
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)
+
+    @property
+    def observed(self) -> bool:
+        """Whether a plugin listens to committed changes (``session_rows_changed``) or
+        serves rows (``session_row_lookup``): the kernel records what each transaction
+        changes only then."""
+        stages = self.stages
+        return not (
+            stages.session_rows_changed is _no_implementation
+            and stages.session_row_lookup is _no_implementation
+        )
+
+    def announce(self, changes: RowChanges) -> None:
+        """Tell the plugins that ``changes`` are committed (``session_rows_changed``)."""
+        self.stages.session_rows_changed(factory=self, changes=changes)
 
     @property
     def static_cookie_attributes(self) -> Mapping[str, Any] | None:

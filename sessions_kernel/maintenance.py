@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .changes import RowChanges
 from .factory import SessionFactory
 from .model import BaseMixin, model_table
 from .plugins import (
@@ -159,6 +160,8 @@ def collect_garbage(
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         if not ids:
             break
+        if count and factory.observed:  # committed: those that still expired are gone
+            factory.announce(RowChanges(deleted=frozenset(ids), source="gc"))
         deleted += count
         batches += 1
         if progress is not None:
@@ -335,3 +338,33 @@ def add_indexes(model: type[BaseMixin]) -> list[sa.Index]:
         sa.Index(index_name(table, columns), *(table.c[name] for name in columns))
         for columns in missing_indexes(model)
     ]
+
+
+def required_ddl(model: type[BaseMixin], dialect: sa.Dialect) -> list[str]:
+    """The SQL the active plugins need on ``model``'s table for ``dialect``
+    (:func:`~sessions_kernel.hookspecs.session_ddl`), in the plugins' order."""
+    pm = active_manager(model)
+    statements: list[str] = []
+    for answer in reversed(pm.hook.session_ddl(model=model, dialect=dialect)):
+        statements.extend(answer or ())
+    return statements
+
+
+def add_ddl(model: type[BaseMixin]) -> None:
+    """Have ``metadata.create_all()`` run the SQL the active plugins need after it creates
+    ``model``'s table (:func:`~sessions_kernel.hookspecs.session_ddl`: a trigger, say).
+
+    Call it once, right after the model's class statement, beside
+    :func:`add_indexes`. Alembic runs no such event: put what ``psessions
+    CONFIG ddl`` prints in a migration (``op.execute``) instead.
+    """
+    table = model_table(model)
+    if table.info.get("sessions_kernel.ddl"):
+        return
+    table.info["sessions_kernel.ddl"] = True
+
+    def create(target: sa.Table, connection: sa.Connection, **kwargs: Any) -> None:
+        for statement in required_ddl(model, connection.dialect):
+            connection.exec_driver_sql(statement)
+
+    sa.event.listen(table, "after_create", create)

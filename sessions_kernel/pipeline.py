@@ -14,10 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from . import events
 from .binding import TransactionBinding, find_transaction
+from .changes import ChangeLog
 from .cookies import LINEAGE_EXTRA, CookieTransport
 from .errors import InconsistentDataError, SessionError
+from .row_table import LINEAGE_CHARS
 from .state import SessionState
 
 if TYPE_CHECKING:
@@ -171,8 +175,36 @@ class Pipeline:
         <sessions_kernel.storage.RowStorage.fetch>`)."""
         session = self.session
         retried = bool(session.request.environ.get("retry.attempt"))
-        storage = self.factory.storage
+        factory = self.factory
+        storage = factory.storage
+        lookup = factory.stages.session_row_lookup
+        if lookup is not no_implementation and not (retried or session._peeking):
+            row = self.served_row(sid, lookup)
+            if row is not None:
+                return row
         return storage.fetch(session._dbsession, sid, retried=retried, peek=session._peeking)
+
+    def served_row(self, sid: str, lookup: Any) -> Any:
+        """The row a plugin serves without SQL (``session_row_lookup``), or ``None``.
+
+        Not asked for a row this transaction changed, nor for a contended
+        row, which loads locked. A served row joins the request's SQLAlchemy
+        session only if it has one already, or once the session needs it
+        (:func:`fetch_dbsession`).
+        """
+        session = self.session
+        storage = self.factory.storage
+        log = ChangeLog.find(self.bound.txn, self.factory)
+        if storage.is_contended(sid) or (log is not None and log.covers(sid)):
+            return None
+        values = lookup(factory=self.factory, session=session, row_id=sid)
+        if values is None:
+            return None
+        request = session.request
+        dbsession = session.__dict__.get("_dbsession") or vars(request).get(
+            self.factory.dbsession_name
+        )
+        return storage.row_from_values(sid, values, dbsession, lambda: session._dbsession)
 
     def lineage_lives(self, lineage: str) -> bool:
         """Whether a row of the session's lineage is stored (under a newer id)."""
@@ -228,9 +260,26 @@ class Pipeline:
         session = self.session
         cookies, state = session._cookies, session._state
         cookies.delete = self.browser_cookie()
-        logouts = self.bound.logouts
-        self.factory.storage.delete(session._dbsession, session.row, state.lineage, logouts.append)
+        binding = self.bound
+        row = session.row
+        binding.record(deleted=(row.id,), lineage=state.lineage or row.id[:LINEAGE_CHARS])
+        self.factory.storage.delete(session._dbsession, row, state.lineage, binding.logouts.append)
         state.orig_data = state.orig_flash = None
+
+    def hold_new_id(self, old: str, new: str, token: bytes, lineage: str) -> None:
+        """``regenerate_id(hold=True)``: the row's new key written now, held like a logout,
+        and the response to send its cookie whatever becomes of the transaction."""
+        session = self.session
+        binding = self.bound
+
+        def run(statement: Any) -> Any:
+            return binding.execute_logout(statement, rekeyed=(old, new))
+
+        self.factory.storage.rekey(session._dbsession, session.row, new, session.now, run)
+        attrs = self.cookie_attributes(as_loaded=True)
+        cookies = session._cookies
+        value = cookies.encode(token, session.cookie_extras, lineage, False)
+        cookies.held = [("set", value, attrs)]
 
     # -- the extend, renew and persist stages (before commit) ------------------------------
     def settle(self) -> tuple[bytes | None, bytes | None]:
@@ -280,6 +329,7 @@ class Pipeline:
         binding = self.bound
         # the row joins the identity map only for a transaction that goes on after this
         self.factory.storage.insert(session._dbsession, row, attach=binding.sharing)
+        binding.record(written=(row.id,))
         binding.sealed = True
 
     def cookie_only(self) -> bool:
@@ -327,6 +377,9 @@ class Pipeline:
         """
         session = self.session
         state, cookies = session._state, session._cookies
+        binding = self.bound
+        log = binding.changes()
+        read_id = sa.inspect(row).identity[0] if log is not None else None
         outcome = self.factory.storage.update(
             session._dbsession,
             row,
@@ -337,7 +390,11 @@ class Pipeline:
             lineage=state.lineage,
         )
         # a SessionMerged subscriber's change would not be stored
-        self.bound.sealed = True
+        binding.sealed = True
+        if log is not None and outcome.written:
+            now_id = outcome.moved_to or row.id
+            moved = (read_id, now_id) if read_id != now_id else None
+            log.record(written=(now_id,), rekeyed=moved)
         stored_id = outcome.stored_id or ""
         if outcome.moved_to is not None:
             # A concurrent request (a login) gave the session a new id and sent the browser
@@ -515,9 +572,13 @@ def fetch_dbsession(session: Session) -> Any:
     create (and register with the transaction) a SQLAlchemy session for nothing."""
     factory = session._factory
     try:
-        return getattr(session.request, factory.dbsession_name)
+        dbsession = getattr(session.request, factory.dbsession_name)
     except AttributeError:
         raise no_dbsession_error(factory) from None
+    row = session.__dict__.get("row")
+    if row is not None and not session.new:  # a stored row, perhaps served without SQL
+        factory.storage.attach(dbsession, row)
+    return dbsession
 
 
 def no_dbsession_error(factory: SessionFactory) -> SessionError:

@@ -10,7 +10,7 @@ and the process's memory of contended rows (:meth:`~RowReads.mark_contended`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
@@ -43,6 +43,9 @@ class _DirectLoad(NamedTuple):
     identity_key: Callable[[str], Any]
     #: for ``dbsession.connection``: the connection the model's bind gives
     bind_arguments: dict[str, Any]
+    #: whether the model has relationships (a row built from values joins the
+    #: request's SQLAlchemy session at once: they load through it)
+    relationships: bool
 
 
 class RowReads(RowTable):
@@ -119,6 +122,99 @@ class RowReads(RowTable):
         dbsession.add(row)
         return row
 
+    def row_from_values(
+        self,
+        sid: str,
+        values: Mapping[str, Any],
+        dbsession: Any | None,
+        need_dbsession: Callable[[], Any],
+    ) -> Any:
+        """The stored row built from committed column values, without SQL, or ``None``.
+
+        For a row a plugin served (``session_row_lookup``): the model's
+        instance is made as :meth:`_get` makes a loaded one, persistent and
+        unmodified. It is added to ``dbsession`` when one is given (the
+        request already has its SQLAlchemy session, or the model has
+        relationships, which load through it); otherwise it stays detached
+        until the request needs its SQLAlchemy session (:meth:`attach`), so a
+        read served this way takes no connection and begins no transaction.
+        ``None`` when only the ORM can load this model (see
+        :meth:`_direct_load`), or when ``dbsession`` already holds the row or
+        listens for ``loaded_as_persistent``: the kernel then loads it itself.
+        """
+        load = self._direct
+        if load is None:
+            load = self._direct = self._direct_load()
+        if not load:
+            return None
+        if dbsession is None and load.relationships:
+            dbsession = need_dbsession()
+        if dbsession is not None and (
+            dbsession.identity_map.get(load.identity_key(sid)) is not None
+            or dbsession.dispatch.loaded_as_persistent
+        ):
+            return None
+        try:
+            row_values = [(key, values[key]) for key in load.keys]
+        except KeyError as exc:
+            raise TypeError(
+                f"session_row_lookup returned the values of row {sid[:12]}… without the "
+                f"column attribute {exc.args[0]!r}: return every column attribute of "
+                f"{self.model.__name__}, the version included"
+            ) from None
+        if values[self.pk_key] != sid:
+            raise TypeError(f"session_row_lookup returned another row's values for {sid[:12]}…")
+        row = load.new_instance()
+        instance_dict(row).update(row_values)
+        make_transient_to_detached(row)
+        if dbsession is not None:
+            dbsession.add(row)
+        return row
+
+    @property
+    def servable(self) -> bool:
+        """Whether a row of this model can be built from column values (``session_row_lookup``)."""
+        load = self._direct
+        if load is None:
+            load = self._direct = self._direct_load()
+        return bool(load)
+
+    def read_values(self, connection: Any, sid: str) -> dict[str, Any] | None:
+        """The row's column values by attribute key, read on ``connection``; ``None``: no row.
+
+        One ``SELECT``: what :func:`~sessions_kernel.hookspecs.session_row_lookup`
+        returns, for a plugin that fills what it serves from the database
+        (on a connection of its own, never the request's transaction). Only
+        for a model that is :attr:`servable`.
+        """
+        load = self._direct
+        if load is None:
+            load = self._direct = self._direct_load()
+        if not load:
+            raise TypeError(
+                f"{self.model.__name__} cannot be built from column values (see "
+                "session_row_lookup): a plain model maps one table's columns only"
+            )
+        values = connection.execute(load.select, {"_sk_id": sid}).first()
+        return None if values is None else dict(zip(load.keys, values, strict=True))
+
+    def attach(self, dbsession: Any, row: Any) -> None:
+        """Add a detached row built from values (:meth:`row_from_values`) to ``dbsession``.
+
+        Called when the request first needs its SQLAlchemy session for the
+        session (a write, a logout). Should the application have loaded the
+        same row itself meanwhile, its copy leaves the SQLAlchemy session and
+        the session's row takes its place: the pipeline's writes are made
+        through the row it read.
+        """
+        state = sa.inspect(row)
+        if not state.detached:
+            return
+        existing = dbsession.identity_map.get(state.key)
+        if existing is not None and existing is not row:
+            dbsession.expunge(existing)
+        dbsession.add(row)
+
     def _direct_load(self) -> _DirectLoad | Literal[False]:
         """How :meth:`_get` loads a row itself, or ``False`` when only the ORM can.
 
@@ -153,6 +249,7 @@ class RowReads(RowTable):
             new_instance=mapper.class_manager.new_instance,
             identity_key=lambda sid: mapper.identity_key_from_primary_key((sid,)),
             bind_arguments={"mapper": mapper},
+            relationships=bool(mapper.relationships),
         )
 
     def mark_contended(self, row_id: str) -> None:

@@ -157,8 +157,7 @@ class Session(MutableMapping[str, Any]):
         """
         self._join()
         assert self._binding is not None
-        self._binding.logouts.append(statement)
-        return self._factory.storage.execute(self._dbsession, statement)
+        return self._binding.execute_logout(statement)
 
     def derived_keys(self, label: bytes, length: int = 32) -> SecretKeys:
         """Keys for a plugin's own cryptography: :meth:`SessionFactory.derived_keys
@@ -306,13 +305,8 @@ class Session(MutableMapping[str, Any]):
             lineage = state.lineage = state.lineage or old[:LINEAGE_CHARS]
             new = row.id = row_id(token, lineage)
             if hold:
-                storage = self._factory.storage
-                storage.rekey(self._dbsession, row, new, self.now, self.execute_logout)
-                assert self._pipeline is not None  # joined by execute_logout
-                attrs = self._pipeline.cookie_attributes(as_loaded=True)
-                cookies = self._cookies
-                value = cookies.encode(token, self.cookie_extras, lineage, False)
-                cookies.held = [("set", value, attrs)]
+                assert self._pipeline is not None  # a stored session joined at its load
+                self._pipeline.hold_new_id(old, new, token, lineage)
             self.notify(events.SessionRegenerated(self.request, old, new))
         else:
             new = self.session_id

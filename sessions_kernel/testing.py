@@ -34,6 +34,7 @@ from pyramid.config import Configurator
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from .crypto import KitKey
+from .maintenance import add_ddl
 from .model import BaseMixin
 from .racing import Race, Racer
 from .testing_views import add_test_views
@@ -156,7 +157,9 @@ def make_model(
     ``tablename`` says otherwise, so that test runs in several processes can
     share one database server; ``attributes`` become class attributes (a
     column that overrides a mixin's, say). The table is not created:
-    :func:`make_app` and the ``session_app`` fixture do that.
+    :func:`make_app` and the ``session_app`` fixture do that, with what its
+    active plugins need there (:func:`~sessions_kernel.add_ddl`: sessions-cache's
+    trigger on PostgreSQL).
     """
     tablename = tablename or f"sessions_{os.getpid()}"
 
@@ -164,7 +167,9 @@ def make_model(
         pass
 
     namespace = {"__tablename__": tablename, **attributes}
-    return cast("type[BaseMixin]", type(name, (*mixins, BaseMixin, Base), namespace))
+    model = cast("type[BaseMixin]", type(name, (*mixins, BaseMixin, Base), namespace))
+    add_ddl(model)
+    return model
 
 
 def add_dbsession(config: Configurator, engine: sa.Engine, name: str = "dbsession") -> None:

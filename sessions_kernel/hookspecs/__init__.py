@@ -9,7 +9,7 @@ not called at all, but for :func:`session_deploy_checks` (which tells them
 so). A hook implementation may accept fewer arguments than the
 specification names; pluggy passes only those it asks for.
 
-Hooks come in four groups:
+Hooks come in five groups:
 
 * configuration (called once per plugin manager or factory, at start-up):
   :func:`session_addhooks`, :func:`session_mixins`, :func:`session_settings`,
@@ -23,8 +23,11 @@ Hooks come in four groups:
 * the session's lifecycle, between the stages, when the id changes or the
   session ends: :func:`session_regenerated`, :func:`session_invalidated`
   (and ``session_user_changed`` of sessions-userid for the user);
+* the stored rows, on the request path and after commits:
+  :func:`session_row_lookup` (a row served without SQL) and
+  :func:`session_rows_changed` (what committed);
 * maintenance (called by tools and listings, never on the request path):
-  :func:`session_expired_conditions`, :func:`session_indexes`,
+  :func:`session_expired_conditions`, :func:`session_indexes`, :func:`session_ddl`,
   :func:`session_expires_at`, :func:`session_last_active`,
   :func:`session_details`, :func:`session_deploy_checks`.
 
@@ -104,12 +107,17 @@ from .lifecycle import (  # noqa: E402
     session_regenerated,
 )
 from .maintenance import (  # noqa: E402
+    session_ddl,
     session_deploy_checks,
     session_details,
     session_expired_conditions,
     session_expires_at,
     session_indexes,
     session_last_active,
+)
+from .rows import (  # noqa: E402
+    session_row_lookup,
+    session_rows_changed,
 )
 from .stages import (  # noqa: E402
     session_cookie_attributes,
@@ -129,6 +137,7 @@ __all__ = [
     "session_attributes",
     "session_check_settings",
     "session_cookie_attributes",
+    "session_ddl",
     "session_deploy_checks",
     "session_details",
     "session_expired_conditions",
@@ -145,6 +154,8 @@ __all__ = [
     "session_persist",
     "session_regenerated",
     "session_renew",
+    "session_row_lookup",
+    "session_rows_changed",
     "session_settings",
     "session_validate",
 ]

@@ -1,7 +1,7 @@
 """Maintenance hooks: called by tools and listings, never on the request path.
 
-Garbage collection and indexes (:func:`session_expired_conditions`,
-:func:`session_indexes`), listings (:func:`session_expires_at`,
+Garbage collection, indexes and other SQL (:func:`session_expired_conditions`,
+:func:`session_indexes`, :func:`session_ddl`), listings (:func:`session_expires_at`,
 :func:`session_last_active`, :func:`session_details`) and ``psessions
 check`` (:func:`session_deploy_checks`). Part of
 :mod:`sessions_kernel.hookspecs`, which re-exports every hook: import them,
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import hookspec
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
     from pyramid.registry import Registry
     from sqlalchemy import ColumnElement
 
@@ -53,6 +54,25 @@ def session_indexes(model: type[BaseMixin]) -> Sequence[str | Sequence[str]] | N
     (an index or primary key starting with those columns), and offers the
     rest to the model through ``sessions_kernel.add_indexes(Model)`` and to
     ``psessions indexes``. Called by tools, never per request.
+    """
+
+
+@hookspec
+def session_ddl(model: type[BaseMixin], dialect: sa.Dialect) -> Sequence[str] | None:
+    """Return the SQL this plugin needs on the session table besides its columns and indexes.
+
+    :param model: the model class (``sa.inspect(model).local_table`` is its table).
+    :param dialect: the SQLAlchemy dialect of the database (``dialect.name``:
+        ``"postgresql"``, ``"mysql"``, ``"mariadb"``, ``"sqlite"``), whose
+        ``identifier_preparer`` quotes names.
+
+    Return the statements, as strings, that create what the feature needs
+    there (functions, triggers), or ``None`` when it needs nothing on this
+    database. Each must be safe to run again (``CREATE OR REPLACE``, ``DROP
+    … IF EXISTS`` before ``CREATE``). ``psessions CONFIG ddl`` prints them
+    for a migration, ``psessions CONFIG ddl --apply`` runs them in one
+    transaction, and :func:`~sessions_kernel.add_ddl` has ``metadata.create_all``
+    run them after it created the table. Called by tools, never per request.
     """
 
 

@@ -1,0 +1,254 @@
+"""PostgreSQL: every committed change of the session table, told to every process.
+
+The trigger :mod:`sessions_cache.ddl` installs sends, inside each writing
+transaction, ``NOTIFY <channel>, '<key> <key> …'`` with the keys of the rows
+an ``UPDATE`` or ``DELETE`` touched (``'*'`` for a ``TRUNCATE``). PostgreSQL
+delivers a notification only once its transaction committed, in commit
+order. :class:`Listener` holds one connection per process and factory
+(outside the pool) that ``LISTEN``\\ s, and evicts the rows named.
+
+It fails closed. The cache serves entries only while :meth:`Listener.live`:
+the connection is up, the trigger was found, and a heartbeat round trip
+(which returns after every notification committed before it was sent)
+came back within three heartbeats (``cache_heartbeat``). When the connection drops, the
+cache is bypassed at once; when it is back, the cache is emptied before it
+serves again, since notifications sent meanwhile were lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from .store import RowCache
+
+__all__ = ["Listener", "channel_name"]
+
+log = logging.getLogger("sessions_cache")
+
+#: The heartbeat's multiple past which entries are no longer served.
+LIVENESS_BEATS = 3
+
+
+def channel_name(table: sa.Table) -> str:
+    """The ``NOTIFY`` channel of a session table: ``session_rows_<schema>_<table>``, lower
+    case, at most 63 characters (PostgreSQL's identifier limit)."""
+    parts = ["session_rows", *([table.schema] if table.schema else []), table.name]
+    return "_".join(parts).lower()[:63]
+
+
+def trigger_installed(connection: Any, table: sa.Table) -> bool:
+    """Whether the session table has the cache's triggers (see :mod:`sessions_cache.ddl`)."""
+    from .ddl import trigger_names
+
+    qualified = f"{table.schema}.{table.name}" if table.schema else table.name
+    cursor = connection.cursor()
+    try:
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
+            "AND tgname = ANY(%s) AND tgenabled <> 'D'",
+            (qualified, list(trigger_names(table))),
+        )
+        (count,) = cursor.fetchone()
+    finally:
+        cursor.close()
+    return bool(count == len(trigger_names(table)))
+
+
+class Listener:
+    """One process's ``LISTEN`` connection for one session table (see the module's doc).
+
+    :param connect: returns a new DBAPI connection (psycopg 3 or psycopg2),
+        outside the pool.
+    """
+
+    def __init__(
+        self,
+        cache: RowCache,
+        table: sa.Table,
+        connect: Callable[[], Any],
+        *,
+        heartbeat: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache = cache
+        self.table = table
+        self.channel = channel_name(table)
+        self.connect = connect
+        self.heartbeat = heartbeat
+        self.clock = clock
+        #: clock() when a heartbeat sent then came back (``None``: not listening)
+        self.alive_since: float | None = None
+        #: the connection's backend pid while listening (tests terminate it)
+        self.backend_pid: int | None = None
+        #: connections made, for tests and listings
+        self.connects = 0
+        self.trigger_missing = False
+        self._stop = threading.Event()
+        self._connection: Any = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"sessions-cache {self.channel}", daemon=True
+        )
+        cache.live = self.live
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._thread.join(timeout=5)
+
+    def live(self) -> bool:
+        """Whether every change committed up to a moment ago is known (entries may be served)."""
+        since = self.alive_since
+        return since is not None and self.clock() - since <= LIVENESS_BEATS * self.heartbeat
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        pause = self.heartbeat
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                pause = self.heartbeat
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                log.warning(
+                    "sessions-cache: the listener of %s lost its connection (%s); the cache "
+                    "is bypassed until it is back",
+                    self.channel,
+                    exc,
+                )
+            finally:
+                self._down()
+            self._stop.wait(pause)
+            pause = min(pause * 2, 5.0)
+
+    def _down(self) -> None:
+        self.alive_since = None
+        self.backend_pid = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _listen(self) -> None:
+        connection = self._connection = self.connect()
+        self.connects += 1
+        driver = _driver(connection)
+        driver.autocommit(connection)
+        if not trigger_installed(connection, self.table):
+            if not self.trigger_missing:
+                log.error(
+                    "sessions-cache: the table %s has no change trigger, so other processes' "
+                    "changes would go unseen: the cache is off. Install it with "
+                    "'psessions <config.ini> ddl --apply' (or the SQL 'psessions <config.ini> "
+                    "ddl' prints, in a migration); the cache turns on by itself once it is there.",
+                    self.table.name,
+                )
+            self.trigger_missing = True
+            while not self._stop.wait(self.heartbeat * 10):
+                if trigger_installed(connection, self.table):
+                    break
+            else:
+                return
+        self.trigger_missing = False
+        driver.execute(connection, f'LISTEN "{self.channel}"')
+        self.backend_pid = driver.scalar(connection, "SELECT pg_backend_pid()")
+        # Notifications sent before LISTEN took effect were never seen: start empty.
+        self.cache.flush()
+        beat = self.clock()
+        while not self._stop.is_set():
+            sent = self.clock()
+            driver.scalar(connection, "SELECT 1")  # returns after earlier notifications
+            driver.wait(connection, 0, self._apply)  # those it received meanwhile
+            self.alive_since = sent
+            beat = sent + self.heartbeat
+            while not self._stop.is_set():
+                wait = beat - self.clock()
+                if wait <= 0:
+                    break
+                driver.wait(connection, wait, self._apply)
+
+    def _apply(self, payload: str) -> None:
+        self.cache.stats.notifications += 1
+        if payload == "*":
+            self.cache.flush()
+        else:
+            self.cache.evict(payload.split())
+
+
+# -- the two drivers' ways of listening --------------------------------------------------------
+class _Psycopg3:
+    @staticmethod
+    def autocommit(connection: Any) -> None:
+        connection.autocommit = True
+
+    @staticmethod
+    def execute(connection: Any, sql: str) -> None:
+        connection.execute(sql)
+
+    @staticmethod
+    def scalar(connection: Any, sql: str) -> Any:
+        row = connection.execute(sql).fetchone()
+        return row[0]
+
+    @staticmethod
+    def wait(connection: Any, timeout: float, apply: Callable[[str], None]) -> None:
+        """Apply each notification as it arrives, for up to ``timeout`` seconds; those
+        received during other commands first (psycopg >= 3.2 keeps them)."""
+        for notification in connection.notifies(timeout=timeout):
+            apply(notification.payload)
+
+
+class _Psycopg2:
+    @staticmethod
+    def autocommit(connection: Any) -> None:
+        connection.autocommit = True
+
+    @staticmethod
+    def execute(connection: Any, sql: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+
+    @staticmethod
+    def scalar(connection: Any, sql: str) -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone()[0]
+
+    @staticmethod
+    def wait(connection: Any, timeout: float, apply: Callable[[str], None]) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            connection.poll()
+            while connection.notifies:
+                apply(connection.notifies.pop(0).payload)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            select.select([connection], [], [], left)
+
+
+def _driver(connection: Any) -> Any:
+    module = type(connection).__module__
+    if module.startswith("psycopg2"):
+        return _Psycopg2
+    if module.startswith("psycopg"):
+        return _Psycopg3
+    raise TypeError(
+        f"sessions-cache listens for changes with psycopg (3) or psycopg2; the engine's "
+        f"driver gives {type(connection).__module__}.{type(connection).__name__}. Use a "
+        "postgresql+psycopg:// (or postgresql+psycopg2://) URL."
+    )

@@ -1,0 +1,187 @@
+"""sessions-cache in one process: reads without SQL, and every change seen, on each database.
+
+On SQLite and MariaDB the cache needs ``cache_max_staleness``; on PostgreSQL
+it runs on its listener (the trigger ``make_model`` installs through
+``add_ddl``). Tests wait for events (a notification counted, the listener
+live), never for time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import sessions_cache
+import sqlalchemy as sa
+from sessions_cache import CacheMixin, cache_of, listener_of
+
+from sessions_kernel.maintenance import collect_garbage
+from sessions_kernel.testing import make_model
+
+STALENESS = {"cache_max_staleness": "30"}
+
+
+def wait_for(condition, what: str, attempts: int = 400) -> None:
+    """Poll ``condition`` (an event, not a duration): at most 400 polls, 25 ms apart."""
+    event = threading.Event()
+    for _ in range(attempts):
+        if condition():
+            return
+        event.wait(0.025)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture
+def cached(session_app):
+    """``cached(*mixins, **settings)``: a test app whose model has CacheMixin, its cache live."""
+    made = []
+
+    def build(*mixins, settings=None, **kwargs):
+        settings = {**STALENESS, **(settings or {})}
+        app = session_app(make_model(CacheMixin, *mixins), settings, **kwargs)
+        made.append(app)
+        return app
+
+    yield build
+    for app in made:
+        sessions_cache.stop(app.factory)
+
+
+def warm(app):
+    """A stored session whose row the cache holds (and, on PostgreSQL, a live listener)."""
+    app.post_json("/set", {"a": 1})
+    app.get("/read")  # a miss: read and kept
+    listener = listener_of(app.factory)
+    if listener is not None:
+        wait_for(listener.live, "the listener is live")
+        app.get("/read")  # it emptied the cache when it started listening
+    assert app.get("/read").json["data"] == {"a": 1}
+    return cache_of(app.factory)
+
+
+def test_a_cached_read_runs_no_sql_and_takes_no_connection(cached):
+    app = cached()
+    cache = warm(app)
+    checkouts = []
+    sa.event.listen(app.engine, "checkout", lambda *args: checkouts.append(1))
+    hits = cache.stats.hits
+    with app.count() as sql:
+        response = app.get("/read")
+    assert response.json["data"] == {"a": 1}
+    assert sql.statements == []
+    assert checkouts == []
+    assert cache.stats.hits == hits + 1
+
+
+def test_a_write_of_a_cached_row_is_one_update_with_no_select(cached):
+    app = cached()
+    warm(app)
+    with app.count() as sql:
+        app.post_json("/set", {"b": 2})
+    assert sql.kinds() == ["UPDATE"], sql.statements
+    # this process's commit evicted the row: the next read sees the write
+    assert app.get("/read").json["data"] == {"a": 1, "b": 2}
+
+
+def test_a_logout_in_this_process_is_refused_at_once_with_a_copied_cookie(cached):
+    app = cached()
+    warm(app)
+    thief = app.new_browser()
+    thief.set_cookie("session", app.cookies["session"])
+    assert thief.get("/read").json["data"] == {"a": 1}  # served from the cache
+    app.post("/invalidate")
+    after = thief.get("/read").json
+    assert (after["data"], after["new"]) == ({}, True)
+    assert app.rows() == []
+
+
+def test_a_login_evicts_the_old_id(cached):
+    app = cached()
+    warm(app)
+    old_cookie = app.cookies["session"]
+    app.post("/regenerate")
+    thief = app.new_browser()
+    thief.set_cookie("session", old_cookie)
+    assert thief.get("/read").json["new"] is True
+    assert app.get("/read").json["data"] == {"a": 1}
+
+
+def test_gc_evicts_what_it_deleted(cached):
+    app = cached(settings={"max_age": "100"})
+    warm(app)
+    app.clock.advance(101)
+    result = collect_garbage(app.factory, app.engine)
+    assert result.deleted == 1
+    # expired anyway; the row is gone and so is its cached copy
+    assert len(cache_of(app.factory)) == 0
+
+
+def test_a_stale_cached_copy_is_never_written_over_a_newer_row(cached, session_db_url):
+    """Another process's write the cache has not heard of yet (no notification on this
+    database, or not delivered yet): a write from the cached copy merges, never overwrites."""
+    app = cached()
+    cache = warm(app)
+    listener = listener_of(app.factory)
+    table = app.model.__table__
+    with app.engine.begin() as connection:
+        data = connection.execute(sa.select(table.c.data)).scalar_one()
+        newer = data.replace(b'"a": 1', b'"a": 1, "other": 3').replace(b'"a":1', b'"a":1,"other":3')
+        assert newer != data
+        connection.execute(table.update().values(data=newer, version=table.c.version + 1))
+    if listener is not None:  # PostgreSQL: the trigger told this process
+        wait_for(lambda: len(cache) == 0, "the notification evicted the row")
+    app.post_json("/set", {"b": 2})
+    assert app.get("/read").json["data"] == {"a": 1, "other": 3, "b": 2}
+
+
+def test_rows_changed_in_a_shared_transaction_are_not_served_from_the_cache(cached):
+    """pshell, the starter's fixtures: a transaction that deleted a row serves it no more."""
+    app = cached()
+    warm(app)
+    factory = app.factory
+    assert factory.observed
+    # a row this transaction changed is named by its change log, and not looked up
+    import transaction
+
+    from sessions_kernel.changes import ChangeLog
+
+    row_id = app.row().id
+    txn = transaction.TransactionManager().begin()
+    ChangeLog.of(txn, factory).record(deleted=(row_id,))
+    assert ChangeLog.find(txn, factory).covers(row_id)
+    txn.abort()
+
+
+def test_without_max_staleness_the_cache_is_off_on_sqlite_and_mariadb(
+    session_app, session_db_url, caplog
+):
+    app = session_app(make_model(CacheMixin))
+    app.post_json("/set", {"a": 1})
+    with caplog.at_level(logging.ERROR, "sessions_cache"):
+        app.get("/read")
+    cache = cache_of(app.factory)
+    if session_db_url.startswith("postgresql"):
+        sessions_cache.stop(app.factory)
+        return
+    assert "cache_max_staleness" in caplog.text
+    for _ in range(3):
+        with app.count() as sql:
+            assert app.get("/read").json["data"] == {"a": 1}
+        assert sql.kinds() == ["SELECT"]
+    assert len(cache) == 0
+
+
+def test_max_staleness_bounds_how_long_an_entry_is_served(cached, session_db_url):
+    if session_db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's entries live until a notification evicts them")
+    app = cached()
+    cache = warm(app)
+    table = app.model.__table__
+    with app.engine.begin() as connection:  # another process's logout: unseen here
+        connection.execute(table.delete())
+    app.clock.advance(29)
+    assert app.get("/read").json["data"] == {"a": 1}  # within the documented bound
+    app.clock.advance(2)
+    assert app.get("/read").json["new"] is True  # past it: read again, and gone
+    assert cache.stats.misses >= 1

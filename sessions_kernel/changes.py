@@ -1,0 +1,131 @@
+"""What committed: the session rows a transaction changed, told to the plugins that listen.
+
+The kernel records, per transaction and factory, which rows its statements
+changed (:class:`ChangeLog`), and once the transaction committed hands the
+record to :func:`~sessions_kernel.hookspecs.session_rows_changed` as a frozen
+:class:`RowChanges`. Garbage collection and the logouts the kernel runs again
+after an abort announce theirs the same way, after their own commits.
+Nothing is recorded while no plugin implements the hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .factory import SessionFactory
+
+__all__ = ["ChangeLog", "RowChanges"]
+
+
+@dataclass(frozen=True)
+class RowChanges:
+    """The session rows one committed transaction changed (see ``session_rows_changed``).
+
+    Each row is named by its primary key. A row may appear more than once
+    (written, then re-keyed); an observer that only needs to know *which*
+    rows to forget uses :meth:`covers`.
+    """
+
+    #: rows inserted or updated, by their key after the change
+    written: frozenset[str] = frozenset()
+    #: rows deleted, by their key as read
+    deleted: frozenset[str] = frozenset()
+    #: (old key, new key) of rows given a new id (``regenerate_id``)
+    rekeyed: tuple[tuple[str, str], ...] = ()
+    #: every row whose key starts with one of these lineages may have been deleted or
+    #: re-keyed (a logout that found its row under a newer id of its session)
+    lineages: frozenset[str] = frozenset()
+    #: any row may have changed: a statement the kernel cannot see into ran
+    #: (``Session.execute_logout`` of a plugin's own, "log out everywhere else")
+    everything: bool = False
+    #: who changed them: ``"request"``, ``"replay"`` (logouts run again after an abort)
+    #: or ``"gc"`` (:func:`~sessions_kernel.maintenance.collect_garbage`, ``psessions gc``)
+    source: str = "request"
+
+    def covers(self, row_id: str) -> bool:
+        """Whether the row with key ``row_id`` may have changed."""
+        if self.everything or row_id in self.written or row_id in self.deleted:
+            return True
+        if any(row_id in pair for pair in self.rekeyed):
+            return True
+        return any(row_id.startswith(lineage) for lineage in self.lineages)
+
+
+@dataclass(eq=False)
+class ChangeLog:
+    """What one transaction changed of one factory's rows so far (see :class:`RowChanges`)."""
+
+    factory: SessionFactory
+    written: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+    rekeyed: list[tuple[str, str]] = field(default_factory=list)
+    lineages: set[str] = field(default_factory=set)
+    everything: bool = False
+
+    @classmethod
+    def of(cls, txn: Any, factory: SessionFactory) -> ChangeLog:
+        """The log of ``txn`` for ``factory``: one per transaction, shared by every request
+        in it (the starter's test fixtures share one), announced once it committed."""
+        try:
+            log: ChangeLog = txn.data(factory)
+        except KeyError:
+            log = cls(factory)
+            txn.set_data(factory, log)
+            txn.addAfterCommitHook(log._after_commit)
+        return log
+
+    @classmethod
+    def find(cls, txn: Any, factory: SessionFactory) -> ChangeLog | None:
+        """The log of ``txn`` for ``factory`` if something was recorded in it, else ``None``."""
+        try:
+            log: ChangeLog = txn.data(factory)
+        except KeyError:
+            return None
+        return log
+
+    def record(
+        self,
+        *,
+        written: Iterable[str] = (),
+        deleted: Iterable[str] = (),
+        rekeyed: tuple[str, str] | None = None,
+        lineage: str | None = None,
+        everything: bool = False,
+    ) -> None:
+        self.written.update(written)
+        self.deleted.update(deleted)
+        if rekeyed is not None:
+            self.rekeyed.append(rekeyed)
+        if lineage is not None:
+            self.lineages.add(lineage)
+        self.everything = self.everything or everything
+
+    def covers(self, row_id: str) -> bool:
+        """Whether this transaction changed (or may have changed) the row ``row_id``."""
+        if self.everything or row_id in self.written or row_id in self.deleted:
+            return True
+        if any(row_id in pair for pair in self.rekeyed):
+            return True
+        return any(row_id.startswith(lineage) for lineage in self.lineages)
+
+    def freeze(self, source: str = "request") -> RowChanges:
+        return RowChanges(
+            written=frozenset(self.written),
+            deleted=frozenset(self.deleted),
+            rekeyed=tuple(self.rekeyed),
+            lineages=frozenset(self.lineages),
+            everything=self.everything,
+            source=source,
+        )
+
+    def announce(self, source: str = "request") -> None:
+        """Hand what was recorded to ``session_rows_changed``: the changes are committed."""
+        if self.written or self.deleted or self.rekeyed or self.lineages or self.everything:
+            self.factory.announce(self.freeze(source))
+
+    def _after_commit(self, status: bool) -> None:
+        if status:
+            self.announce()
