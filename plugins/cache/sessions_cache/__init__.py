@@ -147,6 +147,17 @@ class _FactoryCache:
             if isinstance(engine, sa.Connection):
                 engine = engine.engine
             dialect = engine.dialect.name
+            if isinstance(engine.pool, (sa.pool.StaticPool, sa.pool.SingletonThreadPool)):
+                # The cache's own reads would run on the request's connection: they would
+                # see (and, turning autocommit on, commit) what its transaction wrote.
+                self.off = (
+                    f"the engine's {type(engine.pool).__name__} shares one connection, so "
+                    "the cache cannot read committed rows apart from the request's "
+                    "transaction; give the engine a pool of its own connections (a SQLite "
+                    "file, not :memory:)"
+                )
+                log.error("sessions-cache is off: %s", self.off)
+                return False
             if dialect == "postgresql":
                 listener = Listener(
                     self.cache,

@@ -148,7 +148,10 @@ class RowCache:
             return None
         with self._lock:
             entry = self._entries.get(row_id)
-        if entry is None or entry.until < self.clock():
+            if entry is not None and entry.until < self.clock():
+                del self._entries[row_id]  # past max_staleness: read again
+                entry = None
+        if entry is None:
             self.stats.misses += 1
             return None
         self.stats.hits += 1

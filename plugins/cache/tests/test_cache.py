@@ -185,3 +185,24 @@ def test_max_staleness_bounds_how_long_an_entry_is_served(cached, session_db_url
     app.clock.advance(2)
     assert app.get("/read").json["new"] is True  # past it: read again, and gone
     assert cache.stats.misses >= 1
+
+
+def test_an_engine_sharing_one_connection_leaves_the_cache_off(caplog):
+    """SQLite :memory: (StaticPool): the cache's own read would share the request's
+    connection, see its uncommitted writes and, turning autocommit on, commit them."""
+    from sqlalchemy.pool import StaticPool
+
+    from sessions_kernel.testing import SessionTestApp
+
+    engine = sa.create_engine("sqlite://", poolclass=StaticPool)
+    model = make_model(CacheMixin)
+    model.metadata.create_all(engine)
+    app = SessionTestApp(model, engine, settings=STALENESS)
+    app.post_json("/set", {"a": 1})
+    with caplog.at_level(logging.ERROR, "sessions_cache"):
+        for _ in range(3):
+            with app.count() as sql:
+                assert app.get("/read").json["data"] == {"a": 1}
+            assert sql.kinds() == ["SELECT"]
+    assert "StaticPool shares one connection" in caplog.text
+    assert len(cache_of(app.factory)) == 0
