@@ -6,7 +6,7 @@ a logout run again after an abort, a batch of ``psessions gc``), the kernel
 calls :func:`session_rows_changed` once, and the plugin writes one line to
 the logger ``sessions_audit``, for instance::
 
-    source=request written=9f2c… rekeyed=41d0…>9f2c…
+    source=request written=<new key> rekeyed=<old key>><new key>
 
 Only the non-empty fields are written. Row keys are the SHA-256 of the
 cookie's token, so they are safe to log: nobody can turn one back into a
