@@ -10,14 +10,18 @@ Nothing is recorded while no plugin implements the hook.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+from sqlalchemy.orm import object_session
+
 if TYPE_CHECKING:
     from .factory import SessionFactory
 
-__all__ = ["ChangeLog", "RowChanges"]
+__all__ = ["ChangeLog", "RowChanges", "watch_orm_writes"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +133,51 @@ class ChangeLog:
     def _after_commit(self, status: bool) -> None:
         if status:
             self.announce()
+
+
+def watch_orm_writes(factory: SessionFactory) -> None:
+    """Record what the application's own ORM flushes change of ``factory``'s rows.
+
+    A column the application assigned on ``session.row`` that an autoflush
+    wrote before the kernel's persist stage (a query in the view), a row it
+    deleted with ``dbsession.delete(row)``: the mapper's ``after_update`` and
+    ``after_delete`` events note the row in the flushing SQLAlchemy
+    session's ``info``, and its ``after_commit`` announces them (its
+    rollback forgets them). Bulk statements (``update(Model)``, Core) are not
+    seen: they are the application's own SQL.
+    """
+    ref = weakref.ref(factory)
+    key = f"sessions_kernel.flushed.{id(factory)}"
+
+    def committed(dbsession: Any) -> None:
+        log = dbsession.info.pop(key, None)
+        if log is not None:
+            log.announce()
+
+    def rolled_back(dbsession: Any, *args: Any) -> None:
+        dbsession.info.pop(key, None)
+
+    def flushed(target: Any, **changes: Any) -> None:
+        factory = ref()
+        dbsession = object_session(target)
+        if factory is None or dbsession is None:
+            return
+        log = dbsession.info.get(key)
+        if log is None:
+            log = dbsession.info[key] = ChangeLog(factory)
+            if not dbsession.info.get(f"{key}.listening"):
+                dbsession.info[f"{key}.listening"] = True
+                sa.event.listen(dbsession, "after_commit", committed)
+                sa.event.listen(dbsession, "after_rollback", rolled_back)
+        log.record(**changes)
+
+    def updated(mapper: Any, connection: Any, target: Any) -> None:
+        identity = sa.inspect(target).identity
+        flushed(target, written={target.id, *(identity or ())})
+
+    def deleted(mapper: Any, connection: Any, target: Any) -> None:
+        identity = sa.inspect(target).identity
+        flushed(target, deleted={target.id, *(identity or ())})
+
+    sa.event.listen(factory.model, "after_update", updated)
+    sa.event.listen(factory.model, "after_delete", deleted)

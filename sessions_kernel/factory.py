@@ -13,6 +13,7 @@ import pluggy
 from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
 from webob.cookies import make_cookie
 
+from .changes import watch_orm_writes
 from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
@@ -205,6 +206,8 @@ class SessionFactory:
         )
         #: columns whose write may give way to a concurrent one (``merge.droppable``)
         self.droppable_columns = self.storage.droppable_columns
+        if self.observed:  # the application's own ORM writes of the rows are told too
+            watch_orm_writes(self)
 
     def __call__(self, request: Request) -> Session:
         return self.session_class(request, self)

@@ -379,7 +379,7 @@ class Pipeline:
         state, cookies = session._state, session._cookies
         binding = self.bound
         log = binding.changes()
-        read_id = sa.inspect(row).identity[0] if log is not None else None
+        read_id: str = sa.inspect(row).identity[0] if log is not None else ""
         outcome = self.factory.storage.update(
             session._dbsession,
             row,
@@ -392,7 +392,7 @@ class Pipeline:
         # a SessionMerged subscriber's change would not be stored
         binding.sealed = True
         if log is not None and outcome.written:
-            now_id = outcome.moved_to or row.id
+            now_id: str = outcome.moved_to or row.id
             moved = (read_id, now_id) if read_id != now_id else None
             log.record(written=(now_id,), rekeyed=moved)
         stored_id = outcome.stored_id or ""

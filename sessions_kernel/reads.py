@@ -46,6 +46,9 @@ class _DirectLoad(NamedTuple):
     #: whether the model has relationships (a row built from values joins the
     #: request's SQLAlchemy session at once: they load through it)
     relationships: bool
+    #: whether one is loaded eagerly (``lazy="joined"``, say): :meth:`RowReads._get`
+    #: leaves such a model to the ORM; a row built from values loads it when first read
+    eager: bool
 
 
 class RowReads(RowTable):
@@ -106,6 +109,7 @@ class RowReads(RowTable):
             load = self._direct = self._direct_load()
         if (
             not load
+            or load.eager  # the ORM's load joins (or selects) the related rows too
             or dbsession.identity_map.get(load.identity_key(sid)) is not None
             or dbsession.dispatch.loaded_as_persistent  # an event the ORM's loading sends
         ):
@@ -139,7 +143,8 @@ class RowReads(RowTable):
         until the request needs its SQLAlchemy session (:meth:`attach`), so a
         read served this way takes no connection and begins no transaction.
         ``None`` when only the ORM can load this model (see
-        :meth:`_direct_load`), or when ``dbsession`` already holds the row or
+        :meth:`_direct_load`; a relationship loaded eagerly is not loaded here,
+        but lazily when first read), or when ``dbsession`` already holds the row or
         listens for ``loaded_as_persistent``: the kernel then loads it itself.
         """
         load = self._direct
@@ -220,9 +225,11 @@ class RowReads(RowTable):
 
         Decided at the first load, once the mappers are configured: the model
         must map its one table, column attributes only (none deferred, none
-        an expression), with no inheritance, no relationship loaded eagerly,
-        and no ``load`` listener (``@reconstructor``), which the ORM's loading
-        would call.
+        an expression), with no inheritance and no ``load`` listener
+        (``@reconstructor``), which the ORM's loading would call. A model
+        with a relationship loaded eagerly is built from values (a served
+        row, whose relationship loads when first read) but :meth:`_get`
+        leaves its load to the ORM (``eager``).
         """
         mapper: Any = sa.inspect(self.model)
         table = self.table
@@ -237,7 +244,6 @@ class RowReads(RowTable):
                 and getattr(prop.columns[0], "table", None) is table
                 for prop in mapper.column_attrs
             )
-            and all(rel.lazy in _LAZY_RELATIONSHIPS for rel in mapper.relationships)
         )
         if not plain:
             return False
@@ -250,6 +256,7 @@ class RowReads(RowTable):
             identity_key=lambda sid: mapper.identity_key_from_primary_key((sid,)),
             bind_arguments={"mapper": mapper},
             relationships=bool(mapper.relationships),
+            eager=not all(rel.lazy in _LAZY_RELATIONSHIPS for rel in mapper.relationships),
         )
 
     def mark_contended(self, row_id: str) -> None:

@@ -79,13 +79,17 @@ def session_rows_changed(factory: SessionFactory, changes: RowChanges) -> None:
     pshell ``request.tm.commit()``, a test fixture's shared transaction
     once its owner commits it), never for one that was aborted; once per
     committed batch of :func:`~sessions_kernel.maintenance.collect_garbage` (``psessions
-    gc``, ``source="gc"``); and after the logouts of an aborted request
-    were run again in a transaction of their own (``source="replay"``).
+    gc``, ``source="gc"``); after the logouts of an aborted request
+    were run again in a transaction of their own (``source="replay"``); and
+    when a SQLAlchemy session of this process that flushed changes of the
+    model's rows through the ORM commits (a column the application
+    assigned on ``session.row`` that an autoflush wrote, a row it deleted
+    with ``dbsession.delete``).
     Called in the process that committed, in the thread that committed,
     before the response is sent.
 
     Not seen here: what another process committed, and SQL the application
-    runs on the table itself. A plugin that must know of those needs the
+    runs on the table itself (Core statements, ORM bulk ``update``/``delete``). A plugin that must know of those needs the
     database to tell it (sessions-cache's PostgreSQL trigger and ``LISTEN``).
     An exception raised here propagates after the commit, which stands:
     catch and log your own. The return value is ignored.

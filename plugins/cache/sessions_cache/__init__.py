@@ -86,8 +86,8 @@ SETTINGS = (
         "cache_max_bytes",
         64 * 1024 * 1024,
         integer(64 * 1024, 2**40),
-        "bytes of row values the cache of each process holds at most (400 per row counted "
-        "beside the values)",
+        "bytes the cache of each process holds at most: the values' lengths, plus 100 per "
+        "value and 500 per row",
         runtime=False,
     ),
     Setting(
@@ -129,6 +129,7 @@ class _FactoryCache:
         self.listener: Listener | None = None
         #: why the cache is off for good in this process (``None``: it is not)
         self.off: str | None = None
+        self.off_logged = False
         self._lock = threading.Lock()
         if not factory.storage.servable:
             self.off = (
@@ -140,6 +141,9 @@ class _FactoryCache:
     def start(self, session: Session) -> bool:
         """Learn the engine from the first request's SQLAlchemy session; start listening."""
         with self._lock:
+            if self.off is not None and not self.off_logged:
+                self.off_logged = True
+                log.error("sessions-cache is off: %s", self.off)
             if self.engine is not None or self.off is not None:
                 return self.off is None
             dbsession = getattr(session.request, self.dbsession_name)
@@ -157,6 +161,7 @@ class _FactoryCache:
                     "file, not :memory:)"
                 )
                 log.error("sessions-cache is off: %s", self.off)
+                self.off_logged = True
                 return False
             if dialect == "postgresql":
                 listener = Listener(
@@ -175,6 +180,7 @@ class _FactoryCache:
                     "once)"
                 )
                 log.error("sessions-cache is off: %s", self.off)
+                self.off_logged = True
                 return False
             self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
             return True
@@ -186,11 +192,12 @@ class _FactoryCache:
             return values
         if self.engine is None and not self.start(session):
             return None
-        if not cache.live():
+        engine = self.engine
+        if engine is None or not cache.live():
             return None
         since = cache.generation()
         read_at = cache.clock()
-        values = read_row(self.storage, self.engine, row_id)
+        values = read_row(self.storage, engine, row_id)
         if values is not None:
             cache.fill(row_id, values, since, read_at)
         return values
@@ -198,6 +205,7 @@ class _FactoryCache:
     def close(self) -> None:
         with self._lock:
             self.off = self.off or "stopped"
+            self.off_logged = True
             listener = self.listener
         if listener is not None:
             listener.stop()
@@ -282,6 +290,8 @@ def session_row_lookup(factory: SessionFactory, session: Session, row_id: str) -
     transaction) and keep it; ``None`` while the cache cannot know of every change."""
     found = _of(factory)
     if found.off is not None:
+        if not found.off_logged:
+            found.start(session)  # says why, once
         return None
     return found.lookup(session, row_id)
 

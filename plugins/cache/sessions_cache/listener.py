@@ -8,9 +8,10 @@ order. :class:`Listener` holds one connection per process and factory
 (outside the pool) that ``LISTEN``\\ s, and evicts the rows named.
 
 It fails closed. The cache serves entries only while :meth:`Listener.live`:
-the connection is up, the trigger was found, and a heartbeat round trip
-(which returns after every notification committed before it was sent)
-came back within three heartbeats (``cache_heartbeat``). When the connection drops, the
+the connection is up, the trigger was found, and the listener's heartbeat,
+a notification of its own sent through the server every ``cache_heartbeat``
+seconds (it arrives after every notification committed before it), came
+back less than three heartbeats ago. When the connection drops, the
 cache is bypassed at once; when it is back, the cache is emptied before it
 serves again, since notifications sent meanwhile were lost.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import threading
 import time
@@ -93,6 +95,11 @@ class Listener:
         self.trigger_missing = False
         self._stop = threading.Event()
         self._connection: Any = None
+        #: this listener's heartbeat payloads: ``ping <token> <n>``
+        self._token = f"{os.getpid()}-{id(self):x}"
+        self._ping: tuple[str, float] = ("", 0.0)
+        #: whether the current connection answered a heartbeat (the back-off restarts)
+        self._was_live = False
         self._thread = threading.Thread(
             target=self._run, name=f"sessions-cache {self.channel}", daemon=True
         )
@@ -118,9 +125,9 @@ class Listener:
     def _run(self) -> None:
         pause = self.heartbeat
         while not self._stop.is_set():
+            self._was_live = False
             try:
                 self._listen()
-                pause = self.heartbeat
             except Exception as exc:
                 if self._stop.is_set():
                     break
@@ -132,8 +139,9 @@ class Listener:
                 )
             finally:
                 self._down()
+            # the first reconnection soon; then back off, up to 5 s, while it keeps failing
+            pause = self.heartbeat if self._was_live else min(pause * 2, 5.0)
             self._stop.wait(pause)
-            pause = min(pause * 2, 5.0)
 
     def _down(self) -> None:
         self.alive_since = None
@@ -168,20 +176,30 @@ class Listener:
         self.backend_pid = driver.scalar(connection, "SELECT pg_backend_pid()")
         # Notifications sent before LISTEN took effect were never seen: start empty.
         self.cache.flush()
-        beat = self.clock()
+        beat = 0
         while not self._stop.is_set():
+            # The heartbeat is a notification of our own, through the server: once it
+            # comes back, every notification committed before it was sent has arrived
+            # (they are delivered in commit order), and notifications do reach us (a
+            # pooler in transaction mode, say, would lose them, and the ping with them).
+            beat += 1
             sent = self.clock()
-            driver.scalar(connection, "SELECT 1")  # returns after earlier notifications
-            driver.wait(connection, 0, self._apply)  # those it received meanwhile
-            self.alive_since = sent
-            beat = sent + self.heartbeat
+            self._ping = (f"ping {self._token} {beat}", sent)
+            driver.notify(connection, self.channel, self._ping[0])
+            end = sent + self.heartbeat
             while not self._stop.is_set():
-                wait = beat - self.clock()
+                wait = end - self.clock()
                 if wait <= 0:
                     break
                 driver.wait(connection, wait, self._apply)
 
     def _apply(self, payload: str) -> None:
+        if payload.startswith("ping "):  # a heartbeat: ours, or another process's
+            expected, sent = self._ping
+            if payload == expected:
+                self.alive_since = sent
+                self._was_live = True
+            return
         self.cache.stats.notifications += 1
         if payload == "*":
             self.cache.flush()
@@ -194,6 +212,10 @@ class _Psycopg3:
     @staticmethod
     def autocommit(connection: Any) -> None:
         connection.autocommit = True
+
+    @staticmethod
+    def notify(connection: Any, channel: str, payload: str) -> None:
+        connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     @staticmethod
     def execute(connection: Any, sql: str) -> None:
@@ -216,6 +238,11 @@ class _Psycopg2:
     @staticmethod
     def autocommit(connection: Any) -> None:
         connection.autocommit = True
+
+    @staticmethod
+    def notify(connection: Any, channel: str, payload: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     @staticmethod
     def execute(connection: Any, sql: str) -> None:
@@ -246,6 +273,14 @@ def _driver(connection: Any) -> Any:
     if module.startswith("psycopg2"):
         return _Psycopg2
     if module.startswith("psycopg"):
+        import psycopg
+
+        if tuple(int(part) for part in psycopg.__version__.split(".")[:2]) < (3, 2):
+            raise TypeError(
+                f"sessions-cache needs psycopg 3.2 or later (installed: {psycopg.__version__}): "
+                "older versions lose the notifications that arrive during a query. "
+                "pip install 'psycopg>=3.2'"
+            )
         return _Psycopg3
     raise TypeError(
         f"sessions-cache listens for changes with psycopg (3) or psycopg2; the engine's "

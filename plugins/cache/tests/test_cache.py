@@ -15,7 +15,10 @@ import pytest
 import sessions_cache
 import sqlalchemy as sa
 from sessions_cache import CacheMixin, cache_of, listener_of
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from sessions_kernel import BaseMixin
+from sessions_kernel import add_ddl as sessions_kernel_add_ddl
 from sessions_kernel.maintenance import collect_garbage
 from sessions_kernel.testing import make_model
 
@@ -206,3 +209,114 @@ def test_an_engine_sharing_one_connection_leaves_the_cache_off(caplog):
             assert sql.kinds() == ["SELECT"]
     assert "StaticPool shares one connection" in caplog.text
     assert len(cache_of(app.factory)) == 0
+
+
+@pytest.fixture
+def psycopg2_engine(session_db_url):
+    if not session_db_url.startswith("postgresql"):
+        pytest.skip("the listener's drivers are PostgreSQL's")
+    engine = sa.create_engine(session_db_url.replace("+psycopg:", "+psycopg2:", 1))
+    yield engine
+    engine.dispose()
+
+
+def test_the_listener_runs_on_psycopg2_too(psycopg2_engine):
+    """A raw DELETE in another connection reaches a listener on a psycopg2 engine."""
+    from sessions_kernel.testing import SessionTestApp
+
+    model = make_model(CacheMixin)
+    model.metadata.create_all(psycopg2_engine)
+    try:
+        app = SessionTestApp(model, psycopg2_engine)
+        cache = warm(app)
+        assert listener_of(app.factory) is not None and cache.stats.hits
+        with psycopg2_engine.begin() as connection:
+            connection.execute(model.__table__.delete())
+        wait_for(lambda: cache.stats.notifications > 0, "the DELETE's notification")
+        assert app.get("/read").json["new"] is True
+        sessions_cache.stop(app.factory)
+    finally:
+        model.metadata.drop_all(psycopg2_engine)
+
+
+def test_a_missing_trigger_leaves_the_cache_off_until_it_is_installed(cached, caplog):
+    app = cached()
+    listener_needed = app.engine.dialect.name == "postgresql"
+    if not listener_needed:
+        pytest.skip("the trigger is PostgreSQL's")
+    from sessions_cache.ddl import trigger_names
+
+    table = app.model.__table__
+    with app.engine.begin() as connection:
+        for name in trigger_names(table):
+            connection.exec_driver_sql(f'DROP TRIGGER "{name}" ON "{table.name}"')
+    app.post_json("/set", {"a": 1})
+    with caplog.at_level(logging.ERROR, "sessions_cache"):
+        app.get("/read")  # starts the listener, which finds no trigger
+        listener = listener_of(app.factory)
+        wait_for(lambda: listener.trigger_missing, "the listener saw no trigger")
+    assert "psessions <config.ini> ddl --apply" in caplog.text
+    for _ in range(2):
+        with app.count() as sql:
+            app.get("/read")
+        assert sql.kinds() == ["SELECT"]  # nothing served, nothing filled
+    assert len(cache_of(app.factory)) == 0
+    from sessions_kernel.maintenance import required_ddl
+
+    with app.engine.begin() as connection:
+        for statement in required_ddl(app.model, connection.dialect):
+            connection.exec_driver_sql(statement)
+    wait_for(listener.live, "the listener went live once the trigger was there", 800)
+    warm(app)
+    with app.count() as sql:
+        app.get("/read")
+    assert sql.statements == []
+
+
+def test_a_model_with_an_eagerly_loaded_relationship_is_served(session_engine):
+    """The user relationship sessions-userid's docs show (``lazy="joined"``): a served row
+    joins the request's SQLAlchemy session and loads the relationship when first read."""
+    from sessions_kernel.testing import SessionTestApp
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = f"cache_users_{id(Base)}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(20))
+
+    class Session(CacheMixin, BaseMixin, Base):
+        __tablename__ = f"cache_sessions_{id(Base)}"
+        user_id: Mapped[int | None] = mapped_column(sa.ForeignKey(User.id))
+        user: Mapped[User | None] = relationship(lazy="joined")
+
+    sessions_kernel_add_ddl(Session)
+    Base.metadata.create_all(session_engine)
+
+    def user_view(request):
+        session = request.session
+        if request.method == "POST":
+            session.row.user_id = 1  # a column of the application's own: written at commit
+        user = session.row.user if session.row is not None else None
+        return {"user": user.name if user else None}
+
+    def configure(config):
+        config.add_route("user", "/user")
+        config.add_view(user_view, route_name="user", renderer="json")
+
+    try:
+        with session_engine.begin() as connection:
+            connection.execute(User.__table__.insert().values(id=1, name="ann"))
+        app = SessionTestApp(Session, session_engine, settings=STALENESS, configure=configure)
+        app.post_json("/set", {"a": 1})
+        app.post("/user")
+        cache = warm(app)
+        hits = cache.stats.hits
+        with app.count() as sql:
+            assert app.get("/user").json == {"user": "ann"}
+        assert cache.stats.hits == hits + 1
+        assert len(sql.statements) == 1 and User.__tablename__ in sql.statements[0]
+        sessions_cache.stop(app.factory)
+    finally:
+        Base.metadata.drop_all(session_engine)

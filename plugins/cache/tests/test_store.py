@@ -13,7 +13,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from sessions_cache.store import ENTRY_OVERHEAD, RECENT_EVICTIONS, RowCache
+from sessions_cache.store import ENTRY_OVERHEAD, RECENT_EVICTIONS, VALUE_OVERHEAD, RowCache
 
 from sessions_kernel import RowChanges
 
@@ -50,7 +50,7 @@ def test_the_byte_bound_holds():
     for n in range(50):
         cache.fill(key(n), {"id": key(n), "data": b"x" * 10_000}, cache.generation(), 1000.0)
     assert cache.bytes <= 100_000
-    assert len(cache) == 100_000 // (10_000 + 64 + ENTRY_OVERHEAD)
+    assert len(cache) == 100_000 // (10_000 + 64 + ENTRY_OVERHEAD + 2 * VALUE_OVERHEAD)
     # a row larger than the whole cache is not kept
     assert not cache.fill(key(99), {"data": b"x" * 200_000}, cache.generation(), 1000.0)
 
