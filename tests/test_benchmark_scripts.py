@@ -1,5 +1,5 @@
-"""Keeps the benchmark scripts (gc, concurrency, plugins, HTTP, workers) from rotting: small
-runs on SQLite.
+"""Keeps the benchmark scripts (gc, concurrency, plugins, HTTP, workers, revocation) from
+rotting: small runs on SQLite (the revocation delay on PostgreSQL, when its URL is set).
 
 Asserts on what they count (rows deleted, updates lost), never on time.
 """
@@ -107,6 +107,23 @@ def test_workers_benchmark_hammers_one_session_through_gunicorn():
     assert cell["statuses"] == {"200": 12} and cell["failed"] == 0
     assert cell["attempts"] == 12 + cell["retries"]  # every worker's events were summed
     assert (cell["lost_increments"], cell["lost_keys"]) == (0, 0)
+
+
+def test_revocation_benchmark_evicts_every_logout_and_serves_nothing_stale():
+    import os
+
+    import pytest
+
+    url = os.environ.get("SESSIONS_TEST_POSTGRESQL_URL")
+    if not url:
+        pytest.skip("SESSIONS_TEST_POSTGRESQL_URL is not set: the revocation delay is PostgreSQL's")
+    out = run("bench_revocation.py", "--url", url, "--count", "20", "--json")
+    figures = json.loads(out)
+    assert (figures["count"], figures["measured"], figures["missed"]) == (20, 20, 0)
+    assert figures["stale"] == 0
+    assert figures["b_notifications"] >= 20  # evicted by B's listener, one NOTIFY each
+    delays = figures["from_commit_sent_ms"]
+    assert 0 <= delays["median"] <= delays["p99"] <= delays["max"]
 
 
 def test_instruction_counts_name_unknown_rows_before_running_valgrind():
