@@ -307,6 +307,18 @@ def test_a_logout_in_a_is_refused_in_b(ab):
     refused_after_eviction(b, thief, row, notifications)
 
 
+def test_a_new_id_in_a_refuses_the_old_cookie_in_b(ab):
+    """A login rotates the id (``regenerate_id``): a copy of the old cookie stops working."""
+    a, b, _ = ab
+    browser = stored_session(a, {"cart": [1]})
+    thief = browser.copy()
+    row = cached_in(b, thief, {"cart": [1]})
+    notifications = b.stats()["notifications"]
+    assert browser.send(a, "/regenerate").json["data"] == {"cart": [1]}
+    refused_after_eviction(b, thief, row, notifications)
+    assert browser.send(b, "/id").json["data"] == {"cart": [1]}  # the new cookie works
+
+
 def test_log_out_everywhere_else_in_a_is_refused_in_b(ab):
     a, b, _ = ab
     userid = next(_clock_base) + 1000
