@@ -20,6 +20,10 @@ can know of every committed change (:mod:`sessions_cache.store`):
   entry is served after the read that filled it. Unset, the cache stays off
   there.
 
+A process forked after its cache served (workers forked after a warm-up
+request, ``multiprocessing``) starts with an empty cache and a listener of
+its own at its first lookup; the parent's listener is left alone.
+
 Settings (``session.`` prefix in the ini file): ``cache_max_entries``,
 ``cache_max_bytes``, ``cache_max_staleness``, ``cache_heartbeat``.
 """
@@ -27,6 +31,7 @@ Settings (``session.`` prefix in the ini file): ``cache_max_entries``,
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -202,6 +207,15 @@ class _FactoryCache:
             cache.fill(row_id, values, since, read_at)
         return values
 
+    def forked(self) -> None:
+        """In a child process just forked (see :func:`_after_fork_in_child`)."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.forked()
+        self.engine = None  # learnt again, and a listener started, at the child's first lookup
+        self.cache.forked()
+
     def close(self) -> None:
         with self._lock:
             self.off = self.off or "stopped"
@@ -233,6 +247,22 @@ def _of(factory: SessionFactory) -> _FactoryCache:
                 found = _CACHES[factory] = _FactoryCache(factory)
                 weakref.finalize(factory, found.close)
     return found
+
+
+def _after_fork_in_child() -> None:
+    """A process forked from one whose caches were serving (a server's workers forked after
+    a warm-up request, ``multiprocessing``): the parent's listener threads do not run in the
+    child, and their connections are the parent's. Each cache forgets its entries (nothing
+    tells the child of changes for them) and its listener, without closing the connection,
+    which would end the parent's; the child's first lookup starts a listener of its own."""
+    global _CACHES_LOCK
+    _CACHES_LOCK = threading.Lock()
+    for found in list(_CACHES.values()):
+        found.forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cache_of(factory: SessionFactory) -> RowCache:

@@ -116,6 +116,17 @@ class Listener:
                 connection.close()
         self._thread.join(timeout=5)
 
+    def forked(self) -> None:
+        """In a child process just forked: this listener's thread does not run here, and its
+        connection is the parent's. Stopped for good, and the connection dropped unclosed
+        (closing it would end the parent's; psycopg does not when it is collected in a
+        child)."""
+        self._stop = threading.Event()
+        self._stop.set()
+        self._connection = None
+        self.alive_since = None
+        self.backend_pid = None
+
     def live(self) -> bool:
         """Whether every change committed up to a moment ago is known (entries may be served)."""
         since = self.alive_since

@@ -193,6 +193,13 @@ class RowCache:
             self.stats.fills += 1
             return True
 
+    def forked(self) -> None:
+        """In a child process just forked: empty, with a lock of its own, and not served until
+        a source of changes of the child's is live (see ``sessions_cache``'s fork handler)."""
+        self._lock = threading.Lock()
+        self.live = lambda: self.max_staleness is not None
+        self.flush()
+
     # -- learning of changes ------------------------------------------------------------------
     def evict(self, row_ids: Iterable[str]) -> None:
         """Forget these rows: a change of them committed (or may have)."""

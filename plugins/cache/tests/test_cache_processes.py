@@ -454,3 +454,82 @@ def test_a_change_right_after_the_listener_is_killed_is_never_served_stale(ab, s
     assert b.stats(row)["cached"] is False
     response = thief.send(b, "/id")
     assert response.json["new"] is True and response.statements > 0
+
+
+# -- a process forked after the cache started ----------------------------------------------------
+def _in_forked_child(app: Any) -> dict[str, Any]:
+    """What a child forked from a process whose cache was serving sees of it (a worker
+    forked after a warm-up request: gunicorn ``--preload``, uWSGI without lazy-apps)."""
+    from sessions_cache import cache_of, listener_of
+
+    factory = app.factory
+    app.engine.dispose(close=False)  # the pool's connections are the parent's (SQLAlchemy's advice)
+    found: dict[str, Any] = {"entries": len(cache_of(factory))}
+    found["inherited_listener"] = listener_of(factory) is not None
+    app.get("/read")  # the child's first lookup
+    wait_for(
+        lambda: listener_of(factory) is not None and listener_of(factory).live(),
+        "the child's own listener is live",
+    )
+    app.get("/read")  # read and kept (the listener emptied the cache when it started)
+    with app.count() as sql:
+        found["data"] = app.get("/read").json["data"]
+    found["statements"] = sql.count
+    found["own_backend"] = listener_of(factory).backend_pid
+    sessions_cache.stop(factory)  # what the child's exit runs (weakref.finalize)
+    return found
+
+
+def test_a_forked_child_listens_for_itself_and_leaves_the_parents_listener_alone(pg_url, table):
+    """Without a fork handler, the child kept the parent's entries and listener (whose thread
+    does not run in the child, so its cache never served again), and closing that listener
+    at the child's exit closed the parent's connection."""
+    import time
+
+    import cache_worker
+    from sessions_cache import cache_of, listener_of
+
+    from sessions_kernel.testing import SessionTestApp
+
+    engine = sa.create_engine(pg_url)
+    app = SessionTestApp(cache_worker.model(table), engine, settings=cache_worker.SETTINGS)
+    try:
+        app.post_json("/set", {"a": 1})
+        app.get("/read")
+        listener = listener_of(app.factory)
+        wait_for(listener.live, "the parent's listener is live")
+        app.get("/read")
+        with app.count() as sql:
+            assert app.get("/read").json["data"] == {"a": 1}
+        assert sql.count == 0 and len(cache_of(app.factory)) == 1
+        backend, connects = listener.backend_pid, listener.connects
+
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child)
+            os.close(read)
+            try:
+                found = _in_forked_child(app)
+            except BaseException as exc:
+                found = {"error": repr(exc)}
+            os.write(write, json.dumps(found).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            found = json.loads(pipe.read() or b"{}")
+        os.waitpid(child, 0)
+        assert found == {
+            "entries": 0,
+            "inherited_listener": False,
+            "data": {"a": 1},
+            "statements": 0,
+            "own_backend": found.get("own_backend"),
+        }
+        assert found["own_backend"] not in (None, backend)
+        # a heartbeat of the parent's sent after the child exited came back, on its connection
+        after = time.monotonic()
+        wait_for(lambda: (listener.alive_since or 0) > after, "the parent's next heartbeat")
+        assert (listener.backend_pid, listener.connects) == (backend, connects)
+    finally:
+        sessions_cache.stop(app.factory)
+        engine.dispose()
