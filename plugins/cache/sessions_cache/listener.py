@@ -35,6 +35,10 @@ __all__ = ["Listener", "channel_name"]
 
 log = logging.getLogger("sessions_cache")
 
+#: Connections a forked child inherited from its parent's listeners: never closed nor
+#: collected there (closing one would end the parent's ``LISTEN``).
+_INHERITED: list[Any] = []
+
 #: The heartbeat's multiple past which entries are no longer served.
 LIVENESS_BEATS = 3
 
@@ -118,11 +122,12 @@ class Listener:
 
     def forked(self) -> None:
         """In a child process just forked: this listener's thread does not run here, and its
-        connection is the parent's. Stopped for good, and the connection dropped unclosed
-        (closing it would end the parent's; psycopg does not when it is collected in a
-        child)."""
+        connection is the parent's. Stopped for good, and the connection kept, unclosed
+        (closing it, or psycopg2 collecting it, would end the parent's)."""
         self._stop = threading.Event()
         self._stop.set()
+        # kept, never collected: psycopg2 closes a connection it collects, in any process
+        _INHERITED.append(self._connection)
         self._connection = None
         self.alive_since = None
         self.backend_pid = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 import sessions_cache
@@ -57,8 +58,11 @@ def warm(app):
     app.get("/read")  # a miss: read and kept
     listener = listener_of(app.factory)
     if listener is not None:
-        wait_for(listener.live, "the listener is live")
-        app.get("/read")  # it emptied the cache when it started listening
+        # a heartbeat sent after every commit so far came back: their notifications
+        # (which evict what a read kept meanwhile) have all arrived
+        written = time.monotonic()
+        wait_for(lambda: (listener.alive_since or 0) > written, "a heartbeat after the writes")
+        app.get("/read")  # filled again
     assert app.get("/read").json["data"] == {"a": 1}
     return cache_of(app.factory)
 
