@@ -106,6 +106,7 @@ class TransactionBinding:
 
     __slots__ = (
         "committed",
+        "held_changes",
         "logout_failed",
         "logouts",
         "persisted",
@@ -129,6 +130,9 @@ class TransactionBinding:
         self.sharing = False
         #: statements of logouts that must hold (see ``Session.execute_logout``)
         self.logouts: list[Any] = []
+        #: what those statements change, announced once they ran again (see
+        #: :meth:`replay_logouts`); ``None`` while nothing is held or nobody observes
+        self.held_changes: ChangeLog | None = None
         #: a held logout could not be run again: the response says so (a 503)
         self.logout_failed = False
 
@@ -145,12 +149,24 @@ class TransactionBinding:
         factory = self.session._factory
         return ChangeLog.of(self.txn, factory) if factory.observed else None
 
-    def record(self, **changes: Any) -> None:
+    def record(self, *, held: bool = False, **changes: Any) -> None:
         """Note rows this transaction changes (:meth:`ChangeLog.record
-        <sessions_kernel.changes.ChangeLog.record>`), told once it committed."""
+        <sessions_kernel.changes.ChangeLog.record>`), told once it committed.
+
+        ``held``: the change is a held logout's, which runs again if the
+        transaction aborts; what this binding holds is told after that
+        replay, and nothing else of the transaction's log is (another
+        request's write in a shared transaction was rolled back, another
+        binding's logouts are told after their own replay).
+        """
         log = self.changes()
-        if log is not None:
-            log.record(**changes)
+        if log is None:
+            return
+        log.record(**changes)
+        if held:
+            if self.held_changes is None:
+                self.held_changes = ChangeLog(self.session._factory)
+            self.held_changes.record(**changes)
 
     def execute_logout(self, statement: Any, **changes: Any) -> Any:
         """Run a logout's statement now and hold it (see ``Session.execute_logout``).
@@ -159,7 +175,7 @@ class TransactionBinding:
         """
         session = self.session
         self.logouts.append(statement)
-        self.record(**(changes or {"everything": True}))
+        self.record(held=True, **(changes or {"everything": True}))
         return session._factory.storage.execute(session._dbsession, statement)
 
     def check_open(self) -> None:
@@ -214,6 +230,7 @@ class TransactionBinding:
         (pyramid_retry reuses the environ) sees the cookie the response sends.
         """
         held, self.logouts = self.logouts, []
+        changes, self.held_changes = self.held_changes, None
         if not held:
             return
         session = self.session
@@ -233,15 +250,14 @@ class TransactionBinding:
             )
             self.logout_failed = True
             return
-        changes = self.changes()
-        if changes is not None:
-            changes.announce("replay")
         cookies = session._cookies
         cookies.outgoing = list(cookies.held)
         self.committed = True  # what the response says is now what the database holds
         # A retried attempt must present the new id; a deleted session's cookie it
         # presents finds no row, and is deleted then.
         cookies.present_to_retry(session.request.environ)
+        if changes is not None:  # last: the logout's response is settled whatever it does
+            changes.announce("replay")
 
     def in_shared_transaction(self) -> bool:
         """Write the session into a transaction this request does not own; True if done.

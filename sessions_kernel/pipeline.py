@@ -262,7 +262,9 @@ class Pipeline:
         cookies.delete = self.browser_cookie()
         binding = self.bound
         row = session.row
-        binding.record(deleted=(row.id,), lineage=state.lineage or row.id[:LINEAGE_CHARS])
+        binding.record(
+            held=True, deleted=(row.id,), lineage=state.lineage or row.id[:LINEAGE_CHARS]
+        )
         self.factory.storage.delete(session._dbsession, row, state.lineage, binding.logouts.append)
         state.orig_data = state.orig_flash = None
 

@@ -494,6 +494,48 @@ def test_a_shared_transaction_announces_once_when_its_owner_commits(recorded):
     assert {row.id for row in app.rows()} == ids
 
 
+def test_a_shared_transaction_rolled_back_after_a_logout_announces_only_the_replay(recorded):
+    """The owner's abort runs the held logout again: that, and only that, is announced,
+    after its own commit (not the rolled-back write of another request in it)."""
+    app, rec = recorded()
+    app.post_json("/set", {"a": 1})
+    out = app.row().id
+    other = app.new_browser()
+    other.post_json("/set", {"b": 1})
+    [kept] = [row.id for row in app.rows() if row.id != out]
+    rec.take()
+    rec.stored.clear()
+    shared = Shared(starter_app(app, [rec]), app.engine)
+    shared.browser(other.cookies["session"]).get("/incr/b")  # rolled back below
+    shared.browser(app.cookies["session"]).post("/invalidate")
+    shared.tm.abort()
+    assert [row.id for row in app.rows()] == [kept]
+    assert rec.take() == [
+        RowChanges(deleted=frozenset({out}), lineages=frozenset({lineage(out)}), source="replay")
+    ]
+    assert rec.stored == [{kept}]
+
+
+def test_a_shared_transaction_with_two_logouts_announces_each_after_its_replay(recorded):
+    app, rec = recorded()
+    browsers = [app.new_browser() for _ in range(2)]
+    for browser in browsers:
+        browser.post_json("/set", {"a": 1})
+    ids = {row.id for row in app.rows()}
+    rec.take()
+    rec.stored.clear()
+    shared = Shared(starter_app(app, [rec]), app.engine)
+    for browser in browsers:
+        shared.browser(browser.cookies["session"]).post("/invalidate")
+    shared.tm.abort()
+    assert app.rows() == []
+    announced = rec.take()
+    assert all(changes.source == "replay" for changes in announced)
+    assert set().union(*(changes.deleted for changes in announced)) == ids
+    for changes, stored in zip(announced, rec.stored, strict=True):
+        assert not changes.deleted & stored  # each named only what its replay committed
+
+
 def test_pshell_announces_at_request_tm_commit(recorded):
     app, rec = recorded()
     env = prepare(registry=app.wsgi.registry)
