@@ -10,6 +10,7 @@ Nothing is recorded while no plugin implements the hook.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .factory import SessionFactory
 
 __all__ = ["ChangeLog", "RowChanges", "watch_orm_writes"]
+
+log = logging.getLogger("sessions_kernel")
 
 
 @dataclass(frozen=True)
@@ -126,9 +129,22 @@ class ChangeLog:
         )
 
     def announce(self, source: str = "request") -> None:
-        """Hand what was recorded to ``session_rows_changed``: the changes are committed."""
+        """Hand what was recorded to ``session_rows_changed``: the changes are committed.
+
+        An exception a plugin raises there is logged, not raised: the commit
+        stands, and the request's response (a logout's deleted cookie
+        included) and the transaction's other after-commit or after-abort
+        hooks (other sessions' logouts run again) must go on.
+        """
         if self.written or self.deleted or self.rekeyed or self.lineages or self.everything:
-            self.factory.announce(self.freeze(source))
+            try:
+                self.factory.announce(self.freeze(source))
+            except Exception:
+                log.exception(
+                    "a session_rows_changed implementation raised after the commit "
+                    "(source %r), which stands",
+                    source,
+                )
 
     def _after_commit(self, status: bool) -> None:
         if status:

@@ -15,6 +15,7 @@ announcement, and a server of rows from a dict the test controls.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import threading
@@ -565,6 +566,39 @@ def test_pshell_announces_at_request_tm_commit(recorded):
         env["closer"]()
     assert rec.take() == [RowChanges(written=frozenset({row_id}))]
     assert app.get("/read").json["data"] == {"cart": ["tea", "milk"]}
+
+
+class Raiser(Recorder):
+    """An observer that raises after recording (it should have caught its own)."""
+
+    @hookimpl
+    def session_rows_changed(self, factory: Any, changes: RowChanges) -> None:
+        super().session_rows_changed(factory, changes)
+        raise ValueError("the observer broke")
+
+
+def test_an_observers_exception_undoes_no_commit_and_no_logout(recorded, caplog):
+    app, rec = recorded(Raiser, {"max_age": "100"})
+    with caplog.at_level(logging.ERROR, "sessions_kernel"):
+        response = app.post_json("/set", {"a": 1})
+    assert response.status_int == 200 and set_cookies(response)
+    assert len(app.rows()) == 1 and len(rec.take()) == 1
+    assert "the observer broke" in caplog.text
+    caplog.clear()
+    # a logout run again after the view raised: the redirect and the deleted cookie stand
+    with caplog.at_level(logging.ERROR, "sessions_kernel"):
+        response = app.post("/logout_redirect", status=302)
+    assert [c for c in set_cookies(response) if c.startswith("session=;")]
+    assert app.rows() == [] and [c.source for c in rec.take()] == ["replay"]
+    assert "the observer broke" in caplog.text
+    # collect_garbage: after the batch's commit, it propagates
+    app.reset()
+    app.post_json("/set", {"a": 1})
+    rec.take()
+    app.clock.advance(101)
+    with pytest.raises(ValueError, match="the observer broke"):
+        collect_garbage(app.factory, app.engine)
+    assert app.rows() == [] and [c.source for c in rec.take()] == ["gc"]
 
 
 # -- nothing recorded, nothing spent, while nobody observes -----------------------------------

@@ -91,6 +91,10 @@ def session_rows_changed(factory: SessionFactory, changes: RowChanges) -> None:
     Not seen here: what another process committed, and SQL the application
     runs on the table itself (Core statements, ORM bulk ``update``/``delete``). A plugin that must know of those needs the
     database to tell it (sessions-cache's PostgreSQL trigger and ``LISTEN``).
-    An exception raised here propagates after the commit, which stands:
-    catch and log your own. The return value is ignored.
+    An exception raised here cannot undo the commit, which stands: after a
+    transaction's commit and after a replay the kernel logs it (logger
+    ``sessions_kernel``) and the request goes on, its response unchanged;
+    from ``collect_garbage`` it propagates after its batch's commit, and
+    the later batches do not run. Catch and log your own. The return value
+    is ignored.
     """
