@@ -262,8 +262,9 @@ class Pipeline:
         cookies.delete = self.browser_cookie()
         binding = self.bound
         row = session.row
+        stored_id = sa.inspect(row).identity[0]  # row.id is a new one after regenerate_id()
         binding.record(
-            held=True, deleted=(row.id,), lineage=state.lineage or row.id[:LINEAGE_CHARS]
+            held=True, deleted=(stored_id,), lineage=state.lineage or stored_id[:LINEAGE_CHARS]
         )
         self.factory.storage.delete(session._dbsession, row, state.lineage, binding.logouts.append)
         state.orig_data = state.orig_flash = None

@@ -307,6 +307,18 @@ def test_invalidate_announces_the_deleted_key_and_its_lineage(recorded):
     ]
 
 
+def test_a_logout_after_a_regenerate_announces_the_key_as_read(recorded):
+    app, rec = recorded()
+    app.post_json("/set", {"a": 1})
+    row_id = app.row().id
+    rec.take()
+    app.post("/regenerate_invalidate")
+    assert app.rows() == []
+    assert rec.take() == [
+        RowChanges(deleted=frozenset({row_id}), lineages=frozenset({lineage(row_id)}))
+    ]
+
+
 def test_regenerate_id_announces_the_old_and_the_new_key(recorded):
     app, rec = recorded()
     app.post_json("/set", {"a": 1})
