@@ -188,22 +188,28 @@ class Pipeline:
         """The row a plugin serves without SQL (``session_row_lookup``), or ``None``.
 
         Not asked for a row this transaction changed, nor for a contended
-        row, which loads locked. A served row joins the request's SQLAlchemy
-        session only if it has one already, or once the session needs it
-        (:func:`fetch_dbsession`).
+        row, which loads locked, nor for a row the request's SQLAlchemy
+        session holds already, nor for a model only the ORM can load
+        (:attr:`RowReads.servable <sessions_kernel.reads.RowReads.servable>`).
+        A served row joins the request's SQLAlchemy session only if it has
+        one already, or once the session needs it (:func:`fetch_dbsession`).
         """
         session = self.session
         storage = self.factory.storage
-        log = ChangeLog.find(self.bound.txn, self.factory)
-        if storage.is_contended(sid) or (log is not None and log.covers(sid)):
+        if not storage.servable or storage.is_contended(sid):
             return None
-        values = lookup(factory=self.factory, session=session, row_id=sid)
-        if values is None:
+        log = ChangeLog.find(self.bound.txn, self.factory)
+        if log is not None and log.covers(sid):
             return None
         request = session.request
         dbsession = session.__dict__.get("_dbsession") or vars(request).get(
             self.factory.dbsession_name
         )
+        if dbsession is not None and storage.holds(dbsession, sid):
+            return None
+        values = lookup(factory=self.factory, session=session, row_id=sid)
+        if values is None:
+            return None
         return storage.row_from_values(sid, values, dbsession, lambda: session._dbsession)
 
     def lineage_lives(self, lineage: str) -> bool:

@@ -184,6 +184,14 @@ class RowReads(RowTable):
             load = self._direct = self._direct_load()
         return bool(load)
 
+    def holds(self, dbsession: Any, sid: str) -> bool:
+        """Whether ``dbsession``'s identity map holds the row ``sid`` (only for a model
+        that is :attr:`servable`)."""
+        load = self._direct
+        if not load:
+            return False
+        return dbsession.identity_map.get(load.identity_key(sid)) is not None
+
     def read_values(self, connection: Any, sid: str) -> dict[str, Any] | None:
         """The row's column values by attribute key, read on ``connection``; ``None``: no row.
 

@@ -771,6 +771,12 @@ def test_lookup_is_skipped_for_a_peek(served):
     assert server.lookups == []
 
 
+def test_lookup_is_skipped_for_a_row_the_sqlalchemy_session_holds(served):
+    app, server, row_id = served
+    assert app.get(f"/held_first?id={row_id}").json == {"data": {"a": 1}, "same": True}
+    assert server.lookups == []
+
+
 def test_lookup_is_skipped_for_a_row_the_shared_transaction_changed(served):
     """A row this transaction wrote or deleted is read as the transaction sees it, never
     from the server's committed (here: stale) values."""
@@ -814,6 +820,20 @@ def test_the_application_loading_the_served_row_itself_then_a_write(served):
     assert sql.kinds() == ["SELECT", "UPDATE"], sql.statements  # the application's SELECT
     assert stored_data(app) == {"a": "served", "own": True}
     assert server.lookups == [row_id]
+
+
+def test_lookup_is_skipped_for_a_model_built_only_by_the_orm(recorded):
+    """A ``load`` listener (``@reconstructor``): the kernel cannot build the row itself."""
+    loaded = []
+    attributes = {"on_load": sa.orm.reconstructor(lambda self: loaded.append(self.id))}
+    app, server = recorded(Server, probe=False, model_attributes=attributes)
+    app.post_json("/set", {"a": 1})
+    row_id = server.fill(app)["id"]
+    assert not app.factory.storage.servable
+    loaded.clear()
+    assert app.get("/read").json["data"] == {"a": 1}
+    assert server.lookups == []
+    assert loaded == [row_id]  # the ORM loaded it
 
 
 def test_a_served_row_with_a_relationship_is_attached_at_once(recorded):
