@@ -188,6 +188,10 @@ def watch_orm_writes(factory: SessionFactory) -> None:
         log.record(**changes)
 
     def updated(mapper: Any, connection: Any, target: Any) -> None:
+        dbsession = object_session(target)
+        # called for every instance flushed as dirty, also when no UPDATE was needed
+        if dbsession is None or not dbsession.is_modified(target, include_collections=False):
+            return
         identity = sa.inspect(target).identity
         flushed(target, written={target.id, *(identity or ())})
 

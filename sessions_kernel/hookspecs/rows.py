@@ -89,8 +89,9 @@ def session_rows_changed(factory: SessionFactory, changes: RowChanges) -> None:
     before the response is sent.
 
     Not seen here: what another process committed, and SQL the application
-    runs on the table itself (Core statements, ORM bulk ``update``/``delete``). A plugin that must know of those needs the
-    database to tell it (sessions-cache's PostgreSQL trigger and ``LISTEN``).
+    runs on the table itself (Core statements, ORM bulk ``update``/``delete``).
+    A plugin that must know of those needs the database to tell it
+    (sessions-cache's PostgreSQL trigger and ``LISTEN``).
     An exception raised here cannot undo the commit, which stands: after a
     transaction's commit and after a replay the kernel logs it (logger
     ``sessions_kernel``) and the request goes on, its response unchanged;
