@@ -212,6 +212,26 @@ def add_views(config: Configurator) -> None:
         attached = sa.inspect(row).session is vars(request).get("dbsession")
         return {"attached": attached, "owner": row.owner.name}
 
+    def orm_write(request: Any) -> Any:
+        """The application assigns a column of the row, and a query autoflushes it."""
+        model = factory_of(request).model
+        session = request.session
+        session.row.created = session.row.created + 1
+        request.dbsession.execute(sa.select(model.id)).all()  # autoflush: the ORM's UPDATE
+        return {"dirty": session.dirty}
+
+    def orm_write_fail(request: Any) -> Any:
+        """As ``orm_write``, then the view fails: the transaction is aborted."""
+        orm_write(request)
+        raise RuntimeError("the view failed after its own ORM write")
+
+    def orm_delete(request: Any) -> Any:
+        """The application deletes the session's row through its SQLAlchemy session."""
+        row = request.session.row
+        request.dbsession.delete(row)
+        request.dbsession.flush()
+        return {}
+
     for name, func in list(locals().items()):
         if name not in ("view", "factory_of", "config") and callable(func):
             view(name, func)
@@ -1005,3 +1025,36 @@ def test_psessions_ddl_prints_and_applies_the_caches_trigger(psessions, session_
         raw = connection.connection.driver_connection
         notes = list(raw.notifies(timeout=5, stop_after=1))
     assert [note.payload for note in notes] == ["k"]
+
+
+def test_the_applications_own_orm_writes_of_a_row_are_announced_at_commit(recorded):
+    """A column assigned on session.row that an autoflush wrote (the kernel then has nothing
+    to write), a row deleted with dbsession.delete: told once their commit is done."""
+    app, rec = recorded()
+    app.post_json("/set", {"a": 1})
+    row_id = app.row().id
+    rec.take()
+    assert app.post("/orm_write").json == {"dirty": False}
+    [changes] = rec.take()
+    assert changes.written == {row_id} and changes.source == "request"
+    assert row_id in rec.stored[-1]  # announced after the commit
+    app.post("/orm_delete")
+    [changes] = rec.take()
+    assert changes.deleted == {row_id}
+    assert row_id not in rec.stored[-1]
+    # a request that flushes nothing of the row announces nothing
+    app.get("/read")
+    assert rec.take() == []
+
+
+def test_an_orm_write_rolled_back_is_not_announced(recorded):
+    app, rec = recorded()
+    app.post_json("/set", {"a": 1})
+    created = app.row().created
+    rec.take()
+    app.post("/orm_write_fail", status=500)
+    assert app.row().created == created  # the flushed UPDATE was rolled back
+    assert rec.take() == []
+    app.post("/orm_write")  # the next SQLAlchemy session's commit tells only its own
+    [changes] = rec.take()
+    assert changes.written == {app.row().id}
