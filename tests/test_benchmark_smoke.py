@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_requests.py"
-FAST = ["--database", "sqlite", "--iterations", "3", "--rounds", "2", "--warmup", "1"]
+# without Redis's rows: their own tests below need a Redis server
+FAST = [
+    "--database",
+    "sqlite",
+    "--iterations",
+    "3",
+    "--rounds",
+    "2",
+    "--warmup",
+    "1",
+    "--redis",
+    "",
+]
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +184,63 @@ def test_a_registered_model_gets_its_own_kernel_rows(bench, monkeypatch):
         "plain new / floor: INSERT",
     }
     assert report["notes"] == []
+
+
+def _rows_of(report):
+    (db,) = report["databases"]
+    return db, {row["name"]: row for row in db["rows"]}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_cached_read_runs_no_sql_and_is_held_to_half_the_floor(bench, database):
+    """sessions-cache's rows: warm before anything is counted, every timed read a hit."""
+    try:
+        bench.MODELS["cached"].load_mixins()
+    except ImportError:
+        pytest.skip("sessions-cache is not installed")
+    if database == "postgresql" and not os.environ.get(bench.DATABASE_ENV["postgresql"]):
+        pytest.skip(f"${bench.DATABASE_ENV['postgresql']} is not set")
+    argv = [*FAST, "--model", "cached", "--database", database]
+    report = bench.run(bench.parse_args(argv))
+    db, rows = _rows_of(report)
+    read = rows["cached read"]
+    assert read["statements"] == [] == read["expected_statements"]
+    assert read["body"] == "1"  # the cookie's session, served from the cache
+    assert read["floor"] == "cached floor: PK SELECT"
+    assert read["bare_floor"] == "floor: PK SELECT"
+    assert db["target_keys"]["cached read / cached floor: PK SELECT"] == "cached read"
+    assert report["targets"]["cached read"] == 0.5
+    assert rows["cached write"]["statements"] == ["SELECT", "UPDATE"]
+    counted = db["counters"]["cached"]
+    # warm-up (1) and timed (3 x 2) reads, each a hit; nothing bypassed the cache
+    assert counted["hits"] >= 1 + 3 * 2 and counted["bypassed"] == 0
+    assert [n for n in report["notes"] if "skipped" not in n] == []
+    assert "cached, counted over the warm-up and timed requests: hits" in bench.format_report(
+        report
+    )
+
+
+def test_redis_rows_read_and_write_pyramid_session_redis(bench):
+    pytest.importorskip("pyramid_session_redis")
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    argv = [*FAST, "--model", "kernel", "--redis", REDIS_URL]
+    report = bench.run(bench.parse_args(argv))
+    _, rows = _rows_of(report)
+    assert rows["redis read"]["statements"] == [] and rows["redis read"]["body"] == "1"
+    assert rows["redis write"]["statements"] == [] and rows["redis write"]["body"].isdigit()
+    assert rows["redis read"]["group"] == "baseline"
+    assert report["notes"] == []
+    assert "redis read" in bench.format_report(report)
+
+
+def test_redis_rows_are_skipped_with_a_note_when_redis_does_not_answer(bench):
+    pytest.importorskip("pyramid_session_redis")
+    argv = [*FAST, "--model", "kernel", "--redis", "redis://127.0.0.1:1/0"]
+    report = bench.run(bench.parse_args(argv))
+    _, rows = _rows_of(report)
+    assert "redis read" not in rows
+    assert any(n.startswith("redis rows skipped: no Redis answers") for n in report["notes"])
