@@ -9,6 +9,24 @@ Configured by the environment (gunicorn passes it to every worker):
     the database or Redis URL.
 ``BENCH_TABLE``
     the session table (``bench_http``), created by ``bench_http.py`` beforehand.
+``BENCH_CACHE``
+    ``1``: the model includes ``sessions_cache.CacheMixin`` (reads served from each
+    worker's cache; on PostgreSQL the table needs the trigger ``model_for`` adds, which
+    ``create_all`` installs).
+``BENCH_CACHE_STALENESS``
+    the cache's ``cache_max_staleness`` in seconds (what SQLite and MariaDB need);
+    unset: not set.
+``BENCH_APP_QUERY``
+    ``1``: the realistic scenario: ``/read`` and ``/write`` also run one query of the
+    application's own, a ``SELECT`` by primary key of a random one of the 100 rows of
+    ``<BENCH_TABLE>_items`` (:func:`items_for`), in the request's transaction, and answer
+    its value with the counter.
+``BENCH_APP_URL``
+    with ``redis``: the database of that query (the kernel's backends query their own).
+``BENCH_EXPECT_SESSION``
+    ``1``: ``/read`` and ``/write`` answer 500 when the cookie's session was not found
+    (the session is new): every request of ``bench_http.py`` names a stored session, so a
+    lost one is counted as a failure, not served as a fresh session.
 ``BENCH_GALERA``
     ``1``: build the engine with ``sessions_kernel.cluster.galera_engine`` and include
     ``sessions_kernel.cluster`` (what the operations guide recommends for a cluster).
@@ -32,12 +50,17 @@ Configured by the environment (gunicorn passes it to every worker):
 
 Routes: ``GET /read`` answers the session's counter; ``POST /write`` adds one to it;
 ``POST /new`` starts a session (the benchmark collects the cookies first);
-``POST /set?key=K`` sets the session's key ``K`` (to ``1``).
+``POST /set?key=K`` sets the session's key ``K`` (to ``1``); ``GET /ping`` answers
+without touching the session (the server is up); ``GET /bench-stats`` reads the
+session (which starts a cache's listener) and answers, as JSON, the worker's pid and
+its cache's counters and liveness (``null`` without a cache).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,13 +70,52 @@ from pyramid.response import Response
 SECRET = "sessions-kernel-http-benchmark"  # pyramid_session_redis signs its cookie with it
 
 
-def views(config: Configurator) -> None:
+#: rows of the realistic scenario's table
+ITEMS = 100
+
+
+def items_for(table: str) -> sa.Table:
+    """The application's own table of the realistic scenario: ``<table>_items``."""
+    return sa.Table(
+        f"{table}_items",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("title", sa.String(40), nullable=False),
+    )
+
+
+def views(
+    config: Configurator,
+    *,
+    items: sa.Table | None = None,
+    expect_session: bool = False,
+    cache_factory: Any = None,
+) -> None:
+    """The routes; ``items``: the realistic scenario's query; ``expect_session``: a
+    read or write of a session that was not found is a 500; ``cache_factory``: the
+    session factory whose cache ``/bench-stats`` reports."""
+
+    def own_query(request: Any) -> str:
+        if items is None:
+            return ""
+        key = random.randint(1, ITEMS)
+        query = sa.select(items.c.title).where(items.c.id == key)
+        return " " + request.dbsession.execute(query).scalar_one()
+
+    def lost(request: Any) -> Response | None:
+        if expect_session and request.session.new:
+            return Response("the cookie's session was not found\n", status=500)
+        return None
+
     def read(request: Any) -> Response:
-        return Response(str(request.session.get("n", 0)))
+        return lost(request) or Response(str(request.session.get("n", 0)) + own_query(request))
 
     def write(request: Any) -> Response:
+        failed = lost(request)
+        if failed is not None:
+            return failed
         request.session["n"] = request.session.get("n", 0) + 1
-        return Response(str(request.session["n"]))
+        return Response(str(request.session["n"]) + own_query(request))
 
     def new(request: Any) -> Response:
         request.session["n"] = 0
@@ -63,14 +125,29 @@ def views(config: Configurator) -> None:
         request.session[request.params["key"]] = 1
         return Response("1")
 
+    def ping(request: Any) -> Response:
+        return Response("ok")
+
+    def bench_stats(request: Any) -> Any:
+        stats: dict[str, Any] = {"pid": os.getpid(), "new": request.session.new, "cache": None}
+        if cache_factory is not None:
+            import sessions_cache
+
+            cache = sessions_cache.cache_of(cache_factory)
+            stats["cache"] = {**dataclasses.asdict(cache.stats), "live": cache.live()}
+        return stats
+
     for name, view, method in (
         ("read", read, "GET"),
         ("write", write, "POST"),
         ("new", new, "POST"),
         ("set", set_key, "POST"),
+        ("ping", ping, "GET"),
     ):
         config.add_route(name, f"/{name}")
         config.add_view(view, route_name=name, request_method=method)
+    config.add_route("bench-stats", "/bench-stats")
+    config.add_view(bench_stats, route_name="bench-stats", request_method="GET", renderer="json")
 
 
 class Stats:
@@ -122,10 +199,26 @@ class Stats:
                     self.write("locked")
 
 
-def model_for(table: str) -> type:
+def model_for(table: str, cache: bool = False) -> type:
+    """The session model on ``table``; ``cache``: with sessions-cache's ``CacheMixin`` (and
+    its trigger, which ``create_all`` installs on PostgreSQL)."""
     from sessions_kernel.testing import make_model
 
+    if cache:
+        from sessions_cache import CacheMixin
+
+        return make_model(CacheMixin, tablename=table)
     return make_model(tablename=table)
+
+
+def _engine(url: str, **options: Any) -> sa.Engine:
+    if url.startswith("sqlite"):
+        return sa.create_engine(url, connect_args={"timeout": 30}, **options)
+    # PostgreSQL: the benchmark finds its server processes by this name
+    connect_args = {"application_name": "bench_http"} if "postgres" in url else {}
+    return sa.create_engine(
+        url, pool_size=2, pool_pre_ping=True, connect_args=connect_args, **options
+    )
 
 
 def make_app() -> Any:
@@ -133,7 +226,10 @@ def make_app() -> Any:
     url = os.environ["BENCH_URL"]
     settings = {"tm.manager_hook": "pyramid_tm.explicit_manager", "retry.attempts": "3"}
     stats_dir = os.environ.get("BENCH_STATS_DIR")
+    table = os.environ.get("BENCH_TABLE", "bench_http")
+    items = items_for(table) if os.environ.get("BENCH_APP_QUERY") == "1" else None
     engine = None
+    factory = None
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
         config.include("pyramid_retry")
@@ -143,6 +239,10 @@ def make_app() -> Any:
             config.set_session_factory(
                 RedisSessionFactory(SECRET, redis_url=url, timeout=3600, cookie_name="session")
             )
+            if items is not None:  # the application's own database
+                from sessions_kernel.testing import add_dbsession
+
+                add_dbsession(config, _engine(os.environ["BENCH_APP_URL"]))
         else:
             from sessions_kernel import session_factory
             from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession
@@ -155,25 +255,26 @@ def make_app() -> Any:
 
                 engine = galera_engine(url, pool_size=2, **options)
                 config.include("sessions_kernel.cluster")
-            elif url.startswith("sqlite"):
-                engine = sa.create_engine(url, connect_args={"timeout": 30}, **options)
             else:
-                # PostgreSQL: the benchmark finds its server processes by this name
-                connect_args = {"application_name": "bench_http"} if "postgres" in url else {}
-                engine = sa.create_engine(
-                    url, pool_size=2, pool_pre_ping=True, connect_args=connect_args, **options
-                )
+                engine = _engine(url, **options)
             add_dbsession(config, engine)
             if os.environ.get("BENCH_OUTAGE") == "1":
                 config.include("sessions_kernel.outage")
-            model = model_for(os.environ.get("BENCH_TABLE", "bench_http"))
+            cache = os.environ.get("BENCH_CACHE") == "1"
+            model = model_for(table, cache=cache)
             factory_args: dict[str, Any] = {}
             if os.environ.get("BENCH_LOCK_CONTENDED_FOR"):
                 factory_args["lock_contended_for"] = os.environ["BENCH_LOCK_CONTENDED_FOR"]
-            config.set_session_factory(
-                session_factory(secret_key=TEST_SECRET_KEY, model_class=model, **factory_args)
-            )
+            if cache and os.environ.get("BENCH_CACHE_STALENESS"):
+                factory_args["cache_max_staleness"] = os.environ["BENCH_CACHE_STALENESS"]
+            factory = session_factory(secret_key=TEST_SECRET_KEY, model_class=model, **factory_args)
+            config.set_session_factory(factory)
         if stats_dir:
             Stats(stats_dir).configure(config, engine)
-        views(config)
+        views(
+            config,
+            items=items,
+            expect_session=os.environ.get("BENCH_EXPECT_SESSION") == "1",
+            cache_factory=factory if os.environ.get("BENCH_CACHE") == "1" else None,
+        )
         return config.make_wsgi_app()

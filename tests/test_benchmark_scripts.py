@@ -7,6 +7,7 @@ Asserts on what they count (rows deleted, updates lost), never on time.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,119 @@ def test_http_benchmark_runs_gunicorn_and_wrk_on_sqlite():
     assert (cell["backend"], cell["workers"]) == ("sqlite", 2)
     assert cell["requests"] > 0
     assert cell["non_2xx"] == 0
+
+
+def _needs_wrk_and_gunicorn() -> None:
+    if not shutil.which("wrk") or not Path(sys.executable).with_name("gunicorn").exists():
+        pytest.skip("wrk (Debian) or gunicorn (the bench extra) is not installed")
+
+
+def _http_cells(*args: str) -> list[dict]:
+    tiny = ("--duration", "1", "--warmup", "1", "--sessions", "5", "--json")
+    return json.loads(run("bench_http.py", *args, *tiny))
+
+
+def _assert_every_request_answered(cells: list[dict]) -> None:
+    for cell in cells:
+        assert cell["requests"] > 0, cell
+        assert (cell["non_2xx"], cell["errors"], cell["warmup_failures"]) == (0, 0, 0), cell
+
+
+def test_http_benchmark_cache_backend_and_realistic_scenario_on_sqlite():
+    """sqlite-cache: each worker's cache served reads (none bypassed); both scenarios."""
+    _needs_wrk_and_gunicorn()
+    cells = _http_cells(
+        *("--backend", "sqlite-cache", "--workers", "2", "--scenario", "plain,realistic")
+    )
+    assert [(c["backend"], c["scenario"], c["workers"]) for c in cells] == [
+        ("sqlite-cache", "plain", 2),
+        ("sqlite-cache", "realistic", 2),
+    ]
+    _assert_every_request_answered(cells)
+    for cell in cells:
+        cache = cell["cache"]
+        assert cache["hits"] > 0 and cache["hit_percent"] > 0, cache
+        assert cache["bypassed"] == 0 and cache["workers_restarted"] == 0, cache
+
+
+def test_http_benchmark_postgresql_with_and_without_the_cache():
+    """The trigger installed, every worker's listener live before wrk starts."""
+    _needs_wrk_and_gunicorn()
+    if not os.environ.get("SESSIONS_TEST_POSTGRESQL_URL"):
+        pytest.skip("$SESSIONS_TEST_POSTGRESQL_URL is not set")
+    cells = _http_cells(
+        *("--backend", "postgresql,postgresql-cache", "--workers", "2"),
+        *("--scenario", "plain,realistic"),
+    )
+    assert [(c["backend"], c["scenario"]) for c in cells] == [
+        ("postgresql", "plain"),
+        ("postgresql", "realistic"),
+        ("postgresql-cache", "plain"),
+        ("postgresql-cache", "realistic"),
+    ]
+    _assert_every_request_answered(cells)
+    for cell in cells[2:]:
+        assert cell["cache"]["hits"] > 0, cell["cache"]
+        assert cell["cache"]["workers_restarted"] == 0
+    assert "cache" not in cells[0]
+
+
+def test_http_benchmark_redis_realistic_scenario():
+    """pyramid_session_redis, with the application's own query on a database."""
+    _needs_wrk_and_gunicorn()
+    pytest.importorskip("pyramid_session_redis")
+    redis = pytest.importorskip("redis")
+    url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {url}")
+    (cell,) = _http_cells("--backend", "redis", "--workers", "1", "--scenario", "realistic")
+    assert (cell["backend"], cell["scenario"]) == ("redis", "realistic")
+    _assert_every_request_answered([cell])
+
+
+def test_http_benchmark_refuses_an_unknown_backend_or_scenario():
+    for option in (("--backend", "sqlite,nope"), ("--scenario", "nope")):
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "bench_http.py"), *option],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2 and "unknown ['nope']" in result.stderr
+
+
+def test_http_app_counts_a_lost_session_as_a_failure(tmp_path, monkeypatch):
+    """A cookie whose session is not found is a 500 (counted by wrk), never a fresh session;
+    the realistic views answer their own query's row."""
+    webtest = pytest.importorskip("webtest")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_http
+        import http_app
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    env = {
+        "BENCH_URL": f"sqlite:///{tmp_path}/app.sqlite",
+        "BENCH_TABLE": "bench_lost",
+        "BENCH_EXPECT_SESSION": "1",
+        "BENCH_APP_QUERY": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bench_http.prepare_table(env, "bench_lost")
+    app = webtest.TestApp(http_app.make_app())
+    assert app.get("/ping").text == "ok"
+    app.post("/new")
+    assert app.post("/write").text.startswith("1 item ")
+    assert app.get("/read").text.startswith("1 item ")
+    stranger = webtest.TestApp(app.app)
+    stranger.set_cookie("session", "not-a-stored-session")
+    assert stranger.get("/read", status=500).text.startswith("the cookie's session")
+    assert stranger.post("/write", status=500).status_int == 500
+    assert app.get("/bench-stats").json["cache"] is None
+    bench_http.drop_table(env, "bench_lost")
 
 
 def test_workers_benchmark_hammers_one_session_through_gunicorn():
