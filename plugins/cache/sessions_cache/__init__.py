@@ -241,6 +241,12 @@ _CACHES_LOCK = threading.Lock()
 def _of(factory: SessionFactory) -> _FactoryCache:
     found = _CACHES.get(factory)
     if found is None:
+        if SETTINGS[0].name not in factory.config.values:
+            raise ValueError(
+                f"the session factory of {factory.model.__name__} has no cache: the plugin "
+                "sessions-cache is not active for it (add sessions_cache.CacheMixin to the "
+                "model's bases, and check that the plugin is installed and not filtered out)"
+            )
         with _CACHES_LOCK:
             found = _CACHES.get(factory)
             if found is None:
@@ -266,12 +272,19 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
 
 
 def cache_of(factory: SessionFactory) -> RowCache:
-    """The process's :class:`RowCache` of ``factory`` (its ``stats``, ``len()``, ``flush()``)."""
+    """The process's :class:`RowCache` of ``factory`` (its ``stats``, ``len()``, ``flush()``).
+
+    Raises ``ValueError`` when the cache is not active for ``factory`` (its model
+    lacks :class:`CacheMixin`).
+    """
     return _of(factory).cache
 
 
 def listener_of(factory: SessionFactory) -> Listener | None:
-    """The process's PostgreSQL listener of ``factory``, once a request started it."""
+    """The process's PostgreSQL listener of ``factory``, once a request started it.
+
+    Raises ``ValueError`` as :func:`cache_of` does.
+    """
     return _of(factory).listener
 
 

@@ -179,6 +179,14 @@ def test_without_max_staleness_the_cache_is_off_on_sqlite_and_mariadb(
     assert len(cache) == 0
 
 
+def test_asking_for_the_cache_of_a_factory_without_it_says_why(session_app):
+    """Not a KeyError of a setting's name: the model lacks CacheMixin."""
+    app = session_app(make_model())
+    for accessor in (cache_of, listener_of, sessions_cache.stop):
+        with pytest.raises(ValueError, match="CacheMixin"):
+            accessor(app.factory)
+
+
 def test_max_staleness_bounds_how_long_an_entry_is_served(cached, session_db_url):
     if session_db_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's entries live until a notification evicts them")
