@@ -393,7 +393,7 @@ def run_cell(
         figures["warmup_failures"] = warm.get("non_2xx", 0) + warm.get("errors", 0)
     finally:
         stop(process)
-    drop_table(env, table)
+        drop_table(env, table)
     return figures
 
 
