@@ -11,8 +11,9 @@ Nothing is recorded while no plugin implements the hook.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,15 @@ class RowChanges:
     #: who changed them: ``"request"``, ``"replay"`` (logouts run again after an abort)
     #: or ``"gc"`` (:func:`~sessions_kernel.maintenance.collect_garbage`, ``psessions gc``)
     source: str = "request"
+    #: the column values (by attribute key, the version included) that the kernel's
+    #: own INSERT or UPDATE committed, of rows in ``written`` whose values it knows:
+    #: what a cache may keep (not for rows written by a merge onto another id, nor by
+    #: the application's own ORM flushes)
+    rows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
+    #: ``time.monotonic()`` when the transaction recorded its first change, before it
+    #: committed: every change of these rows committed after it is told later (by a
+    #: later announcement, or another process's notification)
+    recorded_at: float = field(default=0.0, compare=False)
 
     def covers(self, row_id: str) -> bool:
         """Whether the row with key ``row_id`` may have changed."""
@@ -71,6 +81,8 @@ class ChangeLog:
     rekeyed: list[tuple[str, str]] = field(default_factory=list)
     lineages: set[str] = field(default_factory=set)
     everything: bool = False
+    rows: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    recorded_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def of(cls, txn: Any, factory: SessionFactory) -> ChangeLog:
@@ -101,7 +113,12 @@ class ChangeLog:
         rekeyed: tuple[str, str] | None = None,
         lineage: str | None = None,
         everything: bool = False,
+        values: Mapping[str, Any] | None = None,
     ) -> None:
+        """Note changed rows; ``values``: the columns the kernel wrote of the one written."""
+        if values is not None:
+            (row_id,) = written
+            self.rows[row_id] = values
         self.written.update(written)
         self.deleted.update(deleted)
         if rekeyed is not None:
@@ -126,6 +143,8 @@ class ChangeLog:
             lineages=frozenset(self.lineages),
             everything=self.everything,
             source=source,
+            rows={key: value for key, value in self.rows.items() if key in self.written},
+            recorded_at=self.recorded_at,
         )
 
     def announce(self, source: str = "request") -> None:

@@ -338,7 +338,7 @@ class Pipeline:
         binding = self.bound
         # the row joins the identity map only for a transaction that goes on after this
         self.factory.storage.insert(session._dbsession, row, attach=binding.sharing)
-        binding.record(written=(row.id,))
+        binding.record(written=(row.id,), values=self.factory.storage.stored_values(row))
         binding.sealed = True
 
     def cookie_only(self) -> bool:
@@ -403,7 +403,8 @@ class Pipeline:
         if log is not None and outcome.written:
             now_id: str = outcome.moved_to or row.id
             moved = (read_id, now_id) if read_id != now_id else None
-            log.record(written=(now_id,), rekeyed=moved)
+            values = None if outcome.moved_to else self.factory.storage.stored_values(row)
+            log.record(written=(now_id,), rekeyed=moved, values=values)
         stored_id = outcome.stored_id or ""
         if outcome.moved_to is not None:
             # A concurrent request (a login) gave the session a new id and sent the browser

@@ -184,6 +184,16 @@ class RowReads(RowTable):
             load = self._direct = self._direct_load()
         return bool(load)
 
+    def stored_values(self, row: Any) -> dict[str, Any] | None:
+        """The row's column values as the kernel's own statement just stored them (every
+        column attribute, the version included), or ``None`` if the row does not hold
+        them all (a row the ORM is to insert)."""
+        held = instance_dict(row)
+        try:
+            return {key: held[key] for key in self.columns}
+        except KeyError:
+            return None
+
     def holds(self, dbsession: Any, sid: str) -> bool:
         """Whether ``dbsession``'s identity map holds the row ``sid`` (only for a model
         that is :attr:`servable`)."""

@@ -1024,7 +1024,7 @@ def test_psessions_ddl_prints_and_applies_the_caches_trigger(psessions, session_
             writer.execute(sa.text(f"DELETE FROM {psessions.table}"))
         raw = connection.connection.driver_connection
         notes = list(raw.notifies(timeout=5, stop_after=1))
-    assert [note.payload for note in notes] == ["k"]
+    assert [note.payload for note in notes] == ["k:-"]  # the key, deleted
 
 
 def test_the_applications_own_orm_writes_of_a_row_are_announced_at_commit(recorded):

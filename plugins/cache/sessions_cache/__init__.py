@@ -127,8 +127,11 @@ class _FactoryCache:
             max_entries=values["cache_max_entries"],
             max_bytes=values["cache_max_bytes"],
             max_staleness=values["cache_max_staleness"],
+            version_key=factory.storage.version_key,
             clock=factory.clock,  # the factory's clock: tests move it
         )
+        # nothing is served or kept until the first request has vetted the engine (start)
+        self.cache.live = lambda: False
         self.heartbeat: float = values["cache_heartbeat"]
         self.engine: sa.Engine | None = None
         self.listener: Listener | None = None
@@ -187,6 +190,8 @@ class _FactoryCache:
                 log.error("sessions-cache is off: %s", self.off)
                 self.off_logged = True
                 return False
+            else:  # bounded by max_staleness alone
+                self.cache.live = lambda: True
             self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
             return True
 
@@ -200,11 +205,11 @@ class _FactoryCache:
         engine = self.engine
         if engine is None or not cache.live():
             return None
-        since = cache.generation()
+        started_at = cache.moment()
         read_at = cache.clock()
         values = read_row(self.storage, engine, row_id)
         if values is not None:
-            cache.fill(row_id, values, since, read_at)
+            cache.fill(row_id, values, started_at, read_at)
         return values
 
     def forked(self) -> None:
@@ -215,6 +220,7 @@ class _FactoryCache:
             listener.forked()
         self.engine = None  # learnt again, and a listener started, at the child's first lookup
         self.cache.forked()
+        self.cache.live = lambda: False  # until then
 
     def close(self) -> None:
         with self._lock:
@@ -351,7 +357,8 @@ def session_ddl(model: type, dialect: sa.Dialect) -> Sequence[str] | None:
     """PostgreSQL: the trigger that notifies every process of each committed change."""
     if dialect.name != "postgresql":
         return None
-    return ddl.statements(sa.inspect(model).local_table, dialect)
+    mapper: Any = sa.inspect(model)
+    return ddl.statements(mapper.local_table, dialect, mapper.version_id_col.name)
 
 
 @hookimpl

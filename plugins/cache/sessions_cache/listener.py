@@ -1,11 +1,13 @@
 """PostgreSQL: every committed change of the session table, told to every process.
 
 The trigger :mod:`sessions_cache.ddl` installs sends, inside each writing
-transaction, ``NOTIFY <channel>, '<key> <key> …'`` with the keys of the rows
-an ``UPDATE`` or ``DELETE`` touched (``'*'`` for a ``TRUNCATE``). PostgreSQL
+transaction, ``NOTIFY <channel>, '<key>:<version> <key>:- …'``: the new version
+of each row an ``UPDATE`` wrote, ``-`` for each row a ``DELETE`` removed or an
+``UPDATE`` gave another key (``'*'`` for a ``TRUNCATE``). PostgreSQL
 delivers a notification only once its transaction committed, in commit
 order. :class:`Listener` holds one connection per process and factory
-(outside the pool) that ``LISTEN``\\ s, and evicts the rows named.
+(outside the pool) that ``LISTEN``\\ s, and evicts the rows named (but an
+entry of the version named: this process's own write, kept when it committed).
 
 It fails closed. The cache serves entries only while :meth:`Listener.live`:
 the connection is up, the trigger was found, and the listener's heartbeat,
@@ -29,7 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .store import RowCache
+from .store import GONE, RowCache
 
 __all__ = ["Listener", "channel_name"]
 
@@ -220,7 +222,16 @@ class Listener:
         if payload == "*":
             self.cache.flush()
         else:
-            self.cache.evict(payload.split())
+            self.cache.learn(_parse(token) for token in payload.split())
+
+
+def _parse(token: str) -> tuple[str, int | None]:
+    """``<key>:<version>`` of a row updated, ``<key>:-`` of one deleted or given another key;
+    a bare ``<key>`` (a version unknown) is an eviction all the same."""
+    key, _, version = token.partition(":")
+    if version == "-":
+        return key, GONE
+    return key, int(version) if version.isdigit() else None
 
 
 # -- the two drivers' ways of listening --------------------------------------------------------

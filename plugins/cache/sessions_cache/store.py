@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -28,15 +29,15 @@ import sqlalchemy as sa
 from sessions_kernel import RowChanges
 from sessions_kernel.storage import RowStorage
 
-__all__ = ["CacheStats", "Entry", "RowCache"]
+__all__ = ["GONE", "CacheStats", "Entry", "RowCache"]
 
 log = logging.getLogger("sessions_cache")
 
 #: Hex digits of a row key shared by every id of one session (the kernel's LINEAGE_CHARS).
 LINEAGE_CHARS = 24
-#: Evictions remembered one by one, so that a fill racing one of them is refused; past
-#: this many, fills that began before the oldest forgotten eviction are refused.
-RECENT_EVICTIONS = 8192
+#: Rows whose latest committed change is remembered, so that a fill racing one is refused;
+#: past this many, fills that began before the oldest one was forgotten are refused.
+KNOWN_CHANGES = 8192
 #: Bytes counted per entry beyond its values' lengths: the entry, its dict, its key, the
 #: LRU's and the lineage index's bookkeeping (CPython 3.11, measured with tracemalloc).
 ENTRY_OVERHEAD = 500
@@ -55,6 +56,40 @@ class Entry:
     size: int
     #: values holding mutable objects (a JSON column's dict) are copied when served
     mutable: bool
+    #: the row's version in ``values``
+    version: int
+
+
+#: A row's version when it was deleted or given another key (:meth:`RowCache.learn`).
+GONE = -1
+#: A new key whose values come with the change itself (not a change to learn).
+UNSEEN = -2
+
+
+class _Known:
+    """What was learnt of one row's committed changes (see :meth:`RowCache.fill`)."""
+
+    __slots__ = ("gone", "unknown_at", "version")
+
+    def __init__(self) -> None:
+        #: the row was deleted (keys are never used again)
+        self.gone = False
+        #: the newest version a change committed
+        self.version = -1
+        #: moment() a change of unknown version was learnt
+        self.unknown_at = -math.inf
+
+    def add(self, version: int | None, now: float) -> None:
+        if version is None:
+            self.unknown_at = now
+        elif version == GONE:
+            self.gone = True
+        else:
+            self.version = max(self.version, version)
+
+    def allows(self, version: int, started_at: float) -> bool:
+        """Whether values of ``version``, read after ``started_at``, may be as new as this."""
+        return not self.gone and version >= self.version and self.unknown_at < started_at
 
 
 @dataclass
@@ -105,11 +140,15 @@ class RowCache:
         max_entries: int,
         max_bytes: int,
         max_staleness: float | None,
+        version_key: str = "version",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_staleness = max_staleness
+        #: the attribute key of the model's version column (in every row's values)
+        self.version_key = version_key
+        #: the clock of ``max_staleness`` (the factory's: tests move it)
         self.clock = clock
         # Bounded by bytes; each entry weighs at least max_bytes / max_entries, so
         # that the bytes bound also keeps the count at or under max_entries.
@@ -123,14 +162,12 @@ class RowCache:
         )
         self._by_lineage: defaultdict[str, set[str]] = defaultdict(set)
         self._lock = threading.Lock()
-        #: counts every eviction; a fill records it before its read (see fill)
-        self._generation = 0
-        #: generation of the last flush (or eviction of a whole lineage)
-        self._flushed_at = 0
-        #: row key -> generation of its latest eviction, the latest RECENT_EVICTIONS
-        self._evicted: OrderedDict[str, int] = OrderedDict()
-        #: generation of the newest eviction dropped from _evicted
-        self._forgotten_at = 0
+        #: row key -> what is known of its latest committed changes, the latest
+        #: KNOWN_CHANGES of them (see fill)
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        #: moment() of the latest loss of knowledge: a flush, a lineage evicted, a row
+        #: dropped from _known; a fill whose read began before it is refused
+        self._lost_at = -math.inf
         #: whether entries may be served now (a source of changes is known to be live);
         #: set by the listener, or always True for a cache bounded by max_staleness alone
         self.live: Callable[[], bool] = lambda: self.max_staleness is not None
@@ -162,33 +199,42 @@ class RowCache:
         self.stats.hits += 1
         return copy.deepcopy(entry.values) if entry.mutable else entry.values
 
-    def generation(self) -> int:
-        """Take before reading a row to :meth:`fill` with (see there)."""
-        return self._generation
+    @staticmethod
+    def moment() -> float:
+        """Take before reading a row to :meth:`fill` with (``time.monotonic()``)."""
+        return time.monotonic()
 
-    def fill(self, row_id: str, values: Mapping[str, Any], since: int, read_at: float) -> bool:
-        """Keep ``values`` of ``row_id``, read after ``generation()`` returned ``since``.
+    def fill(
+        self, row_id: str, values: Mapping[str, Any], started_at: float, read_at: float
+    ) -> bool:
+        """Keep ``values`` of ``row_id``: committed state, read after ``started_at``.
 
-        Refused (``False``) if a change that may concern the row was learnt of
-        since: its read may have seen the row before that change committed
-        and would then keep a stale copy. A change committed before the read
-        began is in what it read; one committed after is learnt of later and
-        evicts the entry. ``read_at`` (``clock()`` before the read) starts the
-        entry's ``max_staleness``.
+        ``started_at`` is :meth:`moment` before the read began (or before the
+        transaction that wrote ``values`` committed): every change of the
+        row committed before it is in ``values``, every change committed
+        after it is learnt of after it. Refused (``False``) when what was
+        learnt says ``values`` may be old: a newer version, the row deleted,
+        a change of unknown version learnt after ``started_at``, or knowledge
+        lost after it (a flush, a forgotten change). An entry of a newer
+        version is kept. ``read_at`` (:attr:`clock`) starts ``max_staleness``.
         """
+        version = values[self.version_key]
         size, mutable = _weigh(values)
-        until = float("inf") if self.max_staleness is None else read_at + self.max_staleness
+        until = math.inf if self.max_staleness is None else read_at + self.max_staleness
         with self._lock:
+            known = self._known.get(row_id)
             if (
                 not self.live()
-                or self._flushed_at > since
-                or self._forgotten_at > since
-                or self._evicted.get(row_id, 0) > since
+                or self._lost_at >= started_at
                 or size > self.max_bytes
+                or (known is not None and not known.allows(version, started_at))
             ):
                 self.stats.refused += 1
                 return False
-            self._entries[row_id] = Entry(values, until, size, mutable)
+            held = self._entries.get(row_id)
+            if held is not None and held.version >= version:
+                return True  # as new already
+            self._entries[row_id] = Entry(values, until, size, mutable, version)
             self._by_lineage[row_id[:LINEAGE_CHARS]].add(row_id)
             self.stats.fills += 1
             return True
@@ -201,48 +247,69 @@ class RowCache:
         self.flush()
 
     # -- learning of changes ------------------------------------------------------------------
-    def evict(self, row_ids: Iterable[str]) -> None:
-        """Forget these rows: a change of them committed (or may have)."""
+    def learn(self, changes: Iterable[tuple[str, int | None]]) -> None:
+        """Committed changes: ``(row key, version after it)``; :data:`GONE` for a row deleted
+        (or given another key), ``None`` for a change of unknown version.
+
+        An entry older than what is learnt is evicted; one of that version (this
+        process's own write, told again by its notification) is kept.
+        """
+        now = self.moment()
         with self._lock:
-            for row_id in row_ids:
-                self._evict_one(row_id)
+            for row_id, version in changes:
+                self._learn(row_id, version, now)
+
+    def evict(self, row_ids: Iterable[str]) -> None:
+        """Forget these rows: a change of unknown version of them committed (or may have)."""
+        self.learn((row_id, None) for row_id in row_ids)
 
     def evict_changes(self, changes: RowChanges) -> None:
-        """Forget every row a committed :class:`~sessions_kernel.RowChanges` names."""
+        """Learn what a committed :class:`~sessions_kernel.RowChanges` names, and keep the
+        rows it carries the values of (this process's own writes: the next read is a hit)."""
         if changes.everything:
             self.flush()
             return
+        learnt: list[tuple[str, int | None]] = [(row_id, GONE) for row_id in changes.deleted]
+        for old, new in changes.rekeyed:
+            learnt += [(old, GONE), (new, None if new not in changes.rows else UNSEEN)]
+        for row_id in changes.written:
+            values = changes.rows.get(row_id)
+            learnt.append((row_id, None if values is None else values[self.version_key]))
+        now = self.moment()
         with self._lock:
-            for row_id in (*changes.written, *changes.deleted):
-                self._evict_one(row_id)
-            for old, new in changes.rekeyed:
-                self._evict_one(old)
-                self._evict_one(new)
+            for row_id, version in learnt:
+                if version is not UNSEEN:
+                    self._learn(row_id, version, now)
             for lineage in changes.lineages:
                 for row_id in list(self._by_lineage.get(lineage, ())):
-                    self._evict_one(row_id)
+                    self._learn(row_id, None, now)
                 # a row of the lineage may be mid-fill under a key not seen yet
-                self._generation += 1
-                self._flushed_at = self._generation
+                self._lost_at = now
+        for row_id, values in changes.rows.items():
+            self.fill(row_id, values, changes.recorded_at, self.clock())
 
     def flush(self) -> None:
         """Forget every row (a change not known row by row, or the listener reconnected)."""
         with self._lock:
             self._entries.clear()
             self._by_lineage.clear()
-            self._generation += 1
-            self._flushed_at = self._generation
+            self._lost_at = self.moment()
             self.stats.flushes += 1
 
-    def _evict_one(self, row_id: str) -> None:
-        self._generation += 1
-        evicted = self._evicted
-        evicted[row_id] = self._generation
-        evicted.move_to_end(row_id)
-        while len(evicted) > RECENT_EVICTIONS:
-            _, generation = evicted.popitem(last=False)
-            self._forgotten_at = max(self._forgotten_at, generation)
-        if self._entries.pop(row_id, None) is not None:
+    def _learn(self, row_id: str, version: int | None, now: float) -> None:
+        known = self._known.get(row_id)
+        if known is None:
+            known = self._known[row_id] = _Known()
+            while len(self._known) > KNOWN_CHANGES:
+                self._known.popitem(last=False)
+                self._lost_at = now
+        else:
+            self._known.move_to_end(row_id)
+        known.add(version, now)
+        held = self._entries.get(row_id)
+        # evicted unless the change is of the version it holds (its own write, told again)
+        if held is not None and (version is None or version == GONE or held.version < version):
+            del self._entries[row_id]
             self.stats.evictions += 1
 
     def _unindex(self, row_id: str) -> None:
