@@ -18,7 +18,7 @@ sessions-cache, whose listener thread evicts rows when PostgreSQL's
    (SQLAlchemy's ``commit`` event) and once it returned (the ORM session's
    ``after_commit``);
 4. B records ``time.monotonic()`` once its listener evicted the row (its
-   cache's ``evict``, wrapped); A asks for it (a request that waits for the
+   cache's ``learn``, wrapped); A asks for it (a request that waits for the
    eviction, without polling);
 5. B is asked for the session once more, with the old cookie: after a logout it
    must answer a new, empty session, after a write the new data, and in both
@@ -79,19 +79,19 @@ def serve(url: str, table: str, heartbeat: str) -> None:
 
     def instrument(factory: Any) -> Any:
         cache = cache_of(factory)
-        if not wrapped:  # the listener calls cache.evict with the keys a NOTIFY named
-            evict = cache.evict
+        if not wrapped:  # the listener calls cache.learn with the (key, version) a NOTIFY named
+            learn = cache.learn
 
-            def timed_evict(row_ids: Any) -> None:
-                ids = list(row_ids)
-                evict(ids)
+            def timed_learn(changes: Any) -> None:
+                learnt = list(changes)
+                learn(learnt)
                 at = time.monotonic()
                 with changed:
-                    for row_id in ids:
+                    for row_id, _ in learnt:
                         evicted[row_id] = at
                     changed.notify_all()
 
-            cache.evict = timed_evict
+            cache.learn = timed_learn  # type: ignore[method-assign]
             wrapped.append(cache)
         return cache
 

@@ -98,8 +98,8 @@ def _needs_wrk_and_gunicorn() -> None:
         pytest.skip("wrk (Debian) or gunicorn (the bench extra) is not installed")
 
 
-def _http_cells(*args: str) -> list[dict]:
-    tiny = ("--duration", "1", "--warmup", "1", "--sessions", "5", "--json")
+def _http_cells(*args: str, sessions: int = 5) -> list[dict]:
+    tiny = ("--duration", "1", "--warmup", "1", "--sessions", str(sessions), "--json")
     return json.loads(run("bench_http.py", *args, *tiny))
 
 
@@ -110,10 +110,16 @@ def _assert_every_request_answered(cells: list[dict]) -> None:
 
 
 def test_http_benchmark_cache_backend_and_realistic_scenario_on_sqlite():
-    """sqlite-cache: each worker's cache served reads (none bypassed); both scenarios."""
+    """sqlite-cache: each worker's cache served reads (none bypassed); both scenarios.
+
+    50 sessions: with a handful, two workers' writes of one session conflict (each
+    worker's copy of the other's write is up to cache_max_staleness old on SQLite, and
+    the kernel merges, or runs again), and a row that lost a conflict loads locked,
+    past the cache, for lock_contended_for seconds."""
     _needs_wrk_and_gunicorn()
     cells = _http_cells(
-        *("--backend", "sqlite-cache", "--workers", "2", "--scenario", "plain,realistic")
+        *("--backend", "sqlite-cache", "--workers", "2", "--scenario", "plain,realistic"),
+        sessions=50,
     )
     assert [(c["backend"], c["scenario"], c["workers"]) for c in cells] == [
         ("sqlite-cache", "plain", 2),
