@@ -13,9 +13,10 @@ refused (:meth:`RowCache.fill`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import pickle
+import sys
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -44,6 +45,9 @@ ENTRY_OVERHEAD = 500
 #: Bytes counted per column value beyond a string's length (the object, the dict slot).
 VALUE_OVERHEAD = 100
 _IMMUTABLE = (str, bytes, int, float, bool, type(None))
+#: What an empty str takes: a str is counted by what it takes beyond that (1, 2 or 4 bytes
+#: a character, as CPython stores it), which is its length for ASCII.
+_EMPTY_STR = sys.getsizeof("")
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,18 @@ class Entry:
     """One cached row: its values, when they may be served until, and what they weigh."""
 
     values: Mapping[str, Any]
-    #: ``time.monotonic()`` after which it is not served (``inf``: until evicted)
+    #: ``clock()`` after which it is not served (``inf``: until evicted)
     until: float
     size: int
-    #: values holding mutable objects (a JSON column's dict) are copied when served
-    mutable: bool
     #: the row's version in ``values``
     version: int
+    #: the keys whose value is kept pickled (anything but str, bytes, numbers and None: a
+    #: JSON column's dict): served as a copy of its own to each request, never shared with
+    #: the request whose read filled the entry, and counted by what it takes
+    pickled: tuple[str, ...] = ()
+    #: ``clock()`` when the read that filled it began: a clock that went back before it
+    #: (a wall clock stepped back) ends the entry, as ``until`` alone would not
+    read_at: float = -math.inf
 
 
 #: A row's version when it was deleted or given another key (:meth:`RowCache.learn`).
@@ -110,15 +119,29 @@ class CacheStats:
     notifications: int = 0
 
 
-def _weigh(values: Mapping[str, Any]) -> tuple[int, bool]:
-    size, mutable = ENTRY_OVERHEAD + VALUE_OVERHEAD * len(values), False
-    for value in values.values():
-        if isinstance(value, (str, bytes)):
+def _freeze(values: Mapping[str, Any]) -> tuple[dict[str, Any], int, tuple[str, ...]]:
+    """The values as the cache keeps them, what they weigh, and the keys kept pickled.
+
+    A value that is not a str, bytes, number or ``None`` (a JSON column's dict or
+    list) is kept as its pickle: the request whose read filled the entry keeps
+    the objects it was handed, free to change them in place without changing
+    what the cache serves, and the byte bound counts the pickle's length, which
+    is what it takes (``len(repr())`` of nested containers is a fraction of it).
+    Raises what pickling raises for a value that cannot be pickled.
+    """
+    kept = dict(values)
+    size = ENTRY_OVERHEAD + VALUE_OVERHEAD * len(kept)
+    pickled = []
+    for key, value in kept.items():
+        if isinstance(value, str):
+            size += sys.getsizeof(value) - _EMPTY_STR
+        elif isinstance(value, bytes):
             size += len(value)
         elif not isinstance(value, _IMMUTABLE):
-            mutable = True
-            size += len(repr(value))
-    return size, mutable
+            kept[key] = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            size += len(kept[key])
+            pickled.append(key)
+    return kept, size, tuple(pickled)
 
 
 class RowCache:
@@ -190,14 +213,20 @@ class RowCache:
             return None
         with self._lock:
             entry = self._entries.get(row_id)
-            if entry is not None and entry.until < self.clock():
-                del self._entries[row_id]  # past max_staleness: read again
+            if entry is not None and not entry.read_at <= self.clock() <= entry.until:
+                # past max_staleness, or the clock went back before the read: read again
+                del self._entries[row_id]
                 entry = None
         if entry is None:
             self.stats.misses += 1
             return None
         self.stats.hits += 1
-        return copy.deepcopy(entry.values) if entry.mutable else entry.values
+        if not entry.pickled:
+            return entry.values
+        served = dict(entry.values)
+        for key in entry.pickled:
+            served[key] = pickle.loads(served[key])
+        return served
 
     @staticmethod
     def moment() -> float:
@@ -219,7 +248,12 @@ class RowCache:
         version is kept. ``read_at`` (:attr:`clock`) starts ``max_staleness``.
         """
         version = values[self.version_key]
-        size, mutable = _weigh(values)
+        try:
+            kept, size, pickled = _freeze(values)
+        except Exception as exc:  # a value of a type pickle cannot copy: not kept
+            log.debug("sessions-cache: row %s… not kept: %s", row_id[:12], exc)
+            self.stats.refused += 1
+            return False
         until = math.inf if self.max_staleness is None else read_at + self.max_staleness
         with self._lock:
             known = self._known.get(row_id)
@@ -234,7 +268,7 @@ class RowCache:
             held = self._entries.get(row_id)
             if held is not None and held.version >= version:
                 return True  # as new already
-            self._entries[row_id] = Entry(values, until, size, mutable, version)
+            self._entries[row_id] = Entry(kept, until, size, version, pickled, read_at)
             self._by_lineage[row_id[:LINEAGE_CHARS]].add(row_id)
             self.stats.fills += 1
             return True
