@@ -188,8 +188,8 @@ class Pipeline:
         """The row a plugin serves without SQL (``session_row_lookup``), or ``None``.
 
         Not asked for a row this transaction changed, nor for a contended
-        row, which loads locked, nor for a row the request's SQLAlchemy
-        session holds already, nor for a model only the ORM can load
+        row, which loads locked, nor once the request's SQLAlchemy session
+        began its transaction or holds the row, nor for a model only the ORM can load
         (:attr:`RowReads.servable <sessions_kernel.reads.RowReads.servable>`).
         A served row joins the request's SQLAlchemy session only if it has
         one already, or once the session needs it (:func:`fetch_dbsession`).
@@ -205,7 +205,12 @@ class Pipeline:
         dbsession = session.__dict__.get("_dbsession") or vars(request).get(
             self.factory.dbsession_name
         )
-        if dbsession is not None and storage.holds(dbsession, sid):
+        in_transaction = dbsession is not None and dbsession.in_transaction()
+        if in_transaction or (dbsession is not None and storage.holds(dbsession, sid)):
+            # The request's transaction began (the view's own query, pshell's SQL): read the
+            # row in it. It may have changed the row itself (SQL, an ORM delete) where no
+            # ChangeLog sees, and it holds a connection: a plugin's read on another one
+            # would wait for a second connection of a pool sized to the threads.
             return None
         values = lookup(factory=self.factory, session=session, row_id=sid)
         if values is None:

@@ -52,12 +52,15 @@ def session_row_lookup(
 
     Not called, and the kernel reads the row itself: for a row this
     transaction already changed (a fixture sharing one transaction across
-    requests, pshell), for a retried attempt and a contended row (those load
-    it locked, ``SELECT … FOR UPDATE``), for a peek
+    requests, pshell), for a request whose SQLAlchemy session already began
+    its transaction (the view queried first, pshell ran SQL: the row is read
+    in it, on the connection it holds, and as it sees it), for a retried
+    attempt and a contended row (those load it locked, ``SELECT … FOR
+    UPDATE``), for a peek
     (``SessionFactory.peek``), for a row the request's SQLAlchemy session
     already holds, and for a model the kernel cannot build from column
-    values alone (a column property, an inherited or polymorphic mapper, an
-    eager relationship, a ``load`` listener). Called on the request path:
+    values alone (a column property, a deferred column, an inherited or
+    polymorphic mapper, a ``load`` listener). Called on the request path:
     keep it to a dictionary lookup. Issue SQL only to fill what you serve,
     and never in the request's transaction (see sessions-cache).
     """
