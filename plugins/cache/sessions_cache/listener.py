@@ -13,7 +13,9 @@ It fails closed. The cache serves entries only while :meth:`Listener.live`:
 the connection is up, the trigger was found, and the listener's heartbeat,
 a notification of its own sent through the server every ``cache_heartbeat``
 seconds (it arrives after every notification committed before it), came
-back less than three heartbeats ago. When the connection drops, the
+back less than three heartbeats ago. The heartbeat is sent only while the
+table it started on still has its triggers, enabled; when it finds them
+gone, the listener starts again. When the connection drops, the
 cache is bypassed at once; when it is back, the cache is emptied before it
 serves again, since notifications sent meanwhile were lost.
 """
@@ -52,22 +54,50 @@ def channel_name(table: sa.Table) -> str:
     return "_".join(parts).lower()[:63]
 
 
-def trigger_installed(connection: Any, table: sa.Table) -> bool:
-    """Whether the session table has the cache's triggers (see :mod:`sessions_cache.ddl`)."""
+def _regclass(table: sa.Table) -> str:
+    """The table's name as ``to_regclass`` reads it: quoted, so that PostgreSQL does not fold
+    a name in capitals (``UserSession``) to another (``usersession``)."""
+
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else quote(table.name)
+
+
+#: The table's oid if it has the cache's three triggers, enabled (else no row, or NULL).
+_TABLE_WITH_TRIGGERS = (
+    "SELECT c.oid::bigint FROM pg_class c WHERE c.oid = to_regclass(%s) AND "
+    "(SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = ANY(%s) "
+    "AND t.tgenabled <> 'D') = %s"
+)
+
+#: The heartbeat, sent only while the table the listener started on (its oid) still has
+#: its triggers, enabled: a row comes back when it was sent.
+_PING = (
+    "SELECT pg_notify(%s, %s) FROM pg_class c WHERE c.oid = %s::oid AND "
+    "(SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = ANY(%s) "
+    "AND t.tgenabled <> 'D') = %s"
+)
+
+
+def table_oid(connection: Any, table: sa.Table) -> int | None:
+    """The session table's oid if it has the cache's triggers (see :mod:`sessions_cache.ddl`),
+    enabled; else ``None``."""
     from .ddl import trigger_names
 
-    qualified = f"{table.schema}.{table.name}" if table.schema else table.name
+    names = list(trigger_names(table))
     cursor = connection.cursor()
     try:
-        cursor.execute(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
-            "AND tgname = ANY(%s) AND tgenabled <> 'D'",
-            (qualified, list(trigger_names(table))),
-        )
-        (count,) = cursor.fetchone()
+        cursor.execute(_TABLE_WITH_TRIGGERS, (_regclass(table), names, len(names)))
+        row = cursor.fetchone()
     finally:
         cursor.close()
-    return bool(count == len(trigger_names(table)))
+    return None if row is None else int(row[0])
+
+
+def trigger_installed(connection: Any, table: sa.Table) -> bool:
+    """Whether the session table has the cache's triggers (see :mod:`sessions_cache.ddl`)."""
+    return table_oid(connection, table) is not None
 
 
 class Listener:
@@ -174,7 +204,8 @@ class Listener:
         self.connects += 1
         driver = _driver(connection)
         driver.autocommit(connection)
-        if not trigger_installed(connection, self.table):
+        oid = table_oid(connection, self.table)
+        if oid is None:
             if not self.trigger_missing:
                 log.error(
                     "sessions-cache: the table %s has no change trigger, so other processes' "
@@ -185,11 +216,15 @@ class Listener:
                 )
             self.trigger_missing = True
             while not self._stop.wait(self.heartbeat * 10):
-                if trigger_installed(connection, self.table):
+                oid = table_oid(connection, self.table)
+                if oid is not None:
                     break
             else:
                 return
         self.trigger_missing = False
+        from .ddl import trigger_names
+
+        names = list(trigger_names(self.table))
         driver.execute(connection, f'LISTEN "{self.channel}"')
         self.backend_pid = driver.scalar(connection, "SELECT pg_backend_pid()")
         # Notifications sent before LISTEN took effect were never seen: start empty.
@@ -200,10 +235,22 @@ class Listener:
             # comes back, every notification committed before it was sent has arrived
             # (they are delivered in commit order), and notifications do reach us (a
             # pooler in transaction mode, say, would lose them, and the ping with them).
+            # It is sent only while the table still has its triggers: once they are
+            # dropped or disabled, or the table dropped (and perhaps made again, a new
+            # oid), changes go untold, so the cache stops serving now, and the listener
+            # starts again, which empties it once the trigger is back.
             beat += 1
             sent = self.clock()
             self._ping = (f"ping {self._token} {beat}", sent)
-            driver.notify(connection, self.channel, self._ping[0])
+            params = (self.channel, self._ping[0], oid, names, len(names))
+            if driver.fetchone(connection, _PING, params) is None:
+                self.alive_since = None
+                log.warning(
+                    "sessions-cache: the change trigger of %s is gone or disabled, or the "
+                    "table was dropped: the cache is off until it is back",
+                    self.table.name,
+                )
+                return
             end = sent + self.heartbeat
             while not self._stop.is_set():
                 wait = end - self.clock()
@@ -241,8 +288,8 @@ class _Psycopg3:
         connection.autocommit = True
 
     @staticmethod
-    def notify(connection: Any, channel: str, payload: str) -> None:
-        connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    def fetchone(connection: Any, sql: str, params: tuple[Any, ...]) -> Any:
+        return connection.execute(sql, params).fetchone()
 
     @staticmethod
     def execute(connection: Any, sql: str) -> None:
@@ -267,9 +314,10 @@ class _Psycopg2:
         connection.autocommit = True
 
     @staticmethod
-    def notify(connection: Any, channel: str, payload: str) -> None:
+    def fetchone(connection: Any, sql: str, params: tuple[Any, ...]) -> Any:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            cursor.execute(sql, params)
+            return cursor.fetchone()
 
     @staticmethod
     def execute(connection: Any, sql: str) -> None:

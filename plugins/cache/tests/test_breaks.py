@@ -308,6 +308,17 @@ def test_the_cache_stops_when_the_trigger_goes(apps, session_db_url, change):
         connection.execute(app.model.__table__.delete())
     pause(4 * listener_of(app.factory).heartbeat)  # past the documented worst case, 3 beats
     assert thief_of(app).get("/read").json["new"] is True
+    # and once the trigger is back, the cache turns on again by itself
+    from sessions_kernel.maintenance import required_ddl
+
+    with app.engine.begin() as connection:
+        connection.exec_driver_sql(f'ALTER TABLE "{app.model.__table__.name}" ENABLE TRIGGER ALL')
+        for statement in required_ddl(app.model, connection.dialect):
+            connection.exec_driver_sql(statement)
+    listener = listener_of(app.factory)
+    wait_for(listener.live, "the listener live again once the trigger was back", 800)
+    app.post_json("/set", {"b": 2})
+    warm(app)
 
 
 def test_a_table_named_in_capitals_gets_its_cache(apps, session_db_url):
