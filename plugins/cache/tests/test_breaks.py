@@ -127,7 +127,7 @@ def test_the_byte_bound_holds_for_plugin_columns(value):
         for n in range(4000):
             row_id = f"{n:064x}"
             values = {"id": row_id, "data": b"{}", "version": 1, "extra": value(n)}
-            cache.fill(row_id, values, cache.generation(), 0.0)
+            cache.fill(row_id, values, cache.moment(), 0.0)
             del values
         gc.collect()
         held, _ = tracemalloc.get_traced_memory()
