@@ -23,7 +23,7 @@ from sqlalchemy.orm import object_session
 if TYPE_CHECKING:
     from .factory import SessionFactory
 
-__all__ = ["ChangeLog", "RowChanges", "watch_orm_writes"]
+__all__ = ["ChangeLog", "RowChanges", "record_changes", "watch_orm_writes"]
 
 log = logging.getLogger("sessions_kernel")
 
@@ -170,41 +170,60 @@ class ChangeLog:
             self.announce()
 
 
+def record_changes(factory: SessionFactory, dbsession: Any, **changes: Any) -> None:
+    """Tell ``session_rows_changed`` of rows ``dbsession`` changes, once it commits.
+
+    For statements on ``factory``'s table run outside a request, on a
+    SQLAlchemy session of this process (a script's "log out everywhere", an
+    admin tool): ``changes`` are :meth:`ChangeLog.record`'s (``deleted=ids``,
+    ``everything=True`` when the ids are not known). They are announced when
+    ``dbsession`` commits, forgotten if it rolls back. Nothing is done while
+    no plugin observes (:attr:`SessionFactory.observed
+    <sessions_kernel.SessionFactory.observed>`). The application's own ORM
+    flushes of the rows are recorded this way by themselves
+    (:func:`watch_orm_writes`).
+    """
+    if not factory.observed:
+        return
+    key = f"sessions_kernel.changes.{id(factory)}"
+    log = dbsession.info.get(key)
+    if log is None:
+        log = dbsession.info[key] = ChangeLog(factory)
+        if not dbsession.info.get(f"{key}.listening"):
+            dbsession.info[f"{key}.listening"] = True
+
+            def committed(dbsession: Any) -> None:
+                found = dbsession.info.pop(key, None)
+                if found is not None:
+                    found.announce()
+
+            def rolled_back(dbsession: Any, *args: Any) -> None:
+                dbsession.info.pop(key, None)
+
+            sa.event.listen(dbsession, "after_commit", committed)
+            sa.event.listen(dbsession, "after_rollback", rolled_back)
+    log.record(**changes)
+
+
 def watch_orm_writes(factory: SessionFactory) -> None:
     """Record what the application's own ORM flushes change of ``factory``'s rows.
 
     A column the application assigned on ``session.row`` that an autoflush
     wrote before the kernel's persist stage (a query in the view), a row it
     deleted with ``dbsession.delete(row)``: the mapper's ``after_update`` and
-    ``after_delete`` events note the row in the flushing SQLAlchemy
-    session's ``info``, and its ``after_commit`` announces them (its
-    rollback forgets them). Bulk statements (``update(Model)``, Core) are not
-    seen: they are the application's own SQL.
+    ``after_delete`` events note the row (:func:`record_changes`) in the
+    flushing SQLAlchemy session, which announces them when it commits. Bulk
+    statements (``update(Model)``, Core) are not seen: they are the
+    application's own SQL (a plugin that runs such a statement outside a
+    request calls :func:`record_changes`).
     """
     ref = weakref.ref(factory)
-    key = f"sessions_kernel.flushed.{id(factory)}"
-
-    def committed(dbsession: Any) -> None:
-        log = dbsession.info.pop(key, None)
-        if log is not None:
-            log.announce()
-
-    def rolled_back(dbsession: Any, *args: Any) -> None:
-        dbsession.info.pop(key, None)
 
     def flushed(target: Any, **changes: Any) -> None:
         factory = ref()
         dbsession = object_session(target)
-        if factory is None or dbsession is None:
-            return
-        log = dbsession.info.get(key)
-        if log is None:
-            log = dbsession.info[key] = ChangeLog(factory)
-            if not dbsession.info.get(f"{key}.listening"):
-                dbsession.info[f"{key}.listening"] = True
-                sa.event.listen(dbsession, "after_commit", committed)
-                sa.event.listen(dbsession, "after_rollback", rolled_back)
-        log.record(**changes)
+        if factory is not None and dbsession is not None:
+            record_changes(factory, dbsession, **changes)
 
     def updated(mapper: Any, connection: Any, target: Any) -> None:
         dbsession = object_session(target)

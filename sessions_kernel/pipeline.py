@@ -73,7 +73,7 @@ class Pipeline:
     (``SessionFactory.peek``) uses its load steps without starting it.
     """
 
-    __slots__ = ("binding", "factory", "run", "session")
+    __slots__ = ("binding", "factory", "run", "served", "session")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -81,6 +81,8 @@ class Pipeline:
         #: the session's part in the request's transaction (``None`` for a peek)
         self.binding: TransactionBinding | None = session._binding
         self.run: Iterator[None] | None = None
+        #: the row the load stage found was served by a plugin (``session_row_lookup``)
+        self.served = False
 
     @property
     def bound(self) -> TransactionBinding:
@@ -121,9 +123,11 @@ class Pipeline:
         # validate: each plugin may reject a stored row; a rejected row is deleted
         if session.row is not None:
             reason = stages.session_validate(session=session)
+            if reason and self.served:  # judged on a copy: the stored row may be newer
+                reason = self.validate_stored(reason)
             if reason:
                 self.reject(reason)
-            else:
+            elif session.row is not None:
                 self.read_row(session.row)
 
         yield  # the application uses the session; then its transaction is about to commit
@@ -215,7 +219,9 @@ class Pipeline:
         values = lookup(factory=self.factory, session=session, row_id=sid)
         if values is None:
             return None
-        return storage.row_from_values(sid, values, dbsession, lambda: session._dbsession)
+        row = storage.row_from_values(sid, values, dbsession, lambda: session._dbsession)
+        self.served = row is not None
+        return row
 
     def lineage_lives(self, lineage: str) -> bool:
         """Whether a row of the session's lineage is stored (under a newer id)."""
@@ -243,6 +249,33 @@ class Pipeline:
             session._state = SessionState(
                 created=None, token=token, lineage=lineage, loaded_extras=dict(extras)
             )
+
+    def validate_stored(self, reason: str) -> str | None:
+        """A plugin rejected a row a plugin served: read the stored row, and judge that.
+
+        A served copy may be behind the stored row (another process's change
+        not heard of yet: a renewal offer, an idle extension); only what the
+        stored row fails is deleted. Returns the stored row's rejection, or
+        ``None``; a row that is gone meanwhile starts a new session.
+        ``session_load`` is not called again.
+        """
+        session = self.session
+        copy = session.row
+        sid = sa.inspect(copy).identity[0]
+        session.row = None  # so that the SQLAlchemy session, made now, does not take the copy
+        dbsession = session._dbsession
+        if sa.inspect(copy).session is dbsession:
+            dbsession.expunge(copy)
+        self.served = False
+        row = self.factory.storage.fetch(dbsession, sid)
+        if row is None:
+            session._cookies.delete = self.browser_cookie()
+            session.notify(events.SessionNotFound(session.request, sid))
+            session._start_new(fresh=True)
+            return None
+        session.row = row
+        stored: str | None = self.factory.stages.session_validate(session=session)
+        return stored
 
     def reject(self, reason: str) -> None:
         """A plugin rejected the stored row: delete it, and start a new, empty session."""

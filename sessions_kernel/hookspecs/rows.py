@@ -42,6 +42,11 @@ def session_row_lookup(
     (no such row known) and the kernel reads the row itself. The first
     non-``None`` answer wins.
 
+    When :func:`session_validate` rejects a row served this way, the
+    kernel reads the stored row and validates that instead: a served copy
+    may be behind it (another process's renewal offer or idle extension not
+    heard of yet), and only what the stored row fails is deleted.
+
     What is returned must be committed state, never a value a transaction
     wrote and might roll back: the kernel's later write of the row is a
     versioned ``UPDATE`` on the version returned, so a stale version makes

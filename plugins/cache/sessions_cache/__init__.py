@@ -319,6 +319,11 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
     problems = []
     heartbeat = settings.get("cache_heartbeat")
     staleness = settings.get("cache_max_staleness")
+    if heartbeat is not None and heartbeat < 0.01:
+        problems.append(
+            f"cache_heartbeat ({heartbeat}) must be at least 0.01 seconds: the listener sends "
+            "one notification to itself each heartbeat"
+        )
     if heartbeat is not None and heartbeat > 10:
         problems.append(
             f"cache_heartbeat ({heartbeat}) must be at most 10 seconds: a listener silent for "

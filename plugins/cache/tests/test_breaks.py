@@ -351,14 +351,6 @@ def test_a_wall_clock_stepped_back_does_not_extend_max_staleness(apps, session_d
     assert thief_of(app).get("/read").json["new"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invalidate_user_sessions(factory, userid, dbsession=...) runs an ORM bulk DELETE "
-    "that neither the kernel's ChangeLog nor watch_orm_writes sees: nothing is announced when "
-    "that dbsession commits. Fix: record the deleted ids (RETURNING) in the dbsession's "
-    "flushed-changes log (the one watch_orm_writes announces at after_commit), or announce "
-    "everything=True for that factory",
-)
 def test_log_out_everywhere_through_the_factory_evicts_in_this_process(apps, session_db_url):
     """MariaDB/SQLite promise: every change made through the kernel (and its plugins) in the
     process evicts at once; an admin tool's "log out everywhere" stays served."""
@@ -383,16 +375,6 @@ def test_log_out_everywhere_through_the_factory_evicts_in_this_process(apps, ses
 
 
 # -- 6: renewal across workers ---------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation judges a stale cached copy, and a rejection DELETEs the stored row "
-    "unconditionally: after worker A offers a new renewal id, the browser's next request on "
-    "worker B (within cache_max_staleness) shows an id B's stale copy never heard of: a "
-    "'renewal violation', the live session deleted and RenewalViolation sent for no theft. "
-    "The idle timeout can do the same with a stale idle_expire. Fix (kernel): when "
-    "session_validate rejects a row that session_row_lookup served, load the row again "
-    "from the database and validate that; delete only what the stored row fails",
-)
 def test_a_renewal_offer_in_one_worker_does_not_log_the_user_out_in_another(
     apps, session_db_url, session_clock
 ):

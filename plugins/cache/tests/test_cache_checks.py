@@ -35,6 +35,8 @@ def test_bounds_that_would_make_revocation_slow_are_refused():
     problems = session_check_settings({"cache_heartbeat": 11, "cache_max_staleness": 301})
     assert len(problems) == 2
     assert "cache_heartbeat (11)" in problems[0] and "cache_max_staleness (301)" in problems[1]
+    (hot,) = session_check_settings({"cache_heartbeat": 1e-6})
+    assert "at least 0.01" in hot
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from pyramid.interfaces import ISessionFactory
 
 from sessions_kernel import SessionFactory, SessionInfo
+from sessions_kernel.changes import record_changes
 from sessions_kernel.events import SessionInvalidated
 from sessions_kernel.maintenance import expired_condition
 
@@ -201,6 +202,11 @@ def invalidate_user_sessions(
         result = ctx.dbsession.execute(executed)
     ids: Sequence[str] = result.scalars().all() if dialect.delete_returning else ()
     deleted = len(ids) if dialect.delete_returning else result.rowcount
+    if session is None and deleted:  # outside a request: told once the dbsession commits
+        if dialect.delete_returning:
+            record_changes(ctx.factory, ctx.dbsession, deleted=ids)
+        else:
+            record_changes(ctx.factory, ctx.dbsession, everything=True)
     if session is not None:  # there is a request
         for session_id in ids:
             session.notify(SessionInvalidated(request, session_id))
