@@ -202,8 +202,12 @@ class Pipeline:
         storage = self.factory.storage
         if not storage.servable or storage.is_contended(sid):
             return None
-        log = ChangeLog.find(self.bound.txn, self.factory)
-        if log is not None and log.covers(sid):
+        txn = self.bound.txn
+        log = ChangeLog.find(txn, self.factory)
+        if (log is not None and log.covers(sid)) or getattr(txn, "_resources", None):
+            # A database session joined the transaction already (the starter's fixtures
+            # share one across requests; a query of the view's; pshell): the row is read
+            # in it, which may have changed it where no ChangeLog sees.
             return None
         request = session.request
         dbsession = session.__dict__.get("_dbsession") or vars(request).get(

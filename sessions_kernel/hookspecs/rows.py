@@ -57,9 +57,10 @@ def session_row_lookup(
 
     Not called, and the kernel reads the row itself: for a row this
     transaction already changed (a fixture sharing one transaction across
-    requests, pshell), for a request whose SQLAlchemy session already began
-    its transaction (the view queried first, pshell ran SQL: the row is read
-    in it, on the connection it holds, and as it sees it), for a retried
+    requests, pshell), for a request whose transaction a database session
+    already joined (the view queried first, pshell ran SQL, the starter's
+    test fixtures share one transaction: the row is read in it, on the
+    connection it holds, and as it sees it), for a retried
     attempt and a contended row (those load it locked, ``SELECT … FOR
     UPDATE``), for a peek
     (``SessionFactory.peek``), for a row the request's SQLAlchemy session

@@ -244,15 +244,6 @@ def test_pshell_a_row_its_transaction_deleted_is_not_served(starter, how):
         env["closer"]()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kernel asks session_row_lookup unless its ChangeLog covers the row; a "
-    "fixture's own SQL or ORM change in the shared transaction is in neither that log nor "
-    "a request.dbsession the kernel can see (the starter keeps it in environ['app.dbsession'] "
-    "until the view reads request.dbsession). Fix: in served_row, take request.<dbsession> "
-    "(getattr, creating it) whenever environ['tm.active'] is set and the transaction is not "
-    "the tween's own, and skip the lookup if it is in a transaction",
-)
 @pytest.mark.parametrize("how", ["core", "orm"])
 def test_a_fixtures_shared_transaction_that_deleted_the_row_does_not_serve_it(starter, how):
     app, model, browser = starter
