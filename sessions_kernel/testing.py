@@ -172,21 +172,29 @@ def make_model(
     return model
 
 
-def add_dbsession(config: Configurator, engine: sa.Engine, name: str = "dbsession") -> None:
+def add_dbsession(
+    config: Configurator, engine: sa.Engine, name: str = "dbsession"
+) -> sessionmaker[Any]:
     """Give requests ``request.<name>``: a SQLAlchemy session joined to the request's transaction.
 
     What Pyramid's SQLAlchemy starter sets up (include ``pyramid_tm`` first):
     one session per request, created on first use, registered with
-    zope.sqlalchemy so that pyramid_tm commits or aborts it with the request.
+    zope.sqlalchemy so that pyramid_tm commits or aborts it with the request;
+    or, as the starter's test fixtures do, the one the environ holds as
+    ``app.dbsession`` (with ``tm.active`` and ``tm.manager``: one transaction
+    shared across requests). Returns the ``sessionmaker``.
     """
     factory = sessionmaker(bind=engine)
 
     def dbsession(request: Any) -> Any:
-        session = factory(info={"request": request})
-        zope.sqlalchemy.register(session, transaction_manager=request.tm)
+        session = request.environ.get("app.dbsession")
+        if session is None:
+            session = factory(info={"request": request})
+            zope.sqlalchemy.register(session, transaction_manager=request.tm)
         return session
 
     config.add_request_method(dbsession, name=name, reify=True)
+    return factory
 
 
 def make_wsgi_app(

@@ -42,6 +42,7 @@ from sessions_kernel.row_table import LINEAGE_CHARS
 from sessions_kernel.testing import (
     TEST_SECRET_KEY,
     SessionTestApp,
+    add_dbsession,
     add_test_views,
     make_model,
 )
@@ -462,18 +463,9 @@ def test_gc_announces_each_committed_batch(recorded):
 def starter_app(app: Any, plugins: list[Any]) -> Any:
     """``app``'s model and plugins in an application laid out like the SQLAlchemy starter's,
     whose ``request.dbsession`` is the environ's ``app.dbsession`` when a test gives one."""
-    maker = sessionmaker(bind=app.engine)
     with Configurator(settings={"tm.manager_hook": "pyramid_tm.explicit_manager"}) as config:
         config.include("pyramid_tm")
-
-        def dbsession(request: Any) -> Any:
-            db = request.environ.get("app.dbsession")
-            if db is None:
-                db = maker(info={"request": request})
-                zope.sqlalchemy.register(db, transaction_manager=request.tm)
-            return db
-
-        config.add_request_method(dbsession, reify=True)
+        add_dbsession(config, app.engine)  # the environ's app.dbsession when a test gives one
         factory = session_factory(
             plugins=plugins, model_class=app.model, secret_key=TEST_SECRET_KEY, clock=app.clock
         )

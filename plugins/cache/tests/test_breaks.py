@@ -24,11 +24,17 @@ from pyramid.interfaces import ISessionFactory
 from pyramid.scripting import prepare
 from sessions_cache import CacheMixin, cache_of, listener_of
 from sessions_cache.store import RowCache
-from sqlalchemy.orm import mapped_column, sessionmaker
+from sqlalchemy.orm import mapped_column
 from test_cache import STALENESS, wait_for
 
 from sessions_kernel.factory import factory_args_from_settings, register_factory, session_factory
-from sessions_kernel.testing import TEST_SECRET_KEY, SessionTestApp, add_test_views, make_model
+from sessions_kernel.testing import (
+    TEST_SECRET_KEY,
+    SessionTestApp,
+    add_dbsession,
+    add_test_views,
+    make_model,
+)
 
 
 def pause(seconds: float) -> None:
@@ -61,20 +67,6 @@ def only(session_db_url, *databases):
     name = session_db_url.split(":", 1)[0].split("+", 1)[0]
     if name not in databases:
         pytest.skip(f"a break of {', '.join(databases)}")
-
-
-@pytest.fixture
-def apps(session_app):
-    made = []
-
-    def build(model, settings=None, **kwargs):
-        app = session_app(model, {**STALENESS, **(settings or {})}, **kwargs)
-        made.append(app)
-        return app
-
-    yield build
-    for app in made:
-        sessions_cache.stop(app.factory)
 
 
 # -- 2, 7: a value a request changed in place, and never committed ------------------------
@@ -177,17 +169,7 @@ def _starter_app(model, engine, clock):
     }
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
-        maker = sessionmaker(bind=engine)
-        config.registry["dbsession_factory"] = maker
-
-        def dbsession(request):
-            db = request.environ.get("app.dbsession")
-            if db is None:
-                db = maker(info={"request": request})
-                zope.sqlalchemy.register(db, transaction_manager=request.tm)
-            return db
-
-        config.add_request_method(dbsession, reify=True)
+        config.registry["dbsession_factory"] = add_dbsession(config, engine)
         args = factory_args_from_settings(config.get_settings())
         args.update(model_class=model, clock=clock)
         register_factory(config, session_factory(**args))
