@@ -37,19 +37,14 @@ def wait_for(condition, what: str, attempts: int = 400) -> None:
 
 
 @pytest.fixture
-def cached(session_app):
-    """``cached(*mixins, **settings)``: a test app whose model has CacheMixin, its cache live."""
-    made = []
+def cached(apps):
+    """``cached(*mixins, settings=None, **options)``: ``apps`` of ``make_model(CacheMixin,
+    *mixins)``."""
 
     def build(*mixins, settings=None, **kwargs):
-        settings = {**STALENESS, **(settings or {})}
-        app = session_app(make_model(CacheMixin, *mixins), settings, **kwargs)
-        made.append(app)
-        return app
+        return apps(make_model(CacheMixin, *mixins), settings, **kwargs)
 
-    yield build
-    for app in made:
-        sessions_cache.stop(app.factory)
+    return build
 
 
 def warm(app):
