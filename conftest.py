@@ -50,3 +50,296 @@ def no_log_line_shows_the_kits_key() -> Iterator[None]:
     finally:
         root.removeHandler(scan)
     assert not scan.leaks, f"log records show the kit's key: {scan.leaks[:3]}"
+
+
+# -- the documentation's examples, run by Sybil --------------------------------------------
+# README.md, docs/*.rst, the plugins', the examples' and the demo's READMEs. In each page, in
+# the order they appear, in one namespace per page:
+#
+# * ``python`` blocks run. A block whose first line is a comment naming a file of the
+#   starter's package (``# myapp/models/session.py``) is written to that file in a project
+#   directory of the page's own (``myapp/models/meta.py`` with the starter's ``Base`` is
+#   there already) and imported, so that an ini block's ``myapp.models.session.Session``
+#   resolves; its names join the page's namespace.
+# * ``ini`` blocks are parsed; every ``session.*`` setting must be one an installed plugin
+#   (or the kernel) declares, and its value must pass that setting's parser, unless it is a
+#   placeholder (``<...>``, ``NEW_KEY_HERE``). When ``session.model_class`` resolves, the whole
+#   factory is built from the block (a placeholder key replaced by the kit's).
+# * ``console`` blocks: each ``$ psessions ...`` and ``$ python -m sessions_kernel`` command
+#   runs in-process in the page's project directory, and the lines after it, where there are
+#   any, are its expected output (doctest's ``...`` and white-space rules). Any other command
+#   fails the block: a block that cannot run says why in a ``skip: next "reason"`` directive
+#   before it.
+# * A block a reader need not see (a set-up) is an ``invisible-code-block: python``.
+
+import configparser  # noqa: E402
+import contextlib  # noqa: E402
+import doctest  # noqa: E402
+import importlib  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from sybil import Example, Sybil  # noqa: E402
+from sybil.evaluators.python import PythonEvaluator  # noqa: E402
+from sybil.parsers import markdown, rest  # noqa: E402
+
+_PROJECT = "myapp"
+_META = """\
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+"""
+_FILE_LINE = re.compile(rf"\A# ({_PROJECT}/[\w/]+\.py)\n")
+_PLACEHOLDER = re.compile(r"<[^>]*>|\b[A-Z][A-Z_]*_HERE\b")
+
+
+def _docs_setup(namespace: dict[str, Any]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="sessions-docs-"))
+    package = root / _PROJECT / "models"
+    package.mkdir(parents=True)
+    (root / _PROJECT / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "meta.py").write_text(_META)
+    namespace["__name__"] = "__docs__"
+    namespace["_project_dir"] = root
+    namespace["_closers"] = []
+    namespace["Base"] = _fresh_base()
+    namespace["start_app"] = _starter(namespace)
+    sys.path.insert(0, str(root))
+
+
+def _docs_teardown(namespace: dict[str, Any]) -> None:
+    root = namespace["_project_dir"]
+    with contextlib.suppress(ValueError):
+        sys.path.remove(str(root))
+    for name in [n for n in sys.modules if n == _PROJECT or n.startswith(_PROJECT + ".")]:
+        del sys.modules[name]
+    for close in reversed(namespace["_closers"]):
+        close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _fresh_base() -> type:
+    """Your declarative ``Base``, as the pages' models name it (a new one per page)."""
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    return Base
+
+
+def _starter(namespace: dict[str, Any]) -> Any:
+    def start_app(model: type, **settings: Any) -> tuple[Any, Any]:
+        """A page's ``config`` and ``request`` (an invisible block calls it): ``model``'s
+        table on a SQLite file of the page's own, an application laid out as the starter's
+        with ``settings`` (without the prefix), and a request of it in a begun transaction,
+        as pshell gives; ``config`` is a Configurator with those settings and pyramid_tm,
+        committed when the page ends."""
+        import sqlalchemy as sa
+        from pyramid.config import Configurator
+        from pyramid.scripting import prepare
+
+        from sessions_kernel.testing import TEST_SECRET_KEY, add_dbsession, make_wsgi_app
+
+        root: Path = namespace["_project_dir"]
+        engine = sa.create_engine(f"sqlite:///{root / 'app.sqlite'}")
+        namespace["_closers"].append(engine.dispose)
+        model.metadata.create_all(engine)  # type: ignore[attr-defined]
+        app = make_wsgi_app(model, engine, settings=dict(settings), test_views=False)
+        env = prepare(registry=app.registry)
+        request = env["request"]
+        request.tm.begin()
+
+        def close() -> None:
+            if request.tm.isDoomed() or request.tm.get().status == "Active":
+                request.tm.abort()
+            env["closer"]()
+
+        namespace["_closers"].append(close)
+        ini = {
+            "session.secret_key": TEST_SECRET_KEY,
+            "session.model_class": model,
+            "tm.manager_hook": "pyramid_tm.explicit_manager",
+            **{f"session.{name}": value for name, value in settings.items()},
+        }
+        config = Configurator(settings=ini)
+        config.include("pyramid_tm")
+        add_dbsession(config, engine)
+        namespace["_closers"].append(config.commit)
+        return config, request
+
+    return start_app
+
+
+_run_python = PythonEvaluator()
+
+
+def _python(example: Example) -> None:
+    source = str(example.parsed)
+    match = _FILE_LINE.match(source)
+    if match is None:
+        _run_python(example)
+        return
+    root: Path = example.namespace["_project_dir"]
+    target = root / match.group(1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for parent in target.relative_to(root).parents:
+        init = root / parent / "__init__.py"
+        if parent != Path(".") and not init.exists():
+            init.write_text("")
+    target.write_text(source)
+    module_name = ".".join(target.relative_to(root).with_suffix("").parts)
+    sys.modules.pop(module_name, None)
+    importlib.invalidate_caches()
+    module = importlib.import_module(module_name)
+    example.namespace.update(
+        {name: value for name, value in vars(module).items() if not name.startswith("__")}
+    )
+
+
+def _ini(example: Example) -> None:
+    from pyramid.exceptions import ConfigurationError
+
+    from sessions_kernel import session_factory
+    from sessions_kernel.plugins import discover
+    from sessions_kernel.testing import TEST_SECRET_KEY
+
+    text = str(example.parsed)
+    if not re.match(r"\s*\[", text):
+        text = "[app:main]\n" + text
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    known = {s.name: s for info in discover() for s in info.settings}
+    for section in parser.sections():
+        settings = {
+            key[len("session.") :]: value
+            for key, value in parser[section].items()
+            if key.startswith("session.")
+        }
+        for name, value in settings.items():
+            assert name in known, f"session.{name} is no setting of an installed plugin"
+            if name == "model_class" or _PLACEHOLDER.search(value):
+                continue
+            try:
+                known[name].parse(value)
+            except ValueError as exc:
+                raise AssertionError(f"session.{name} = {value!r}: {exc}") from None
+        model = settings.get("model_class")
+        if model is None:
+            continue
+        try:
+            importlib.import_module(model.rpartition(".")[0])
+        except ImportError:
+            continue  # a model the page does not define
+        built = dict(settings)
+        for name, value in settings.items():
+            if _PLACEHOLDER.search(value):
+                built[name] = TEST_SECRET_KEY if "key" in name else known[name].default
+        try:
+            session_factory(**built)
+        except ConfigurationError as exc:
+            raise AssertionError(f"[{section}] does not configure a factory: {exc}") from None
+
+
+_RUNNABLE = ("psessions", "python -m sessions_kernel")
+_checker = doctest.OutputChecker()
+_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def _run_command(command: str, cwd: Path) -> str:
+    from sessions_kernel import cli
+    from sessions_kernel.crypto import generate_secret_key
+
+    argv = shlex.split(command.replace("\\\n", " "))
+    out = io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        if argv[:3] == ["python", "-m", "sessions_kernel"]:
+            assert argv[3:] == [], f"{command!r}: python -m sessions_kernel takes no argument"
+            out.write(generate_secret_key() + "\n")
+            code = 0
+        else:
+            code = cli.main(argv[1:], out)
+    finally:
+        os.chdir(previous)
+    assert code in (0, 3), f"{command!r} exited with {code}:\n{out.getvalue()}"
+    return out.getvalue()
+
+
+def _console(example: Example) -> None:
+    lines = str(example.parsed).splitlines(keepends=True)
+    commands: list[tuple[str, str]] = []
+    for line in lines:
+        if line.startswith("$ "):
+            commands.append((line[2:], ""))
+        elif commands and commands[-1][0].rstrip().endswith("\\"):
+            commands[-1] = (commands[-1][0] + line, "")
+        elif commands:
+            commands[-1] = (commands[-1][0], commands[-1][1] + line)
+        else:
+            raise AssertionError(f"a console block's first line is not a command: {line!r}")
+    for command, expected in commands:
+        command = re.sub(r"\s+#.*$", "", command.strip())
+        if not command.startswith(_RUNNABLE):
+            raise AssertionError(
+                f"{command!r} does not run here: put a skip directive with the reason "
+                "before its block"
+            )
+        got = _run_command(command, example.namespace["_project_dir"])
+        if expected.strip() and not _checker.check_output(expected, got, _FLAGS):
+            raise AssertionError(f"{command!r} printed:\n{got}\nthe page shows:\n{expected}")
+
+
+class _Pages(Sybil):
+    """A Sybil for the pages its patterns name, matched from the repository's root (Sybil's
+    own match is from the right: ``README.md`` would also be benchmarks/README.md)."""
+
+    def should_parse(self, path: Path) -> bool:
+        try:
+            relative = path.relative_to(self.path)
+        except ValueError:
+            return False
+        return any(_full_match(relative, p) for p in self.patterns)
+
+
+def _full_match(path: Path, pattern: str) -> bool:
+    parts = pattern.split("/")
+    return len(path.parts) == len(parts) and path.match(pattern)
+
+
+def _parsers(module: Any) -> list[Any]:
+    return [
+        module.CodeBlockParser(language="python", evaluator=_python),
+        module.CodeBlockParser(language="ini", evaluator=_ini),
+        module.CodeBlockParser(language="console", evaluator=_console),
+        module.SkipParser(),
+    ]
+
+
+pytest_collect_file = (
+    _Pages(
+        parsers=_parsers(rest),
+        patterns=["docs/*.rst"],
+        setup=_docs_setup,
+        teardown=_docs_teardown,
+        name="rst",
+    )
+    + _Pages(
+        parsers=_parsers(markdown),
+        patterns=["README.md", "plugins/*/README.md", "examples/*/README.md", "demo/README.md"],
+        setup=_docs_setup,
+        teardown=_docs_teardown,
+        name="md",
+    )
+).pytest()

@@ -148,3 +148,33 @@ def test_features_csrf(tmp_path, monkeypatch):
     token = app.get("/form").json["csrf_token"]
     assert app.post("/form", expect_errors=True).status_int == 400
     assert app.post("/form", {"csrf_token": token}).json == {"posted": True}
+
+
+# -- the settings tables name every setting ---------------------------------------------------
+
+ROOT = DOCS.parent
+
+
+def table_settings(text: str, pattern: str) -> set[str]:
+    return set(re.findall(pattern, text, re.M))
+
+
+def test_the_readmes_settings_table_names_every_setting_of_the_kernel():
+    from sessions_kernel.builtin import session_settings
+
+    shown = table_settings((ROOT / "README.md").read_text(), r"^\| `(\w+)` \|")
+    missing = {s.name for s in session_settings()} - shown
+    assert missing == set(), f"README.md's settings table leaves out {sorted(missing)}"
+
+
+def test_the_configuration_pages_tables_name_every_setting_of_the_installed_plugins():
+    from sessions_kernel.plugins import discover
+
+    page = (DOCS / "configuration.rst").read_text()
+    shown = table_settings(page, r"^   \* - ``(\w+)``")
+    # "``cookie_max_age`` … ``cookie_samesite``" stands for the kernel's cookie settings
+    shown |= {name for name in re.findall(r"``(cookie_\w+)``", page)}
+    repository = {"sessions_kernel", "absolute_timeout", "idle_timeout", "renewal", "userid"}
+    declared = {s.name for info in discover() if info.name in repository for s in info.settings}
+    missing = declared - shown
+    assert missing == set(), f"docs/configuration.rst's tables leave out {sorted(missing)}"
