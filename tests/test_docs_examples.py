@@ -178,3 +178,46 @@ def test_the_configuration_pages_tables_name_every_setting_of_the_installed_plug
     declared = {s.name for info in discover() if info.name in repository for s in info.settings}
     missing = declared - shown
     assert missing == set(), f"docs/configuration.rst's tables leave out {sorted(missing)}"
+
+
+# -- getting-started's migration is what Alembic's autogenerate writes ----------------------
+
+
+def code_block_after(page: str, marker: str) -> str:
+    """The first ``code-block`` after ``marker`` in ``page``, dedented."""
+    rest = page[page.index(marker) :]
+    body = rest[rest.index(".. code-block::") :].split("\n", 2)[2]
+    lines = []
+    for line in body.splitlines():
+        if line and not line.startswith("   "):
+            break
+        lines.append(line[3:])
+    return "\n".join(lines)
+
+
+def op_calls(source: str) -> str:
+    """The ``op.`` calls of a migration, without quotes' style, white space or comments."""
+    body = "".join(
+        line.split("#")[0]
+        for line in source.splitlines()
+        if not line.startswith(("def ", "import", "from"))
+    )
+    return re.sub(r"\s+", "", body).replace('"', "'").replace(",)", ")")
+
+
+def test_the_migration_getting_started_shows_is_what_autogenerate_writes(quickstart):
+    from alembic.autogenerate import produce_migrations, render_python_code
+    from alembic.migration import MigrationContext
+
+    shown = code_block_after((DOCS / "getting-started.rst").read_text(), "The migration it writes")
+    upgrade = shown[shown.index("def upgrade") : shown.index("def downgrade")]
+    engine = sa.create_engine("sqlite://")  # an empty database: the whole table is new
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"target_metadata": quickstart.Base.metadata}
+        )
+        written = render_python_code(
+            produce_migrations(context, quickstart.Base.metadata).upgrade_ops
+        )
+    assert op_calls(upgrade) == op_calls(written)
+    assert "from sqlalchemy.dialects import mysql" in shown
