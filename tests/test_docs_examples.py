@@ -221,3 +221,50 @@ def test_the_migration_getting_started_shows_is_what_autogenerate_writes(quickst
         )
     assert op_calls(upgrade) == op_calls(written)
     assert "from sqlalchemy.dialects import mysql" in shown
+
+
+# -- what the pages include from files --------------------------------------------------------
+
+
+def literalincludes():
+    """(page, line, file, options) of every ``literalinclude`` of the docs."""
+    for page in sorted(DOCS.glob("*.rst")):
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines):
+            match = re.match(r"(\s*)\.\. literalinclude:: (\S+)", line)
+            if not match:
+                continue
+            options = {}
+            for option in lines[number + 1 :]:
+                found = re.match(r"\s+:([\w-]+):\s*(.*)", option)
+                if not found:
+                    break
+                options[found.group(1)] = found.group(2) or True
+            yield page.name, number + 1, (page.parent / match.group(2)).resolve(), options
+
+
+@pytest.mark.parametrize(
+    "page, line, path, options", list(literalincludes()), ids=lambda v: str(v)[-40:]
+)
+def test_an_included_excerpt_is_whole(page, line, path, options):
+    """Every excerpt a page includes exists and does not end in the middle of a
+    definition: no decorator left without its function."""
+    from sphinx.config import Config
+    from sphinx.directives.code import LiteralIncludeReader
+
+    assert path.exists(), f"{page}:{line} includes {path}, which does not exist"
+    reader = LiteralIncludeReader(str(path), dict(options, tab_width=8), Config())
+    text, _ = reader.read()
+    last = [s for s in text.splitlines() if s.strip()][-1]
+    assert not last.lstrip().startswith("@"), f"{page}:{line} ends with a decorator: {last}"
+
+
+def test_the_example_plugin_lists_the_test_kit_as_writing_plugins_says():
+    """docs/writing-plugins.rst: "The test extra lists ``sessions-kernel[testing]``"."""
+    import tomllib
+
+    assert "The test extra lists ``sessions-kernel[testing]``" in (
+        DOCS / "writing-plugins.rst"
+    ).read_text()
+    project = tomllib.loads((ROOT / "examples" / "device" / "pyproject.toml").read_text())
+    assert "sessions-kernel[testing]" in project["project"]["optional-dependencies"]["test"]

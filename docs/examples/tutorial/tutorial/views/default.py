@@ -1,5 +1,5 @@
 import sqlalchemy as sa
-from pyramid.csrf import get_csrf_token, new_csrf_token
+from pyramid.csrf import get_csrf_token
 from pyramid.security import forget, remember
 from pyramid.view import forbidden_view_config, view_config
 from sessions_userid import invalidate_user_sessions, user_sessions
@@ -29,8 +29,9 @@ def login(request):
     if user is None or not user.active or not user.check_password(request.POST.get("password", "")):
         request.response.status = 400
         return {"error": "wrong name or password"}
-    remember(request, user.id)  # sets session.userid: a new session id (fixation defence)
-    new_csrf_token(request)  # a token seen before login does not work after it
+    # sets session.userid: a new session id (fixation defence), and sessions-userid gives
+    # the session a new CSRF token, so that a token seen before the login fails after it
+    remember(request, user.id)
     if request.POST.get("remember"):
         with request.session.settings as settings:  # this session's cookie only
             settings.cookie_max_age = REMEMBER_MAX_AGE
