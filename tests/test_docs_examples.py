@@ -263,8 +263,9 @@ def test_the_example_plugin_lists_the_test_kit_as_writing_plugins_says():
     """docs/writing-plugins.rst: "The test extra lists ``sessions-kernel[testing]``"."""
     import tomllib
 
-    assert "The test extra lists ``sessions-kernel[testing]``" in (
-        DOCS / "writing-plugins.rst"
-    ).read_text()
+    assert (
+        "The test extra lists ``sessions-kernel[testing]``"
+        in (DOCS / "writing-plugins.rst").read_text()
+    )
     project = tomllib.loads((ROOT / "examples" / "device" / "pyproject.toml").read_text())
     assert "sessions-kernel[testing]" in project["project"]["optional-dependencies"]["test"]
