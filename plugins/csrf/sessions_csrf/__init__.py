@@ -260,8 +260,8 @@ def unstored_lifetime(session: Session) -> int:
 def _carried(session: Session) -> tuple[bytes, int] | None:
     """The raw token the cookie of a session without a row carries and its time, if any.
 
-    An extra of sessions-csrf 0.1 (the token without a time) is not one:
-    nothing tells its age.
+    An extra that holds a token without its time (as cookies of an earlier,
+    unreleased build carried it) is not one: nothing tells its age.
     """
     value = session.cookie_extras.get(EXTRA)
     if value is None or len(value) != TOKEN_BYTES + _STAMP_BYTES:
