@@ -7,6 +7,7 @@ from typing import Any
 from . import factory, outage
 from .changes import RowChanges
 from .crypto import AESGCMCookieSerializer, generate_secret_key
+from .deprecation import SessionsDeprecationWarning
 from .errors import (
     ConfigurationError,
     InconsistentDataError,
@@ -61,6 +62,7 @@ __all__ = [
     "SessionInfo",
     "SessionSettings",
     "SessionTooLargeError",
+    "SessionsDeprecationWarning",
     "Setting",
     "SettingsError",
     "Stash",

@@ -23,6 +23,7 @@ from . import events
 from .binding import TransactionBinding
 from .cookies import UNSTORED_EXTRA, CookieTransport, row_id, vary_on_cookie
 from .crypto import TOKEN_BYTES, SecretKeys
+from .deprecation import declared_names, instance_state_warning
 from .hookspecs import INVALIDATED
 from .pipeline import Pipeline, fetch_dbsession, first_use, join, start_new
 from .settings import SessionSettings
@@ -103,6 +104,7 @@ class Session(MutableMapping[str, Any]):
     _loaded = False  # whether the first use happened (the load stage ran)
     _load_error: Exception | None = None  # the stored row could not be read
     _peeking = False  # loaded by SessionFactory.peek: events say so (event.peek)
+    _settings: SessionSettings  # made by the settings property at its first use
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
@@ -133,6 +135,8 @@ class Session(MutableMapping[str, Any]):
             self._binding.check_open()
 
     def _respond(self, request: Request, response: Response) -> None:
+        if self.__dict__.keys() - declared_names(type(self)):  # an attribute of no one's API
+            instance_state_warning(self)
         binding = self._binding
         if binding is None:  # never joined: nothing changed, nothing to send
             vary_on_cookie(response)

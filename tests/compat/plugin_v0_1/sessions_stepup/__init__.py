@@ -1,4 +1,4 @@
-"""sessions-stepup: a re-authentication window ("sudo mode"), a plugin written for sessions-kernel 0.1.
+"""sessions-stepup: a re-authentication window ("sudo mode"), a plugin written for 0.1.
 
 Add :class:`StepUpMixin` to the session model and
 ``config.include("sessions_stepup")`` to the application (for the view

@@ -127,7 +127,9 @@ def test_the_window_is_a_setting(session_app, model, session_clock):
 
 def test_a_bad_window_stops_the_application(session_app, model):
     with pytest.raises(Exception, match="stepup_window"):
-        session_app(model, settings={"stepup_window": "0"}, configure=add_views, plugins=[sessions_stepup])
+        session_app(
+            model, settings={"stepup_window": "0"}, configure=add_views, plugins=[sessions_stepup]
+        )
 
 
 def test_your_sessions_shows_the_step_up(app, session_clock):
