@@ -330,8 +330,6 @@ _NOT_YET = frozenset(
         "docs/operations.rst",
         "docs/tutorial-app.rst",
         "plugins/cache/README.md",
-        "plugins/renewal/README.md",
-        "plugins/userid/README.md",
     }
 )
 
