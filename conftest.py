@@ -65,12 +65,14 @@ def no_log_line_shows_the_kits_key() -> Iterator[None]:
 #   (or the kernel) declares, and its value must pass that setting's parser, unless it is a
 #   placeholder (``<...>``, ``NEW_KEY_HERE``). When ``session.model_class`` resolves, the whole
 #   factory is built from the block (a placeholder key replaced by the kit's).
+# * ``>>>`` lines (rst ``pycon`` blocks: a pshell session) run as doctest examples.
 # * ``console`` blocks: each ``$ psessions ...`` and ``$ python -m sessions_kernel`` command
 #   runs in-process in the page's project directory, and the lines after it, where there are
 #   any, are its expected output (doctest's ``...`` and white-space rules). Any other command
 #   fails the block: a block that cannot run says why in a ``skip: next "reason"`` directive
 #   before it.
-# * A block a reader need not see (a set-up) is an ``invisible-code-block: python``.
+# * A block a reader need not see (a set-up) is an ``invisible-code-block: python``; it finds
+#   the repository's files under ``_repository``.
 
 import configparser  # noqa: E402
 import contextlib  # noqa: E402
@@ -120,6 +122,7 @@ def _docs_setup(namespace: dict[str, Any]) -> None:
     namespace["_closers"] = []
     namespace["Base"] = _fresh_base()
     namespace["start_app"] = _starter(namespace)
+    namespace["_repository"] = Path(__file__).resolve().parent
     sys.path.insert(0, str(root))
 
 
@@ -328,7 +331,6 @@ _NOT_YET = frozenset(
         "docs/configuration.rst",
         "docs/hooks.rst",
         "docs/operations.rst",
-        "docs/tutorial-app.rst",
         "plugins/cache/README.md",
     }
 )
@@ -354,12 +356,15 @@ def _full_match(path: Path, pattern: str) -> bool:
 
 
 def _parsers(module: Any) -> list[Any]:
-    return [
+    parsers = [
         module.CodeBlockParser(language="python", evaluator=_python),
         module.CodeBlockParser(language="ini", evaluator=_ini),
         module.CodeBlockParser(language="console", evaluator=_console),
         module.SkipParser(),
     ]
+    if module is rest:
+        parsers.append(rest.DocTestParser(optionflags=_FLAGS))
+    return parsers
 
 
 pytest_collect_file = (
@@ -378,3 +383,11 @@ pytest_collect_file = (
         name="md",
     )
 ).pytest()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Sybil runs a page's ``>>>`` lines in the page's namespace; pytest's doctest plugin would
+    run them a second time, without it, in a page named on the command line."""
+    from _pytest.doctest import DoctestItem
+
+    items[:] = [i for i in items if not (isinstance(i, DoctestItem) and i.path.suffix == ".rst")]
