@@ -15,6 +15,7 @@ from webob.cookies import make_cookie
 
 from .changes import watch_orm_writes
 from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
+from .deprecation import warn_once
 from .errors import ConfigurationError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
@@ -452,6 +453,40 @@ def factory_args_from_settings(
     return {key[len(prefix) :]: value for key, value in settings.items() if key.startswith(prefix)}
 
 
+#: Where 0.1 kept the factory in the registry (deprecated: see :class:`_LegacyFactoryKey`).
+LEGACY_REGISTRY_KEY = "sessions_kernel.factory"
+
+
+class _LegacyFactoryKey:
+    """``registry["sessions_kernel.factory"]``, as 0.1 documented it: the factory, which
+    warns once (:class:`~sessions_kernel.SessionsDeprecationWarning`) when used, naming
+    ``registry.queryUtility(ISessionFactory)``. Attributes and calls go to the factory."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, factory: SessionFactory) -> None:
+        object.__setattr__(self, "_factory", factory)
+
+    def _told(self) -> SessionFactory:
+        warn_once(
+            ("registry key", LEGACY_REGISTRY_KEY),
+            'registry["sessions_kernel.factory"] is deprecated since sessions-kernel 0.2 and '
+            "goes in 0.3: use registry.queryUtility(pyramid.interfaces.ISessionFactory), "
+            "the same factory",
+            stacklevel=3,
+        )
+        return cast("SessionFactory", object.__getattribute__(self, "_factory"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._told(), name)
+
+    def __call__(self, request: Any) -> Any:
+        return self._told()(request)
+
+    def __repr__(self) -> str:
+        return f"<deprecated registry key for {object.__getattribute__(self, '_factory')!r}>"
+
+
 def register_factory(config: Configurator, factory: SessionFactory) -> None:
     """Make ``factory`` the application's session factory, as ``includeme`` does with its own.
 
@@ -489,6 +524,7 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
 
     def register() -> None:
         registry.registerUtility(factory, ISessionFactory)
+        registry[LEGACY_REGISTRY_KEY] = _LegacyFactoryKey(factory)
 
     config.action(ISessionFactory, register, introspectables=(pyramids, details))
     factory.hook.session_includeme(config=config, factory=factory)

@@ -159,3 +159,28 @@ def test_an_attribute_a_view_sets_warns_too(session_app):
     with pytest.warns(SessionsDeprecationWarning, match=r"request\.session\.cart_total") as record:
         app.get("/cart")
     assert "request.session[key]" in deprecations(record)[0]
+
+
+# -- registry["sessions_kernel.factory"] (0.1) instead of the ISessionFactory utility ----------
+
+
+def test_the_registry_key_of_0_1_still_gives_the_factory_and_warns_once(session_app):
+    """0.1 documented ``registry["sessions_kernel.factory"]`` (sessions-userid's README):
+    it still reaches the factory, and says once to use the ISessionFactory utility."""
+    from pyramid.interfaces import ISessionFactory
+
+    app = session_app(make_model())
+    app.post_json("/set", {"a": 1})
+    registry = app.app.registry
+    factory = registry.queryUtility(ISessionFactory)
+    with pytest.warns(SessionsDeprecationWarning) as record:
+        old = registry["sessions_kernel.factory"]
+        assert old.model is factory.model  # an attribute of the factory
+    [message] = deprecations(record)
+    assert "queryUtility" in message and "ISessionFactory" in message and "0.3" in message
+    assert record[0].filename == __file__  # points at the line that used the key
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        row = app.row()
+        assert old.describe(row) == factory.describe(row)  # once per process
+    assert deprecations(again) == []
