@@ -71,8 +71,11 @@ def no_log_line_shows_the_kits_key() -> Iterator[None]:
 #   any, are its expected output (doctest's ``...`` and white-space rules). Any other command
 #   fails the block: a block that cannot run says why in a ``skip: next "reason"`` directive
 #   before it.
-# * A block a reader need not see (a set-up) is an ``invisible-code-block: python``; it finds
-#   the repository's files under ``_repository``.
+# * A block a reader need not see (a set-up) is an ``invisible-code-block: python``. It has
+#   ``start_app(Model, **settings)`` (a ``config`` and a ``request``) and, for ``psessions``,
+#   ``write_ini(name, "myapp.models.session.Session", **settings)`` (an ini file in the
+#   project directory whose application is laid out as the starter's); it finds the
+#   repository's files under ``_repository``.
 
 import configparser  # noqa: E402
 import contextlib  # noqa: E402
@@ -109,6 +112,55 @@ _ON_THE_SERVER = frozenset({"secret_key_file", "secret_key_env"})
 _KEY = re.compile(r"\b[A-Za-z0-9_-]{43}=")
 
 
+#: the application of the ini files ``write_ini`` makes (``use = call:docs_app:main``)
+_DOCS_APP = """\
+import sqlalchemy as sa
+from pyramid.config import Configurator
+from pyramid.util import DottedNameResolver
+
+from sessions_kernel.testing import add_dbsession
+
+ENGINES = []
+
+
+def main(global_config, **settings):
+    engine = sa.engine_from_config(settings, "sqlalchemy.")
+    ENGINES.append(engine)
+    DottedNameResolver().resolve(settings["session.model_class"]).metadata.create_all(engine)
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_retry")
+        add_dbsession(config, engine)
+        config.include("sessions_kernel")
+        return config.make_wsgi_app()
+"""
+
+
+def _ini_writer(root: Path) -> Any:
+    def write_ini(name: str, model: str, **settings: Any) -> Path:
+        """An ini file ``name`` in the page's project directory, for ``psessions``: an
+        application laid out as the starter's (pyramid_tm, pyramid_retry,
+        ``request.dbsession``, ``config.include("sessions_kernel")``) on the page's SQLite
+        file, its session model the dotted name ``model``, a new key, and ``settings``
+        (``session.`` is added to a name without a dot)."""
+        from sessions_kernel.crypto import generate_secret_key
+
+        lines = [
+            "[app:main]",
+            "use = call:docs_app:main",
+            f"sqlalchemy.url = sqlite:///{root / 'app.sqlite'}",
+            f"session.secret_key = {generate_secret_key()}",
+            f"session.model_class = {model}",
+        ]
+        for key, value in settings.items():
+            lines.append(f"{key if '.' in key else 'session.' + key} = {value}")
+        path = root / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    return write_ini
+
+
 def _docs_setup(namespace: dict[str, Any]) -> None:
     root = Path(tempfile.mkdtemp(prefix="sessions-docs-"))
     for project in _PROJECTS:
@@ -123,6 +175,8 @@ def _docs_setup(namespace: dict[str, Any]) -> None:
     namespace["Base"] = _fresh_base()
     namespace["start_app"] = _starter(namespace)
     namespace["_repository"] = Path(__file__).resolve().parent
+    (root / "docs_app.py").write_text(_DOCS_APP)
+    namespace["write_ini"] = _ini_writer(root)
     sys.path.insert(0, str(root))
 
 
@@ -130,6 +184,9 @@ def _docs_teardown(namespace: dict[str, Any]) -> None:
     root = namespace["_project_dir"]
     with contextlib.suppress(ValueError):
         sys.path.remove(str(root))
+    docs_app = sys.modules.pop("docs_app", None)
+    for engine in getattr(docs_app, "ENGINES", ()):
+        engine.dispose()
     for name in [n for n in sys.modules if n.split(".")[0] in _PROJECTS]:
         del sys.modules[name]
     for close in reversed(namespace["_closers"]):
@@ -330,7 +387,6 @@ _NOT_YET = frozenset(
         "docs/cache.rst",
         "docs/configuration.rst",
         "docs/hooks.rst",
-        "docs/operations.rst",
         "plugins/cache/README.md",
     }
 )
