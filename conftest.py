@@ -384,9 +384,7 @@ def _console(example: Example) -> None:
 #: skip. Remove a page from here once ``pytest PAGE`` passes.
 _NOT_YET = frozenset(
     {
-        "docs/cache.rst",
         "docs/hooks.rst",
-        "plugins/cache/README.md",
     }
 )
 
