@@ -380,14 +380,6 @@ def _console(example: Example) -> None:
             raise AssertionError(f"{command!r} printed:\n{got}\nthe page shows:\n{expected}")
 
 
-#: Pages whose examples do not run yet (#25): their blocks still need a set-up or a stated
-#: skip. Remove a page from here once ``pytest PAGE`` passes.
-_NOT_YET = frozenset(
-    {
-        "docs/hooks.rst",
-    }
-)
-
 
 class _Pages(Sybil):
     """A Sybil for the pages its patterns name, matched from the repository's root (Sybil's
@@ -397,8 +389,6 @@ class _Pages(Sybil):
         try:
             relative = path.relative_to(self.path)
         except ValueError:
-            return False
-        if relative.as_posix() in _NOT_YET:
             return False
         return any(_full_match(relative, p) for p in self.patterns)
 
