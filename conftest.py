@@ -380,7 +380,6 @@ def _console(example: Example) -> None:
             raise AssertionError(f"{command!r} printed:\n{got}\nthe page shows:\n{expected}")
 
 
-
 class _Pages(Sybil):
     """A Sybil for the pages its patterns name, matched from the repository's root (Sybil's
     own match is from the right: ``README.md`` would also be benchmarks/README.md)."""

@@ -184,3 +184,27 @@ def test_the_registry_key_of_0_1_still_gives_the_factory_and_warns_once(session_
         row = app.row()
         assert old.describe(row) == factory.describe(row)  # once per process
     assert deprecations(again) == []
+
+
+def test_the_documented_pytest_option_turns_the_warning_into_a_failure(tmp_path):
+    """docs/compatibility.rst: ``pytest -W error::sessions_kernel.SessionsDeprecationWarning``
+    fails a test that uses a deprecated pattern, and passes it without the option."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_old_way.py").write_text(
+        "from sessions_kernel import deprecation\n"
+        "def test_uses_a_deprecated_pattern():\n"
+        "    deprecation.warn_once(('docs', 'option'), 'the old way: use the new way')\n"
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stdout
+    strict = subprocess.run(
+        [*command, "-W", "error::sessions_kernel.SessionsDeprecationWarning"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert strict.returncode == 1, strict.stdout
+    assert "SessionsDeprecationWarning: the old way: use the new way" in strict.stdout
