@@ -16,6 +16,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from transaction.interfaces import NoTransaction
 
 from .changes import ChangeLog
@@ -34,13 +35,15 @@ log = logging.getLogger("sessions_kernel")
 _OPEN_STATUSES = frozenset({"Active", "Doomed"})
 
 
-def find_transaction(request: Request, *, changed: bool) -> Any:
+def find_transaction(request: Request, *, changed: bool, required: bool = True) -> Any:
     """The transaction of ``request.tm`` the session joins, or a SessionError saying why not.
 
     pyramid_tm's tween begins one for each request it handles; outside it
     (pshell, ``bootstrap``/``prepare`` scripts, tests sharing a transaction
     across requests) whoever manages ``request.tm`` must have begun one.
-    ``changed`` tells the message whether the session was changed or first used.
+    ``changed`` tells the message whether the session was changed or first used;
+    without ``required``, no transaction is ``None`` (the session then loads
+    read-only: after the commit, in a response callback).
     """
     try:
         manager = request.tm
@@ -57,10 +60,12 @@ def find_transaction(request: Request, *, changed: bool) -> Any:
     elif getattr(getattr(manager, "manager", manager), "_txn", True) is not None:
         # an implicit manager's get() would begin a transaction nobody commits
         txn = manager.get()
-    if txn is None:
+    if txn is None and required:
         raise SessionError(
             f"request.session was {'changed' if changed else 'first used'} while "
-            "request.tm has no transaction begun, so nothing could store it. In "
+            "request.tm has no transaction begun, so nothing could store it. After the "
+            "request's transaction committed (a response callback, a NewResponse "
+            "subscriber) the session can be read but not changed: change it in the view. In "
             "pshell, call request.tm.begin() first (the starter's pshell setup does) "
             "and request.tm.commit() to store the session; in a script, use it "
             "inside 'with request.tm:'; in "
@@ -113,6 +118,7 @@ class TransactionBinding:
         "sealed",
         "session",
         "sharing",
+        "stored",
         "txn",
     )
 
@@ -135,6 +141,8 @@ class TransactionBinding:
         self.held_changes: ChangeLog | None = None
         #: a held logout could not be run again: the response says so (a 503)
         self.logout_failed = False
+        #: the row's column values as the persist stage left them (see :meth:`keep_row`)
+        self.stored: dict[str, Any] | None = None
 
     def attach(self) -> None:
         """Register the before-commit, after-commit and after-abort hooks."""
@@ -187,6 +195,18 @@ class TransactionBinding:
         plugin's column).
         """
         if self.sealed:
+            if self.committed:
+                raise SessionError(
+                    "request.session was already written for this request, when its "
+                    "transaction committed, so this change would not be stored (reading it "
+                    "still works). Change the session in the view, not in a response "
+                    "callback or a NewResponse subscriber. In pshell or a script, a request's "
+                    "session is stored by one transaction: make every change before "
+                    "request.tm.commit() (or inside one 'with request.tm:'), or start a new "
+                    "request for the next change: env = pyramid.scripting.prepare("
+                    "registry=registry); request = env['request'] (the browser's cookie in "
+                    "request.headers['Cookie'] again)."
+                )
             raise SessionError(
                 "request.session was already written for this request (before its transaction "
                 "committed), so this change would not be stored. Change the session in the view "
@@ -216,8 +236,28 @@ class TransactionBinding:
 
     def after_commit(self, status: bool) -> None:
         self.committed = status
-        if not status:
+        if status:
+            self.keep_row()
+        else:
             self.replay_logouts()
+
+    def keep_row(self) -> None:
+        """The transaction committed: the row holds what was stored, readable after it.
+
+        The commit expired the row's attributes and zope.sqlalchemy closed the
+        SQLAlchemy session: reading ``session.created`` (or a plugin's column)
+        in a response callback would be a ``DetachedInstanceError``. The values
+        the persist stage left are what the commit stored, so the row gets them
+        back as loaded, without SQL.
+        """
+        values, self.stored = self.stored, None
+        row = self.session.__dict__.get("row")
+        if values is None or row is None:
+            return
+        held = instance_dict(row)
+        for key, value in values.items():
+            if key not in held:  # expired by the commit
+                set_committed_value(row, key, value)
 
     def after_abort(self) -> None:
         self.replay_logouts()

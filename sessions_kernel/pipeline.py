@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm.attributes import instance_state
 
 from . import events
 from .binding import TransactionBinding, find_transaction
@@ -22,7 +24,7 @@ from .changes import ChangeLog
 from .cookies import LINEAGE_EXTRA, CookieTransport
 from .errors import InconsistentDataError, SessionError
 from .row_table import LINEAGE_CHARS
-from .state import SessionState
+from .state import SessionState, new_extras
 
 if TYPE_CHECKING:
     from .factory import SessionFactory
@@ -73,7 +75,7 @@ class Pipeline:
     (``SessionFactory.peek``) uses its load steps without starting it.
     """
 
-    __slots__ = ("binding", "factory", "run", "served", "session")
+    __slots__ = ("binding", "factory", "reader", "run", "served", "session")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -83,6 +85,8 @@ class Pipeline:
         self.run: Iterator[None] | None = None
         #: the row the load stage found was served by a plugin (``session_row_lookup``)
         self.served = False
+        #: the SQLAlchemy session a read-only load reads with (:meth:`load_readonly`)
+        self.reader: Any = None
 
     @property
     def bound(self) -> TransactionBinding:
@@ -94,6 +98,39 @@ class Pipeline:
         """Run the load and validate stages (only validate, if ``loaded``); then pause."""
         run = self.run = self.protocol(loaded=loaded)
         next(run)
+
+    def load_readonly(self) -> None:
+        """The load and validate stages of a session first used with no transaction begun.
+
+        After the request's transaction committed (a response callback, a
+        ``NewResponse`` subscriber) or before one began (pshell before
+        ``request.tm.begin()``), the session can be read: the row is fetched
+        (one SELECT, unlocked) in a SQLAlchemy session of its own, which the
+        closed request's transaction cannot reach, and validated. Nothing is
+        written: a row a plugin rejects is not deleted (the next request
+        does), the session just starts empty. A later change joins the
+        transaction ``request.tm`` has then (:func:`join`), or raises.
+        """
+        session = self.session
+        stages = self.factory.stages
+        bind = session._dbsession.get_bind(self.factory.model)
+        with OrmSession(bind=bind, autoflush=False) as reader:
+            self.reader = reader
+            try:
+                self.take(*self.choose_cookie())
+            finally:
+                self.reader = None
+        stages.session_load(session=session)
+        row = session.row
+        if row is not None:
+            if stages.session_validate(session=session):
+                session._start_new()
+            else:
+                self.read_row(row)
+        # a plugin's change of the cookie extras is a change: it joins first
+        joining = new_extras(session)
+        dict.update(joining, session.cookie_extras)
+        session.cookie_extras = joining
 
     def resume(self) -> None:
         """Run the extend, renew and persist stages (the before-commit hook calls this)."""
@@ -120,8 +157,9 @@ class Pipeline:
             # load: the cookie decrypted and authenticated, the row fetched by its key
             self.take(*self.choose_cookie())
             stages.session_load(session=session)
-        # validate: each plugin may reject a stored row; a rejected row is deleted
-        if session.row is not None:
+        # validate: each plugin may reject a stored row; a rejected row is deleted (a row
+        # loaded read-only was validated then: see load_readonly)
+        if session.row is not None and not loaded:
             reason = stages.session_validate(session=session)
             if reason and self.served:  # judged on a copy: the stored row may be newer
                 reason = self.validate_stored(reason)
@@ -161,8 +199,13 @@ class Pipeline:
             send = self.resend_cookie(written, extras)
         # the cookie to set or delete; the response sends it once the transaction committed
         self.decide_cookie(send, unstored)
-        self.bound.sealed = True
+        binding = self.bound
+        binding.sealed = True
         self.flush()
+        row = session.row
+        if row is not None and instance_state(row).session_id is not None:
+            # what the commit stores; it expires the row's attributes (see keep_row)
+            binding.stored = self.factory.storage.stored_values(row)
 
     # -- the load and validate stages ------------------------------------------------------
     def choose_cookie(self) -> Any:
@@ -182,10 +225,13 @@ class Pipeline:
         factory = self.factory
         storage = factory.storage
         lookup = factory.stages.session_row_lookup
-        if lookup is not no_implementation and not (retried or session._peeking):
+        reader = self.reader
+        if lookup is not no_implementation and not (retried or session._peeking or reader):
             row = self.served_row(sid, lookup)
             if row is not None:
                 return row
+        if reader is not None:  # read-only: no lock, in a SQLAlchemy session of its own
+            return storage.fetch(reader, sid, peek=True)
         return storage.fetch(session._dbsession, sid, retried=retried, peek=session._peeking)
 
     def served_row(self, sid: str, lookup: Any) -> Any:
@@ -229,7 +275,7 @@ class Pipeline:
 
     def lineage_lives(self, lineage: str) -> bool:
         """Whether a row of the session's lineage is stored (under a newer id)."""
-        return self.factory.storage.lineage_lives(self.session._dbsession, lineage)
+        return self.factory.storage.lineage_lives(self.reader or self.session._dbsession, lineage)
 
     def take(
         self,
@@ -558,8 +604,13 @@ def first_use(session: Session) -> None:
     # no Cookie header (a first visit): the transport is made if it is ever needed
     cookies = CookieTransport(factory, header) if header else None
     binding = None
+    readonly = False
     if cookies is not None and cookies.presented:  # a stored session joins at its first use
-        binding = TransactionBinding(session, find_transaction(request, changed=False))
+        txn = find_transaction(request, changed=False, required=False)
+        if txn is None:  # after the commit, or before a begin: read-only until a change
+            readonly = True
+        else:
+            binding = TransactionBinding(session, txn)
     session.now = int(factory.clock())
     name = factory.dbsession_name
     if name not in vars(request) and not hasattr(type(request), name):
@@ -577,6 +628,11 @@ def first_use(session: Session) -> None:
         pipeline.start()  # load and validate
         request.add_response_callback(session._respond)
         binding.attach()
+    elif readonly:
+        session._state = SessionState(created=None)
+        session._readonly = True
+        Pipeline(session).load_readonly()
+        request.add_response_callback(session._respond)
     else:
         # the load stage of a request that sent no session cookie: a new, empty session,
         # nothing to decrypt, fetch or validate; the pipeline starts at its first change
@@ -603,6 +659,10 @@ def join(session: Session) -> None:
     binding = session._binding = TransactionBinding(
         session, find_transaction(session.request, changed=True)
     )
+    if session._readonly:  # loaded with no transaction (load_readonly): its row joins this one
+        session._readonly = False
+        if session.row is not None:
+            session._factory.storage.attach(session._dbsession, session.row)
     pipeline = session._pipeline = Pipeline(session)
     pipeline.start(loaded=True)
     binding.attach()

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from . import events
 from .binding import TransactionBinding
-from .cookies import UNSTORED_EXTRA, CookieTransport, row_id, vary_on_cookie
+from .cookies import UNSTORED_EXTRA, CookieTransport, make_private, row_id, vary_on_cookie
 from .crypto import TOKEN_BYTES, SecretKeys
 from .deprecation import declared_names, instance_state_warning
 from .hookspecs import INVALIDATED
@@ -105,6 +105,7 @@ class Session(MutableMapping[str, Any]):
     _load_error: Exception | None = None  # the stored row could not be read
     _peeking = False  # loaded by SessionFactory.peek: events say so (event.peek)
     _settings: SessionSettings  # made by the settings property at its first use
+    _readonly = False  # loaded with no transaction (after the commit): a change joins one
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
@@ -133,6 +134,8 @@ class Session(MutableMapping[str, Any]):
     def _check_open(self) -> None:
         if self._binding is not None:
             self._binding.check_open()
+        elif self._readonly:  # a stored session loaded with no transaction: join one, or raise
+            self._join()
 
     def _respond(self, request: Request, response: Response) -> None:
         if self.__dict__.keys() - declared_names(type(self)):  # an attribute of no one's API
@@ -140,6 +143,8 @@ class Session(MutableMapping[str, Any]):
         binding = self._binding
         if binding is None:  # never joined: nothing changed, nothing to send
             vary_on_cookie(response)
+            if self._readonly and self.row is not None:  # it shows a stored session
+                make_private(response)
             return
         binding.respond(response)
 

@@ -219,6 +219,31 @@ def test_pshell_a_change_after_the_commit_is_refused_not_lost(app, engine):
     assert stored_rows(engine) == 1
 
 
+def test_pshell_reads_a_browsers_session_before_begin_and_changes_it_after(app, engine):
+    """Read before ``request.tm.begin()``: a read-only load (its own SELECT, no transaction);
+    the first change after the begin joins that transaction and is stored."""
+    browser = webtest.TestApp(app)
+    browser.post_json("/set", {"cart": ["tea"]})
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        request.headers["Cookie"] = f"session={browser.cookies['session']}"
+        counter = StatementCounter(engine)
+        with counter:
+            assert dict(request.session) == {"cart": ["tea"]}
+        assert counter.kinds() == ["SELECT"]
+        with pytest.raises(SessionError, match=r"call request.tm.begin\(\) first"):
+            request.session["note"] = "no transaction"
+        request.tm.begin()
+        with counter:
+            request.session["note"] = "after begin"
+            request.tm.commit()
+        assert counter.kinds() == ["UPDATE"]  # the versioned UPDATE of the row read
+    finally:
+        env["closer"]()
+    assert browser.get("/read").json["data"] == {"cart": ["tea"], "note": "after begin"}
+
+
 def test_session_before_begin_says_what_to_do(app):
     env = prepare(registry=app.registry)
     try:
