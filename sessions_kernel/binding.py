@@ -239,6 +239,7 @@ class TransactionBinding:
         if status:
             self.keep_row()
         else:
+            self.log_discarded_flash()
             self.replay_logouts()
 
     def keep_row(self) -> None:
@@ -260,7 +261,41 @@ class TransactionBinding:
                 set_committed_value(row, key, value)
 
     def after_abort(self) -> None:
+        self.log_discarded_flash()
         self.replay_logouts()
+
+    def log_discarded_flash(self) -> None:
+        """Log at DEBUG the flash messages this request queued, which the abort discards.
+
+        ``flash(); raise HTTPFound(...)`` loses the message: pyramid_tm aborts
+        the transaction of a request that raised, the session's write with it.
+        Says how many messages of which queues, never their content.
+        """
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        session = self.session
+        flash = session.__dict__.get("_flash")
+        state = session.__dict__.get("_state")
+        if not flash or state is None:
+            return
+        base: dict[str, list[Any]] = {}
+        if state.orig_flash is not None:
+            base = session._factory.data_serializer.loads(state.orig_flash)
+        added = {}
+        for queue, messages in flash.items():
+            before = base.get(queue, [])
+            kept = messages[: len(before)] == before
+            count = len(messages) - len(before) if kept else len(messages)
+            if count > 0:
+                added[queue] = count
+        if added:
+            log.debug(
+                "the request's transaction was aborted: %d flash message(s) it queued were "
+                "discarded (queues: %s). A raised HTTPException (HTTPFound included) aborts it: "
+                "return the redirect instead of raising it to keep them.",
+                sum(added.values()),
+                ", ".join(repr(queue) for queue in added),
+            )
 
     def replay_logouts(self) -> None:
         """The transaction did not commit: run its logouts again, in one of their own.
