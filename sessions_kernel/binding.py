@@ -111,6 +111,7 @@ class TransactionBinding:
 
     __slots__ = (
         "committed",
+        "guarded",
         "held_changes",
         "logout_failed",
         "logouts",
@@ -143,6 +144,8 @@ class TransactionBinding:
         self.logout_failed = False
         #: the row's column values as the persist stage left them (see :meth:`keep_row`)
         self.stored: dict[str, Any] | None = None
+        #: a later transaction that refuses a change made in place (:meth:`guard_later`)
+        self.guarded: Any = None
 
     def attach(self) -> None:
         """Register the before-commit, after-commit and after-abort hooks."""
@@ -185,6 +188,35 @@ class TransactionBinding:
         self.logouts.append(statement)
         self.record(held=True, **(changes or {"everything": True}))
         return session._factory.storage.execute(session._dbsession, statement)
+
+    def guard_later(self) -> None:
+        """The committed session handed out a value that can change in place: refuse its change.
+
+        In pshell or a script, ``request.tm.begin()`` after the commit, then
+        ``request.session["cart"].append(...)`` and ``request.tm.commit()``:
+        nothing would store that change. The transaction begun then gets a
+        before-commit hook that raises the error of :meth:`check_open` if the
+        data or the flash messages are no longer what the commit stored.
+        """
+        txn = find_transaction(self.session.request, changed=True, required=False)
+        if txn is None or txn is self.txn or txn is self.guarded:
+            return
+        self.guarded = txn
+        txn.addBeforeCommitHook(self.refuse_lost_change)
+
+    def refuse_lost_change(self) -> None:
+        session = self.session
+        ser = session._factory.data_serializer
+        row = session.__dict__.get("row")
+        data, flash = session._data, session._flash
+        if row is None:
+            changed = bool(data or flash)
+        else:
+            changed = ser.dumps(data) != row.data or (ser.dumps(flash) if flash else None) != (
+                row.flash
+            )
+        if changed:
+            self.check_open()
 
     def check_open(self) -> None:
         """Raise :class:`SessionError` once the session was written for this request.

@@ -382,6 +382,9 @@ class Session(MutableMapping[str, Any]):
     def _touched_by(self, value: Any) -> Any:
         if type(value) not in _IMMUTABLE:
             self._state.touched = True
+            binding = self._binding
+            if binding is not None and binding.committed:  # pshell: a change in place is lost
+                binding.guard_later()
         return value
 
     def __getitem__(self, key: str) -> Any:
@@ -423,12 +426,12 @@ class Session(MutableMapping[str, Any]):
 
     def values(self) -> ValuesView[Any]:
         view = self._data.values()  # loads the session first
-        self._state.touched = True
+        self._touched_by(view)
         return view
 
     def items(self) -> ItemsView[str, Any]:
         view = self._data.items()  # loads the session first
-        self._state.touched = True
+        self._touched_by(view)
         return view
 
     def clear(self) -> None:

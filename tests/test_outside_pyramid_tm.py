@@ -244,6 +244,30 @@ def test_pshell_reads_a_browsers_session_before_begin_and_changes_it_after(app, 
     assert browser.get("/read").json["data"] == {"cart": ["tea"], "note": "after begin"}
 
 
+def test_pshell_a_change_in_place_after_the_commit_is_refused_not_lost(app, engine):
+    """``request.session["cart"].append(...)`` after the commit, then a new transaction:
+    nothing can store it, so that transaction's commit raises instead of losing it."""
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        request.tm.begin()
+        request.session["cart"] = ["tea"]
+        request.tm.commit()
+        request.tm.begin()
+        request.session["cart"].append("milk")
+        with pytest.raises(SessionError, match=r"already written for this request.*prepare"):
+            request.tm.commit()
+        request.tm.abort()
+        request.tm.begin()  # a read after the commit, changing nothing, commits
+        assert request.session["cart"] == ["tea", "milk"]
+        request.session["cart"].remove("milk")
+        request.tm.commit()
+    finally:
+        env["closer"]()
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(MODEL.__table__.c.data)) == b'{"cart":["tea"]}'
+
+
 def test_session_before_begin_says_what_to_do(app):
     env = prepare(registry=app.registry)
     try:
