@@ -48,6 +48,15 @@ def session_validate(session: Session) -> str | None:
     rejected row and the reason; no other hook sees that row again (the new
     session gets no :func:`session_load`). Issue no SQL. Next, the view
     runs; then, before commit, :func:`session_extend`.
+
+    A session first used with no transaction begun (after pyramid_tm
+    committed: a response callback, a ``NewResponse`` subscriber; pshell
+    before ``request.tm.begin()``) is loaded read-only: this hook and
+    :func:`session_load` run as usual, but a rejection deletes nothing, sends
+    no ``SessionRejected`` and calls no :func:`session_invalidated` (the session is just
+    empty; the next request acts on it). Should such a session then be
+    changed inside a transaction, it joins it without this hook running
+    again, and :func:`session_extend` follows before that commit.
     """
 
 
