@@ -15,7 +15,7 @@ import pytest
 #: test name (without its database parameter) -> the changelog entry that explains it
 BROKEN_BY_DESIGN = {
     "test_your_sessions_shows_the_step_up": (
-        "CHANGELOG 0.2.0, Changed: session.max_age defaults to 30 days, so "
+        "CHANGELOG 0.2.0, Applications, Added: session.max_age defaults to 30 days, so "
         "SessionFactory.describe(row).expires is created + 2592000 where no plugin expires "
         "sessions (it was None in 0.1); set session.max_age = none to keep 0.1's behaviour"
     ),
