@@ -108,6 +108,26 @@ def test_python_m_sessions_kernel_prints_a_key():
     assert [len(k) for k in parse_secret_keys(out.strip())] == [32]
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_python_m_sessions_kernel_help_prints_usage_and_no_key(flag):
+    run = subprocess.run(
+        [sys.executable, "-m", "sessions_kernel", flag], capture_output=True, text=True
+    )
+    assert run.returncode == 0
+    assert run.stdout.startswith("usage: python -m sessions_kernel")
+    assert "session.secret_key" in run.stdout
+    # no key anywhere in what it printed: a 43-character run of base64 would be one
+    assert not re.search(r"[A-Za-z0-9_-]{40,}=", run.stdout + run.stderr)
+
+
+def test_python_m_sessions_kernel_refuses_an_unknown_argument_without_printing_a_key():
+    run = subprocess.run(
+        [sys.executable, "-m", "sessions_kernel", "--count", "2"], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "unrecognized arguments" in run.stderr
+    assert run.stdout == ""
+
+
 @pytest.mark.parametrize(
     "bad",
     ["short", "x" * 44, KEY_B[:-2], f"{KEY_B} oops", "  "],
