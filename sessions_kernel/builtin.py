@@ -13,7 +13,16 @@ from . import serializers
 from .crypto import UNBOUND_EXTRA, SecretKeys, parse_secret_keys
 from .hookspecs import hookimpl
 from .model import BaseMixin
-from .settings import Setting, boolean, choice, dotted, integer, optional, text
+from .settings import (
+    Setting,
+    boolean,
+    choice,
+    dotted,
+    integer,
+    looks_like_key,
+    optional,
+    text,
+)
 
 NAME = "sessions_kernel"
 
@@ -49,6 +58,11 @@ def _moment(value: Any) -> int:
 
 def _secret_key_file(value: Any) -> SecretKeys:
     """the path of a file holding the key(s), as container secrets are mounted"""
+    if looks_like_key(value):
+        raise ValueError(
+            "expected the path of a file holding the key, got what looks like a key: "
+            "write the key into a file and give its path here (or use session.secret_key)"
+        )
     path = os.path.expanduser(text(value))
     try:
         with open(path, encoding="ascii") as f:
@@ -69,6 +83,11 @@ def _secret_key_file(value: Any) -> SecretKeys:
 
 def _secret_key_env(value: Any) -> SecretKeys:
     """the name of an environment variable holding the key(s)"""
+    if looks_like_key(value):
+        raise ValueError(
+            "expected the name of an environment variable, got what looks like a key: "
+            "export the key in a variable (e.g. SESSIONS_SECRET_KEY) and give its name here"
+        )
     name = text(value)
     if not name or "=" in name:
         raise ValueError(f"expected the name of an environment variable, got {value!r}")
@@ -222,6 +241,7 @@ SETTINGS = (
         "a file holding secret_key's value (a container secret), instead of secret_key",
         runtime=False,
         secret=True,
+        reference=True,
     ),
     Setting(
         "secret_key_env",
@@ -230,6 +250,7 @@ SETTINGS = (
         "an environment variable holding secret_key's value, instead of secret_key",
         runtime=False,
         secret=True,
+        reference=True,
     ),
     Setting(
         "model_class",

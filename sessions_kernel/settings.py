@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,10 @@ class Setting:
     :param runtime: whether ``request.session.settings`` shows it at all
         (secrets and factory-only settings say ``False``).
     :param secret: never show the value in error messages (keys, passwords).
+    :param reference: with ``secret``, the value as written is only where the
+        secret is (an environment variable's name, a file's path): error
+        messages show it, and only what ``parse`` returns (the secret read from
+        there) stays hidden, in traces and listings too.
     """
 
     name: str
@@ -64,10 +69,36 @@ class Setting:
     runtime: bool = True
     plugin: str = field(default="", compare=False)
     secret: bool = False
+    reference: bool = False
 
     def shown(self, value: Any) -> str:
-        """``value`` as error messages show it: its repr, or a placeholder for a secret."""
-        return HIDDEN if self.secret else repr(value)
+        """``value`` as written, as error messages show it: its repr, or a placeholder.
+
+        The placeholder stands in for a secret's value; the value of a
+        ``reference`` (the name of the variable or file holding the secret) is shown.
+        """
+        if self.secret and (not self.reference or looks_like_key(value)):
+            return HIDDEN
+        return repr(value)
+
+
+# a run of base64 long enough for a key, in mixed case with digits: no variable's name or
+# file's path looks like this, a key written where its name was expected does
+_KEY_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+
+
+def looks_like_key(value: Any) -> bool:
+    """Whether ``value`` (given where a name or a path was expected) may be a key itself."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return not isinstance(value, (int, float, bool, type(None)))
+    return any(
+        any(c.islower() for c in run)
+        and any(c.isupper() for c in run)
+        and any(c.isdigit() for c in run)
+        for run in _KEY_RUN.findall(value)
+    )
 
 
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -476,3 +476,30 @@ def test_plugin_report_hides_the_keys_and_the_serializer_that_holds_them():
     for name in ("secret_key", "secret_key_file", "secret_key_env", "serializer"):
         assert shown[name].secret and shown[name].value is None, name
     assert shown["cookie_name"].value == "session" and not shown["cookie_name"].secret
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["missing.ini", "gc", "--help"],
+        ["missing.ini", "plugins", "--help"],
+        ["missing.ini", "indexes", "--help"],
+        ["missing.ini", "ddl", "--help"],
+        ["missing.ini", "check", "--help"],
+        ["new-plugin", "--help"],
+    ],
+    ids=lambda args: " ".join(a for a in args if a != "missing.ini"),
+)
+def test_psessions_help_prints_usage_and_does_nothing_else(tmp_path, args):
+    """--help reads no config file, touches no database and writes no file."""
+    run = subprocess.run(
+        [sys.executable, "-m", "sessions_kernel.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert (run.returncode, run.stderr) == (0, "")
+    assert run.stdout.startswith("usage: psessions")
+    assert list(tmp_path.iterdir()) == []

@@ -115,3 +115,48 @@ def test_two_sources_are_refused(tmp_path, monkeypatch):
 def test_no_source_names_all_three():
     message = error()
     assert "session.secret_key_file" in message and "session.secret_key_env" in message
+
+
+def test_the_name_of_the_environment_variable_is_shown_not_hidden(monkeypatch):
+    monkeypatch.delenv("MYAPP_SESSION_KEY", raising=False)
+    message = error(secret_key_env="MYAPP_SESSION_KEY")
+    # a name is no secret: the message starts with the setting as written
+    assert message.startswith("session.secret_key_env = 'MYAPP_SESSION_KEY': ")
+    assert "<hidden>" not in message
+
+
+def test_the_path_of_the_key_file_is_shown_not_hidden(tmp_path):
+    path = tmp_path / "nope.key"
+    message = error(secret_key_file=str(path))
+    assert message.startswith(f"session.secret_key_file = {str(path)!r}: ")
+    assert "<hidden>" not in message
+
+
+def test_the_keys_read_from_the_variable_stay_hidden(monkeypatch):
+    """What the name points at is the secret: a bad key in the variable is never shown."""
+    bad = TEST_SECRET_KEY[:40]  # a truncated key
+    monkeypatch.setenv("MYAPP_SESSION_KEY", f"{OTHER_KEY} {bad}")
+    message = error(secret_key_env="MYAPP_SESSION_KEY")
+    assert "'MYAPP_SESSION_KEY'" in message and "holds no valid key" in message
+    assert OTHER_KEY[:12] not in message and bad[:12] not in message
+
+
+@pytest.mark.parametrize("setting", ["secret_key_env", "secret_key_file"])
+def test_a_key_written_where_its_name_belongs_is_hidden(setting):
+    message = error(**{setting: TEST_SECRET_KEY})
+    assert message.startswith(f"session.{setting} = <hidden>: ")
+    assert "looks like a key" in message
+
+
+def test_names_of_key_sources_in_traces_and_listings_show_no_key(monkeypatch):
+    """The parsed value (the keys) of a reference setting stays hidden where values are shown."""
+    from sessions_kernel import maintenance
+
+    monkeypatch.setenv("MYAPP_SESSION_KEY", TEST_SECRET_KEY)
+    factory = session_factory(model_class=MODEL, secret_key_env="MYAPP_SESSION_KEY")
+    shown = factory.config.shown_values()
+    assert shown["secret_key_env"] == shown["secret_key"] == "<hidden>"
+    [kernel] = [r for r in maintenance.plugin_report(factory) if r.name == "sessions_kernel"]
+    env = {s.name: s for s in kernel.settings}["secret_key_env"]
+    assert env.secret and env.value is None
+    assert TEST_SECRET_KEY[:12] not in repr(shown)
