@@ -3,7 +3,8 @@
 Like ``pshell`` and ``proutes``, it takes the application's ``config_uri``,
 bootstraps the application and uses the session factory it configured::
 
-    psessions development.ini gc             # delete expired sessions
+    psessions development.ini gc             # delete expired sessions (a progress bar
+                                             # on a terminal; --progress/--no-progress)
     psessions development.ini gc --dry-run   # count them
     psessions development.ini plugins        # installed plugins, active ones, settings
     psessions development.ini indexes        # indexes the active plugins need
@@ -72,7 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         "times (default 5)",
     )
     gc.add_argument("--dry-run", action="store_true", help="count expired sessions, delete none")
-    gc.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    gc.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr, with the total, rate and time left (counting "
+        "the expired sessions first, one COUNT); by default only when stderr is a terminal",
+    )
+    gc.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing but errors (no progress bar)"
+    )
 
     plugins = commands.add_parser("plugins", help="list installed plugins and what is active")
     plugins.add_argument("--json", action="store_true", help="print JSON")
@@ -136,21 +146,38 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     table = model_table(factory.model).name
-    live = sys.stderr.isatty() and not args.quiet
+    show = not args.quiet and (args.progress if args.progress is not None else _is_terminal())
+    now = int(factory.clock())  # the same moment for the count and for the deletes
+    bar = None
+    if show and not args.dry_run and maintenance.expired_condition(factory, now) is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=maintenance.count_expired(factory, bind, now),
+            unit=" sessions",
+            desc=f"gc {table}",
+            file=sys.stderr,
+            disable=False,
+            dynamic_ncols=True,
+        )
 
     def progress(p: maintenance.GCProgress) -> None:
-        print(f"\r{p.deleted:,} deleted, {p.rate:,.0f} rows/s", end="", file=sys.stderr)
+        assert bar is not None
+        bar.update(p.deleted - bar.n)
 
-    result = maintenance.collect_garbage(
-        factory,
-        bind,
-        batch_size=args.batch_size,
-        dry_run=args.dry_run,
-        progress=progress if live else None,
-        retries=max(args.retries, 0),
-    )
-    if live and result.batches:
-        print(file=sys.stderr)
+    try:
+        result = maintenance.collect_garbage(
+            factory,
+            bind,
+            batch_size=args.batch_size,
+            now=now,
+            dry_run=args.dry_run,
+            progress=progress if bar is not None else None,
+            retries=max(args.retries, 0),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     if args.quiet:
         return EXIT_OK
     if not result.expiring:
@@ -169,6 +196,13 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
             file=out,
         )
     return EXIT_OK
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def _plugins(args: argparse.Namespace, factory: SessionFactory | None, out: IO[str]) -> int:

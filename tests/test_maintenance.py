@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -369,12 +370,13 @@ def ini_app(tmp_path, ttl_installed):
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ttl_installed), str(HERE)]),
     }
 
-    def run(*args, **settings):
+    def run(*args, stderr=subprocess.PIPE, **settings):
         if settings:
             write(**settings)
         return subprocess.run(
             [sys.executable, "-m", "sessions_kernel.cli", str(ini), *args],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
             text=True,
             env=env,
             timeout=60,
@@ -419,6 +421,87 @@ def test_psessions_gc_subprocess(ini_app):
     assert done.stdout.startswith("deleted 7 expired sessions from session in 3 batches")
     again = ini_app("gc")
     assert again.stdout.startswith("deleted 0 expired sessions")
+
+
+def _in_a_terminal(run, *args):
+    """``run(*args)`` with stderr on a pseudo-terminal 100 columns wide; (result, stderr text)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        result = run(*args, stderr=slave)
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed and all was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return result, b"".join(chunks).decode()
+
+
+def test_psessions_gc_shows_a_bar_with_the_total_on_a_terminal(ini_app):
+    import time
+
+    assert ini_app("gc", "--dry-run").returncode == 0
+    fill(ini_app.db, expired=7, live=3, now=int(time.time()))
+    done, terminal = _in_a_terminal(ini_app, "gc", "--batch-size", "3")
+    assert done.returncode == 0, terminal
+    assert done.stdout.startswith("deleted 7 expired sessions from session in 3 batches")
+    # tqdm's bar: the total counted first, then the rate and the time left
+    assert "gc session:   0%|" in terminal and "0/7 [" in terminal
+    assert "gc session: 100%|" in terminal and "7/7 [" in terminal
+    assert "sessions/s]" in terminal
+    quiet = ini_app("gc", "--dry-run")  # nothing left; -q/--no-progress below print no bar
+    assert quiet.stdout.startswith("0 expired sessions")
+    fill(ini_app.db, expired=2, live=0, now=int(time.time()) - 10**6)
+    for flag in ("--no-progress", "--quiet"):
+        again, terminal = _in_a_terminal(ini_app, "gc", flag)
+        assert again.returncode == 0 and "%|" not in terminal, (flag, terminal)
+
+
+def test_psessions_gc_piped_shows_no_bar_unless_asked(ini_app):
+    import time
+
+    assert ini_app("gc", "--dry-run").returncode == 0
+    fill(ini_app.db, expired=5, live=0, now=int(time.time()))
+    piped = ini_app("gc", "--batch-size", "2")
+    assert piped.returncode == 0
+    assert "%|" not in piped.stderr and "\r" not in piped.stderr + piped.stdout
+    assert piped.stdout.startswith("deleted 5 expired sessions from session in 3 batches")
+    fill(ini_app.db, expired=0, live=2, now=0)  # expired long ago (ids after the first 5)
+    asked = ini_app("gc", "--progress")
+    assert asked.returncode == 0 and "2/2 [" in asked.stderr
+
+
+def test_gc_bar_counts_once_then_follows_the_batches(ttl_app, capsys):
+    """On each database: one COUNT for the total, then the batches; the bar reaches it."""
+    from argparse import Namespace
+
+    from sessions_kernel import cli
+
+    make_sessions(ttl_app, 5)
+    ttl_app.clock.advance(100)
+    args = Namespace(batch_size=2, retries=0, dry_run=False, quiet=False, progress=True)
+    out = io.StringIO()
+    with ttl_app.count() as sql:
+        assert cli._gc(args, factory_of(ttl_app), ttl_app.engine, out) == cli.EXIT_OK
+    kinds = [s.split()[0] for s in sql.statements if s.split()[0] in {"SELECT", "DELETE"}]
+    assert kinds == ["SELECT"] + ["SELECT", "DELETE"] * 3
+    assert "count(" in sql.statements[0].lower()
+    assert out.getvalue().startswith("deleted 5 expired sessions")
+    bar = capsys.readouterr().err
+    assert "0/5 [" in bar and "5/5 [" in bar
+    assert ttl_app.rows() == []
 
 
 def test_psessions_gc_collects_by_max_age_without_timeout(ini_app):
