@@ -6,6 +6,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -60,18 +61,44 @@ log = logging.getLogger("sessions_kernel")
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A stored session as listings show it; see :meth:`SessionFactory.describe`."""
+    """A stored session as listings show it; see :meth:`SessionFactory.describe`.
+
+    The times are given twice: as whole seconds since the epoch (``created``,
+    ``last_active``, ``expires``), as stored and compared, and as timezone-aware
+    UTC :class:`~datetime.datetime` values for display (``created_at``,
+    ``last_active_at``, ``expires_at``), ``None`` where the seconds are.
+    """
 
     #: the row key (SHA-256 of the cookie's token): safe to show and log
     session_id: str
-    #: seconds since the epoch
+    #: when the session was created, in seconds since the epoch
     created: int
-    #: the latest activity any part of the system recorded
+    #: the latest activity any part of the system recorded, in seconds since the epoch
     last_active: int
-    #: when the session expires, or ``None`` if no active feature expires it
+    #: when the session expires, in seconds since the epoch, or ``None`` if no active
+    #: feature expires it
     expires: int | None
     #: what the active plugins report of the row (``session_details``), read-only
     details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    @property
+    def created_at(self) -> datetime:
+        """``created`` as a timezone-aware UTC datetime."""
+        return _utc(self.created)
+
+    @property
+    def last_active_at(self) -> datetime:
+        """``last_active`` as a timezone-aware UTC datetime."""
+        return _utc(self.last_active)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """``expires`` as a timezone-aware UTC datetime; ``None`` if the session never expires."""
+        return None if self.expires is None else _utc(self.expires)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 #: The hooks the request path calls through :class:`RequestHooks`.

@@ -232,3 +232,34 @@ def test_the_index_on_created_is_asked_for_where_max_age_is_in_force_by_default(
     assert maintenance.required_indexes(make_model(AbsoluteMixin, tablename="ix_abs")) == [
         ("created",)
     ]
+
+
+# -- describe(): the times as seconds and as UTC datetimes ---------------------------------
+
+
+def test_describe_gives_utc_datetimes_beside_the_seconds(session_app):
+    from datetime import datetime, timedelta, timezone
+
+    app = session_app(make_model())
+    t0 = start(app)
+    app.clock.advance(5)
+    app.post_json("/set", {"b": 2})
+    info = factory_of(app).describe(app.row())
+    assert (info.created, info.last_active, info.expires) == (t0, t0 + 5, t0 + DEFAULT_MAX_AGE)
+    for seconds, moment in [
+        (info.created, info.created_at),
+        (info.last_active, info.last_active_at),
+        (info.expires, info.expires_at),
+    ]:
+        assert moment.tzinfo is timezone.utc and moment.utcoffset() == timedelta(0)
+        assert moment.timestamp() == seconds
+        assert moment == datetime.fromtimestamp(seconds, tz=timezone.utc)
+    assert info.expires_at - info.created_at == timedelta(seconds=DEFAULT_MAX_AGE)
+
+
+def test_describe_of_a_session_that_never_expires_has_no_expires_at(session_app):
+    app = session_app(make_model(), {"max_age": "none"})
+    t0 = start(app)
+    info = factory_of(app).describe(app.row())
+    assert info.expires is None and info.expires_at is None
+    assert info.created_at.timestamp() == t0

@@ -120,3 +120,17 @@ def test_status_poll_withholds_the_data_of_a_stale_cookie(demo: TestApp) -> None
     assert (status["state"], status["why"]) == ("expired", "renewal violation")
     assert "data" not in status
     assert demo.get("/status.json").json["state"] == "live"  # a peek deleted nothing
+
+
+def test_your_sessions_page_shows_utc_times(demo: TestApp) -> None:
+    sign_up(demo)
+    demo.clock.advance(12)
+    page = demo.get("/sessions", status=200)
+    [row] = page.html.select("#session-list tbody tr")
+    created, last_seen, expires = (cell.find("time") for cell in row.find_all("td")[1:4])
+    # 1_800_000_000 is 2027-01-15T08:00:00Z
+    assert created["datetime"] == "2027-01-15T08:00:00+00:00"
+    assert created.text == "08:00:00 UTC"
+    assert last_seen["datetime"] == "2027-01-15T08:00:00+00:00"
+    assert expires["datetime"].endswith("+00:00") and expires.text.endswith(" UTC")
+    assert "(12 s ago)" in row.find_all("td")[1].text

@@ -426,6 +426,42 @@ def test_queries_with_the_factory_outside_a_request(app):
         user_sessions(factory, ALICE)
 
 
+def test_listing_gives_utc_datetimes_beside_the_seconds(app):
+    from datetime import datetime, timezone
+
+    for _ in range(2):
+        app.new_browser().post_json("/login?uuid=1", {"user": str(ALICE)})
+        app.clock.advance(7)
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    with sa.orm.Session(app.engine) as db:
+        listed = user_sessions(factory, ALICE, dbsession=db)
+    assert len(listed) == 2
+    for s in listed:
+        for seconds, moment in [
+            (s.created, s.created_at),
+            (s.last_active, s.last_active_at),
+            (s.expires, s.expires_at),
+        ]:
+            assert isinstance(seconds, int) and moment.tzinfo is timezone.utc
+            assert moment == datetime.fromtimestamp(seconds, tz=timezone.utc)
+            assert moment.timestamp() == seconds
+    # most recently active first, in both forms
+    assert listed[0].last_active_at > listed[1].last_active_at
+    assert listed[0].last_active - listed[1].last_active == 7
+
+
+def test_listing_of_sessions_that_never_expire_has_no_expires_at(session_app):
+    User, Session = make_models()
+    app = session_app(Session, {"max_age": "none"}, configure=configure_for(User))
+    add_users(app, User)
+    app.post_json("/login?uuid=1", {"user": str(ALICE)})
+    factory = app.wsgi.registry.queryUtility(ISessionFactory)
+    with sa.orm.Session(app.engine) as db:
+        [listed] = user_sessions(factory, ALICE, dbsession=db)
+    assert listed.expires is None and listed.expires_at is None
+    assert listed.created_at.timestamp() == listed.created
+
+
 def test_queries_refuse_a_none_userid(app):
     app.post_json("/set", {"anonymous": True})
     factory = app.wsgi.registry.queryUtility(ISessionFactory)
