@@ -8,6 +8,7 @@ from transaction.interfaces import TransientError
 __all__ = [
     "ConfigurationError",
     "InconsistentDataError",
+    "MissingSessionMethodError",
     "SessionConflictError",
     "SessionError",
     "SessionTooLargeError",
@@ -17,6 +18,16 @@ __all__ = [
 
 class SessionError(RuntimeError):
     """A session was used in a way the kernel cannot honour."""
+
+
+class MissingSessionMethodError(SessionError, AttributeError):
+    """A method other code expects of ``request.session`` comes from a plugin none provides.
+
+    Pyramid's default CSRF storage policy calls ``request.session.get_csrf_token()``
+    and ``new_csrf_token()``; the kernel's session has them only when an active
+    plugin adds them. Raised on access to such a name, with the message naming
+    the fix. An :class:`AttributeError`, so ``hasattr()`` stays false.
+    """
 
 
 class SettingsError(ValueError):

@@ -8,21 +8,28 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
-from pyramid.interfaces import PHASE3_CONFIG, IExecutionPolicy, ISessionFactory
+from pyramid.csrf import LegacySessionCSRFStoragePolicy
+from pyramid.interfaces import (
+    PHASE3_CONFIG,
+    ICSRFStoragePolicy,
+    IDefaultCSRFOptions,
+    IExecutionPolicy,
+    ISessionFactory,
+)
 from webob.cookies import make_cookie
 
 from .changes import watch_orm_writes
 from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
 from .deprecation import warn_once
-from .errors import ConfigurationError, SessionError
+from .errors import ConfigurationError, MissingSessionMethodError, SessionError
 from .merge import MergeRule
 from .model import KERNEL_COLUMNS, model_table
 from .peek import Peek, peek
 from .pipeline import no_implementation as _no_implementation
-from .plugins import FactoryConfig, ObservedPluginManager
+from .plugins import FactoryConfig, ObservedPluginManager, PluginInfo
 from .serializers import PickleSerializer
 from .session import PLUGIN_ATTRIBUTES, RESERVED_ATTRIBUTES, Session
 from .storage import RowStorage
@@ -397,9 +404,68 @@ def _session_class(config: FactoryConfig) -> type[Session]:
                 )
             owners[name] = impl.plugin_name
             namespace[name] = value
-    if not namespace:
-        return Session
+    for name in LEGACY_CSRF_METHODS:
+        if name not in namespace:
+            namespace[name] = _Missing(name, config)
     return type(f"{config.model.__name__}Session", (Session,), namespace)
+
+
+#: What Pyramid's default CSRF storage policy (``LegacySessionCSRFStoragePolicy``) calls
+#: on ``request.session``; a plugin adds them through ``session_attributes``.
+LEGACY_CSRF_METHODS = ("get_csrf_token", "new_csrf_token")
+
+
+def providers(config: FactoryConfig, name: str) -> list[PluginInfo]:
+    """The installed plugins whose ``session_attributes`` hook adds ``request.session.<name>``."""
+    found = []
+    for info in config.installed:
+        implementation = getattr(info.plugin, "session_attributes", None)
+        if implementation is None or not callable(implementation):
+            continue
+        try:
+            attributes = implementation()
+        except Exception:  # a broken plugin is reported where it is used, not here
+            continue
+        if isinstance(attributes, Mapping) and name in attributes:
+            found.append(info)
+    return found
+
+
+def missing_csrf_message(config: FactoryConfig, name: str = "get_csrf_token") -> str:
+    """Why ``request.session.<name>()`` does not exist, and the two ways to fix it."""
+    model = config.model.__name__
+    offered = [info for info in providers(config, name) if info.plugin is not None]
+    if offered:
+        choices = " or ".join(
+            f"{mixin.__name__} of {info.label}" for info in offered for mixin in info.mixins[:1]
+        )
+        plugin_fix = f"add {choices} to the bases of {model}"
+    else:
+        plugin_fix = (
+            "install a session plugin that adds get_csrf_token() and new_csrf_token() "
+            f"to request.session (see the docs, 'CSRF') and add its mixin to the bases of {model}"
+        )
+    return (
+        f"request.session.{name}() is not there: Pyramid's default CSRF storage policy "
+        "(LegacySessionCSRFStoragePolicy) calls it, and no active session plugin of "
+        f"{model} provides it. Either {plugin_fix}, or configure another CSRF storage "
+        "policy, e.g. config.set_csrf_storage_policy(pyramid.csrf.CookieCSRFStoragePolicy())"
+    )
+
+
+class _Missing:
+    """A method of ``request.session`` that no active plugin provides: reading it raises.
+
+    On the session and on its class alike, so that ``hasattr()`` says ``False``
+    where a plugin would have said ``True``.
+    """
+
+    def __init__(self, name: str, config: FactoryConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def __get__(self, instance: object, owner: type | None = None) -> NoReturn:
+        raise MissingSessionMethodError(missing_csrf_message(self.config, self.name))
 
 
 def _claim_problem(name: str, owners: Mapping[str, str]) -> str | None:
@@ -555,6 +621,35 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
 
     config.action(ISessionFactory, register, introspectables=(pyramids, details))
     factory.hook.session_includeme(config=config, factory=factory)
+
+    def check_csrf_policy() -> None:
+        # after every default-order action: the storage policy, the views, the CSRF options
+        if registry.queryUtility(ISessionFactory) is not factory:
+            return  # another session factory replaced this one
+        policy = registry.queryUtility(ICSRFStoragePolicy)
+        if not isinstance(policy, LegacySessionCSRFStoragePolicy):
+            return
+        session_class = factory.session_class
+        if not any(isinstance(vars(session_class).get(n), _Missing) for n in LEGACY_CSRF_METHODS):
+            return
+        message = missing_csrf_message(factory.config)
+        if _requires_csrf(registry):
+            raise ConfigurationError(
+                f"{message}. CSRF checks are required (require_csrf), so every unsafe "
+                "request would fail."
+            )
+        log.warning("%s. Until then, any CSRF token use fails.", message)
+
+    config.action(None, check_csrf_policy, order=PHASE3_CONFIG + 1)
+
+
+def _requires_csrf(registry: Any) -> bool:
+    """Whether Pyramid checks CSRF tokens by default or for some view (``require_csrf``)."""
+    options = registry.queryUtility(IDefaultCSRFOptions)
+    if options is not None and options.require_csrf:
+        return True
+    views = registry.introspector.get_category("views", [])
+    return any(entry["introspectable"].get("require_csrf") for entry in views)
 
 
 def includeme(config: Configurator) -> None:
