@@ -110,3 +110,75 @@ def test_every_test_view_is_in_the_table(app):
     doc = testing.add_test_views.__doc__ or ""
     for path in paths:
         assert f"* - ``{path}``" in doc, path
+
+
+# -- a key for an application's tests in CI (docs/testing.rst, "A key ... in CI") ----------
+
+CI = ROOT / "docs" / "examples" / "ci"
+
+
+def _key_step(path: Path) -> str:
+    """The one command of a CI file that makes the key, as the docs show it."""
+    [line] = [
+        line
+        for line in path.read_text().splitlines()
+        if "python -m sessions_kernel" in line and not line.lstrip().startswith("#")
+    ]
+    return line.strip().removeprefix("- ").removeprefix("run: ")
+
+
+def _shell(command: str, tmp_path: Path, **env: str) -> str:
+    """Run ``command`` with sh, ``python`` being this environment's; return its stdout."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    run = subprocess.run(
+        ["sh", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path, **env},
+        timeout=60,
+        check=True,
+    )
+    return run.stdout
+
+
+def _starts_with_the_key(key: str) -> None:
+    from sessions_kernel import session_factory
+    from sessions_kernel.crypto import parse_secret_keys
+    from sessions_kernel.testing import make_model
+
+    assert [len(k) for k in parse_secret_keys(key)] == [32]
+    os.environ["SESSIONS_SECRET_KEY"] = key
+    try:  # what testing.ini's session.secret_key_env = SESSIONS_SECRET_KEY reads
+        session_factory(model_class=make_model(), secret_key_env="SESSIONS_SECRET_KEY")
+    finally:
+        del os.environ["SESSIONS_SECRET_KEY"]
+
+
+def test_the_documented_ci_files_are_included_in_the_testing_page():
+    for name in ("github-actions.yml", "gitlab-ci.yml"):
+        assert f".. literalinclude:: examples/ci/{name}" in PAGE
+    assert "session.secret_key_env = SESSIONS_SECRET_KEY" in PAGE
+    tutorial_ini = (ROOT / "docs" / "examples" / "tutorial" / "testing.ini").read_text()
+    assert "\nsession.secret_key_env = SESSIONS_SECRET_KEY\n" in tutorial_ini
+
+
+def test_the_github_actions_step_gives_the_later_steps_a_key(tmp_path):
+    step = _key_step(CI / "github-actions.yml")
+    assert step == 'echo "SESSIONS_SECRET_KEY=$(python -m sessions_kernel)" >> "$GITHUB_ENV"'
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+    _shell(step, tmp_path, GITHUB_ENV=str(github_env))
+    # GitHub reads NAME=value lines from that file into the environment of later steps
+    [line] = github_env.read_text().splitlines()
+    name, _, key = line.partition("=")
+    assert name == "SESSIONS_SECRET_KEY"
+    _starts_with_the_key(key)
+
+
+def test_the_gitlab_ci_line_exports_a_key(tmp_path):
+    step = _key_step(CI / "gitlab-ci.yml")
+    assert step == "export SESSIONS_SECRET_KEY=$(python -m sessions_kernel)"
+    key = _shell(f'{step}; printf %s "$SESSIONS_SECRET_KEY"', tmp_path)
+    _starts_with_the_key(key)
+    assert key != _shell(f'{step}; printf %s "$SESSIONS_SECRET_KEY"', tmp_path)  # fresh each run

@@ -2,8 +2,10 @@
 starter with every session feature), tested as its author would, on every database:
 
 * with the starter's own test fixtures (tests/conftest.py of pyramid-cookiecutter-starter,
-  reproduced in shape below): one doomed transaction shared by every request of a test;
-* from pshell, whose setup begins a transaction, and with the key read from a file;
+  reproduced in shape below) on the tutorial's testing.ini, whose key comes from the
+  environment as CI exports it: one doomed transaction shared by every request of a test;
+* from pshell, whose setup begins a transaction;
+* with the key read from a file (development.ini's way);
 * with the kit's ``session_application`` fixture: real commits, a clock, SQL counts.
 
 The application's tables are called ``session`` and ``users``, as a project's would be, so
@@ -12,6 +14,7 @@ each test gets a database of its own on the PostgreSQL and MariaDB servers.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -25,9 +28,11 @@ from pyramid.paster import bootstrap, get_app, get_appsettings
 from pyramid.path import DottedNameResolver
 from pyramid.request import Request
 
-from sessions_kernel import generate_secret_key
+from sessions_kernel import ConfigurationError, generate_secret_key
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "examples" / "tutorial"
+#: what testing.ini's session.secret_key_env names, and CI exports (docs/testing.rst)
+KEY_VARIABLE = "SESSIONS_SECRET_KEY"
 sys.path.insert(0, str(TUTORIAL))
 
 import tutorial  # noqa: E402
@@ -63,18 +68,45 @@ def fast_passwords(monkeypatch):
 # -- the starter's tests/conftest.py, in its shape -----------------------------------------
 
 
+def new_key_as_ci_makes_it():
+    """``export SESSIONS_SECRET_KEY=$(python -m sessions_kernel)``: the documented CI step."""
+    run = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"export {KEY_VARIABLE}=$({sys.executable} -m sessions_kernel); "
+            f'printf %s "${KEY_VARIABLE}"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return run.stdout
+
+
 @pytest.fixture
-def ini_file(tmp_path, session_db_url):
-    """testing.ini: the tutorial's development.ini on the database under test, and the
-    key in a file beside it (as a deployment's secret would be)."""
-    (tmp_path / "session.key").write_text(generate_secret_key() + "\n")
-    text = (TUTORIAL / "development.ini").read_text()
-    assert "session.secret_key =" not in text  # the key comes from the file
+def ini_file(tmp_path, session_db_url, monkeypatch):
+    """testing.ini: the tutorial's, on the database under test, with the key in the
+    environment as CI exports it (no key file, none committed)."""
+    text = (TUTORIAL / "testing.ini").read_text()
+    assert "session.secret_key =" not in text and "secret_key_file" not in text
+    assert f"session.secret_key_env = {KEY_VARIABLE}" in text
+    monkeypatch.setenv(KEY_VARIABLE, new_key_as_ci_makes_it())
     url = session_db_url.replace("%", "%%")
-    text = text.replace("sqlite:///%(here)s/tutorial.sqlite", url)
+    text = text.replace("sqlite:///%(here)s/testing.sqlite", url)
     path = tmp_path / "testing.ini"
     path.write_text(text)
     return str(path)
+
+
+def test_testing_ini_without_the_key_says_what_to_export(tmp_path, monkeypatch):
+    """A CI job that forgot the export: the start-up error names the variable."""
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        tutorial.main({}, **get_appsettings(str(TUTORIAL / "testing.ini")))
+    message = str(info.value)
+    assert f"session.secret_key_env = '{KEY_VARIABLE}'" in message
+    assert f"the environment variable {KEY_VARIABLE} is not set" in message
 
 
 @pytest.fixture
