@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 from . import factory, outage
@@ -30,6 +31,13 @@ from .peek import Peek
 from .session import Session
 from .settings import SessionSettings, Setting
 from .stash import Stash, StashKey
+
+try:
+    #: The installed distribution's version (``pyproject.toml`` is the one place it is
+    #: written); ``psessions new-plugin`` requires ``sessions-kernel>=`` its major.minor.
+    __version__ = importlib.metadata.version("sessions-kernel")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a checkout on sys.path
+    __version__ = "0+unknown"
 
 
 def includeme(config: Any) -> None:
