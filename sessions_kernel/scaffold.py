@@ -29,6 +29,10 @@ from typing import IO
 
 from .plugins import ENTRY_POINT_GROUP
 
+#: The option of ``pip install -e`` that type checkers can follow: setuptools' strict
+#: editable mode (docs/writing-plugins.rst says why).
+EDITABLE_MODE = "--config-settings editable_mode=strict"
+
 __all__ = ["PluginName", "generate", "main", "plugin_name"]
 
 #: The longest name (its underscored form), so that every generated line, column and
@@ -257,7 +261,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="psessions new-plugin",
         description="Start a sessions_kernel plugin: a distribution with a mixin, a setting, a "
         "hook, a README and tests that pass (no config file needed).",
-        epilog="Then: cd sessions-NAME && pip install -e '.[test]' && pytest",
+        epilog=f"Then: cd sessions-NAME && pip install -e '.[test]' {EDITABLE_MODE} && pytest "
+        "&& mypy",
     )
     parser.add_argument(
         "name",
@@ -311,5 +316,10 @@ def main(argv: Sequence[str], out: IO[str] | None = None) -> int:
     for path in written:
         note = notes.get(path)
         print(f"    {path.as_posix()}" + (f"\n        {note}" if note else ""), file=out)
-    print(f"next:\n    cd {root}\n    pip install -e '.[test]'\n    pytest", file=out)
+    # strict: the package's files linked into a folder on sys.path, which type checkers
+    # read (the default editable mode imports through a hook that mypy cannot follow)
+    print(
+        f"next:\n    cd {root}\n    pip install -e '.[test]' {EDITABLE_MODE}\n    pytest\n    mypy",
+        file=out,
+    )
     return 0

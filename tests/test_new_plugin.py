@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions_kernel import cli
+from sessions_kernel import cli, scaffold
 from sessions_kernel.pytest_plugin import DATABASES, _probe
 from sessions_kernel.scaffold import MAX_NAME, PluginName, plugin_name
 
@@ -145,7 +145,7 @@ def test_the_generated_tree(tmp_path):
     assert meta["entry-points"] == {
         "sessions_kernel.plugins": {"login_alerts": "sessions_login_alerts"}
     }
-    assert meta["dependencies"][0] == "sessions-kernel>=0.1"
+    assert meta["dependencies"][0] == "sessions-kernel>=0.2"
     assert meta["optional-dependencies"]["test"][0] == "sessions-kernel[testing]"
     assert project["tool"]["setuptools"]["package-data"] == {"sessions_login_alerts": ["py.typed"]}
 
@@ -303,6 +303,85 @@ def test_a_generated_plugin_builds_and_its_tests_pass(tmp_path):
     for database in servers_of_this_run():
         assert f"{database}: ran (5 tests)" in summary
     assert " failed" not in out and " error" not in out
+
+
+def test_mypy_sees_the_kernels_types_from_a_generated_plugin(tmp_path):
+    """The install the docs give (setuptools' strict editable mode) is one mypy follows.
+
+    A venv of its own (this environment's packages on its path, the kernel left out)
+    gets the kernel installed editable with the option ``psessions new-plugin`` prints;
+    mypy, run as the generated README says, passes on the generated plugin, and reports
+    a wrong use of a kernel API, which it can only do when it sees the kernel's hints.
+    setuptools' default editable mode fails the first step: mypy cannot follow its
+    import hook and reports the kernel's modules as not found.
+    """
+    assert new_plugin("login-alerts", "-o", str(tmp_path))[0] == 0
+    root = tmp_path / "sessions-login-alerts"
+    kernel = Path(__file__).resolve().parent.parent
+    for page in (kernel / "docs" / "getting-started.rst", root / "README.md"):
+        assert scaffold.EDITABLE_MODE.split()[1] in page.read_text(), page
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={},
+    ).stdout.strip()
+    # this environment's packages (SQLAlchemy, pluggy...), as folders only: their .pth
+    # files, among them the kernel's own editable install, are not run
+    folders = [p for p in sys.path if p.endswith("site-packages")]
+    Path(site, "zz_outer.pth").write_text("".join(f"{p}\n" for p in folders))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    install = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"),
+            *("--no-deps", "--no-build-isolation", "--no-index", "-e", str(kernel)),
+            *scaffold.EDITABLE_MODE.split(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    def mypy() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "mypy", "--python-executable", str(python)),
+                *("--cache-dir", str(tmp_path / "mypy-cache")),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+
+    result = mypy()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Success: no issues found in 1 source file")
+
+    module = root / "sessions_login_alerts" / "__init__.py"
+    lines = module.read_text().count("\n")
+    with module.open("a") as f:
+        f.write("\n\nKEY_LENGTH: int = generate_secret_key()\n")
+    module.write_text(
+        module.read_text().replace(
+            "from sessions_kernel import ", "from sessions_kernel import generate_secret_key, ", 1
+        )
+    )
+    result = mypy()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"sessions_login_alerts/__init__.py:{lines + 3}: error: Incompatible types in "
+        'assignment (expression has type "str", variable has type "int")  [assignment]'
+    ) in result.stdout, result.stdout
+    assert "Found 1 error in 1 file" in result.stdout
 
 
 # -- the documentation's first step ------------------------------------------------------------
