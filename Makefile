@@ -18,14 +18,14 @@ export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
 STAMP := $(VENV)/.installed
 PROJECTS := pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(EXAMPLES:%=%/pyproject.toml) demo/pyproject.toml
 
-.PHONY: install test lint typecheck docs demo bench dist clean
+.PHONY: install test lint typecheck docs demo bench dist dist-check test-pythons clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PROJECTS) | $(PY)
-	$(PY) -m pip install -q -e '.[test,bench]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
+	$(PY) -m pip install -q -e '.[test,bench,release]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
 	touch $@
 
 install: $(STAMP)
@@ -56,5 +56,37 @@ dist: install
 	rm -rf dist
 	$(PY) -m pip wheel -q --no-deps -w dist . $(PLUGINS)
 
+# What a user installs: the wheels and sdists of the kernel and every plugin, built with
+# `python -m build` (isolated: it fetches setuptools>=77 from the index) and checked
+# (twine check, check-wheel-contents, what must be inside), then installed alone into a
+# fresh venv outside the checkout that runs a smoke application and a generated plugin's
+# tests. See scripts/dist-check.
+dist-check: install
+	scripts/dist-check $(PY)
+
+# The SQLite suite on the oldest and the newest supported Python, each in its own venv
+# (.venv-3.10, .venv-3.13; installed as `make install` does, again when a project file
+# changes). The database servers' URLs are emptied (their tests skip) and the cluster
+# tests are left out, as is the demo's browser test (a browser, not Python, is under test).
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+PYTHONS ?= $(lastword $(wildcard $(PYENV_ROOT)/versions/3.10.*/bin/python)) \
+	$(lastword $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python))
+test-pythons:
+	@test -n "$(strip $(PYTHONS))" || { echo "no Python 3.10 or 3.13 under $(PYENV_ROOT)/versions: set PYTHONS=/path/to/python3.10 ..."; exit 1; }
+	@set -e; for py in $(PYTHONS); do \
+	    start=$$(date +%s); \
+	    v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	    venv=.venv-$$v; \
+	    if [ ! -x $$venv/bin/python ]; then $$py -m venv $$venv; $$venv/bin/python -m pip install -q --upgrade pip; fi; \
+	    if [ -z "$$(find $(PROJECTS) -newer $$venv/.installed 2>/dev/null)" ] && [ -e $$venv/.installed ]; then :; else \
+	        $$venv/bin/python -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e demo; \
+	        touch $$venv/.installed; fi; \
+	    echo "== Python $$v ($$py): the SQLite suite"; \
+	    SESSIONS_TEST_POSTGRESQL_URL= SESSIONS_TEST_MARIADB_URL= SESSIONS_TEST_GALERA_URL= \
+	    SESSIONS_TEST_REQUIRE_SERVERS= $$venv/bin/pytest -q -p no:cacheprovider -m 'not cluster' \
+	        --ignore=demo/tests/test_demo_browser.py $(PYTEST_ARGS); \
+	    echo "== Python $$v: $$(( $$(date +%s) - start )) s"; \
+	done
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache dist build
+	rm -rf $(VENV) .venv-3.* .pytest_cache .ruff_cache .mypy_cache dist build

@@ -3,14 +3,17 @@
 The kernel, each plugin under ``plugins/`` and each example under ``examples/``
 carries type hints for its users' type checkers (PEP 561): its package holds a
 ``py.typed`` marker and its ``pyproject.toml`` puts the marker in the wheel
-(setuptools' ``package-data``). The check reads the project files rather than
-building wheels: a build without network would use this environment's
-setuptools, older than what the projects' metadata needs (pip's isolated
-builds fetch a newer one). The demo is an application, not a library: it has
-no marker.
+(setuptools' ``package-data``). The checks here read the project files;
+``make dist-check`` (scripts/dist-check) builds the wheels and sdists and
+checks what is inside them. The demo is an application, not a library: it
+has no marker.
+
+The distributions are released together: one version, and each plugin
+requires the kernel's minor series (a 0.x minor release may break plugins).
 
 ``make typecheck`` runs mypy over the packages that ``[tool.mypy] files``
-lists (mypy cannot follow editable installs), so each package must be listed.
+lists (mypy cannot follow the default editable installs of ``make install``),
+so each package must be listed.
 """
 
 from __future__ import annotations
@@ -80,3 +83,42 @@ def test_no_module_is_exempt_from_type_checking_but_the_session_pipeline():
         for module in override["module"]
     }
     assert exempt <= {"sessions_kernel.session", "sessions_kernel.storage"}
+
+
+PLUGINS = [root for root in LIBRARIES if root.parent.name == "plugins"]
+
+
+def _series(version: str) -> str:
+    """``>=0.2,<0.3`` for 0.2.x: the kernel's minor series."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return f">={major}.{minor},<{major}.{minor + 1}"
+
+
+def test_the_distributions_share_the_kernels_version_and_setuptools():
+    version = _project(ROOT)["project"]["version"]
+    for root in [*LIBRARIES, ROOT / "demo"]:
+        project = _project(root)
+        assert project["project"]["version"] == version, _label(root)
+        # 77 reads the SPDX license string (license = "MIT")
+        assert project["build-system"]["requires"] == ["setuptools>=77"], _label(root)
+
+
+def test_each_plugin_requires_the_kernels_minor_series():
+    series = _series(_project(ROOT)["project"]["version"])
+    for root in PLUGINS:
+        requires = [
+            d for d in _project(root)["project"]["dependencies"] if d.startswith("sessions-")
+        ]
+        assert requires == [f"sessions-kernel{series}"], _label(root)
+    demo = [d for d in _project(ROOT / "demo")["project"]["dependencies"] if "sessions-" in d]
+    assert demo and all(d.endswith(series) for d in demo), demo
+
+
+def test_the_installed_kernel_is_this_checkouts_version():
+    import sessions_kernel
+
+    version = _project(ROOT)["project"]["version"]
+    assert sessions_kernel.__version__ == version, (
+        f"the installed sessions-kernel is {sessions_kernel.__version__}, pyproject.toml says "
+        f"{version}: install the checkout again (make install)"
+    )
