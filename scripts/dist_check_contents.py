@@ -4,11 +4,11 @@
 kernel at its root, each plugin under ``plugins/``) and finds its wheel and sdist in
 ``DIST``; then checks, printing each check:
 
-* each wheel: the package's ``py.typed``; no ``tests/``; the entry points: each plugin's in
-  the group ``sessions_kernel.plugins`` as its pyproject.toml declares it, the kernel's
-  ``pytest11`` plugin and its ``psessions`` console script, and every template of
+* each wheel: the package's ``py.typed``; the LICENSE; no ``tests/``; the entry points:
+  each plugin's in the group ``sessions_kernel.plugins`` as its pyproject.toml declares it,
+  the kernel's ``pytest11`` plugin and its ``psessions`` console script, and every template of
   ``sessions_kernel/plugin_template`` (what ``psessions new-plugin`` writes);
-* each sdist: the README, pyproject.toml and every file of the project's ``tests/``.
+* each sdist: the README, the LICENSE, pyproject.toml and every file of the project's ``tests/``.
 
 Exits 1 at the end if any check failed.
 """
@@ -74,6 +74,11 @@ def main(checkout: Path, dist: Path) -> int:
         with zipfile.ZipFile(wheel_path) as wheel:
             names = set(wheel.namelist())
             check(f"the wheel holds {package}/py.typed", f"{package}/py.typed" in names)
+            check(
+                "the wheel holds the license",
+                f"{stem}.dist-info/licenses/LICENSE" in names,
+                sorted(n for n in names if "dist-info" in n),
+            )
             top = {n.split("/", 1)[0] for n in names}
             check(
                 "the wheel holds no tests",
@@ -115,7 +120,7 @@ def main(checkout: Path, dist: Path) -> int:
 
         with tarfile.open(sdist_path) as sdist:
             held = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
-        for required in ("README.md", "pyproject.toml", f"{package}/__init__.py"):
+        for required in ("README.md", "LICENSE", "pyproject.toml", f"{package}/__init__.py"):
             check(f"the sdist holds {required}", required in held)
         tests = tracked(root / "tests")
         check(

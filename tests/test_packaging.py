@@ -103,6 +103,16 @@ def test_the_distributions_share_the_kernels_version_and_setuptools():
         assert project["build-system"]["requires"] == ["setuptools>=77"], _label(root)
 
 
+def test_each_distribution_ships_the_projects_license():
+    """setuptools puts the LICENSE of a project's folder in its wheel and sdist, so each
+    distribution's folder holds the repository's own, word for word."""
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    for root in [*LIBRARIES, ROOT / "demo"]:
+        assert (root / "LICENSE").read_text() == license_text, _label(root)
+        assert _project(root)["project"]["license"] == "MIT", _label(root)
+
+
 def test_each_plugin_requires_the_kernels_minor_series():
     series = _series(_project(ROOT)["project"]["version"])
     for root in PLUGINS:
