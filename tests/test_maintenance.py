@@ -576,12 +576,16 @@ def test_plugin_report_hides_the_keys_and_the_serializer_that_holds_them():
 )
 def test_psessions_help_prints_usage_and_does_nothing_else(tmp_path, args):
     """--help reads no config file, touches no database and writes no file."""
+    # Pyramid 2.1 imports pkg_resources, which setuptools 81 and later warn about on
+    # stderr: that warning is Pyramid's, not a side effect of --help
+    quiet = "ignore:pkg_resources is deprecated as an API:UserWarning"
     run = subprocess.run(
         [sys.executable, "-m", "sessions_kernel.cli", *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": quiet},
     )
     assert (run.returncode, run.stderr) == (0, "")
     assert run.stdout.startswith("usage: psessions")
