@@ -25,7 +25,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PROJECTS) | $(PY)
-	$(PY) -m pip install -q -e '.[test,bench,release]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
+	$(PY) -m pip install -q -e '.[test,bench,release,docs]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e 'demo[test]'
 	touch $@
 
 install: $(STAMP)
