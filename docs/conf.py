@@ -26,7 +26,9 @@ exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"{project} {release}"
 html_short_title = project
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# _static/sessions.css: a wider content column for the 100-column examples, tables
+html_css_files = ["sessions.css"]
 html_copy_source = False
 html_show_sourcelink = False
 html_theme_options = {
