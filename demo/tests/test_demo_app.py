@@ -134,3 +134,26 @@ def test_your_sessions_page_shows_utc_times(demo: TestApp) -> None:
     assert last_seen["datetime"] == "2027-01-15T08:00:00+00:00"
     assert expires["datetime"].endswith("+00:00") and expires.text.endswith(" UTC")
     assert "(12 s ago)" in row.find_all("td")[1].text
+
+
+def test_front_page_says_what_rendering_its_forms_stores(demo: TestApp) -> None:
+    """The note under the forms: no row, a cookie-only token accepted for the idle timeout,
+    a cookie that ends with the browser."""
+    with demo.sql:
+        page = demo.get("/")
+    note = " ".join(page.html.find(id="csrf-note").get_text().split())
+    assert "stored nothing on the server" in note
+    assert "accepted for 30 s after it was handed out" in note
+    assert "anonymous session" not in page.text
+    assert not [s for s in demo.sql.statements if s.lstrip().upper().startswith("INSERT")]
+    (cookie,) = page.headers.getall("Set-Cookie")  # the token travels in the cookie
+    assert "max-age" not in cookie.lower() and "expires" not in cookie.lower()
+
+    form = {"name": "nobody", "password": "long enough"}
+    token = page.forms["login-form"]["csrf_token"].value
+    demo.clock.advance(31)  # past the idle timeout: refused
+    assert "csrf-error" in demo.post("/login", {**form, "csrf_token": token}, status=400).text
+    fresh = demo.get("/").forms["login-form"]["csrf_token"].value  # a reload hands one out
+    assert fresh != token
+    demo.clock.advance(29)  # within the idle timeout: accepted (wrong name: back to the form)
+    demo.post("/login", {**form, "csrf_token": fresh}, status=303)
