@@ -16,6 +16,9 @@ extensions = [
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
+# Types of documented parameters beside their text, return types unless None; the
+# signature shows the rest (no "Parameters: x (Any)" lists without text)
+autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"members": True, "show-inheritance": False}
 nitpicky = False
 intersphinx_mapping = {}
