@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One build of docs/ as `make docs` runs it (warnings are errors), into a tmp dir."""
     out = tmp_path_factory.mktemp("html")
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
-        + ["-d", str(out / ".doctrees"), str(ROOT / "docs"), str(out)],
+        [*command, "-d", str(out / ".doctrees"), str(ROOT / "docs"), str(out)],
         capture_output=True,
         text=True,
         timeout=600,
