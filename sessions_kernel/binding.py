@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from .session import Session
 
-__all__ = ["TransactionBinding", "find_transaction", "logout_unavailable"]
+__all__ = ["NextTransaction", "TransactionBinding", "find_transaction", "logout_unavailable"]
 
 log = logging.getLogger("sessions_kernel")
 # transaction.Transaction.status of a transaction one can still write into
@@ -75,6 +77,60 @@ def find_transaction(request: Request, *, changed: bool, required: bool = True) 
     return txn
 
 
+class NextTransaction:
+    """Calls ``then(txn)`` once, when ``request.tm`` begins its next transaction.
+
+    A synchronizer of the transaction manager (``registerSynch``: its
+    ``newTransaction`` is called by ``begin()``), for a session used while
+    ``request.tm`` had no transaction: read before pyramid_tm's tween began
+    one (a tween over it, pshell before ``request.tm.begin()``), or after the
+    commit (pshell's ``tm.commit()`` then ``tm.begin()``). It unregisters
+    itself once called, and when the request finishes (a finished callback),
+    so that a thread's manager (``transaction.manager``, pyramid_tm's default)
+    never tells it of another request's transaction. The manager holds it
+    weakly: its owner keeps it.
+    """
+
+    __slots__ = ("__weakref__", "manager", "then")
+
+    def __init__(self, request: Request, then: Callable[[Any], None]) -> None:
+        self.then = then
+        manager = self.manager = request.tm
+        register = getattr(manager, "registerSynch", None)
+        if register is None:  # not a transaction package's manager: nothing to tell
+            self.manager = None
+            return
+        request.add_finished_callback(lambda request: self.cancel())
+        register(self)
+
+    def newTransaction(self, txn: Any) -> None:  # ISynchronizer
+        self.cancel()
+        self.then(txn)
+
+    def beforeCompletion(self, txn: Any) -> None:  # ISynchronizer
+        pass
+
+    def afterCompletion(self, txn: Any) -> None:  # ISynchronizer
+        pass
+
+    def cancel(self) -> None:
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            with contextlib.suppress(KeyError):
+                manager.unregisterSynch(self)
+
+
+def _will_be_retried(request: Request) -> bool:
+    """Whether pyramid_retry runs the request again after this abort (the error that
+    aborted it is retryable and attempts are left): the retried attempt does it all again."""
+    try:
+        from pyramid_retry import is_error_retryable
+    except ImportError:  # pragma: no cover - a dependency of the kernel
+        return False
+    exc = getattr(request, "exception", None) or sys.exc_info()[1]
+    return exc is not None and bool(is_error_retryable(request, exc))
+
+
 def _literal_sql(statement: Any, dialect: Any) -> str:
     """A statement with its values in it, for a log line (its text alone if that fails)."""
     try:
@@ -110,6 +166,7 @@ class TransactionBinding:
     """
 
     __slots__ = (
+        "aborted",
         "committed",
         "guarded",
         "held_changes",
@@ -133,6 +190,8 @@ class TransactionBinding:
         self.sealed = False
         #: the transaction committed: the response may send the cookie
         self.committed = False
+        #: the transaction was aborted: nothing of this request's session is stored
+        self.aborted = False
         #: written into a transaction that goes on (see :meth:`in_shared_transaction`)
         self.sharing = False
         #: statements of logouts that must hold (see ``Session.execute_logout``)
@@ -144,7 +203,8 @@ class TransactionBinding:
         self.logout_failed = False
         #: the row's column values as the persist stage left them (see :meth:`keep_row`)
         self.stored: dict[str, Any] | None = None
-        #: a later transaction that refuses a change made in place (:meth:`guard_later`)
+        #: a later transaction that refuses a change made in place (:meth:`guard_later`),
+        #: or the :class:`NextTransaction` that will add that refusal to the next one
         self.guarded: Any = None
 
     def attach(self) -> None:
@@ -190,16 +250,26 @@ class TransactionBinding:
         return session._factory.storage.execute(session._dbsession, statement)
 
     def guard_later(self) -> None:
-        """The committed session handed out a value that can change in place: refuse its change.
+        """The written session handed out a value that can change in place: refuse its change.
 
-        In pshell or a script, ``request.tm.begin()`` after the commit, then
-        ``request.session["cart"].append(...)`` and ``request.tm.commit()``:
-        nothing would store that change. The transaction begun then gets a
-        before-commit hook that raises the error of :meth:`check_open` if the
-        data or the flash messages are no longer what the commit stored.
+        In pshell or a script, ``request.tm.commit()`` (or ``abort()``), then
+        ``request.session["cart"].append(...)``, ``request.tm.begin()`` and
+        ``request.tm.commit()``: nothing would store that change. The
+        transaction ``request.tm`` has now, or else the next one it begins
+        (:class:`NextTransaction`), gets a before-commit hook that raises the
+        error of :meth:`check_open` if the data or the flash messages are no
+        longer what the request's transaction stored.
         """
-        txn = find_transaction(self.session.request, changed=True, required=False)
-        if txn is None or txn is self.txn or txn is self.guarded:
+        request = self.session.request
+        txn = find_transaction(request, changed=True, required=False)
+        if txn is None:
+            if not isinstance(self.guarded, NextTransaction):  # told at the next begin()
+                self.guarded = NextTransaction(request, self.guard)
+            return
+        self.guard(txn)
+
+    def guard(self, txn: Any) -> None:
+        if txn is self.txn or txn is self.guarded:
             return
         self.guarded = txn
         txn.addBeforeCommitHook(self.refuse_lost_change)
@@ -227,6 +297,16 @@ class TransactionBinding:
         plugin's column).
         """
         if self.sealed:
+            if self.aborted:
+                raise SessionError(
+                    "request.session belongs to a transaction that was aborted (the view "
+                    "raised, an exception view answered, or the commit failed): nothing of "
+                    "this request's session was stored, and this change would not be "
+                    "either (reading it still works). Make the change in the view and return "
+                    "the response instead of raising it (a raised HTTPFound aborts too). In "
+                    "pshell or a script, start a new request for the next change: env = "
+                    "pyramid.scripting.prepare(registry=registry); request = env['request']."
+                )
             if self.committed:
                 raise SessionError(
                     "request.session was already written for this request, when its "
@@ -271,6 +351,7 @@ class TransactionBinding:
         if status:
             self.keep_row()
         else:
+            self.sealed = self.aborted = True
             self.log_discarded_flash()
             self.replay_logouts()
 
@@ -293,6 +374,8 @@ class TransactionBinding:
                 set_committed_value(row, key, value)
 
     def after_abort(self) -> None:
+        # closed: a change made now (a response callback, pshell after tm.abort()) is lost
+        self.sealed = self.aborted = True
         self.log_discarded_flash()
         self.replay_logouts()
 
@@ -301,7 +384,9 @@ class TransactionBinding:
 
         ``flash(); raise HTTPFound(...)`` loses the message: pyramid_tm aborts
         the transaction of a request that raised, the session's write with it.
-        Says how many messages of which queues, never their content.
+        Says how many messages of which queues, never their content. Says
+        nothing for an attempt pyramid_retry runs again (a deadlock, a
+        serialization failure): the next attempt queues its messages again.
         """
         if not log.isEnabledFor(logging.DEBUG):
             return
@@ -309,6 +394,8 @@ class TransactionBinding:
         flash = session.__dict__.get("_flash")
         state = session.__dict__.get("_state")
         if not flash or state is None:
+            return
+        if _will_be_retried(session.request):  # the retried attempt queues them again
             return
         base: dict[str, list[Any]] = {}
         if state.orig_flash is not None:

@@ -69,27 +69,26 @@ def declared_names(cls: type) -> frozenset[str]:
     return names
 
 
-def instance_state_warning(session: Any) -> None:
-    """Warn once for each attribute set on ``session`` that its class does not declare.
+def instance_state_warning(session: Any, name: str) -> None:
+    """Warn once for ``name``, an attribute set on ``session`` that its class does not declare.
 
     0.1 let plugins keep per-request state as attributes of
     ``request.session``; since 0.2 that state goes in ``session.stash``
     under a :class:`~sessions_kernel.StashKey` of the plugin's own, where it
     cannot collide with another plugin's attribute or a name the kernel
-    takes in a later release. Called when the response is made, at the cost
-    of one set difference.
+    takes in a later release. Called by ``Session.__setattr__`` for a name
+    :func:`declared_names` lacks: the kernel's and the plugins' declared
+    attributes never come here.
     """
-    extra = session.__dict__.keys() - declared_names(type(session))
-    for name in sorted(extra):
-        warn_once(
-            ("instance state", name),
-            f"request.session.{name} was set, an attribute the session does not declare. "
-            "Since sessions-kernel 0.2 a plugin keeps state of one request in "
-            f"session.stash under a StashKey of its own (session.stash[KEY] = value, with "
-            f"KEY = sessions_kernel.StashKey('yourplugin: {name}')), and an application "
-            "keeps values in the session's data (request.session[key]) or on the request. "
-            "An attribute may collide with another plugin's or with a name the kernel takes "
-            "in a later release; setting one may be refused from 0.3 on "
-            "(see docs/compatibility.rst).",
-            stacklevel=2,
-        )
+    warn_once(
+        ("instance state", name),
+        f"request.session.{name} was set, an attribute the session does not declare. "
+        "Since sessions-kernel 0.2 a plugin keeps state of one request in "
+        f"session.stash under a StashKey of its own (session.stash[KEY] = value, with "
+        f"KEY = sessions_kernel.StashKey('yourplugin: {name}')), and an application "
+        "keeps values in the session's data (request.session[key]) or on the request. "
+        "An attribute may collide with another plugin's or with a name the kernel takes "
+        "in a later release; setting one may be refused from 0.3 on "
+        "(see docs/compatibility.rst).",
+        stacklevel=3,
+    )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
 from pyramid.csrf import LegacySessionCSRFStoragePolicy
+from pyramid.events import NewResponse
 from pyramid.interfaces import (
     PHASE3_CONFIG,
     ICSRFStoragePolicy,
@@ -20,6 +21,7 @@ from pyramid.interfaces import (
     ISessionFactory,
 )
 from webob.cookies import make_cookie
+from zope.interface import implementedBy
 
 from .changes import watch_orm_writes
 from .crypto import AESGCMCookieSerializer, SecretKeys, derive_keys
@@ -553,7 +555,8 @@ LEGACY_REGISTRY_KEY = "sessions_kernel.factory"
 class _LegacyFactoryKey:
     """``registry["sessions_kernel.factory"]``, as 0.1 documented it: the factory, which
     warns once (:class:`~sessions_kernel.SessionsDeprecationWarning`) when used, naming
-    ``registry.queryUtility(ISessionFactory)``. Attributes and calls go to the factory."""
+    ``registry.queryUtility(ISessionFactory)``. Attributes and calls go to the factory,
+    and ``isinstance(key, SessionFactory)`` is true (what sessions-userid's queries check)."""
 
     __slots__ = ("_factory",)
 
@@ -572,6 +575,13 @@ class _LegacyFactoryKey:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._told(), name)
+
+    # isinstance(key, SessionFactory) holds, as it did in 0.1, where the key held the factory
+    # itself: sessions-userid's queries take "a SessionFactory with dbsession=", and 0.1's
+    # README passed this key. What they then read of it warns (__getattr__).
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return SessionFactory
 
     def __call__(self, request: Any) -> Any:
         return self._told()(request)
@@ -641,6 +651,35 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
         log.warning("%s. Until then, any CSRF token use fails.", message)
 
     config.action(None, check_csrf_policy, order=PHASE3_CONFIG + 1)
+
+    def respond_last() -> None:
+        # after every default-order action: the application's NewResponse subscribers are
+        # registered by then, and a subscriber of the same event class registered later is
+        # called later (zope.interface calls them in the order registered)
+        if registry.queryUtility(ISessionFactory) is not factory:
+            return  # another session factory replaced this one
+        if not registry.adapters.subscriptions([implementedBy(NewResponse)], None):
+            return  # nobody can first use the session there: Pyramid skips notify()
+        registry.registerHandler(respond_late, (NewResponse,))
+
+    config.action(None, respond_last, order=PHASE3_CONFIG + 1)
+
+
+def respond_late(event: Any) -> None:
+    """The kernel's last ``NewResponse`` subscriber: the response of a session first used
+    in another ``NewResponse`` subscriber.
+
+    Pyramid runs response callbacks before it notifies ``NewResponse``: the
+    response callback a session registers at its first use
+    (``Session._respond``, which keeps a response showing a stored session
+    from shared caches: ``Cache-Control: private``, ``Vary: Cookie``) would
+    never run for a session first used in a subscriber. This calls it then.
+    A request whose session was not used costs a dict lookup.
+    """
+    request = event.request
+    session = vars(request).get("session")  # Request.session is reified: set once used
+    if isinstance(session, Session) and session._responding and not session._responded:
+        session._respond(request, event.response)
 
 
 def _requires_csrf(registry: Any) -> bool:

@@ -19,18 +19,26 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm.attributes import instance_state
 
 from . import events
-from .binding import TransactionBinding, find_transaction
+from .binding import NextTransaction, TransactionBinding, find_transaction
 from .changes import ChangeLog
 from .cookies import LINEAGE_EXTRA, CookieTransport
 from .errors import InconsistentDataError, SessionError
 from .row_table import LINEAGE_CHARS
-from .state import SessionState, new_extras
+from .state import SessionState, forget_load, new_extras
 
 if TYPE_CHECKING:
     from .factory import SessionFactory
     from .session import Session
 
-__all__ = ["Pipeline", "fetch_dbsession", "first_use", "join", "no_implementation", "start_new"]
+__all__ = [
+    "Pipeline",
+    "fetch_dbsession",
+    "first_use",
+    "join",
+    "no_implementation",
+    "reload_in",
+    "start_new",
+]
 
 
 def no_implementation(**kwargs: Any) -> None:
@@ -626,13 +634,16 @@ def first_use(session: Session) -> None:
         session._state = SessionState(created=None)
         pipeline = session._pipeline = Pipeline(session)
         pipeline.start()  # load and validate
-        request.add_response_callback(session._respond)
+        respond_later(session)
         binding.attach()
     elif readonly:
         session._state = SessionState(created=None)
         session._readonly = True
         Pipeline(session).load_readonly()
-        request.add_response_callback(session._respond)
+        respond_later(session)
+        # a transaction begun later (pyramid_tm's, under a tween that read the session;
+        # pshell's tm.begin()) loads the session again, in it (see reload_in)
+        session._next = NextTransaction(request, lambda txn: reload_in(session, txn))
     else:
         # the load stage of a request that sent no session cookie: a new, empty session,
         # nothing to decrypt, fetch or validate; the pipeline starts at its first change
@@ -640,7 +651,68 @@ def first_use(session: Session) -> None:
         load = factory.stages.session_load
         if load is not no_implementation:  # most requests: nobody implements it
             load(session=session)
-        request.add_response_callback(session._respond)
+        respond_later(session)
+
+
+def respond_later(session: Session) -> None:
+    """Register ``Session._respond``, once a request (a reload does not register it again).
+
+    Pyramid runs response callbacks before ``NewResponse`` subscribers: for a
+    session first used in one, the kernel's own last subscriber calls it
+    (see :func:`~sessions_kernel.factory.respond_late`).
+    """
+    if not session._responding:
+        session._responding = True
+        session.request.add_response_callback(session._respond)
+
+
+def reload_in(session: Session, txn: Any) -> None:
+    """A transaction began after the session was loaded read-only: use it from now on.
+
+    ``request.tm.begin()`` (pyramid_tm's tween, under a tween that read the
+    session; pshell after reading it) drops what the read-only load found;
+    the next use loads the session again in that transaction, as a first
+    use there would (one more ``SELECT``, locked on a retried attempt; a row
+    a plugin rejects is deleted), and the transaction's commit stores it.
+    If nothing uses it again, the transaction's before-commit hook does that
+    first use, so the extend, renew and persist stages run all the same (an
+    idle timeout slides). A value handed out by the read-only load and
+    changed in place before ``begin()`` would be lost: that commit raises
+    :class:`SessionError` instead.
+    """
+    lost = changed_in_place(session)
+    forget_load(session)
+    txn.addBeforeCommitHook(use_before_commit, (session, lost))
+
+
+def use_before_commit(session: Session, lost: bool) -> None:
+    """The before-commit hook of a transaction begun after a read-only load (:func:`reload_in`)."""
+    if lost:
+        raise SessionError(
+            "request.session was changed in place (request.session[key].append(...), say) "
+            "while request.tm had no transaction, before request.tm.begin(): nothing could "
+            "store that change. Change the session inside the transaction: in a tween, add "
+            "the tween under pyramid_tm's (over=EXCVIEW, under='pyramid_tm.tm_tween_factory'); "
+            "in pshell, call request.tm.begin() first (the starter's pshell setup does)."
+        )
+    if not session._loaded:  # nothing used it since begin(): its first use now
+        session._load()
+
+
+def changed_in_place(session: Session) -> bool:
+    """Whether a value a read-only load handed out was changed in place (the data only:
+    every change of the flash messages goes through a method, which joins or raises)."""
+    values = session.__dict__
+    state = values.get("_state")
+    data = values.get("_data")
+    if state is None or data is None or not state.touched:
+        return False
+    if values.get("row") is None:
+        return bool(data)
+    try:
+        return bool(session._factory.data_serializer.dumps(data) != state.orig_data)
+    except (TypeError, ValueError):  # a value it cannot store: changed, surely
+        return True
 
 
 def join(session: Session) -> None:
@@ -648,10 +720,18 @@ def join(session: Session) -> None:
 
     Raises :class:`SessionError` if ``request.tm`` has no transaction
     begun (pshell without ``request.tm.begin()``): nothing could store
-    the change; and once the session was written for this request.
+    the change; and once the session was written for this request. A
+    session loaded read-only is loaded again in the transaction begun since
+    (an implicit transaction manager's ``get()`` tells no synchronizer:
+    see :func:`reload_in`).
     """
     if not session._loaded:
         session._load()
+    elif session._readonly:
+        txn = find_transaction(session.request, changed=True, required=False)
+        if txn is not None:
+            reload_in(session, txn)
+            session._load()
     binding = session._binding
     if binding is not None:
         binding.check_open()
@@ -659,10 +739,6 @@ def join(session: Session) -> None:
     binding = session._binding = TransactionBinding(
         session, find_transaction(session.request, changed=True)
     )
-    if session._readonly:  # loaded with no transaction (load_readonly): its row joins this one
-        session._readonly = False
-        if session.row is not None:
-            session._factory.storage.attach(session._dbsession, session.row)
     pipeline = session._pipeline = Pipeline(session)
     pipeline.start(loaded=True)
     binding.attach()

@@ -106,6 +106,9 @@ class Session(MutableMapping[str, Any]):
     _peeking = False  # loaded by SessionFactory.peek: events say so (event.peek)
     _settings: SessionSettings  # made by the settings property at its first use
     _readonly = False  # loaded with no transaction (after the commit): a change joins one
+    _next: Any = None  # a read-only load's NextTransaction: a begin() loads it again
+    _responding = False  # _respond is registered as a response callback
+    _responded = False  # _respond ran (see factory.respond_late)
 
     def __init__(self, request: Request, factory: SessionFactory) -> None:
         self.request = request
@@ -114,6 +117,12 @@ class Session(MutableMapping[str, Any]):
     if TYPE_CHECKING:  # plugins' attributes (session_attributes) are added to a subclass
 
         def __getattr__(self, name: str) -> Any: ...
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # an attribute of no one's API (0.1's per-request state): warn, once per name
+        if name not in declared_names(type(self)):
+            instance_state_warning(self, name)
+        object.__setattr__(self, name, value)
 
     @property
     def model(self) -> type:
@@ -138,8 +147,7 @@ class Session(MutableMapping[str, Any]):
             self._join()
 
     def _respond(self, request: Request, response: Response) -> None:
-        if self.__dict__.keys() - declared_names(type(self)):  # an attribute of no one's API
-            instance_state_warning(self)
+        self._responded = True
         binding = self._binding
         if binding is None:  # never joined: nothing changed, nothing to send
             vary_on_cookie(response)
@@ -355,24 +363,21 @@ class Session(MutableMapping[str, Any]):
 
     # flash messages, kept apart from the data (clear() leaves them)
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        flashes = self._flash  # loads the session first
-        self._join()
-        messages = flashes.setdefault(queue, [])
+        self._join()  # loads the session first
+        messages = self._flash.setdefault(queue, [])
         if allow_duplicate or msg not in messages:
             messages.append(msg)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
-        flashes = self._flash  # loads the session first
-        if queue in flashes:
+        if queue in self._flash:  # loads the session first
             self._check_open()
-        return flashes.pop(queue, [])
+        return self._flash.pop(queue, [])  # a reload (see pipeline.reload_in) made it anew
 
     def clear_flash(self) -> None:
         """Drop the messages of every flash queue (``clear()`` leaves them)."""
-        flashes = self._flash  # loads the session first
-        if flashes:
+        if self._flash:  # loads the session first
             self._check_open()
-            flashes.clear()
+            self._flash.clear()
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         return list(self._flash.get(queue, []))
@@ -383,7 +388,7 @@ class Session(MutableMapping[str, Any]):
         if type(value) not in _IMMUTABLE:
             self._state.touched = True
             binding = self._binding
-            if binding is not None and binding.committed:  # pshell: a change in place is lost
+            if binding is not None and binding.sealed:  # pshell: a change in place is lost
                 binding.guard_later()
         return value
 
@@ -393,15 +398,15 @@ class Session(MutableMapping[str, Any]):
         return self._touched_by(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
-        data = self._data  # loads the session first
-        self._join()
-        data[key] = value
+        self._join()  # loads the session first
+        self._data[key] = value
         self._state.touched = True
 
     def __delitem__(self, key: str) -> None:
-        data = self._data  # loads the session first
-        self._check_open()
-        del data[key]  # a new session that never joined has no key to delete
+        if not self._loaded:  # the first use
+            self._load()
+        self._check_open()  # may load it again (see pipeline.reload_in): self._data after it
+        del self._data[key]  # a new session that never joined has no key to delete
         self._state.touched = True
 
     def __iter__(self) -> Iterator[str]:
@@ -435,9 +440,10 @@ class Session(MutableMapping[str, Any]):
         return view
 
     def clear(self) -> None:
-        data = self._data  # loads the session first
+        if not self._loaded:  # the first use
+            self._load()
         self._check_open()
-        data.clear()
+        self._data.clear()
         self._state.touched = True
 
     def __repr__(self) -> str:

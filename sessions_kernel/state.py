@@ -18,7 +18,7 @@ from .crypto import TOKEN_BYTES
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["SessionState", "made_on_first_need", "new_extras", "on_first_use"]
+__all__ = ["SessionState", "forget_load", "made_on_first_need", "new_extras", "on_first_use"]
 
 
 class SessionState:
@@ -110,6 +110,37 @@ class _OnFirstUse:
         return value
 
 
+# what a first use sets on the session besides the _OnFirstUse attributes
+_LOAD_PARTS = (
+    "_binding",
+    "_pipeline",
+    "_loaded",
+    "_load_error",
+    "_readonly",
+    "_settings",
+)
+
+
+def forget_load(session: Any) -> None:
+    """Drop what the first use found, so that the next use is a first use again.
+
+    For a session loaded read-only before ``request.tm`` began a transaction
+    (see :func:`~sessions_kernel.pipeline.reload_in`). What lives as long as the
+    object stays: the request, the stash, the SQLAlchemy session, the
+    response callback already registered.
+    """
+    values = session.__dict__
+    following = values.pop("_next", None)
+    if following is not None:
+        following.cancel()
+    for klass in type(session).__mro__:
+        for name, attr in vars(klass).items():
+            if isinstance(attr, _OnFirstUse):
+                values.pop(name, None)
+    for name in _LOAD_PARTS:
+        values.pop(name, None)
+
+
 def on_first_use(make: Any = None) -> Any:
     """Declare an attribute set by the session's load (see :class:`_OnFirstUse`)."""
     return _OnFirstUse(make)
@@ -157,38 +188,39 @@ class _JoiningExtras(dict):  # type: ignore[type-arg]
         super().__init__()
         self._session = session
 
+    def _joined(self) -> dict[str, bytes]:
+        """Join, then the dict to write: this one, or the one of a session loaded read-only
+        and loaded again in the transaction begun since (see ``pipeline.reload_in``)."""
+        session = self._session
+        session._join()
+        extras: dict[str, bytes] = session.cookie_extras
+        return extras
+
     def __setitem__(self, key: str, value: bytes) -> None:
-        self._session._join()
-        super().__setitem__(key, value)
+        dict.__setitem__(self._joined(), key, value)
 
     def __delitem__(self, key: str) -> None:
-        self._session._join()
-        super().__delitem__(key)
+        dict.__delitem__(self._joined(), key)
 
-    def __ior__(self, other: Any) -> _JoiningExtras:  # type: ignore[misc]
-        self._session._join()
-        super().update(other)
-        return self
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
+        target = self._joined()
+        dict.update(target, other)
+        return target  # what `session.cookie_extras |= ...` assigns back
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        self._session._join()
-        super().update(*args, **kwargs)
+        dict.update(self._joined(), *args, **kwargs)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
-        self._session._join()
-        return super().setdefault(key, default)
+        return dict.setdefault(self._joined(), key, default)
 
     def pop(self, *args: Any) -> Any:
-        self._session._join()
-        return super().pop(*args)
+        return dict.pop(self._joined(), *args)
 
     def popitem(self) -> Any:
-        self._session._join()
-        return super().popitem()
+        return dict.popitem(self._joined())
 
     def clear(self) -> None:
-        self._session._join()
-        super().clear()
+        dict.clear(self._joined())
 
 
 def new_extras(session: Session) -> dict[str, bytes]:

@@ -221,7 +221,8 @@ def test_pshell_a_change_after_the_commit_is_refused_not_lost(app, engine):
 
 def test_pshell_reads_a_browsers_session_before_begin_and_changes_it_after(app, engine):
     """Read before ``request.tm.begin()``: a read-only load (its own SELECT, no transaction);
-    the first change after the begin joins that transaction and is stored."""
+    ``begin()`` drops it, the next use loads the session again in that transaction, and
+    the change is stored."""
     browser = webtest.TestApp(app)
     browser.post_json("/set", {"cart": ["tea"]})
     env = prepare(registry=app.registry)
@@ -238,7 +239,9 @@ def test_pshell_reads_a_browsers_session_before_begin_and_changes_it_after(app, 
         with counter:
             request.session["note"] = "after begin"
             request.tm.commit()
-        assert counter.kinds() == ["UPDATE"]  # the versioned UPDATE of the row read
+        # begin() dropped the read-only load: loaded again in the transaction, then the
+        # versioned UPDATE of the row read
+        assert counter.kinds() == ["SELECT", "UPDATE"]
     finally:
         env["closer"]()
     assert browser.get("/read").json["data"] == {"cart": ["tea"], "note": "after begin"}
