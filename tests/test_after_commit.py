@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from kernel_support import set_cookies
 from pyramid.events import NewResponse
+from pyramid.interfaces import INewResponse
+from zope.interface import implementedBy
 
 from sessions_kernel import SessionError
 from sessions_kernel.testing import make_model
@@ -179,3 +181,46 @@ def test_a_new_visitor_changing_the_session_after_the_commit_raises(app):
     with pytest.raises(SessionError, match="response callback"):
         app.get("/callback/change", {"change": "set"})
     assert app.rows() == []
+
+
+# -- a session first used in a NewResponse subscriber: the response is kept private -----------
+
+
+def _first_used_by_an_interface_subscriber(config: Any) -> None:
+    def shown(event: Any) -> None:  # subscribed to the interface, not the class
+        if event.request.path == "/iface":
+            event.response.headers["X-Data"] = json.dumps(dict(event.request.session))
+
+    config.add_subscriber(shown, INewResponse)
+    config.add_route("iface", "/iface")
+    config.add_view(lambda request: {}, route_name="iface", renderer="json")
+
+
+@pytest.mark.parametrize("path", ["/after/none", "/iface"], ids=["class", "interface"])
+def test_a_session_first_used_in_a_subscriber_makes_the_response_private(session_app, path):
+    app = session_app(
+        make_model(),
+        configure=lambda config: (_views(config), _first_used_by_an_interface_subscriber(config)),
+    )
+    app.post_json("/set", {"n": 1})
+    with app.count() as sql:
+        response = app.get(path)
+    assert sql.kinds() == ["SELECT"]  # the read-only load, nothing more
+    assert response.headers["Cache-Control"] == "private"
+    assert "Cookie" in response.headers["Vary"]
+    assert set_cookies(response) == []
+
+
+def test_a_new_visitor_first_used_in_a_subscriber_varies_on_cookie_only(app):
+    with app.count() as sql:
+        response = app.get("/after/none")
+    assert sql.kinds() == []
+    assert "Cache-Control" not in response.headers
+    assert "Cookie" in response.headers["Vary"]
+
+
+def test_the_kernel_adds_no_subscriber_to_an_application_without_any(session_app):
+    """Pyramid skips notify() while nothing subscribed: the kernel keeps it so."""
+    app = session_app(make_model())
+    registry = app.wsgi.registry
+    assert registry.adapters.subscriptions([implementedBy(NewResponse)], None) == []

@@ -87,3 +87,29 @@ def test_an_abort_of_a_request_that_queued_no_message_logs_nothing(app, caplog):
     app.post_json("/redirect", {"a": 1}, status=302)  # changes data, no flash
     assert _discards(caplog) == []
     assert app.get("/read").json["flash"] == {"": ["earlier"]}
+
+
+def test_an_attempt_pyramid_retry_runs_again_logs_nothing(session_app, caplog):
+    """A retryable error (a deadlock, a serialization failure) aborts an attempt that the
+    next attempt runs again, its messages queued again: only the last abort is logged."""
+    from pyramid_retry import RetryableException
+
+    attempts: list[int] = []
+
+    def views(config: Any) -> None:
+        def retried(request: Any) -> Any:
+            attempts.append(1)
+            request.session.flash(SECRET)
+            if len(attempts) < 3:  # retry.attempts is 3: the third is the last
+                raise RetryableException("try again")
+            raise HTTPFound(location="/read")
+
+        config.add_route("retried", "/retried")
+        config.add_view(retried, route_name="retried")
+
+    app = session_app(make_model(), configure=views)
+    caplog.set_level(logging.DEBUG, logger="sessions_kernel")
+    app.get("/retried", status=302)
+    assert len(attempts) == 3
+    (record,) = _discards(caplog)  # the last attempt's, not the two retried ones
+    assert "1 flash message(s)" in record.getMessage()
