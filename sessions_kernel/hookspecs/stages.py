@@ -54,9 +54,12 @@ def session_validate(session: Session) -> str | None:
     before ``request.tm.begin()``) is loaded read-only: this hook and
     :func:`session_load` run as usual, but a rejection deletes nothing, sends
     no ``SessionRejected`` and calls no :func:`session_invalidated` (the session is just
-    empty; the next request acts on it). Should such a session then be
-    changed inside a transaction, it joins it without this hook running
-    again, and :func:`session_extend` follows before that commit.
+    empty; the next request acts on it). When ``request.tm`` then begins a
+    transaction (pyramid_tm's, under a tween that read the session; pshell's
+    ``request.tm.begin()``), that load is dropped and the session is loaded
+    again in the transaction: :func:`session_load` and this hook run a second
+    time in the request, on the row as it is then, and a rejection acts as
+    usual. Keep what the two hooks keep in ``session.stash`` recomputable.
     """
 
 
