@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from kernel_support import set_cookies
 from pyramid.events import NewResponse
 from pyramid.interfaces import INewResponse
@@ -224,3 +225,14 @@ def test_the_kernel_adds_no_subscriber_to_an_application_without_any(session_app
     app = session_app(make_model())
     registry = app.wsgi.registry
     assert registry.adapters.subscriptions([implementedBy(NewResponse)], None) == []
+
+
+def test_a_first_use_after_the_commit_of_a_gone_row_costs_two_selects(app):
+    """The docs' count: the row by its key, then its lineage under a newer id."""
+    app.post_json("/set", {"n": 1})
+    with app.engine.begin() as conn:  # logged out meanwhile
+        conn.execute(sa.delete(app.model.__table__))
+    with app.count() as sql:
+        response = app.get("/callback/read")
+    assert sql.kinds() == ["SELECT", "SELECT"]
+    assert json.loads(response.headers["X-Callback"])["data"] == {}
