@@ -153,14 +153,31 @@ def _one_line(option: str, value: str) -> str:
     return value
 
 
-def _kernel_requirement() -> str:
-    """``sessions-kernel>=X.Y``: the installed kernel's version, for the new dependency."""
+def kernel_specifier(version: str) -> str:
+    """The kernel's minor series for ``version``, as docs/compatibility.rst asks plugins to pin.
+
+    ``0.2.0`` and ``0.2.5`` give ``>=0.2,<0.3``. A pre-release or development
+    version (``0.3.0.dev0``, ``0.3.0rc1``) names itself as the lower bound,
+    ``>=0.3.0.dev0,<0.4``: a plain ``>=0.3`` excludes it, so the plugin could not
+    be installed beside the kernel that made it.
+    """
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        return ""
+    major, minor = int(match.group(1)), int(match.group(2))
+    lower = f"{major}.{minor}"
+    if re.search(r"(a|b|rc|dev)\d*", version[match.end() :]):
+        lower = version
+    return f">={lower},<{major}.{minor + 1}"
+
+
+def _kernel_specifier() -> str:
+    """The installed kernel's minor series (``>=0.2,<0.3``), for the new dependency."""
     try:
         version = importlib.metadata.version("sessions-kernel")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
-        return "sessions-kernel"
-    major_minor = ".".join(re.findall(r"\d+", version)[:2])
-    return f"sessions-kernel>={major_minor}" if major_minor else "sessions-kernel"
+        return ""
+    return kernel_specifier(version)
 
 
 def _toml(value: str) -> str:
@@ -194,7 +211,7 @@ def _values(
         ),
         "authors_toml": authors,
         "urls_toml": urls,
-        "kernel_requirement": _kernel_requirement(),
+        "kernel_specifier": _kernel_specifier(),
     }
 
 

@@ -145,8 +145,9 @@ def test_the_generated_tree(tmp_path):
     assert meta["entry-points"] == {
         "sessions_kernel.plugins": {"login_alerts": "sessions_login_alerts"}
     }
-    assert meta["dependencies"][0] == "sessions-kernel>=0.2"
-    assert meta["optional-dependencies"]["test"][0] == "sessions-kernel[testing]"
+    # the kernel's minor series, as docs/compatibility.rst asks plugins to pin
+    assert meta["dependencies"][0] == "sessions-kernel>=0.2,<0.3"
+    assert meta["optional-dependencies"]["test"][0] == "sessions-kernel[testing]>=0.2,<0.3"
     assert project["tool"]["setuptools"]["package-data"] == {"sessions_login_alerts": ["py.typed"]}
 
     module = (root / "sessions_login_alerts" / "__init__.py").read_text()
@@ -412,3 +413,23 @@ def test_the_first_step_of_writing_plugins_shows_what_the_command_writes(tmp_pat
     )
     for _, block in python:
         assert block in generated, block
+
+
+@pytest.mark.parametrize(
+    ("version", "specifier"),
+    [
+        ("0.2.0", ">=0.2,<0.3"),
+        ("0.2.7", ">=0.2,<0.3"),
+        ("1.0", ">=1.0,<1.1"),
+        # a development kernel: a plain >=0.3 would exclude it (PEP 440)
+        ("0.3.0.dev0", ">=0.3.0.dev0,<0.4"),
+        ("0.3.0rc1", ">=0.3.0rc1,<0.4"),
+    ],
+)
+def test_the_template_pins_the_kernels_minor_series(version, specifier):
+    """What the plugin template requires of the kernel that made it (release or not)."""
+    from sessions_kernel.scaffold import kernel_specifier
+
+    assert kernel_specifier(version) == specifier
+    specifiers = pytest.importorskip("packaging.specifiers")
+    assert specifiers.SpecifierSet(specifier).contains(version)  # installable beside it
