@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
 
 
-class Session(
+#: every plugin's mixin: each plugin of the repository is active
+MIXINS = (
     IdleMixin,
     AbsoluteMixin,
     RenewalMixin,
@@ -58,9 +60,10 @@ class Session(
     UseridMixin,
     CSRFMixin,
     CacheMixin,
-    BaseMixin,
-    Base,
-):
+)
+
+
+class Session(*MIXINS, BaseMixin, Base):
     __tablename__ = "session"
     userid: Mapped[int | None] = mapped_column(
         sa.ForeignKey(User.id, ondelete="CASCADE"), index=True
@@ -158,11 +161,14 @@ def run(folder: Path) -> None:
         f"smoke application: sessions-kernel {sessions_kernel.__version__} from "
         f"{Path(sessions_kernel.__file__).parent}"
     )
-    check(
-        "the kernel is the installed wheel, not a checkout",
-        "site-packages" in sessions_kernel.__file__,
-        sessions_kernel.__file__,
-    )
+    purelib = Path(sysconfig.get_paths()["purelib"]).resolve()
+    for module in (sessions_kernel, *(sys.modules[m.__module__] for m in MIXINS)):
+        where = Path(module.__file__ or "").resolve()
+        check(
+            f"{module.__name__} is the installed wheel in this venv, not a checkout",
+            where.is_relative_to(purelib),
+            where,
+        )
 
     app = get_app(str(ini))
     engine = sa.create_engine(f"sqlite:///{folder / 'smoke.sqlite'}")
@@ -235,8 +241,11 @@ def run(folder: Path) -> None:
         conn.execute(
             sa.text("UPDATE session SET idle_expire = :t"), {"t": int(time.time()) - 86400}
         )
-    result = psessions(ini, "gc")
+    # --progress: the bar even through a pipe, so that tqdm (a dependency the wheel must
+    # declare) is imported as on an operator's terminal
+    result = psessions(ini, "gc", "--progress")
     check("psessions gc exits 0", result.returncode == 0, result.stdout + result.stderr)
+    check("psessions gc --progress shows its bar", "1/1" in result.stderr, result.stderr)
     with engine.connect() as conn:
         left = conn.execute(sa.text("SELECT count(*) FROM session")).scalar_one()
     check("psessions gc deleted the expired session", left == 0, f"{left} rows left")
