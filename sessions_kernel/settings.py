@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
 import pkgutil
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -82,23 +83,55 @@ class Setting:
         return repr(value)
 
 
-# a run of base64 long enough for a key, in mixed case with digits: no variable's name or
-# file's path looks like this, a key written where its name was expected does
+# a run of base64 (or hex) long enough for a key; names and paths are runs of words
 _KEY_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+_SEPARATORS = re.compile(r"[+/_=-]")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _class(char: str) -> int:
+    return 0 if char.islower() else 1 if char.isupper() else 2
 
 
 def looks_like_key(value: Any) -> bool:
-    """Whether ``value`` (given where a name or a path was expected) may be a key itself."""
+    """Whether ``value`` (given where a name or a path was expected) may be a key itself.
+
+    A run of 32 or more base64 characters is a key when it is in mixed case
+    with digits; when it is hex with letters and digits (``secrets.token_hex``);
+    or when, its separators left out, its letters and digits change between
+    lower case, upper case and digit at nearly every other character, or never
+    stay in one of them for more than 8 characters, with capitals side by side
+    and lone lower-case letters, as random text does (a key of ``python -m
+    sessions_kernel`` changes about 27 times in 43) and words do not
+    (``SESSIONS_SECRET_KEY_2026``, ``/srv/app/keys/session-key``,
+    ``/opt/MyApp/Config/Keys/Session``).
+    """
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if not isinstance(value, str):
         return not isinstance(value, (int, float, bool, type(None)))
-    return any(
-        any(c.islower() for c in run)
-        and any(c.isupper() for c in run)
-        and any(c.isdigit() for c in run)
-        for run in _KEY_RUN.findall(value)
-    )
+    for run in _KEY_RUN.findall(value):
+        if (
+            any(c.islower() for c in run)
+            and any(c.isupper() for c in run)
+            and any(c.isdigit() for c in run)
+        ):
+            return True
+        if _HEX.fullmatch(run) and not run.isdigit() and not run.isalpha():
+            return True
+        chars = _SEPARATORS.sub("", run)
+        if len(chars) < 24:
+            continue
+        classes = [_class(c) for c in chars]
+        runs = [(kind, len(list(same))) for kind, same in itertools.groupby(classes)]
+        changes = len(runs) - 1
+        # words in Title Case are one capital and then lower case: random text has
+        # capitals side by side and lone lower-case letters
+        irregular = sum(1 for kind, n in runs if (kind == 1 and n > 1) or (kind == 0 and n == 1))
+        steady = max(n for _, n in runs) <= 8
+        if irregular >= 3 and (changes >= 0.45 * len(chars) or steady):
+            return True
+    return False
 
 
 def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

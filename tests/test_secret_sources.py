@@ -160,3 +160,45 @@ def test_names_of_key_sources_in_traces_and_listings_show_no_key(monkeypatch):
     env = {s.name: s for s in kernel.settings}["secret_key_env"]
     assert env.secret and env.value is None
     assert TEST_SECRET_KEY[:12] not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "SESSIONS_SECRET_KEY",
+        "SESSIONS_SECRET_KEY_FOR_PRODUCTION_APP_2026",
+        "MYAPP_SESSION_KEY_V2_ROTATED_20261207",
+        "/srv/app/keys/session-key-production-2026.key",
+        "/Users/AliceSmith/Projects/MyApplication/keys/session.key",
+        "C:/Users/Administrator/AppData/Roaming/MyApp/session.key",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "/srv/releases/20261207123456/config/session.key",
+        "/opt/MyAPIService/Config/Keys/SessionKey.txt",
+    ],
+)
+def test_names_and_paths_are_not_taken_for_keys(where):
+    """The other side of refusing a key written where its name or path belongs: names of
+    variables and paths of files, however long, in words, are shown and accepted."""
+    from sessions_kernel.settings import looks_like_key
+
+    assert not looks_like_key(where)
+
+
+def test_keys_of_every_shape_are_taken_for_keys():
+    """Keys as python -m sessions_kernel prints them (with or without digits) and hex
+    secrets are refused where a name or a path belongs, and so never shown."""
+    import base64
+    import secrets
+
+    from sessions_kernel.settings import looks_like_key
+
+    keys = [base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() for _ in range(3000)]
+    digitless = [k for k in keys if not any(c.isdigit() for c in k)]
+    while len(digitless) < 50:  # about 1 key in 1,500 has no digit
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        if not any(c.isdigit() for c in key):
+            digitless.append(key)
+    assert all(looks_like_key(k) for k in keys)
+    assert all(looks_like_key(secrets.token_hex(32)) for _ in range(1000))
+    # a digitless key is told by its rhythm of capitals and lower case: most are
+    assert sum(looks_like_key(k) for k in digitless) >= 0.75 * len(digitless)
