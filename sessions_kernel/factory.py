@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
 from pyramid.csrf import LegacySessionCSRFStoragePolicy
-from pyramid.events import NewResponse
+from pyramid.events import ApplicationCreated, NewResponse
 from pyramid.interfaces import (
     PHASE3_CONFIG,
     ICSRFStoragePolicy,
@@ -633,7 +633,7 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
     factory.hook.session_includeme(config=config, factory=factory)
 
     def check_csrf_policy() -> None:
-        # after every default-order action: the storage policy, the views, the CSRF options
+        # once the configuration is final: the storage policy, the views, the CSRF options
         if registry.queryUtility(ISessionFactory) is not factory:
             return  # another session factory replaced this one
         policy = registry.queryUtility(ICSRFStoragePolicy)
@@ -650,10 +650,8 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
             )
         log.warning("%s. Until then, any CSRF token use fails.", message)
 
-    config.action(None, check_csrf_policy, order=PHASE3_CONFIG + 1)
-
     def respond_last() -> None:
-        # after every default-order action: the application's NewResponse subscribers are
+        # once the configuration is final: the application's NewResponse subscribers are
         # registered by then, and a subscriber of the same event class registered later is
         # called later (zope.interface calls them in the order registered)
         if registry.queryUtility(ISessionFactory) is not factory:
@@ -662,7 +660,13 @@ def register_factory(config: Configurator, factory: SessionFactory) -> None:
             return  # nobody can first use the session there: Pyramid skips notify()
         registry.registerHandler(respond_late, (NewResponse,))
 
-    config.action(None, respond_last, order=PHASE3_CONFIG + 1)
+    def application_created(event: ApplicationCreated) -> None:
+        # make_wsgi_app(): every action has run, those after a config.commit() or under
+        # autocommit included (an action of the first commit would not see them)
+        check_csrf_policy()
+        respond_last()
+
+    config.add_subscriber(application_created, ApplicationCreated)
 
 
 def respond_late(event: Any) -> None:

@@ -60,12 +60,6 @@ def _form_view(config: Any, require_csrf: bool | None = None) -> None:
 # -- 1. Pyramid's default CSRF storage policy without a CSRF plugin ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the check runs as an action of the first commit: set_default_csrf_options("
-    "require_csrf=True) after a config.commit() is never seen, so the application starts "
-    "(with the mere warning) and every POST fails with MissingSessionMethodError (500)",
-)
 def test_break_require_csrf_set_after_a_commit_does_not_refuse_to_start(session_app):
     def configure(config):
         _form_view(config)
@@ -76,12 +70,6 @@ def test_break_require_csrf_set_after_a_commit_does_not_refuse_to_start(session_
         session_app(make_model(), configure=configure)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a view with require_csrf=True added after a config.commit() (an included add-on "
-    "that commits, a second configuration phase) is not seen by the check: the "
-    "application starts and that view answers 500 to every POST",
-)
 def test_break_a_view_requiring_csrf_added_after_a_commit_starts_anyway(session_app):
     def configure(config):
         config.commit()
@@ -92,12 +80,6 @@ def test_break_a_view_requiring_csrf_added_after_a_commit_starts_anyway(session_
         app.post("/breaks2/form", status="*")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with Configurator(autocommit=True) the check runs inside config.include("
-    "'sessions_kernel'), before the application's own set_default_csrf_options(require_csrf="
-    "True): only the warning is logged and the application starts",
-)
 def test_break_autocommit_require_csrf_after_the_include_starts_anyway():
     model = make_model(tablename="breaks2_autocommit")
     config = Configurator(
@@ -112,12 +94,6 @@ def test_break_autocommit_require_csrf_after_the_include_starts_anyway():
         config.make_wsgi_app()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.set_csrf_storage_policy(CookieCSRFStoragePolicy()) after a config.commit() "
-    "(or under autocommit) is the documented fix, but the warning was already logged at "
-    "the first commit: the operator is told to fix what is fixed",
-)
 def test_break_the_cookie_policy_set_after_a_commit_still_warns(session_app, caplog):
     def configure(config):
         config.commit()
@@ -130,9 +106,10 @@ def test_break_the_cookie_policy_set_after_a_commit_still_warns(session_app, cap
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a hand-built factory set with config.set_session_factory (the way "
-    "docs/operations.rst still describes for the outage tween) gets no start-up check at "
-    "all: require_csrf on, no CSRF plugin, and the application starts without a word",
+    reason="a limit, documented in docs/features.rst (CSRF, 'Without the plugin'): a "
+    "factory set by hand with config.set_session_factory, not through "
+    "config.include('sessions_kernel') or register_factory, gets no start-up check; a "
+    "request that asks for a token still gets MissingSessionMethodError naming the fixes",
 )
 def test_break_a_hand_set_factory_with_require_csrf_starts_silently(caplog):
     model = make_model(tablename="breaks2_by_hand")
