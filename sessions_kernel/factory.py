@@ -409,7 +409,10 @@ def _session_class(config: FactoryConfig) -> type[Session]:
     for name in LEGACY_CSRF_METHODS:
         if name not in namespace:
             namespace[name] = _Missing(name, config)
-    return type(f"{config.model.__name__}Session", (Session,), namespace)
+    # request.session of the model Session is a Session, of UserSession a UserSession, of
+    # Device a DeviceSession (its repr and tracebacks show it)
+    name = config.model.__name__
+    return type(name if name.endswith("Session") else f"{name}Session", (Session,), namespace)
 
 
 #: What Pyramid's default CSRF storage policy (``LegacySessionCSRFStoragePolicy``) calls
