@@ -40,21 +40,53 @@ def _with(character: str) -> str:
             return key
 
 
-def _published() -> list[str]:
+#: what is not the repository's own text: tools' caches, builds, and virtual environments,
+#: `make install`'s .venv and `make test-pythons`' .venv-3.10 and .venv-3.13 among them
+#: (their site-packages print strings that look like keys)
+NOT_PRINTED_HERE = {"_build", "build", "dist", "var", "__pycache__", ".hypothesis"}
+
+
+def _published(root: Path = ROOT) -> list[str]:
     """The keys printed in this repository (its docs, READMEs, examples, tests)."""
     found = set()
-    skip = {".git", ".venv", "_build", "__pycache__", ".pytest_cache", ".ruff_cache"}
-    for path in ROOT.rglob("*"):
-        if not path.is_file() or skip & set(path.parts) or ".egg-info" in str(path):
-            continue
-        if path.suffix not in {".py", ".rst", ".md", ".ini", ".txt", ".toml", ".cfg", ".html"}:
-            continue
-        text = path.read_text(errors="replace")
-        for key in re.findall(r"(?<![\w+/=-])[\w+/-]{43}=?(?![\w+/=-])", text, re.ASCII):
-            # a key, not an identifier: letters of both cases and a digit
-            if re.search("[a-z]", key) and re.search("[A-Z]", key) and re.search("[0-9]", key):
-                found.add(key)
+    for folder, folders, files in os.walk(root):
+        # pruned, not walked: a venv holds tens of thousands of files
+        folders[:] = [
+            name
+            for name in folders
+            if not name.startswith(".")
+            and name not in NOT_PRINTED_HERE
+            and not name.endswith(".egg-info")
+        ]
+        for name in files:
+            path = Path(folder, name)
+            if path.suffix not in {".py", ".rst", ".md", ".ini", ".txt", ".toml", ".cfg", ".html"}:
+                continue
+            text = path.read_text(errors="replace")
+            for key in re.findall(r"(?<![\w+/=-])[\w+/-]{43}=?(?![\w+/=-])", text, re.ASCII):
+                # a key, not an identifier: letters of both cases and a digit
+                if re.search("[a-z]", key) and re.search("[A-Z]", key) and re.search("[0-9]", key):
+                    found.add(key)
     return sorted(found)
+
+
+def _key_like() -> str:
+    """A fresh key the scan recognises (letters of both cases and a digit)."""
+    while True:
+        key = generate_secret_key()
+        if re.search("[a-z]", key) and re.search("[A-Z]", key) and re.search("[0-9]", key):
+            return key
+
+
+def test_the_scan_for_printed_keys_reads_the_repository_not_its_venvs(tmp_path):
+    """`make test-pythons` leaves .venv-3.10 and .venv-3.13 in the checkout: their
+    site-packages are not this repository's text, and are not scanned."""
+    key, other = (_key_like() for _ in range(2))
+    for where in (".venv", ".venv-3.10", ".venv-3.13", ".git", "docs/_build", "x.egg-info"):
+        (tmp_path / where / "lib").mkdir(parents=True)
+        (tmp_path / where / "lib" / "site.py").write_text(f"URL = '{other}'\n")
+    (tmp_path / "docs").joinpath("page.rst").write_text(f"session.secret_key = {key}\n")
+    assert _published(tmp_path) == [key]
 
 
 REFUSED = {
