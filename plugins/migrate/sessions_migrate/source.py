@@ -1,0 +1,173 @@
+"""What a source of old sessions gives the migration: one adapter per old store.
+
+A *source* is the old session store an application is switching from. It
+knows three things the migration cannot: how the old store's cookie is
+verified (its signature or encryption, with the old secret), where an old
+session is kept and when it expired by the old store's own rules, and how the
+old session's data is decoded. Everything else (the cut-off date, carrying
+the data into the new session, the user id, the CSRF token, the progress of
+``psessions migrate``, deleting the old cookie after the commit) is the
+plugin's, the same for every source.
+
+An adapter is a class with the methods of :class:`Source`, registered in the
+entry-point group ``sessions_migrate.sources`` (or given to
+``session.migrate_from`` by its dotted name). The built-in ones are in
+:mod:`sessions_migrate.sources`.
+
+Nothing here issues SQL outside the application's transaction: every method
+that touches a SQL store is given the request's SQLAlchemy session (the one
+``request.dbsession`` is), so that reading, claiming and deleting the old
+session commit or roll back with the new session's ``INSERT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "Claim",
+    "OldSession",
+    "Source",
+    "SourceOptions",
+    "Unrepresentable",
+]
+
+
+class Unrepresentable(ValueError):
+    """The old session holds something the migration cannot carry over.
+
+    Raised by a source's decoding (a pickled object of a class outside the
+    allowed ones) or by the plugin (a value the new data serializer cannot
+    store). That one session is not migrated: the reason is logged, the
+    request goes on with a new, empty session, and the old session is left
+    where it is.
+    """
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the application configured for its source (the ``session.migrate_*`` settings).
+
+    ``secrets`` are the old store's secrets, read from the file or the
+    environment variable the settings name, newest first; never logged or
+    shown. ``cookie_name`` is the old store's cookie name (``None``: the
+    source's default). ``url`` is where a store outside the application's
+    database is (a Redis URL). ``table`` is the old store's table name
+    (``None``: the source's default). ``timeout`` is the old store's session
+    timeout in seconds, where the old store's rows or cookies do not record it
+    (``None``: the source's default). ``options`` holds the remaining
+    ``session.migrate_option.*`` values, as strings, for what only one source
+    knows (each source documents its own).
+    """
+
+    secrets: tuple[bytes, ...]
+    cookie_name: str | None = None
+    url: str | None = None
+    table: str | None = None
+    timeout: int | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OldSession:
+    """One live session of the old store, decoded, ready to become a new session.
+
+    ``id`` is the old store's key for it (never shown whole in logs).
+    ``data`` is what the application stored, without the keys the old store
+    or Pyramid used for their own bookkeeping: those are taken out into the
+    fields below. ``created`` and ``accessed`` are seconds since the epoch
+    (``None`` when the old store did not record them). ``userid`` is the
+    logged-in user (``None``: nobody), as the old application's security
+    policy stored it. ``csrf_token`` is the CSRF token the browser's pages
+    hold (``None``: none). ``flash`` maps a queue name to its messages.
+    ``settings`` holds per-session values of the new store's runtime settings
+    (``idle_timeout``, ``absolute_timeout``, ...) where the old store kept
+    them per session. ``expires_at``: when the old store would have ended it.
+    ``handle`` is whatever the source needs to delete it later.
+    """
+
+    id: str
+    data: dict[str, Any]
+    created: int | None = None
+    accessed: int | None = None
+    userid: Any = None
+    csrf_token: str | None = None
+    flash: dict[str, list[Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    expires_at: int | None = None
+    handle: Any = None
+
+    def is_empty(self) -> bool:
+        """Whether nothing in it is worth a new session."""
+        return not (self.data or self.userid is not None or self.csrf_token or self.flash)
+
+
+@dataclass
+class Claim:
+    """A claimed old session: this transaction is the only one to migrate it.
+
+    ``session`` is the decoded old session. ``on_commit`` and ``on_abort``
+    are what the source must do once the request's transaction ended (delete
+    a Redis key; release a claim); either may be ``None``. A SQL source
+    deletes its row inside the transaction when it claims it, and needs
+    neither.
+    """
+
+    session: OldSession
+    on_commit: Any = None
+    on_abort: Any = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """An old session store: the adapter the migration reads through.
+
+    ``name`` is the name ``session.migrate_from`` takes. The class is built
+    once per session factory with ``Source(options, clock)``: check the
+    options there and raise :class:`ValueError` with the fix in the message
+    (the plugin turns it into a ``ConfigurationError`` naming the setting).
+    """
+
+    name: ClassVar[str]
+    #: the cookie name when ``session.migrate_cookie_name`` is not set
+    default_cookie_name: ClassVar[str]
+
+    def cookie_name(self) -> str:
+        """The old store's cookie name."""
+        ...
+
+    def cookie_attributes(self) -> Mapping[str, Any]:
+        """``path`` and ``domain`` of the old cookie, for deleting it (WebOb's ``delete_cookie``)."""
+        ...
+
+    def open_cookie(self, value: str) -> str | None:
+        """The old session's id that the cookie ``value`` carries, or ``None``.
+
+        Verify it with the old store's secrets and rules, without any I/O: a
+        forged, damaged or unsigned cookie, one signed with another secret,
+        or one the old store would refuse for its age gives ``None``. Never
+        unpickle anything here: the cookie comes from the browser.
+        """
+        ...
+
+    def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
+        """Take the old session ``old_id`` for this request's migration, or ``None``.
+
+        ``None`` when it is gone, expired by the old store's rules, or
+        claimed by a concurrent request (two first visits with one old
+        cookie: exactly one migrates). A SQL source reads the row and deletes
+        it in ``dbsession``'s transaction (``DELETE`` whose row count tells
+        whether it was still there), so that a rollback keeps it. Raise
+        :class:`Unrepresentable` when the row cannot be decoded safely.
+        """
+        ...
+
+    def count(self, dbsession: Any, now: int) -> int:
+        """How many live sessions the old store holds (for ``psessions migrate``'s progress)."""
+        ...
+
+    def live_ids(self, dbsession: Any, now: int) -> Iterator[str]:
+        """The ids of the old store's live sessions, for ``psessions migrate``."""
+        ...
