@@ -139,7 +139,7 @@ class Source(Protocol):
         ...
 
     def cookie_attributes(self) -> Mapping[str, Any]:
-        """``path`` and ``domain`` of the old cookie, for deleting it (WebOb's ``delete_cookie``)."""
+        """``path`` and ``domain`` of the old cookie, to delete it (``Response.delete_cookie``)."""
         ...
 
     def open_cookie(self, value: str) -> str | None:
