@@ -131,6 +131,7 @@ class CookieTransport:
     __slots__ = (
         "delete",
         "factory",
+        "fallback",
         "held",
         "hold",
         "outgoing",
@@ -143,6 +144,9 @@ class CookieTransport:
         self.factory = factory
         #: the browser sent its cookie under ``cookie_previous_name``
         self.renamed = False
+        #: the browser sent no cookie, and a plugin named the session's token
+        #: (``session_fallback_token``): the cookie is sent with the response
+        self.fallback = False
         #: the values of the session's cookies in the Cookie header, in the browser's order
         self.presented: Sequence[str] = self._session_cookies(header) if header else ()
         #: a cookie was made with a key that is no longer first: send it again

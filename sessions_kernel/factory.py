@@ -122,6 +122,7 @@ REQUEST_STAGES = (
     "session_invalidated",
     "session_row_lookup",
     "session_rows_changed",
+    "session_fallback_token",
 )
 
 
@@ -150,6 +151,7 @@ class RequestHooks:
     session_invalidated: Callable[..., Any]
     session_row_lookup: Callable[..., Any]
     session_rows_changed: Callable[..., Any]
+    session_fallback_token: Callable[..., Any]
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._hook = pm.hook

@@ -21,8 +21,9 @@ from sqlalchemy.orm.attributes import instance_state
 from . import events
 from .binding import NextTransaction, TransactionBinding, find_transaction
 from .changes import ChangeLog
-from .cookies import LINEAGE_EXTRA, CookieTransport
-from .errors import InconsistentDataError, SessionError
+from .cookies import LINEAGE_EXTRA, CookieTransport, row_id
+from .crypto import TOKEN_BYTES
+from .errors import InconsistentDataError, SessionConflictError, SessionError
 from .row_table import LINEAGE_CHARS
 from .state import SessionState, forget_load, new_extras
 
@@ -83,7 +84,7 @@ class Pipeline:
     (``SessionFactory.peek``) uses its load steps without starting it.
     """
 
-    __slots__ = ("binding", "factory", "reader", "run", "served", "session")
+    __slots__ = ("binding", "factory", "fallback", "reader", "run", "served", "session")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -95,6 +96,8 @@ class Pipeline:
         self.served = False
         #: the SQLAlchemy session a read-only load reads with (:meth:`load_readonly`)
         self.reader: Any = None
+        #: the token a plugin named for a request without a cookie (session_fallback_token)
+        self.fallback: bytes | None = None
 
     @property
     def bound(self) -> TransactionBinding:
@@ -162,8 +165,12 @@ class Pipeline:
         session = self.session
         stages = self.factory.stages
         if not loaded:
-            # load: the cookie decrypted and authenticated, the row fetched by its key
-            self.take(*self.choose_cookie())
+            # load: the cookie decrypted and authenticated, the row fetched by its key (or
+            # the token a plugin named for a request without a cookie)
+            if self.fallback is None:
+                self.take(*self.choose_cookie())
+            else:
+                self.take_fallback(self.fallback)
             stages.session_load(session=session)
         # validate: each plugin may reject a stored row; a rejected row is deleted (a row
         # loaded read-only was validated then: see load_readonly)
@@ -308,6 +315,16 @@ class Pipeline:
                 created=None, token=token, lineage=lineage, loaded_extras=dict(extras)
             )
 
+    def take_fallback(self, token: bytes) -> None:
+        """The session a plugin's token names (``session_fallback_token``): its stored row,
+        or a new session that will be stored under it; the cookie is sent either way."""
+        session = self.session
+        row = self.fetch_row(row_id(token))
+        self.take(row, token if row is not None else None, {}, None)
+        if row is None:
+            session._state.token = token
+        session._cookies.fallback = True
+
     def validate_stored(self, reason: str) -> str | None:
         """A plugin rejected a row a plugin served: read the stored row, and judge that.
 
@@ -433,7 +450,17 @@ class Pipeline:
         session.notify(events.SessionCreated(session.request, row.id))
         binding = self.bound
         # the row joins the identity map only for a transaction that goes on after this
-        self.factory.storage.insert(session._dbsession, row, attach=binding.sharing)
+        try:
+            self.factory.storage.insert(session._dbsession, row, attach=binding.sharing)
+        except sa.exc.IntegrityError as exc:
+            if not session._cookies.fallback:
+                raise
+            # a concurrent request continued the same session (session_fallback_token)
+            # and stored it first: run again, and this request finds its row
+            raise SessionConflictError(
+                "a concurrent request stored the session this request continues (the token "
+                "a plugin's session_fallback_token named) first; pyramid_retry runs it again"
+            ) from exc
         binding.record(written=(row.id,), values=self.factory.storage.stored_values(row))
         binding.sealed = True
 
@@ -543,6 +570,8 @@ class Pipeline:
             return True
         if cookies.renamed:  # under cookie_previous_name: sent again under the current one
             return True
+        if cookies.fallback:  # the browser has no cookie yet (session_fallback_token)
+            return True
         if session.cookie_extras != state.loaded_extras:
             return True
         return written and session.settings._value("cookie_max_age") is not None
@@ -624,6 +653,12 @@ def first_use(session: Session) -> None:
     if name not in vars(request) and not hasattr(type(request), name):
         # checked without creating it: request.dbsession is made on first need
         raise no_dbsession_error(factory)
+    fallback = None
+    if binding is None and not readonly:  # no cookie: does a plugin's token name a session?
+        fallback = fallback_token(session)
+        if fallback is not None:
+            cookies = cookies if cookies is not None else CookieTransport(factory, header)
+            binding = TransactionBinding(session, find_transaction(request, changed=False))
     if cookies is not None:  # a failed first use made none of the parts
         session._cookies = cookies
     session._loaded = True
@@ -633,6 +668,7 @@ def first_use(session: Session) -> None:
         # the events of choosing the cookie (CookieRejected) may read session.session_id
         session._state = SessionState(created=None)
         pipeline = session._pipeline = Pipeline(session)
+        pipeline.fallback = fallback
         pipeline.start()  # load and validate
         respond_later(session)
         binding.attach()
@@ -652,6 +688,28 @@ def first_use(session: Session) -> None:
         if load is not no_implementation:  # most requests: nobody implements it
             load(session=session)
         respond_later(session)
+
+
+def fallback_token(session: Session) -> bytes | None:
+    """The token a plugin names for a request that sent no session cookie, if any.
+
+    Asked only while ``request.tm`` has a transaction begun (a session
+    continued from elsewhere is stored by it); see
+    :func:`~sessions_kernel.hookspecs.session_fallback_token`.
+    """
+    hook = session._factory.stages.session_fallback_token
+    if hook is no_implementation:  # most applications: nobody implements it
+        return None
+    if find_transaction(session.request, changed=False, required=False) is None:
+        return None
+    token = hook(session=session)
+    if token is not None and (not isinstance(token, bytes) or len(token) != TOKEN_BYTES):
+        got = f"{len(token)} bytes" if isinstance(token, bytes) else type(token).__name__
+        raise SessionError(
+            f"a plugin's session_fallback_token returned {got}: a token is {TOKEN_BYTES} "
+            "bytes (derive it with a key of session.derived_keys), or None"
+        )
+    return token
 
 
 def respond_later(session: Session) -> None:

@@ -125,6 +125,12 @@ class Session(MutableMapping[str, Any]):
         object.__setattr__(self, name, value)
 
     @property
+    def factory(self) -> SessionFactory:
+        """The :class:`~sessions_kernel.SessionFactory` this session belongs to (its
+        settings in force, ``factory.config.values``; per-factory state of a plugin's)."""
+        return self._factory
+
+    @property
     def model(self) -> type:
         """The factory's session model class."""
         return self._factory.model

@@ -24,7 +24,8 @@ Hooks come in five groups:
   session ends: :func:`session_regenerated`, :func:`session_invalidated`
   (and ``session_user_changed`` of sessions-userid for the user);
 * the stored rows, on the request path and after commits:
-  :func:`session_row_lookup` (a row served without SQL) and
+  :func:`session_fallback_token` (a session a request without a cookie
+  continues), :func:`session_row_lookup` (a row served without SQL) and
   :func:`session_rows_changed` (what committed);
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`, :func:`session_ddl`,
@@ -116,6 +117,7 @@ from .maintenance import (  # noqa: E402
     session_last_active,
 )
 from .rows import (  # noqa: E402
+    session_fallback_token,
     session_row_lookup,
     session_rows_changed,
 )
@@ -144,6 +146,7 @@ __all__ = [
     "session_expires_at",
     "session_expiry_policy",
     "session_extend",
+    "session_fallback_token",
     "session_includeme",
     "session_indexes",
     "session_invalidated",

@@ -21,6 +21,43 @@ if TYPE_CHECKING:
 
 
 @hookspec(firstresult=True)
+def session_fallback_token(session: Session) -> bytes | None:
+    """The request sent no session cookie: name the token of a session it continues, or ``None``.
+
+    :param session: the request's session, at its first use, before anything
+        is loaded: read only ``session.request``, ``session.now``,
+        ``session.factory`` and ``session.stash``.
+
+    For a plugin that continues sessions kept elsewhere before this one
+    existed (an old session store's cookie: sessions-migrate). Called at the
+    first use of ``request.session`` when the request presented no cookie of
+    the session's name and ``request.tm`` has a transaction begun (never
+    for a read-only load after the commit), before :func:`session_row_lookup`
+    and :func:`session_load`. Return ``None`` (the usual answer: nothing to
+    continue) and the session starts new, as for any request without a
+    cookie. Return a token (:data:`~sessions_kernel.crypto.TOKEN_BYTES`
+    random-looking bytes) and the load stage runs as if the cookie had
+    carried it:
+
+    * the row that token names (``row_id(token)``) is fetched, in one
+      statement; if it is stored, the session is that row, validated as
+      usual, and its cookie is sent with the response (the browser has none);
+    * if it is not, the session starts new with that token: its row, if it
+      stores anything, is inserted under ``row_id(token)``, so two requests
+      that name one token at once store one row (the second insert fails,
+      and pyramid_retry runs that request again, which finds the row).
+
+    The token is the key to the session: derive it only from what proves
+    the browser holds the session (an authenticated old cookie), with a
+    secret of the server's (``session.derived_keys``), never from what a
+    browser can choose alone. A plugin that decides in :func:`session_load`
+    that nothing continues after all calls ``session.regenerate_id()``, so
+    that the new session does not keep the derived token. Issue no SQL.
+    The first non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
 def session_row_lookup(
     factory: SessionFactory, session: Session, row_id: str
 ) -> Mapping[str, Any] | None:
