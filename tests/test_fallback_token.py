@@ -138,7 +138,7 @@ def test_two_first_requests_naming_one_token_store_one_row(continued, session_db
     pyramid_retry runs it again, and it finds the first's row (its change merged onto it)."""
     apps = [SessionTestApp(continued.model, continued.engine, plugins=[continued.plugin])]
     apps.append(SessionTestApp(continued.model, continued.engine, plugins=[continued.plugin]))
-    barrier = continued.plugin.barrier = threading.Barrier(2)
+    continued.plugin.barrier = threading.Barrier(2)
     errors = []
 
     def visit(app, key):
