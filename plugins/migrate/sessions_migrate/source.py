@@ -22,17 +22,27 @@ session commit or roll back with the new session's ``INSERT``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "Claim",
+    "ClaimedElsewhere",
     "OldSession",
     "Source",
     "SourceOptions",
     "Unrepresentable",
 ]
+
+
+class ClaimedElsewhere(Exception):  # noqa: N818 - a condition, not a failure of ours
+    """A concurrent request took the old session first (two first visits with one cookie).
+
+    The plugin turns it into a retryable
+    :class:`~sessions_kernel.SessionConflictError`: pyramid_retry runs the
+    request again, and it finds the session the other request stored.
+    """
 
 
 class Unrepresentable(ValueError):
@@ -106,18 +116,16 @@ class OldSession:
 
 @dataclass
 class Claim:
-    """A claimed old session: this transaction is the only one to migrate it.
+    """A taken old session: this transaction is the only one to migrate it.
 
-    ``session`` is the decoded old session. ``on_commit`` and ``on_abort``
-    are what the source must do once the request's transaction ended (delete
-    a Redis key; release a claim); either may be ``None``. A SQL source
-    deletes its row inside the transaction when it claims it, and needs
-    neither.
+    ``on_commit`` and ``on_abort`` are callables without arguments, what the
+    source must do once the request's transaction ended (delete a Redis key;
+    release a claim); either may be ``None``. A SQL source deletes its row
+    inside the transaction when it takes it, and needs neither.
     """
 
-    session: OldSession
-    on_commit: Any = None
-    on_abort: Any = None
+    on_commit: Callable[[], None] | None = None
+    on_abort: Callable[[], None] | None = None
 
 
 @runtime_checkable
@@ -125,7 +133,7 @@ class Source(Protocol):
     """An old session store: the adapter the migration reads through.
 
     ``name`` is the name ``session.migrate_from`` takes. The class is built
-    once per session factory with ``Source(options, clock)``: check the
+    once per session factory with ``Source(options)``: check the
     options there and raise :class:`ValueError` with the fix in the message
     (the plugin turns it into a ``ConfigurationError`` naming the setting).
     """
@@ -152,15 +160,28 @@ class Source(Protocol):
         """
         ...
 
-    def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
-        """Take the old session ``old_id`` for this request's migration, or ``None``.
+    def read(self, dbsession: Any, old_id: str, now: int) -> OldSession | None:
+        """The live old session ``old_id``, decoded; ``None`` when it is gone or expired.
 
-        ``None`` when it is gone, expired by the old store's rules, or
-        claimed by a concurrent request (two first visits with one old
-        cookie: exactly one migrates). A SQL source reads the row and deletes
-        it in ``dbsession``'s transaction (``DELETE`` whose row count tells
-        whether it was still there), so that a rollback keeps it. Raise
-        :class:`Unrepresentable` when the row cannot be decoded safely.
+        Expired means by the old store's own rules at ``now`` (seconds since
+        the epoch). Writes nothing. Raise :class:`Unrepresentable` when its
+        data cannot be decoded safely (a pickle naming a class:
+        :func:`sessions_migrate.unpickle.safe_loads`). ``dbsession`` is the
+        request's SQLAlchemy session (a store outside the database ignores it).
+        """
+        ...
+
+    def take(self, dbsession: Any, old: OldSession) -> Claim:
+        """Take ``old`` for this request's migration: exactly one request may.
+
+        A SQL source deletes the row in ``dbsession``'s transaction
+        (``DELETE`` by its key), so that a rollback keeps it; a row count of
+        0 means a concurrent request took it first: raise
+        :class:`ClaimedElsewhere`. A store outside the database takes an
+        atomic claim (Redis ``SET ... NX``), returns what to do after the
+        commit (delete the old session) and after an abort (release the
+        claim, so that pyramid_retry's next attempt can take it), and raises
+        :class:`ClaimedElsewhere` when the claim is held.
         """
         ...
 
