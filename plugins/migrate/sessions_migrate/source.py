@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class ClaimedElsewhere(Exception):  # noqa: N818 - a condition, not a failure of ours
+class ClaimedElsewhere(Exception):
     """A concurrent request took the old session first (two first visits with one cookie).
 
     The plugin turns it into a retryable
@@ -68,7 +68,7 @@ class SourceOptions:
     (``None``: the source's default). ``timeout`` is the old store's session
     timeout in seconds, where the old store's rows or cookies do not record it
     (``None``: the source's default). ``options`` holds the remaining
-    ``session.migrate_option.*`` values, as strings, for what only one source
+    ``session.migrate_options`` pairs (``key=value``), as strings, for what only one source
     knows (each source documents its own).
     """
 
