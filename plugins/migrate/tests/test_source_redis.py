@@ -33,7 +33,7 @@ from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
 from pyramid.security import remember
 from pyramid_session_redis.util import _StringSerializer
-from sessions_migrate.source import Claim, Source, SourceOptions, Unrepresentable
+from sessions_migrate.source import Claim, ClaimedElsewhere, Source, SourceOptions, Unrepresentable
 from sessions_migrate.sources.redis import RedisSource
 from webob.cookies import SignedSerializer
 from webtest import TestApp
@@ -43,6 +43,21 @@ from sessions_kernel.testing import Clock
 REDIS_URL = os.environ.get("SESSIONS_TEST_REDIS_URL")
 #: a URL for the sources that never connect (the client connects on first use)
 UNUSED_URL = "redis://127.0.0.1:6379/15"
+
+
+def claim_of(src, old_id, now):
+    """What the plugin does with a source: read, then take; ``None`` when either refuses
+    (gone, ended, or taken by a concurrent caller). The claim gets the old session as
+    ``.session``."""
+    old = src.read(None, old_id, now)
+    if old is None:
+        return None
+    try:
+        claim = src.take(None, old)
+    except ClaimedElsewhere:
+        return None
+    claim.session = old
+    return claim
 
 
 class Basket:
@@ -226,7 +241,7 @@ def test_a_logged_in_browser_s_session_is_claimed_with_its_user_token_cart_and_f
     assert old_id is not None and old_id.startswith(prefix)
     assert r.exists(old_id) == 1  # the id is the Redis key
 
-    claim = src.claim(None, old_id, now=state["created"])
+    claim = claim_of(src, old_id, now=state["created"])
     assert isinstance(claim, Claim)
     old = claim.session
     assert old.id == old_id
@@ -273,16 +288,16 @@ def test_a_custom_userid_key_and_a_json_serializer(r, prefix, secret):
     old_id = src.open_cookie(app.cookies["session"])
     raw = r.get(old_id)
     assert raw is not None and raw.startswith(b"{")  # the old application wrote JSON
-    claim = src.claim(None, old_id, now)
+    claim = claim_of(src, old_id, now)
     assert claim is not None
     assert (claim.session.userid, claim.session.csrf_token) == ("bob", token)
     assert claim.session.data == {"cart": ["tea", "milk"]}
     claim.on_abort()
     # read as pickle, JSON is damaged data: refused, never guessed at
     with pytest.raises(Unrepresentable):
-        source(prefix, secret).claim(None, old_id, now)
+        claim_of(source(prefix, secret), old_id, now)
     # with the default userid_key, bob's id stays in the data: not logged in
-    claim = source(prefix, secret, serializer="json").claim(None, old_id, now)
+    claim = claim_of(source(prefix, secret, serializer="json"), old_id, now)
     assert claim is not None and claim.session.userid is None
     assert claim.session.data["shop.userid"] == "bob"
     claim.on_abort()
@@ -293,7 +308,7 @@ def test_a_session_s_own_timeout_is_carried_as_its_idle_timeout(r, prefix, secre
     browser.post("/shorten", {"csrf_token": token})
     state = browser.get("/state").json
     src = source(prefix, secret)
-    claim = src.claim(None, src.open_cookie(browser.cookies["session"]), state["created"])
+    claim = claim_of(src, src.open_cookie(browser.cookies["session"]), state["created"])
     assert claim is not None
     assert claim.session.settings == {"idle_timeout": 300}
     assert claim.session.expires_at == state["expires"]
@@ -389,11 +404,11 @@ def test_a_session_past_its_python_expiry_is_not_claimed(r, prefix, secret, brow
     state = browser.get("/state").json
     src = source(prefix, secret)
     old_id = src.open_cookie(browser.cookies["session"])
-    assert src.claim(None, old_id, now=state["expires"] + 1) is None
+    assert claim_of(src, old_id, now=state["expires"] + 1) is None
     assert r.exists(old_id) == 1  # left where it is
     assert r.exists(claim_key(prefix, old_id)) == 0  # and not held
     # its last second is still its own: the old store's rule is now > expires
-    claim = src.claim(None, old_id, now=state["expires"])
+    claim = claim_of(src, old_id, now=state["expires"])
     assert claim is not None
     claim.on_abort()
 
@@ -405,7 +420,7 @@ def test_a_session_whose_redis_ttl_passed_is_not_claimed(r, prefix, secret, brow
     old_id = src.open_cookie(browser.cookies["session"])
     assert 0 < r.ttl(old_id) <= 1200  # the old application set its TTL
     r.pexpireat(old_id, 1)  # its TTL ends: Redis drops the key
-    assert src.claim(None, old_id, now) is None
+    assert claim_of(src, old_id, now) is None
     assert r.exists(claim_key(prefix, old_id)) == 0
     # the old application agrees: a new, empty session
     assert browser.get("/state").json["userid"] is None
@@ -415,9 +430,9 @@ def test_a_legacy_payload_is_not_claimed(r, prefix, secret):
     src = source(prefix, secret)
     old_id = prefix + secrets.token_urlsafe(48)
     r.set(old_id, pickle.dumps({"m": {"auth.userid": "alice"}, "c": 1, "v": 0}))
-    assert src.claim(None, old_id, 2) is None
+    assert claim_of(src, old_id, 2) is None
     r.set(old_id, pickle.dumps({"m": {"auth.userid": "alice"}, "c": 1, "v": 1}))
-    claim = src.claim(None, old_id, 2)
+    claim = claim_of(src, old_id, 2)
     assert claim is not None and claim.session.userid == "alice"
     assert claim.session.expires_at is None  # no timeout, no TTL: it never ended
     claim.on_abort()
@@ -434,11 +449,11 @@ def test_an_object_of_the_application_in_the_session_is_unrepresentable(r, prefi
     old_id = src.open_cookie(browser.cookies["session"])
     assert b"Basket" in r.get(old_id)  # the old application pickled the object
     with pytest.raises(Unrepresentable, match="Basket"):
-        src.claim(None, old_id, now)
+        claim_of(src, old_id, now)
     assert r.exists(claim_key(prefix, old_id)) == 0  # released: the session stays as it was
     assert r.exists(old_id) == 1
     with pytest.raises(Unrepresentable):
-        src.claim(None, old_id, now)
+        claim_of(src, old_id, now)
 
 
 class _Runs:
@@ -460,7 +475,7 @@ def test_a_pickle_that_runs_code_is_refused_without_running(r, prefix, secret, t
     old_id = prefix + secrets.token_urlsafe(48)
     r.set(old_id, evil)
     with pytest.raises(Unrepresentable):
-        source(prefix, secret).claim(None, old_id, 2)
+        claim_of(source(prefix, secret), old_id, 2)
     assert not marker.exists()
 
 
@@ -481,7 +496,7 @@ def test_a_value_that_is_not_pyramid_session_redis_s_is_unrepresentable(r, prefi
     old_id = prefix + secrets.token_urlsafe(48)
     r.set(old_id, value)
     with pytest.raises(Unrepresentable):
-        source(prefix, secret).claim(None, old_id, 2)
+        claim_of(source(prefix, secret), old_id, 2)
     assert r.exists(claim_key(prefix, old_id)) == 0
 
 
@@ -489,7 +504,7 @@ def test_a_key_of_another_type_is_unrepresentable(r, prefix, secret):
     old_id = prefix + secrets.token_urlsafe(48)
     r.hset(old_id, "m", "x")
     with pytest.raises(Unrepresentable):
-        source(prefix, secret).claim(None, old_id, 2)
+        claim_of(source(prefix, secret), old_id, 2)
     assert r.exists(claim_key(prefix, old_id)) == 0
 
 
@@ -504,7 +519,7 @@ def race(src: RedisSource, old_id: str, now: int, threads: int) -> list[Claim | 
 
     def visit() -> None:
         barrier.wait()
-        got = src.claim(None, old_id, now)
+        got = claim_of(src, old_id, now)
         with lock:
             results.append(got)
 
@@ -533,11 +548,11 @@ def test_a_claim_holds_until_it_ends_and_is_bounded(r, prefix, secret, browser):
     now = browser.get("/state").json["created"]
     src = source(prefix, secret, claim_seconds="30")
     old_id = src.open_cookie(browser.cookies["session"])
-    claim = src.claim(None, old_id, now)
+    claim = claim_of(src, old_id, now)
     assert claim is not None
     assert 0 < r.ttl(claim_key(prefix, old_id)) <= 30  # a crashed request's claim ends
-    assert src.claim(None, old_id, now) is None
-    assert source(prefix, secret).claim(None, old_id, now) is None  # another process too
+    assert claim_of(src, old_id, now) is None
+    assert claim_of(source(prefix, secret), old_id, now) is None  # another process too
     claim.on_abort()
 
 
@@ -546,15 +561,15 @@ def test_on_abort_releases_the_claim_so_that_a_retry_claims_again(r, prefix, sec
     now = browser.get("/state").json["created"]
     src = source(prefix, secret)
     old_id = src.open_cookie(browser.cookies["session"])
-    first = src.claim(None, old_id, now)
+    first = claim_of(src, old_id, now)
     assert first is not None
     first.on_abort()  # the transaction rolled back (pyramid_retry runs it again)
     assert r.exists(old_id) == 1
-    second = src.claim(None, old_id, now)
+    second = claim_of(src, old_id, now)
     assert second is not None and second.session.userid == "alice"
     # a late abort of the first attempt does not release the second's claim
     first.on_abort()
-    assert src.claim(None, old_id, now) is None
+    assert claim_of(src, old_id, now) is None
     second.on_abort()
 
 
@@ -563,12 +578,12 @@ def test_on_commit_deletes_the_old_key_and_the_claim(r, prefix, secret, browser)
     now = browser.get("/state").json["created"]
     src = source(prefix, secret)
     old_id = src.open_cookie(browser.cookies["session"])
-    claim = src.claim(None, old_id, now)
+    claim = claim_of(src, old_id, now)
     assert claim is not None
     claim.on_commit()
     assert r.exists(old_id) == 0
     assert r.exists(claim_key(prefix, old_id)) == 0
-    assert src.claim(None, old_id, now) is None
+    assert claim_of(src, old_id, now) is None
     # the old application's cookie no longer logs anyone in
     assert browser.get("/state").json["userid"] is None
 
@@ -576,7 +591,7 @@ def test_on_commit_deletes_the_old_key_and_the_claim(r, prefix, secret, browser)
 def test_redis_out_of_reach_is_an_error_not_an_expired_session(secret):
     src = source("", secret, url="redis://127.0.0.1:1/15")
     with pytest.raises(redis.ConnectionError):
-        src.claim(None, secrets.token_urlsafe(48), 2)
+        claim_of(src, secrets.token_urlsafe(48), 2)
 
 
 # -- the bulk path -----------------------------------------------------------------------------
@@ -589,7 +604,7 @@ def test_live_ids_and_count_scan_the_prefix(r, prefix, secret):
         app = old_app(prefix, secret)
         log_in(app, name)
         ids.add(src.open_cookie(app.cookies["session"]))
-    held = src.claim(None, sorted(ids)[0], 0)  # a claim key is not a session
+    held = claim_of(src, sorted(ids)[0], 0)  # a claim key is not a session
     assert held is not None
     r.set(prefix + "settings", b"x")  # a key of the application under the prefix
     r.hset(prefix + secrets.token_urlsafe(48), "m", "x")  # not a string

@@ -65,7 +65,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..source import Claim, OldSession, SourceOptions, Unrepresentable
+from ..source import Claim, ClaimedElsewhere, OldSession, SourceOptions, Unrepresentable
 from ..unpickle import safe_loads
 
 if TYPE_CHECKING:
@@ -249,35 +249,42 @@ class RedisSource:
 
     # -- the store -------------------------------------------------------------------------
 
-    def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
-        """Take the old session ``old_id``: exactly one concurrent caller gets it.
+    def read(self, dbsession: Any, old_id: str, now: int) -> OldSession | None:
+        """The old session ``old_id``, decoded; ``None`` when it is gone or ended.
 
-        A claim is the key ``<prefix>migrating:<id after the prefix>``, set with
-        ``SET NX EX claim_seconds`` to a random token; a caller that finds it set
-        gets ``None``. Then the old key is read (value and TTL together) and
-        decoded: ``None`` when it is gone (its Redis TTL passed), ended by its
-        ``x`` (``now > x``) or a legacy payload; :class:`Unrepresentable` when it
-        cannot be decoded safely. In all three the claim is released at once
-        and the key left alone. The returned :class:`Claim`'s ``on_commit``
-        deletes the old key and releases the claim; its ``on_abort`` releases
-        the claim, so that a retried attempt claims again. Both take no
-        argument, log a Redis error and never raise. ``dbsession`` is unused:
-        Redis is outside the transaction.
+        The key is read with its TTL in one ``MULTI``: ``None`` when it is gone
+        (its Redis TTL passed), ended by its ``x`` (``now > x``) or a legacy
+        payload; :class:`Unrepresentable` when it cannot be decoded safely.
+        ``dbsession`` is unused: Redis is outside the transaction.
         """
         if not self._is_id(old_id):
             return None
+        return self._read(old_id, now)
+
+    def take(self, dbsession: Any, old: OldSession) -> Claim:
+        """Take ``old``: exactly one concurrent caller gets it.
+
+        A claim is the key ``<prefix>migrating:<id after the prefix>``, set with
+        ``SET NX EX claim_seconds`` to a random token; a caller that finds it
+        set, or finds the old key gone once it holds the claim (a concurrent
+        migration committed meanwhile), raises :class:`ClaimedElsewhere`. The
+        returned :class:`Claim`'s ``on_commit`` deletes the old key and
+        releases the claim; its ``on_abort`` releases the claim, so that a
+        retried attempt claims again. Both log a Redis error and never raise.
+        """
+        old_id = old.id
         claim_key = self._claim_key(old_id)
         token = secrets.token_hex(16)
         if not self._redis.set(claim_key, token, nx=True, ex=self._claim_seconds):
-            return None
+            raise ClaimedElsewhere(old_id)
         try:
-            session = self._read(old_id, now)
+            present = self._redis.exists(old_id)
         except BaseException:
             self._release_claim(claim_key, token)
             raise
-        if session is None:
+        if not present:
             self._release_claim(claim_key, token)
-            return None
+            raise ClaimedElsewhere(old_id)
 
         def on_commit() -> None:
             try:
@@ -293,7 +300,7 @@ class RedisSource:
         def on_abort() -> None:
             self._release_claim(claim_key, token)
 
-        return Claim(session=session, on_commit=on_commit, on_abort=on_abort)
+        return Claim(on_commit=on_commit, on_abort=on_abort)
 
     def _release_claim(self, claim_key: str, token: str) -> None:
         try:
