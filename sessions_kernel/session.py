@@ -24,6 +24,7 @@ from .binding import TransactionBinding
 from .cookies import UNSTORED_EXTRA, CookieTransport, make_private, row_id, vary_on_cookie
 from .crypto import TOKEN_BYTES, SecretKeys
 from .deprecation import declared_names, instance_state_warning
+from .errors import SessionError
 from .hookspecs import INVALIDATED
 from .pipeline import Pipeline, fetch_dbsession, first_use, join, start_new
 from .settings import SessionSettings
@@ -266,6 +267,21 @@ class Session(MutableMapping[str, Any]):
             return created
         assert self._state.created is not None  # a new session's: set when it began
         return self._state.created
+
+    @created.setter
+    def created(self, value: int) -> None:
+        """A new session's start, moved back: for a plugin that continues a session kept
+        elsewhere (sessions-migrate), so that limits counted from the start (an absolute
+        timeout, ``max_age``) count from the first one. Only for a session without a row,
+        and never later than now."""
+        if self.row is not None or not self.new:
+            raise SessionError("the creation time of a stored session cannot be changed")
+        if isinstance(value, bool) or not isinstance(value, int) or value > self.now:
+            raise SessionError(
+                f"session.created = {value!r}: expected whole seconds since the epoch, no "
+                f"later than now ({self.now})"
+            )
+        self._state.created = value
 
     def changed(self) -> None:
         """Mark the session as changed (never needed for data; kept for ISession)."""

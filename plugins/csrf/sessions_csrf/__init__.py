@@ -102,6 +102,20 @@ KEY_BYTES = 64
 #: encryption is deterministic).
 _ASSOCIATED_DATA = [b"sessions_csrf csrf_token column"]
 _TAG_BYTES = 16
+#: Bytes of the hex tokens other stores made, which sessions-migrate carries over
+#: (:func:`session_migrated`): ``uuid4().hex`` (16, Pyramid's ``SessionCSRFStoragePolicy``),
+#: ``os.urandom(20)`` (20, pyramid_beaker's sessions) and ``token_hex(32)`` (32,
+#: pyramid_session_redis's). The column holds one sealed under associated data of its own;
+#: a shorter one after :data:`_HEX_PREFIX` (its length would otherwise be a token in clear's).
+CARRIED_TOKEN_BYTES = (16, 20, 32)
+_HEX_PREFIX = "h"
+_HEX_ASSOCIATED_DATA = [b"sessions_csrf csrf_token column", b"carried hex token"]
+
+
+class _Carried(bytes):
+    """A token carried over from another store: forms hold it in hex, as that store showed it."""
+
+
 #: The raw token this request made for a session without a row (see session_persist).
 _MINTED = StashKey[bytes]("sessions_csrf: the token made in this request")
 
@@ -173,6 +187,42 @@ def seal(key: bytes, token: bytes) -> str:
     return _b64(AESSIV(key).encrypt(token, _ASSOCIATED_DATA))
 
 
+def _text(token: bytes) -> str:
+    """A raw token as forms carry it: the URL-safe base64 of ours, the hex of a carried one."""
+    return token.hex() if isinstance(token, _Carried) else _b64(token)
+
+
+def _seal_any(key: bytes, token: bytes) -> str:
+    """:func:`seal` for a token of ours; a carried one (:class:`_Carried`) is sealed under
+    associated data of its own, after :data:`_HEX_PREFIX` unless it is 32 bytes."""
+    if not isinstance(token, _Carried):
+        return seal(key, token)
+    if len(token) not in CARRIED_TOKEN_BYTES:
+        raise ValueError(f"a carried CSRF token is {CARRIED_TOKEN_BYTES} bytes, not {len(token)}")
+    value = _b64(AESSIV(key).encrypt(bytes(token), _HEX_ASSOCIATED_DATA))
+    return value if len(token) == TOKEN_BYTES else _HEX_PREFIX + value
+
+
+def _open_carried(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
+    """The carried token a value of :func:`_seal_any` holds, and the index of its key."""
+    blob = None
+    if len(value) == SEALED_LENGTH:
+        blob = _unb64(value, _TAG_BYTES + TOKEN_BYTES)
+    elif value.startswith(_HEX_PREFIX):
+        for size in CARRIED_TOKEN_BYTES[:-1]:
+            blob = _unb64(value[len(_HEX_PREFIX) :], _TAG_BYTES + size)
+            if blob is not None:
+                break
+    if blob is None:
+        return None
+    for index, key in enumerate(keys):
+        try:
+            return _Carried(AESSIV(key).decrypt(blob, _HEX_ASSOCIATED_DATA)), index
+        except InvalidTag:
+            continue
+    return None
+
+
 def open_sealed(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
     """The raw token a value of :func:`seal` holds and the index of the key that sealed it.
 
@@ -203,7 +253,11 @@ def _opened(keys: Iterable[bytes], value: str | None) -> tuple[bytes | None, boo
     if value is None:
         return None, False
     if len(value) == SEALED_LENGTH:
-        opened = open_sealed(keys, value)
+        keys = list(keys)
+        opened = open_sealed(keys, value) or _open_carried(keys, value)
+        return (None, False) if opened is None else (opened[0], opened[1] != 0)
+    if value.startswith(_HEX_PREFIX) and len(value) != CLEAR_LENGTH:  # carried over
+        opened = _open_carried(keys, value)
         return (None, False) if opened is None else (opened[0], opened[1] != 0)
     token = _unb64(value, TOKEN_BYTES)  # None: not a token this plugin ever stored
     return token, token is not None
@@ -238,7 +292,7 @@ def stored_token(factory: SessionFactory, value: str | None) -> str | None:
     ``None`` for ``NULL`` and for a value none of the factory's keys opens.
     """
     token = _opened(column_keys(factory), value)[0]
-    return None if token is None else _b64(token)
+    return None if token is None else _text(token)
 
 
 # -- tokens of sessions without a row (cookie-only) ------------------------------------------
@@ -286,7 +340,7 @@ def _csrf_token(session: Session) -> str | None:
     creates one."""
     if session.row is not None:
         token = _opened(_keys(session), session.get_column(COLUMN))[0]
-        return None if token is None else _b64(token)
+        return None if token is None else _text(token)
     carried = _carried(session)
     if carried is None or not _live(session, carried[1]):
         return None
@@ -539,7 +593,33 @@ def session_extend(session: Session) -> None:
         return  # sealed with the only key, or by none: nothing to seal again
     token, stale = _opened(keys, value)
     if token is not None and stale:
-        session.set_column(COLUMN, seal(keys[0], token))
+        session.set_column(COLUMN, _seal_any(keys[0], token))
+
+
+@hookimpl(optionalhook=True)
+def session_migrated(session: Session, old: Any) -> None:
+    """sessions-migrate: the old session's CSRF token stays the session's token.
+
+    Forms the old application rendered keep passing the check. A token of
+    ours (a predecessor's, 43 characters of URL-safe base64) and the hex
+    tokens of other stores (:data:`CARRIED_TOKEN_BYTES`, shown in hex as
+    before) are carried, sealed in the column like any token; a token of another
+    form is not (the session gets a new one when a form asks). The next
+    ``new_csrf_token()``, or a login, replaces it with a token of ours.
+    """
+    text = old.csrf_token
+    if not isinstance(text, str) or not text:
+        return
+    token = _unb64(text, TOKEN_BYTES)
+    if token is None:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return
+        if len(raw) not in CARRIED_TOKEN_BYTES or raw.hex() != text:
+            return
+        token = _Carried(raw)
+    session.set_column(COLUMN, _seal_any(_keys(session)[0], token))
 
 
 @hookimpl

@@ -36,13 +36,16 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from pyramid.path import DottedNameResolver
+from zope.sqlalchemy import mark_changed
 
 from sessions_kernel import SessionConflictError, Setting, StashKey, hookimpl
 from sessions_kernel.cookies import cookie_values
@@ -85,8 +88,7 @@ TOKEN_LABEL = b"sessions_migrate token"
 BULK_ENVIRON = "sessions_migrate.old_id"
 
 _OLD_ID = StashKey[str]("sessions_migrate: the old session's id the cookie carried")
-_CREATED = StashKey[int]("sessions_migrate: the old session's creation time")
-_DELETE_COOKIE = StashKey[bool]("sessions_migrate: delete the old cookie after the commit")
+_DELETE_COOKIE = StashKey[bool]("sessions_migrate: the old cookie is deleted after the commit")
 
 
 class MigrateMixin:
@@ -296,7 +298,7 @@ class Migration:
     def __init__(self, factory: SessionFactory) -> None:
         values = factory.config.values
         self.factory = factory
-        self.source: Source = values["migrate_from"](_source_options(values))
+        self.source: Source = values["migrate_from"](_source_options(values), factory.clock)
         self.until: int = values["migrate_until"]
         self.cookie_name: str = self.source.cookie_name()
         self._key = factory.derived_keys(TOKEN_LABEL, 32)[0]
@@ -390,7 +392,7 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
             "no longer read (your longest old session's lifetime from now is enough; at most "
             "a year ahead)"
         )
-    elif until > settings.get("clock", __import__("time").time)() + MAX_WINDOW:
+    elif until > settings.get("clock", time.time)() + MAX_WINDOW:
         problems.append(
             "session.migrate_until is more than a year ahead: old cookies must stop working "
             "some day; your longest old session's lifetime from now is enough"
@@ -404,7 +406,7 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
         )
     elif source is not None:
         try:
-            built = source(_source_options(settings))
+            built = source(_source_options(settings), settings.get("clock", time.time))
         except ValueError as exc:
             problems.append(f"session.migrate_from = {source.name}: {exc}")
         else:
@@ -430,7 +432,7 @@ def session_fallback_token(session: Session) -> bytes | None:
     if f"{migration.cookie_name}=" not in header:
         return None  # most requests: no old cookie at all
     if session.now >= migration.until:
-        session.stash[_DELETE_COOKIE] = True  # past the cut-off: an old cookie is no key
+        # past the cut-off: an old cookie is no key; it goes
         _delete_old_cookie_later(session, migration, committed_only=False)
         return None
     old_id = migration.open(request)
@@ -462,9 +464,21 @@ def session_load(session: Session) -> None:
         session.regenerate_id()  # not the derived token: nothing continues
         return
     if old is None:
+        if _stored_meanwhile(session, dbsession):
+            # a concurrent first visit migrated it and committed since this request's load
+            raise SessionConflictError(
+                "a concurrent request migrated this old session; pyramid_retry runs this one "
+                "again, and it finds the new session"
+            )
         log.info("old %s session %s is gone or expired: not migrated", source.name, _short(old_id))
         session.regenerate_id()
         _delete_old_cookie_later(session, migration)
+        return
+    try:
+        carry(session, old)
+    except ValueError as exc:  # a plugin could not take its part (a user id of another type)
+        log.warning("old %s session %s not migrated: %s", source.name, _short(old_id), exc)
+        session.invalidate()  # what was carried so far, dropped; the old session stays
         return
     try:
         claim = source.take(dbsession, old)
@@ -473,18 +487,10 @@ def session_load(session: Session) -> None:
             "a concurrent request is migrating the same old session; pyramid_retry runs "
             "this one again, and it finds the new session"
         ) from None
+    mark_changed(dbsession)  # a SQL source's DELETE commits even if the source used Core SQL
     _after_transaction(session, claim)
-    carry(session, old)
     _delete_old_cookie_later(session, migration)
     log.info("old %s session %s migrated", source.name, _short(old_id))
-
-
-@hookimpl(tryfirst=True)
-def session_persist(session: Session, row: Any) -> None:
-    """A migrated session's row keeps the old session's creation time."""
-    created = session.stash.get(_CREATED, None)
-    if created is not None and session.new:
-        row.created = min(created, session.now)
 
 
 # -- carrying the old session over ------------------------------------------------------------
@@ -521,7 +527,7 @@ def carry(session: Session, old: OldSession) -> None:
         for message in messages:
             session.flash(message, queue)
     if old.created is not None:
-        session.stash[_CREATED] = int(old.created)
+        session.created = min(int(old.created), session.now)
     if old.settings:
         _carry_settings(session, old.settings)
     session.hook.session_migrated(session=session, old=old)
@@ -538,6 +544,16 @@ def _carry_settings(session: Session, values: Mapping[str, Any]) -> None:
                 s[name] = value
         except Exception as exc:  # a setting this model cannot hold per session: skipped
             log.info("per-session %s = %r not carried over: %s", name, value, exc)
+
+
+def _stored_meanwhile(session: Session, dbsession: Any) -> bool:
+    """Whether the row of the new session's token exists now (a locking read: on MariaDB's
+    REPEATABLE READ it sees what committed after this transaction's first read)."""
+    model: Any = session.model
+    found = dbsession.execute(
+        sa.select(model.id).where(model.id == session.session_id).with_for_update()
+    ).first()
+    return found is not None
 
 
 def _after_transaction(session: Session, claim: Claim) -> None:
@@ -570,9 +586,9 @@ def _delete_old_cookie_later(
     session: Session, migration: Migration, *, committed_only: bool = True
 ) -> None:
     """Delete the old cookie in the response, once the request's transaction committed."""
-    if session.stash.get(_DELETE_COOKIE, None) == "registered":
+    if session.stash.get(_DELETE_COOKIE, False):
         return
-    session.stash[_DELETE_COOKIE] = "registered"  # type: ignore[assignment]
+    session.stash[_DELETE_COOKIE] = True
     request = session.request
     state = {"committed": not committed_only}
     if committed_only:

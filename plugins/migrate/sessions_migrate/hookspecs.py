@@ -32,9 +32,10 @@ def session_migrated(session: Session, old: OldSession) -> None:
     by ``psessions migrate``. Set your columns (``session.set_column``),
     cookie extras or ``session.stash``, as a carried-over value, not as a
     new event: a user carried over is not a login (no new id, no
-    ``session_user_changed``). Raise
-    :class:`~sessions_migrate.source.Unrepresentable` when the value cannot
-    be carried (a user id of the wrong type): the session is then not
-    migrated, the reason is logged, and the request goes on with a new,
-    empty session. Issue no SQL. The return value is ignored.
+    ``session_user_changed``). Raise :class:`ValueError` (of which
+    :class:`~sessions_migrate.source.Unrepresentable` is one, so a plugin
+    need not import this one) when the value cannot be carried (a user id
+    of the wrong type): what was carried is dropped, the old session is
+    left where it is, the reason is logged, and the request goes on with a
+    new, empty session. Issue no SQL. The return value is ignored.
     """

@@ -133,7 +133,7 @@ class Source(Protocol):
     """An old session store: the adapter the migration reads through.
 
     ``name`` is the name ``session.migrate_from`` takes. The class is built
-    once per session factory with ``Source(options)``: check the
+    once per session factory with ``Source(options, clock)`` (the factory's clock): check the
     options there and raise :class:`ValueError` with the fix in the message
     (the plugin turns it into a ``ConfigurationError`` naming the setting).
     """

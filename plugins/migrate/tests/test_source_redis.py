@@ -23,7 +23,6 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -171,7 +170,9 @@ def log_in(app: TestApp, userid: str = "alice") -> str:
 def source(prefix: str, secret: str | bytes, url: str | None = None, **options: str) -> RedisSource:
     secret_bytes = secret.encode() if isinstance(secret, str) else secret
     opts = SourceOptions(
-        secrets=(secret_bytes,), url=url or REDIS_URL, options={"prefix": prefix, **options}
+        secrets=(secret_bytes,),
+        url=url or REDIS_URL,
+        options={"prefix": prefix, "claim_wait": "0", **options},
     )
     return RedisSource(opts, Clock())
 
@@ -186,29 +187,6 @@ def signed(secret: str, session_id: str) -> str:
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    if not REDIS_URL:
-        pytest.skip("SESSIONS_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/15)")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at SESSIONS_TEST_REDIS_URL: {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(r: redis.Redis) -> Iterator[str]:
-    """A key prefix of this test's own; every key under it is deleted afterwards."""
-    mine = f"test-migrate-{secrets.token_hex(6)}:"
-    yield mine
-    keys = list(r.scan_iter(match=mine + "*", count=1000))
-    if keys:
-        r.delete(*keys)
 
 
 @pytest.fixture

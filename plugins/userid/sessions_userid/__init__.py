@@ -175,6 +175,40 @@ def user_changed(session: Session, old: Any, new: Any) -> None:
     session.hook.session_user_changed(session=session, old=old, new=new)
 
 
+@hookimpl(optionalhook=True)
+def session_migrated(session: Session, old: Any) -> None:
+    """sessions-migrate: the old session's user is this session's, as it was there.
+
+    Carried over, not a login: no new id, no ``session_user_changed``. A user
+    id of another type than the column's is converted (``"42"`` to an
+    ``int`` column, a string to a UUID); one that does not convert raises
+    ``ValueError``, and the session is not migrated.
+    """
+    value = old.userid
+    if value is None:
+        return
+    expected = _python_type(session)
+    if expected is not None and not _is_a(value, expected):
+        try:
+            if expected is bool or isinstance(value, bool):
+                raise ValueError("a boolean is no user id")
+            converted = uuid.UUID(str(value)) if expected is uuid.UUID else expected(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"its user id {value!r} does not fit {session.model.__name__}.userid "
+                f"({expected.__name__})"
+            ) from None
+        if expected is not uuid.UUID and str(converted) != str(value).strip():
+            raise ValueError(
+                f"its user id {value!r} does not fit {session.model.__name__}.userid "
+                f"({expected.__name__}) without changing"
+            )
+        value = converted
+    session.set_column(COLUMN, value)
+    if session.row is None:
+        session.stash[_UNSTORED_USER] = value
+
+
 @hookimpl
 def session_invalidated(session: Session, old_row: Any) -> None:
     """A session a user was logged in to ended (a logout, an expiry): the user changed too."""

@@ -42,6 +42,9 @@ The options (``session.migrate_options``, as ``name=value``):
     ``[A-Za-z0-9_-]{64}``: the id generator's); for a custom ``id_generator``.
 ``claim_seconds``
     how long a request's claim on an old session lasts if it never ends (default 60).
+``claim_wait``
+    how long a request that finds the old session claimed by a concurrent one waits
+    for that claim's end before it runs again (default 10 seconds; 0: not at all).
 ``cookie_path``, ``cookie_domain``
     ``redis.sessions.cookie_path`` and ``cookie_domain``, to delete the old cookie.
 
@@ -62,6 +65,7 @@ import logging
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -84,6 +88,11 @@ _MAX_COOKIE = 4096
 _COOKIE_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 #: after the prefix, the key of a claim on an old session (``<prefix>migrating:<rest of id>``)
 CLAIM_INFIX = "migrating:"
+#: How long a request that finds the old session claimed waits for the claim's end (the
+#: other request's commit or abort), in seconds, before it runs again (pyramid_retry):
+#: the SQL sources wait the same way, on the row's lock.
+CLAIM_WAIT = 10.0
+_CLAIM_POLL = 0.02
 #: pyramid_session_redis's default ``timeout``
 DEFAULT_TIMEOUT = 1200
 _OPTIONS = frozenset(
@@ -94,6 +103,7 @@ _OPTIONS = frozenset(
         "csrf_key",
         "id_pattern",
         "claim_seconds",
+        "claim_wait",
         "cookie_path",
         "cookie_domain",
     }
@@ -195,6 +205,12 @@ class RedisSource:
             ) from None
         self._redis: redis_package.Redis = redis.Redis.from_url(options.url)
         self._release = self._redis.register_script(_RELEASE)
+        try:
+            self._claim_wait = float(opts.get("claim_wait", str(CLAIM_WAIT)))
+        except ValueError:
+            self._claim_wait = -1.0
+        if not 0 <= self._claim_wait <= 60:
+            raise ValueError(f"claim_wait={opts.get('claim_wait')!r}: expected seconds, 0 to 60")
 
     def __repr__(self) -> str:
         # neither the secrets nor the URL (it may hold a password)
@@ -266,7 +282,8 @@ class RedisSource:
 
         A claim is the key ``<prefix>migrating:<id after the prefix>``, set with
         ``SET NX EX claim_seconds`` to a random token; a caller that finds it
-        set, or finds the old key gone once it holds the claim (a concurrent
+        set (after waiting up to ``claim_wait`` seconds for the claim's
+        end), or finds the old key gone once it holds the claim (a concurrent
         migration committed meanwhile), raises :class:`ClaimedElsewhere`. The
         returned :class:`Claim`'s ``on_commit`` deletes the old key and
         releases the claim; its ``on_abort`` releases the claim, so that a
@@ -276,6 +293,11 @@ class RedisSource:
         claim_key = self._claim_key(old_id)
         token = secrets.token_hex(16)
         if not self._redis.set(claim_key, token, nx=True, ex=self._claim_seconds):
+            # a concurrent first visit is migrating it: wait for its end, as a SQL source
+            # waits on the row's lock, so that this request's next attempt finds its row
+            deadline = time.monotonic() + self._claim_wait
+            while self._redis.exists(claim_key) and time.monotonic() < deadline:
+                time.sleep(_CLAIM_POLL)
             raise ClaimedElsewhere(old_id)
         try:
             present = self._redis.exists(old_id)
