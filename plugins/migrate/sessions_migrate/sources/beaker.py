@@ -61,6 +61,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 
 from ..source import Claim, OldSession, SourceOptions, Unrepresentable
 from ..unpickle import safe_loads
@@ -139,7 +140,7 @@ class BeakerSource:
             raise ValueError("userid_key must be the session key of the user id (auth.userid)")
         self._cookie_path = options.options.get("cookie_path", "/") or "/"
         self._cookie_domain = options.options.get("cookie_domain") or None
-        self._table = _table(options.table or DEFAULT_TABLE)
+        self._table, self._row_class = _table(options.table or DEFAULT_TABLE)
 
     def __repr__(self) -> str:
         # never the secrets
@@ -197,7 +198,12 @@ class BeakerSource:
         session = self._decode(old_id, row[0], now)
         if session is None:
             return None
-        result = dbsession.execute(sa.delete(table).where(table.c.namespace == old_id))
+        rows = self._row_class
+        result = dbsession.execute(
+            sa.delete(rows)
+            .where(rows.namespace == old_id)  # type: ignore[attr-defined]
+            .execution_options(synchronize_session=False)
+        )
         if result.rowcount != 1:
             return None
         return Claim(session=session)
@@ -305,20 +311,32 @@ class BeakerSource:
         )
 
 
-def _table(name: str) -> sa.TableClause:
-    """The columns of Beaker's table this adapter uses; ``data`` read as raw bytes."""
-    schema, _, table = name.rpartition(".")
-    if not _TABLE.fullmatch(table) or (schema and not _TABLE.fullmatch(schema)):
+def _table(name: str) -> tuple[sa.Table, type]:
+    """The columns of Beaker's table this adapter uses (``data`` read as raw bytes), and a
+    class mapped to them.
+
+    The ``DELETE`` of a claim goes through the mapped class: an ORM statement, which
+    zope.sqlalchemy sees, so that a request's transaction commits it even when nothing else
+    was written (SQL it does not see leaves the session "unchanged", and is rolled back).
+    Only the namespace and data columns are declared; Beaker's ``id`` is never needed.
+    """
+    schema, _, table_name = name.rpartition(".")
+    if not _TABLE.fullmatch(table_name) or (schema and not _TABLE.fullmatch(schema)):
         raise ValueError(
             f"expected Beaker's table name (session.table_name, optionally schema.table), "
             f"got {name!r}"
         )
-    return sa.table(
-        table,
-        sa.column("namespace", sa.String(255)),
-        sa.column("data", sa.LargeBinary()),
+    registry = sa.orm.registry()
+    table = sa.Table(
+        table_name,
+        registry.metadata,
+        sa.Column("namespace", sa.String(255), primary_key=True),
+        sa.Column("data", sa.LargeBinary()),
         schema=schema or None,
     )
+    row_class = type("BeakerRow", (), {"__doc__": "A row of Beaker's table (claims only)."})
+    registry.map_imperatively(row_class, table)
+    return table, row_class
 
 
 def _session_dictionary(stored: Any) -> dict[Any, Any]:

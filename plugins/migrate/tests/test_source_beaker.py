@@ -1,0 +1,629 @@
+"""The beaker source against real pyramid_beaker sessions in Beaker's ext:database store.
+
+Each test runs a real Pyramid 2 application with ``config.include("pyramid_beaker")``,
+``session.type = ext:database`` and ``session.url`` on the database under test
+(SQLite, PostgreSQL, MariaDB), driven by WebTest: a login through Pyramid's
+``SessionAuthenticationHelper``, a CSRF token, a cart and a flash message. The
+browser's cookie and the row Beaker wrote are what the adapter verifies and
+claims. Time is moved by passing ``now`` to the adapter, and for Beaker by
+rewriting the stored ``_accessed_time`` through Beaker's own ``Session`` API.
+"""
+
+from __future__ import annotations
+
+import fractions
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import transaction
+import webtest
+import zope.sqlalchemy
+from beaker.ext.database import DatabaseNamespaceManager
+from beaker.ext.sqla import SqlaNamespaceManager, make_cache_table
+from beaker.session import Session as BeakerSession
+from pyramid.authentication import SessionAuthenticationHelper
+from pyramid.config import Configurator
+from pyramid.csrf import check_csrf_token, get_csrf_token
+from pyramid.security import Allowed, Denied, remember
+from sessions_migrate.source import Source, SourceOptions, Unrepresentable
+from sessions_migrate.sources import beaker as beaker_module
+from sessions_migrate.sources.beaker import BeakerSource
+from sqlalchemy.orm import Session as DBSession
+
+TIMEOUT = 600
+
+
+class SessionSecurityPolicy:
+    """Pyramid 2's security policy over the session, as Pyramid's docs write it."""
+
+    def __init__(self, prefix: str = "auth.") -> None:
+        self.helper = SessionAuthenticationHelper(prefix=prefix)
+
+    def identity(self, request: Any) -> Any:
+        return self.helper.authenticated_userid(request)
+
+    def authenticated_userid(self, request: Any) -> Any:
+        return self.helper.authenticated_userid(request)
+
+    def permits(self, request: Any, context: Any, permission: str) -> Any:
+        if self.identity(request) is None:
+            return Denied("not logged in")
+        return Allowed("logged in")
+
+    def remember(self, request: Any, userid: Any, **kw: Any) -> list[Any]:
+        return self.helper.remember(request, userid, **kw)
+
+    def forget(self, request: Any, **kw: Any) -> list[Any]:
+        return self.helper.forget(request, **kw)
+
+
+def login(request: Any) -> dict[str, Any]:
+    request.response.headerlist.extend(remember(request, request.params["userid"]))
+    request.session["cart"] = {"items": ["apple", "pear"], "total": 2}
+    request.session.flash("Welcome back")
+    request.session.flash("Card expires soon", queue="warnings")
+    return {"csrf_token": get_csrf_token(request)}
+
+
+def whoami(request: Any) -> dict[str, Any]:
+    return {
+        "userid": request.authenticated_userid,
+        "cart": request.session.get("cart"),
+        "flash": request.session.peek_flash(),
+    }
+
+
+def checkout(request: Any) -> dict[str, Any]:
+    check_csrf_token(request)
+    return {"ok": True}
+
+
+def store(request: Any) -> dict[str, Any]:
+    """Stores the value the test's ``values[kind]()`` makes under ``kind``."""
+    kind = request.params["kind"]
+    request.session[kind] = request.registry.settings["test.values"][kind]()
+    return {}
+
+
+@dataclass
+class Beaker:
+    """A pyramid_beaker application on the database under test, and Beaker's table."""
+
+    engine: sa.Engine
+    url: str
+    table: str = field(default_factory=lambda: f"beaker_{secrets.token_hex(5)}")
+    secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    values: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    def app(self, prefix: str = "auth.", **settings: str) -> webtest.TestApp:
+        """A browser on a fresh pyramid_beaker application (``settings``: more session.*)."""
+        all_settings: dict[str, Any] = {
+            "session.type": "ext:database",
+            "session.url": self.url,
+            "session.table_name": self.table,
+            "session.secret": self.secret,
+            "session.timeout": str(TIMEOUT),
+            "session.key": "beaker.session.id",
+            "test.values": self.values,
+            **{f"session.{k}": v for k, v in settings.items()},
+        }
+        with Configurator(settings=all_settings) as config:
+            config.include("pyramid_beaker")
+            config.set_security_policy(SessionSecurityPolicy(prefix))
+            for name, view, method in (
+                ("login", login, "POST"),
+                ("whoami", whoami, "GET"),
+                ("checkout", checkout, "POST"),
+                ("store", store, "POST"),
+            ):
+                config.add_route(name, f"/{name}")
+                config.add_view(view, route_name=name, renderer="json", request_method=method)
+            return webtest.TestApp(config.make_wsgi_app())
+
+    def log_in(self, userid: str = "alice", **settings: str) -> tuple[webtest.TestApp, str, str]:
+        """Log in through Beaker: the browser, its cookie and its CSRF token."""
+        browser = self.app(**settings)
+        token = browser.post("/login", {"userid": userid}).json["csrf_token"]
+        return browser, browser.cookies["beaker.session.id"], token
+
+    def source(self, *secrets_: str, timeout: int | None = TIMEOUT, **options: str) -> Source:
+        source = BeakerSource(
+            SourceOptions(
+                secrets=tuple(s.encode() for s in (secrets_ or (self.secret,))),
+                table=self.table,
+                timeout=timeout,
+                options=options,
+            )
+        )
+        assert isinstance(source, Source)
+        return source
+
+    def beaker_session(self, old_id: str, **params: Any) -> BeakerSession:
+        """The stored session through Beaker's own API (no cookie, no timeout: as stored)."""
+        return BeakerSession(
+            {},
+            id=old_id,
+            use_cookies=False,
+            type="ext:database",
+            url=self.url,
+            table_name=self.table,
+            **params,
+        )
+
+    def accessed(self, old_id: str, **params: Any) -> float:
+        """The ``_accessed_time`` Beaker stored (its ``last_accessed`` on load)."""
+        value = self.beaker_session(old_id, **params).last_accessed
+        assert isinstance(value, float)
+        return value
+
+    def set_accessed(self, old_id: str, value: float, **params: Any) -> None:
+        """Rewrite the stored ``_accessed_time`` through Beaker's API."""
+        session = self.beaker_session(old_id, **params)
+        session["_accessed_time"] = value
+        session.save()
+
+    def rows(self, old_id: str | None = None) -> int:
+        table = sa.table(self.table, sa.column("namespace"))
+        query = sa.select(sa.func.count()).select_from(table)
+        if old_id is not None:
+            query = query.where(table.c.namespace == old_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+@pytest.fixture
+def beaker(session_engine: sa.Engine, session_db_url: str) -> Iterator[Beaker]:
+    made = Beaker(session_engine, session_db_url)
+    yield made
+    with session_engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {made.table}"))
+
+
+def claim_now(source: Source, engine: sa.Engine, old_id: str, now: int) -> Any:
+    """Claim in a transaction of its own, committed."""
+    with DBSession(engine) as db:
+        claim = source.claim(db, old_id, now)
+        db.commit()
+    return claim
+
+
+def sign(secret: str, old_id: str) -> str:
+    """A cookie as Beaker's SignedCookie writes it: HMAC-SHA1 hex, then the id."""
+    return hmac.new(secret.encode(), old_id.encode(), hashlib.sha1).hexdigest() + old_id
+
+
+# -- a real login moves over ---------------------------------------------------------------
+
+
+def test_a_beaker_login_is_verified_and_claimed(beaker: Beaker) -> None:
+    browser, cookie, token = beaker.log_in("alice")
+    assert browser.get("/whoami").json["userid"] == "alice"  # Beaker itself knows alice
+    browser.post("/checkout", {"csrf_token": token})  # and her token is good there
+    source = beaker.source()
+
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None and old_id == cookie[40:]
+    assert beaker.rows(old_id) == 1  # the row Beaker wrote
+    accessed = beaker.accessed(old_id)
+    claim = claim_now(source, beaker.engine, old_id, int(accessed) + 1)
+
+    assert claim is not None
+    old = claim.session
+    assert old.id == old_id and old.handle == old_id
+    assert old.userid == "alice"
+    assert old.csrf_token == token
+    assert old.flash == {"": ["Welcome back"], "warnings": ["Card expires soon"]}
+    assert old.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+    assert old.accessed == int(accessed)
+    assert old.created is not None and old.created <= old.accessed
+    assert old.expires_at == int(accessed) + TIMEOUT + 1
+    assert old.settings == {}
+    assert not old.is_empty()
+    # deleted with the commit: gone for the adapter and for Beaker
+    assert beaker.rows(old_id) == 0
+    assert claim_now(source, beaker.engine, old_id, int(accessed) + 1) is None
+    assert browser.get("/whoami").json["userid"] is None
+
+
+def test_a_custom_userid_prefix_needs_the_userid_key_option(beaker: Beaker) -> None:
+    browser = beaker.app(prefix="myapp.")
+    browser.post("/login", {"userid": "bob"})
+    old_id = beaker.source().open_cookie(browser.cookies["beaker.session.id"])
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+
+    with DBSession(beaker.engine) as db:  # the default key: bob stays in the data
+        default = beaker.source().claim(db, old_id, now)
+        assert default is not None
+        assert default.session.userid is None
+        assert default.session.data["myapp.userid"] == "bob"
+        db.rollback()
+    claim = claim_now(beaker.source(userid_key="myapp.userid"), beaker.engine, old_id, now)
+    assert claim is not None
+    assert claim.session.userid == "bob" and "myapp.userid" not in claim.session.data
+
+
+def test_beaker_json_serializer(beaker: Beaker) -> None:
+    _, cookie, token = beaker.log_in("carol", data_serializer="json")
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id, data_serializer="json"))
+    claim = claim_now(source, beaker.engine, old_id, now)
+    assert claim is not None
+    assert claim.session.userid == "carol" and claim.session.csrf_token == token
+    assert claim.session.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+
+
+def test_a_row_as_beaker_1_11_wrote_it(beaker: Beaker) -> None:
+    """Beaker up to 1.11 kept the session dictionary itself under "session" (no base64)."""
+    _, cookie, _ = beaker.log_in("dave")
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    values = dict(beaker.beaker_session(old_id))
+    # Beaker's own namespace manager writes it, as Beaker 1.11's Session.save() did
+    namespace = DatabaseNamespaceManager(old_id, url=beaker.url, table_name=beaker.table)
+    namespace.acquire_write_lock(replace=True)
+    try:
+        namespace["session"] = values
+    finally:
+        namespace.release_write_lock()
+    claim = claim_now(source, beaker.engine, old_id, int(values["_accessed_time"]))
+    assert claim is not None and claim.session.userid == "dave"
+    assert claim.session.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+
+
+def test_encrypted_rows_are_refused(beaker: Beaker) -> None:
+    """session.encrypt_key encrypts the row's data (never the cookie): not read."""
+    browser, cookie, _ = beaker.log_in(
+        "erin", encrypt_key=secrets.token_hex(16), validate_key=secrets.token_hex(16)
+    )
+    assert browser.get("/whoami").json["userid"] == "erin"  # Beaker reads it back
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None  # the cookie is the same signed id
+    with DBSession(beaker.engine) as db, pytest.raises(Unrepresentable, match="encrypt_key"):
+        source.claim(db, old_id, int(time.time()))
+    assert beaker.rows(old_id) == 1
+
+
+# -- the cookie ----------------------------------------------------------------------------
+
+
+def test_only_a_cookie_signed_with_an_old_secret_opens(beaker: Beaker) -> None:
+    _, cookie, _ = beaker.log_in()
+    old_id = cookie[40:]
+    source = beaker.source()
+    assert source.open_cookie(cookie) == old_id
+    assert source.open_cookie(f'"{cookie}"') == old_id  # quoted, as Beaker accepts it
+    # rotation: the secrets newest first, the cookie signed with an older one
+    assert beaker.source(secrets.token_hex(16), beaker.secret).open_cookie(cookie) == old_id
+
+    flipped = ("0" if cookie[7] != "0" else "1").join((cookie[:7], cookie[8:]))
+    refused = {
+        "forged signature": flipped,
+        "another secret": sign(secrets.token_hex(16), old_id),
+        "another id under the signature": cookie[:40] + old_id[::-1],
+        "truncated": cookie[:-1],
+        "signature truncated": cookie[1:],
+        "id only (a Beaker without session.secret)": old_id,
+        "signature only": cookie[:40],
+        "upper-case signature": cookie[:40].upper() + old_id,
+        "empty": "",
+        "not URL-safe id": sign(beaker.secret, "a b"),
+        "id over 255 characters": sign(beaker.secret, "a" * 256),
+    }
+    for why, value in refused.items():
+        assert source.open_cookie(value) is None, why
+    assert beaker.source(secrets.token_hex(16)).open_cookie(cookie) is None
+    # the refusals are the adapter's, not the value's: signed right, each id opens
+    assert source.open_cookie(sign(beaker.secret, "a" * 255)) == "a" * 255
+
+
+def test_options(beaker: Beaker) -> None:
+    source = beaker.source()
+    assert source.name == "beaker"
+    assert source.cookie_name() == "beaker.session.id"
+    assert source.cookie_attributes() == {"path": "/", "domain": None}
+    assert beaker.secret not in repr(source)
+    other = BeakerSource(
+        SourceOptions(
+            secrets=(b"k",),
+            cookie_name="sid",
+            options={"cookie_path": "/app", "cookie_domain": "example.com"},
+        )
+    )
+    assert other.cookie_name() == "sid"
+    assert other.cookie_attributes() == {"path": "/app", "domain": "example.com"}
+    for options, message in (
+        (SourceOptions(secrets=()), "session.secret"),
+        (SourceOptions(secrets=(b"",)), "non-empty"),
+        (SourceOptions(secrets=(b"k",), timeout=0), "session.timeout"),
+        (SourceOptions(secrets=(b"k",), table="beaker cache"), "table_name"),
+        (SourceOptions(secrets=(b"k",), options={"userid": "x"}), "unknown option"),
+        (SourceOptions(secrets=(b"k",), options={"userid_key": ""}), "userid_key"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            BeakerSource(options)
+
+
+# -- expiry: Beaker's rule -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accessed", [1_700_000_000.0, 1_700_000_000.5])
+def test_expired_by_beakers_timeout_is_not_claimed(beaker: Beaker, accessed: float) -> None:
+    browser, cookie, _ = beaker.log_in("alice")
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    beaker.set_accessed(old_id, accessed)
+    assert beaker.accessed(old_id) == accessed
+
+    # Beaker itself, on its clock, ends it (a new session: nobody logged in)
+    assert browser.get("/whoami").json["userid"] is None
+    assert beaker.rows(old_id) == 1  # and leaves the row
+
+    # Beaker's rule: expired when now - _accessed_time > timeout (600 s later is not)
+    assert claim_now(source, beaker.engine, old_id, int(accessed) + TIMEOUT + 1) is None
+    assert beaker.rows(old_id) == 1
+    claim = claim_now(source, beaker.engine, old_id, int(accessed) + TIMEOUT)
+    assert claim is not None and claim.session.userid == "alice"
+    assert claim.session.expires_at == int(accessed) + TIMEOUT + 1
+
+
+def test_without_a_timeout_every_stored_session_lives(beaker: Beaker) -> None:
+    _, cookie, _ = beaker.log_in("alice")
+    old_id = cookie[40:]
+    beaker.set_accessed(old_id, 1_000_000_000.0)
+    late = 2_000_000_000
+    assert claim_now(beaker.source(), beaker.engine, old_id, late) is None
+    claim = claim_now(beaker.source(timeout=None), beaker.engine, old_id, late)
+    assert claim is not None and claim.session.expires_at is None
+
+
+# -- pickles -------------------------------------------------------------------------------
+
+
+class Canary:
+    """Pickles as a call of os.mkdir: whoever loads it with pickle.loads runs it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.path),))
+
+
+def test_an_object_outside_the_plain_values_is_unrepresentable(
+    beaker: Beaker, tmp_path: Path
+) -> None:
+    ran = tmp_path / "the pickle ran"
+    beaker.values.update(fraction=lambda: fractions.Fraction(1, 3), canary=lambda: Canary(ran))
+    source = beaker.source()
+    for kind in ("fraction", "canary"):
+        browser, cookie, _ = beaker.log_in("mallory")
+        browser.post("/store", {"kind": kind})
+        old_id = source.open_cookie(cookie)
+        assert old_id is not None
+        with DBSession(beaker.engine) as db:
+            with pytest.raises(Unrepresentable, match="not a plain value"):
+                source.claim(db, old_id, 0)  # (loading it through Beaker would run it)
+            db.rollback()
+        assert beaker.rows(old_id) == 1  # left where it is
+    assert not ran.exists()  # the adapter built nothing of it
+    browser.get("/whoami")  # Beaker loads its pickle with pickle.loads: the call runs
+    assert ran.is_dir()
+
+
+def test_claim_reads_no_pickle_of_a_forged_cookie(beaker: Beaker) -> None:
+    """A cookie that does not verify never reaches the table (nothing to unpickle)."""
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    assert source.open_cookie(sign(secrets.token_hex(16), cookie[40:])) is None
+
+
+# -- the claim: one transaction, exactly one winner ----------------------------------------
+
+
+def test_a_rolled_back_claim_keeps_the_row(beaker: Beaker) -> None:
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+    with DBSession(beaker.engine) as db:
+        assert source.claim(db, old_id, now) is not None
+        db.rollback()
+    assert beaker.rows(old_id) == 1
+    assert claim_now(source, beaker.engine, old_id, now) is not None
+    assert beaker.rows(old_id) == 0
+
+
+def test_the_claim_commits_with_the_request_transaction(beaker: Beaker) -> None:
+    """In a zope.sqlalchemy session (as request.dbsession is), the DELETE is committed."""
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    manager = transaction.TransactionManager(explicit=True)
+    db = DBSession(beaker.engine)
+    zope.sqlalchemy.register(db, transaction_manager=manager)
+    with manager:
+        assert source.claim(db, old_id, int(beaker.accessed(old_id))) is not None
+    db.close()
+    assert beaker.rows(old_id) == 0
+
+
+def test_two_first_visits_sequential(beaker: Beaker) -> None:
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+    assert claim_now(source, beaker.engine, old_id, now) is not None
+    assert claim_now(source, beaker.engine, old_id, now) is None
+
+
+def test_a_row_deleted_between_read_and_delete_is_not_claimed(beaker: Beaker) -> None:
+    """SQLite takes no row lock at the SELECT: another transaction may delete the row before
+    the claim's DELETE, whose row count then says it lost."""
+    if beaker.engine.dialect.name != "sqlite":
+        pytest.skip("the SELECT ... FOR UPDATE locks the row: test_two_concurrent_first_visits")
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+    table = sa.table(beaker.table, sa.column("namespace"))
+
+    done: list[bool] = []
+
+    def the_other_visit_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not done and statement.lstrip().upper().startswith("DELETE"):
+            done.append(True)
+            with beaker.engine.begin() as other:  # another connection: it commits first
+                other.execute(sa.delete(table).where(table.c.namespace == old_id))
+
+    sa.event.listen(beaker.engine, "before_cursor_execute", the_other_visit_first)
+    try:
+        assert claim_now(source, beaker.engine, old_id, now) is None
+    finally:
+        sa.event.remove(beaker.engine, "before_cursor_execute", the_other_visit_first)
+    assert done and beaker.rows(old_id) == 0
+
+
+def _backend_id(db: DBSession) -> int:
+    name = db.get_bind().dialect.name
+    query = "SELECT pg_backend_pid()" if name == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(db.execute(sa.text(query)).scalar_one())
+
+
+def _waits_for_a_lock(engine: sa.Engine, backend: int) -> bool:
+    if engine.dialect.name == "postgresql":
+        query = "SELECT count(*) FROM pg_stat_activity WHERE pid = :id AND wait_event_type = 'Lock'"
+    else:
+        query = (
+            "SELECT count(*) FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id = :id AND trx_state = 'LOCK WAIT'"
+        )
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text(query), {"id": backend}).scalar_one())
+
+
+@pytest.mark.parametrize("isolation", ["default", "snapshot", "snapshot, namespace key"])
+@pytest.mark.parametrize("first", ["commits", "rolls back"])
+def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str) -> None:
+    """A claims and holds its transaction; B's claim waits for it, then gets None (A
+    committed) or the session (A rolled back).
+
+    ``snapshot``: MariaDB's ``innodb_snapshot_isolation`` (on by default from 11.8) refuses
+    to change a row changed since the transaction's snapshot (error 1020), at least where
+    the row is found by its primary key: the layout of Beaker's ``make_cache_table``
+    (``namespace key``), which ext:database also writes to when it finds it. B reads the
+    row with ``SELECT ... FOR UPDATE``, which takes no snapshot: it gets None, not an error.
+    """
+    name = beaker.engine.dialect.name
+    if name == "sqlite":
+        pytest.skip("SQLite runs one writer at a time: test_two_first_visits_sequential")
+    if isolation != "default" and name == "postgresql":
+        pytest.skip("innodb_snapshot_isolation is MariaDB's")
+    if isolation == "snapshot, namespace key":
+        SqlaNamespaceManager._init_dependencies()
+        metadata = sa.MetaData()
+        make_cache_table(metadata, beaker.table)
+        metadata.create_all(beaker.engine)
+    _, cookie, _ = beaker.log_in()
+    source = beaker.source()
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+    backend: list[int] = []
+    results: list[Any] = []
+    ready = threading.Event()
+    # B's own connection, closed after it: a session variable set on it stays there
+    engine_b = sa.create_engine(beaker.url, poolclass=sa.pool.NullPool)
+
+    def visit_b() -> None:
+        with DBSession(engine_b) as db:
+            if isolation != "default":
+                db.execute(sa.text("SET SESSION innodb_snapshot_isolation = ON"))
+            backend.append(_backend_id(db))
+            ready.set()
+            try:
+                results.append(source.claim(db, old_id, now))
+            except Exception as exc:
+                results.append(exc)
+            db.commit()
+
+    with DBSession(beaker.engine) as db_a:
+        assert source.claim(db_a, old_id, now) is not None
+        b = threading.Thread(target=visit_b)
+        b.start()
+        assert ready.wait(30)
+        for _ in range(600):  # until B's claim waits on A's lock of the row
+            if _waits_for_a_lock(beaker.engine, backend[0]):
+                break
+            assert b.is_alive(), f"B finished without waiting: {results}"
+            time.sleep(0.05)
+        else:
+            pytest.fail("B's claim never waited for A's lock")
+        assert not results
+        if first == "commits":
+            db_a.commit()
+        else:
+            db_a.rollback()
+    b.join(30)
+    engine_b.dispose()
+    assert not b.is_alive()
+    if first == "commits":
+        assert results == [None]
+    else:
+        assert len(results) == 1 and getattr(results[0], "session", None) is not None
+        assert results[0].session.id == old_id
+    assert beaker.rows(old_id) == 0
+
+
+# -- the bulk path -------------------------------------------------------------------------
+
+
+def test_count_and_live_ids(beaker: Beaker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beaker_module, "_BATCH", 2)  # several batches of the keyset walk
+    beaker.values["fraction"] = lambda: fractions.Fraction(1, 3)
+    source = beaker.source()
+    ids = {}
+    for name in ("live1", "live2", "live3", "expired", "unreadable"):
+        browser, cookie, _ = beaker.log_in(name)
+        ids[name] = cookie[40:]
+        if name == "unreadable":
+            browser.post("/store", {"kind": "fraction"})
+    now = int(max(beaker.accessed(ids[n]) for n in ("live1", "live2", "live3")))
+    beaker.set_accessed(ids["expired"], now - TIMEOUT - 1.0)
+    assert beaker.rows() == 5
+
+    with DBSession(beaker.engine) as db:
+        live = list(source.live_ids(db, now))
+        assert sorted(live) == live
+        # the unreadable one is listed: its claim reports it
+        assert set(live) == {ids[n] for n in ("live1", "live2", "live3", "unreadable")}
+        assert source.count(db, now) == 4
+        # without Beaker's timeout the expired one lives too
+        assert beaker.source(timeout=None).count(db, now) == 5
+        # claiming while walking: each batch is read before it is given
+        for old_id in beaker.source().live_ids(db, now):
+            if old_id != ids["unreadable"]:
+                assert source.claim(db, old_id, now) is not None
+        db.commit()
+    with DBSession(beaker.engine) as db:
+        assert list(source.live_ids(db, now)) == [ids["unreadable"]]
+        assert source.count(db, now) == 1
