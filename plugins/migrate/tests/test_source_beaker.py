@@ -88,6 +88,15 @@ def checkout(request: Any) -> dict[str, Any]:
     return {"ok": True}
 
 
+def logout(request: Any) -> dict[str, Any]:
+    """pyramid_beaker's two ways out: ``invalidate()`` (Pyramid's ISession) or ``delete()``."""
+    if request.params["how"] == "invalidate":
+        request.session.invalidate()
+    else:
+        request.session.delete()
+    return {}
+
+
 def store(request: Any) -> dict[str, Any]:
     """Stores the value the test's ``values[kind]()`` makes under ``kind``."""
     kind = request.params["kind"]
@@ -125,6 +134,7 @@ class Beaker:
                 ("whoami", whoami, "GET"),
                 ("checkout", checkout, "POST"),
                 ("store", store, "POST"),
+                ("logout", logout, "POST"),
             ):
                 config.add_route(name, f"/{name}")
                 config.add_view(view, route_name=name, renderer="json", request_method=method)
@@ -296,6 +306,39 @@ def test_encrypted_rows_are_refused(beaker: Beaker) -> None:
     with DBSession(beaker.engine) as db, pytest.raises(Unrepresentable, match="encrypt_key"):
         source.claim(db, old_id, int(time.time()))
     assert beaker.rows(old_id) == 1
+
+
+def test_beaker_logouts(beaker: Beaker) -> None:
+    """Beaker's invalidate() leaves the old row, which the old cookie still opens (in Beaker,
+    and so in the migration); delete() leaves a row of Beaker's keys only: an empty session,
+    which the bulk path leaves out."""
+    source = beaker.source()
+    browser, cookie, _ = beaker.log_in("alice")
+    browser.post("/logout", {"how": "invalidate"})
+    assert browser.cookies["beaker.session.id"] != cookie
+    assert browser.get("/whoami").json["userid"] is None
+    copy = beaker.app()
+    copy.set_cookie("beaker.session.id", cookie)
+    assert copy.get("/whoami").json["userid"] == "alice"  # Beaker: the copy still works
+    old_id = source.open_cookie(cookie)
+    assert old_id is not None
+    now = int(beaker.accessed(old_id))
+    with DBSession(beaker.engine) as db:
+        claim = source.claim(db, old_id, now)
+        assert claim is not None and claim.session.userid == "alice"
+        db.rollback()
+
+    deleted, deleted_cookie, _ = beaker.log_in("bob")
+    deleted.post("/logout", {"how": "delete"})
+    deleted_id = deleted_cookie[40:]
+    assert beaker.rows(deleted_id) == 1
+    with DBSession(beaker.engine) as db:
+        assert deleted_id not in set(source.live_ids(db, now))
+        assert old_id in set(source.live_ids(db, now))
+        claim = source.claim(db, deleted_id, now)
+        assert claim is not None and claim.session.is_empty()
+        db.commit()
+    assert beaker.rows(deleted_id) == 0
 
 
 # -- the cookie ----------------------------------------------------------------------------
@@ -521,6 +564,17 @@ def _waits_for_a_lock(engine: sa.Engine, backend: int) -> bool:
         return bool(conn.execute(sa.text(query), {"id": backend}).scalar_one())
 
 
+def _activity(engine: sa.Engine) -> list[Any]:
+    """What the server's connections are doing (for a failure's message)."""
+    query = (
+        "SELECT * FROM pg_stat_activity"
+        if engine.dialect.name == "postgresql"
+        else ("SHOW PROCESSLIST")
+    )
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(query))]
+
+
 @pytest.mark.parametrize("isolation", ["default", "snapshot", "snapshot, namespace key"])
 @pytest.mark.parametrize("first", ["commits", "rolls back"])
 def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str) -> None:
@@ -577,7 +631,7 @@ def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str)
             assert b.is_alive(), f"B finished without waiting: {results}"
             time.sleep(0.05)
         else:
-            pytest.fail("B's claim never waited for A's lock")
+            pytest.fail(f"B's claim never waited for A's lock: {_activity(beaker.engine)}")
         assert not results
         if first == "commits":
             db_a.commit()

@@ -181,13 +181,18 @@ class BeakerSource:
     def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
         """Read the row of ``old_id``, decode it, and delete it in ``dbsession``'s transaction.
 
-        ``None`` when there is no row, when its session is empty or expired by
-        Beaker's rule (``now - _accessed_time > timeout``), or when the
-        ``DELETE`` found no row (a concurrent request claimed it first: its
-        ``SELECT ... FOR UPDATE`` waited for that request's commit). A row that
-        cannot be decoded safely raises :class:`Unrepresentable` before anything
-        is deleted: the row stays (and holds the row lock until the transaction
-        ends). An expired row is left as it is.
+        ``None`` when there is no row, when it holds no session (Beaker would
+        start a new one), when the session expired by Beaker's rule
+        (``now - _accessed_time > timeout``; the row is left as it is), or when
+        the ``DELETE`` found no row: a concurrent request claimed it first (the
+        ``SELECT ... FOR UPDATE`` waited for that request's commit; on SQLite
+        the row count tells). A row holding only Beaker's own keys is claimed
+        like any other (``OldSession.is_empty()`` says so). A row that cannot be
+        decoded safely raises :class:`Unrepresentable` before anything is
+        deleted: the row stays (locked until the transaction ends).
+
+        The ``DELETE`` is an ORM statement (see :func:`_table`): zope.sqlalchemy
+        then counts the request's session as changed and commits it.
         """
         table = self._table
         row = dbsession.execute(
@@ -217,7 +222,9 @@ class BeakerSource:
 
         Every row is decoded (Beaker's expiry is inside its pickle), in batches
         read in full before they are given, so that claiming them meanwhile is
-        safe. A row that cannot be decoded safely is given too: its claim raises
+        safe. Left out: expired sessions, and empty ones (nothing but Beaker's
+        own keys, as Beaker's ``Session.delete()`` leaves its row). A row that
+        cannot be decoded safely is given: its claim raises
         :class:`Unrepresentable`, which the bulk command reports.
         """
         table = self._table
@@ -231,7 +238,8 @@ class BeakerSource:
                 return
             for old_id, raw in rows:
                 try:
-                    live = self._decode(old_id, raw, now) is not None
+                    session = self._decode(old_id, raw, now)
+                    live = session is not None and not session.is_empty()
                 except Unrepresentable:
                     live = True
                 if live:
