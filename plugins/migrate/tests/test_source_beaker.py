@@ -4,9 +4,10 @@ Each test runs a real Pyramid 2 application with ``config.include("pyramid_beake
 ``session.type = ext:database`` and ``session.url`` on the database under test
 (SQLite, PostgreSQL, MariaDB), driven by WebTest: a login through Pyramid's
 ``SessionAuthenticationHelper``, a CSRF token, a cart and a flash message. The
-browser's cookie and the row Beaker wrote are what the adapter verifies and
-claims. Time is moved by passing ``now`` to the adapter, and for Beaker by
-rewriting the stored ``_accessed_time`` through Beaker's own ``Session`` API.
+browser's cookie and the row Beaker wrote are what the adapter verifies, reads
+and takes, as the plugin does (``read``, then ``take`` in the same
+transaction). Time is moved by passing ``now`` to the adapter, and for Beaker
+by rewriting the stored ``_accessed_time`` through Beaker's own ``Session`` API.
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
 from pyramid.csrf import check_csrf_token, get_csrf_token
 from pyramid.security import Allowed, Denied, remember
-from sessions_migrate.source import Source, SourceOptions, Unrepresentable
+from sessions_migrate.source import (
+    ClaimedElsewhere,
+    OldSession,
+    Source,
+    SourceOptions,
+    Unrepresentable,
+)
 from sessions_migrate.sources import beaker as beaker_module
 from sessions_migrate.sources.beaker import BeakerSource
 from sqlalchemy.orm import Session as DBSession
+
+from sessions_kernel.outage import is_retryable
 
 TIMEOUT = 600
 
@@ -199,12 +208,20 @@ def beaker(session_engine: sa.Engine, session_db_url: str) -> Iterator[Beaker]:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {made.table}"))
 
 
-def claim_now(source: Source, engine: sa.Engine, old_id: str, now: int) -> Any:
-    """Claim in a transaction of its own, committed."""
+def migrate(source: Source, db: DBSession, old_id: str, now: int) -> OldSession | None:
+    """What the plugin does in a request: read the old session, then take it."""
+    old = source.read(db, old_id, now)
+    if old is not None:
+        source.take(db, old)
+    return old
+
+
+def migrate_now(source: Source, engine: sa.Engine, old_id: str, now: int) -> OldSession | None:
+    """:func:`migrate` in a transaction of its own, committed."""
     with DBSession(engine) as db:
-        claim = source.claim(db, old_id, now)
+        old = migrate(source, db, old_id, now)
         db.commit()
-    return claim
+    return old
 
 
 def sign(secret: str, old_id: str) -> str:
@@ -212,10 +229,13 @@ def sign(secret: str, old_id: str) -> str:
     return hmac.new(secret.encode(), old_id.encode(), hashlib.sha1).hexdigest() + old_id
 
 
+CART = {"items": ["apple", "pear"], "total": 2}
+
+
 # -- a real login moves over ---------------------------------------------------------------
 
 
-def test_a_beaker_login_is_verified_and_claimed(beaker: Beaker) -> None:
+def test_a_beaker_login_is_verified_read_and_taken(beaker: Beaker) -> None:
     browser, cookie, token = beaker.log_in("alice")
     assert browser.get("/whoami").json["userid"] == "alice"  # Beaker itself knows alice
     browser.post("/checkout", {"csrf_token": token})  # and her token is good there
@@ -225,23 +245,29 @@ def test_a_beaker_login_is_verified_and_claimed(beaker: Beaker) -> None:
     assert old_id is not None and old_id == cookie[40:]
     assert beaker.rows(old_id) == 1  # the row Beaker wrote
     accessed = beaker.accessed(old_id)
-    claim = claim_now(source, beaker.engine, old_id, int(accessed) + 1)
+    with DBSession(beaker.engine) as db:
+        old = source.read(db, old_id, int(accessed) + 1)
+        assert old is not None
+        assert beaker.rows(old_id) == 1  # read writes nothing
+        claim = source.take(db, old)
+        assert claim.on_commit is None and claim.on_abort is None  # all in the transaction
+        db.commit()
 
-    assert claim is not None
-    old = claim.session
     assert old.id == old_id and old.handle == old_id
     assert old.userid == "alice"
     assert old.csrf_token == token
     assert old.flash == {"": ["Welcome back"], "warnings": ["Card expires soon"]}
-    assert old.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+    assert old.data == {"cart": CART}
     assert old.accessed == int(accessed)
     assert old.created is not None and old.created <= old.accessed
     assert old.expires_at == int(accessed) + TIMEOUT + 1
     assert old.settings == {}
-    assert not old.is_empty()
     # deleted with the commit: gone for the adapter and for Beaker
     assert beaker.rows(old_id) == 0
-    assert claim_now(source, beaker.engine, old_id, int(accessed) + 1) is None
+    with DBSession(beaker.engine) as db:
+        assert source.read(db, old_id, int(accessed) + 1) is None
+        with pytest.raises(ClaimedElsewhere):
+            source.take(db, old)
     assert browser.get("/whoami").json["userid"] is None
 
 
@@ -251,16 +277,13 @@ def test_a_custom_userid_prefix_needs_the_userid_key_option(beaker: Beaker) -> N
     old_id = beaker.source().open_cookie(browser.cookies["beaker.session.id"])
     assert old_id is not None
     now = int(beaker.accessed(old_id))
-
     with DBSession(beaker.engine) as db:  # the default key: bob stays in the data
-        default = beaker.source().claim(db, old_id, now)
+        default = beaker.source().read(db, old_id, now)
         assert default is not None
-        assert default.session.userid is None
-        assert default.session.data["myapp.userid"] == "bob"
-        db.rollback()
-    claim = claim_now(beaker.source(userid_key="myapp.userid"), beaker.engine, old_id, now)
-    assert claim is not None
-    assert claim.session.userid == "bob" and "myapp.userid" not in claim.session.data
+        assert default.userid is None and default.data["myapp.userid"] == "bob"
+        mine = beaker.source(userid_key="myapp.userid").read(db, old_id, now)
+        assert mine is not None
+        assert mine.userid == "bob" and "myapp.userid" not in mine.data
 
 
 def test_beaker_json_serializer(beaker: Beaker) -> None:
@@ -269,10 +292,10 @@ def test_beaker_json_serializer(beaker: Beaker) -> None:
     old_id = source.open_cookie(cookie)
     assert old_id is not None
     now = int(beaker.accessed(old_id, data_serializer="json"))
-    claim = claim_now(source, beaker.engine, old_id, now)
-    assert claim is not None
-    assert claim.session.userid == "carol" and claim.session.csrf_token == token
-    assert claim.session.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+    old = migrate_now(source, beaker.engine, old_id, now)
+    assert old is not None
+    assert old.userid == "carol" and old.csrf_token == token
+    assert old.data == {"cart": CART}
 
 
 def test_a_row_as_beaker_1_11_wrote_it(beaker: Beaker) -> None:
@@ -289,9 +312,8 @@ def test_a_row_as_beaker_1_11_wrote_it(beaker: Beaker) -> None:
         namespace["session"] = values
     finally:
         namespace.release_write_lock()
-    claim = claim_now(source, beaker.engine, old_id, int(values["_accessed_time"]))
-    assert claim is not None and claim.session.userid == "dave"
-    assert claim.session.data == {"cart": {"items": ["apple", "pear"], "total": 2}}
+    old = migrate_now(source, beaker.engine, old_id, int(values["_accessed_time"]))
+    assert old is not None and old.userid == "dave" and old.data == {"cart": CART}
 
 
 def test_encrypted_rows_are_refused(beaker: Beaker) -> None:
@@ -304,14 +326,13 @@ def test_encrypted_rows_are_refused(beaker: Beaker) -> None:
     old_id = source.open_cookie(cookie)
     assert old_id is not None  # the cookie is the same signed id
     with DBSession(beaker.engine) as db, pytest.raises(Unrepresentable, match="encrypt_key"):
-        source.claim(db, old_id, int(time.time()))
+        source.read(db, old_id, int(time.time()))
     assert beaker.rows(old_id) == 1
 
 
 def test_beaker_logouts(beaker: Beaker) -> None:
     """Beaker's invalidate() leaves the old row, which the old cookie still opens (in Beaker,
-    and so in the migration); delete() leaves a row of Beaker's keys only: an empty session,
-    which the bulk path leaves out."""
+    and so in the migration); delete() leaves a row of Beaker's keys only: nothing to read."""
     source = beaker.source()
     browser, cookie, _ = beaker.log_in("alice")
     browser.post("/logout", {"how": "invalidate"})
@@ -324,21 +345,19 @@ def test_beaker_logouts(beaker: Beaker) -> None:
     assert old_id is not None
     now = int(beaker.accessed(old_id))
     with DBSession(beaker.engine) as db:
-        claim = source.claim(db, old_id, now)
-        assert claim is not None and claim.session.userid == "alice"
-        db.rollback()
+        old = source.read(db, old_id, now)
+        assert old is not None and old.userid == "alice"
 
     deleted, deleted_cookie, _ = beaker.log_in("bob")
     deleted.post("/logout", {"how": "delete"})
     deleted_id = deleted_cookie[40:]
     assert beaker.rows(deleted_id) == 1
+    assert set(beaker.beaker_session(deleted_id)) == {"_domain", "_path", "_accessed_time"}
     with DBSession(beaker.engine) as db:
-        assert deleted_id not in set(source.live_ids(db, now))
-        assert old_id in set(source.live_ids(db, now))
-        claim = source.claim(db, deleted_id, now)
-        assert claim is not None and claim.session.is_empty()
-        db.commit()
-    assert beaker.rows(deleted_id) == 0
+        assert source.read(db, deleted_id, now) is None
+        live = set(source.live_ids(db, now))
+        assert deleted_id not in live and old_id in live
+    assert beaker.rows(deleted_id) == 1
 
 
 # -- the cookie ----------------------------------------------------------------------------
@@ -405,7 +424,7 @@ def test_options(beaker: Beaker) -> None:
 
 
 @pytest.mark.parametrize("accessed", [1_700_000_000.0, 1_700_000_000.5])
-def test_expired_by_beakers_timeout_is_not_claimed(beaker: Beaker, accessed: float) -> None:
+def test_expired_by_beakers_timeout_is_not_read(beaker: Beaker, accessed: float) -> None:
     browser, cookie, _ = beaker.log_in("alice")
     source = beaker.source()
     old_id = source.open_cookie(cookie)
@@ -418,11 +437,12 @@ def test_expired_by_beakers_timeout_is_not_claimed(beaker: Beaker, accessed: flo
     assert beaker.rows(old_id) == 1  # and leaves the row
 
     # Beaker's rule: expired when now - _accessed_time > timeout (600 s later is not)
-    assert claim_now(source, beaker.engine, old_id, int(accessed) + TIMEOUT + 1) is None
+    with DBSession(beaker.engine) as db:
+        assert source.read(db, old_id, int(accessed) + TIMEOUT + 1) is None
+        old = source.read(db, old_id, int(accessed) + TIMEOUT)
+        assert old is not None and old.userid == "alice"
+        assert old.expires_at == int(accessed) + TIMEOUT + 1
     assert beaker.rows(old_id) == 1
-    claim = claim_now(source, beaker.engine, old_id, int(accessed) + TIMEOUT)
-    assert claim is not None and claim.session.userid == "alice"
-    assert claim.session.expires_at == int(accessed) + TIMEOUT + 1
 
 
 def test_without_a_timeout_every_stored_session_lives(beaker: Beaker) -> None:
@@ -430,9 +450,10 @@ def test_without_a_timeout_every_stored_session_lives(beaker: Beaker) -> None:
     old_id = cookie[40:]
     beaker.set_accessed(old_id, 1_000_000_000.0)
     late = 2_000_000_000
-    assert claim_now(beaker.source(), beaker.engine, old_id, late) is None
-    claim = claim_now(beaker.source(timeout=None), beaker.engine, old_id, late)
-    assert claim is not None and claim.session.expires_at is None
+    with DBSession(beaker.engine) as db:
+        assert beaker.source().read(db, old_id, late) is None
+        old = beaker.source(timeout=None).read(db, old_id, late)
+        assert old is not None and old.expires_at is None
 
 
 # -- pickles -------------------------------------------------------------------------------
@@ -459,42 +480,36 @@ def test_an_object_outside_the_plain_values_is_unrepresentable(
         browser.post("/store", {"kind": kind})
         old_id = source.open_cookie(cookie)
         assert old_id is not None
-        with DBSession(beaker.engine) as db:
-            with pytest.raises(Unrepresentable, match="not a plain value"):
-                source.claim(db, old_id, 0)  # (loading it through Beaker would run it)
-            db.rollback()
+        # (loading it through Beaker would run it: now=0, no expiry to check first)
+        with DBSession(beaker.engine) as db, pytest.raises(Unrepresentable, match="plain value"):
+            source.read(db, old_id, 0)
         assert beaker.rows(old_id) == 1  # left where it is
     assert not ran.exists()  # the adapter built nothing of it
     browser.get("/whoami")  # Beaker loads its pickle with pickle.loads: the call runs
     assert ran.is_dir()
 
 
-def test_claim_reads_no_pickle_of_a_forged_cookie(beaker: Beaker) -> None:
-    """A cookie that does not verify never reaches the table (nothing to unpickle)."""
-    _, cookie, _ = beaker.log_in()
-    source = beaker.source()
-    assert source.open_cookie(sign(secrets.token_hex(16), cookie[40:])) is None
+# -- take: in the request's transaction, exactly once --------------------------------------
 
 
-# -- the claim: one transaction, exactly one winner ----------------------------------------
-
-
-def test_a_rolled_back_claim_keeps_the_row(beaker: Beaker) -> None:
+def test_a_rolled_back_take_keeps_the_row(beaker: Beaker) -> None:
     _, cookie, _ = beaker.log_in()
     source = beaker.source()
     old_id = source.open_cookie(cookie)
     assert old_id is not None
     now = int(beaker.accessed(old_id))
     with DBSession(beaker.engine) as db:
-        assert source.claim(db, old_id, now) is not None
+        assert migrate(source, db, old_id, now) is not None
         db.rollback()
     assert beaker.rows(old_id) == 1
-    assert claim_now(source, beaker.engine, old_id, now) is not None
+    assert migrate_now(source, beaker.engine, old_id, now) is not None
     assert beaker.rows(old_id) == 0
 
 
-def test_the_claim_commits_with_the_request_transaction(beaker: Beaker) -> None:
-    """In a zope.sqlalchemy session (as request.dbsession is), the DELETE is committed."""
+def test_the_take_commits_with_the_request_transaction(beaker: Beaker) -> None:
+    """In a zope.sqlalchemy session (as request.dbsession is), the DELETE is committed: it
+    is an ORM statement, which zope.sqlalchemy sees (a Core DELETE left the session
+    "unchanged", and zope.sqlalchemy rolled it back at the commit)."""
     _, cookie, _ = beaker.log_in()
     source = beaker.source()
     old_id = source.open_cookie(cookie)
@@ -503,47 +518,26 @@ def test_the_claim_commits_with_the_request_transaction(beaker: Beaker) -> None:
     db = DBSession(beaker.engine)
     zope.sqlalchemy.register(db, transaction_manager=manager)
     with manager:
-        assert source.claim(db, old_id, int(beaker.accessed(old_id))) is not None
+        assert migrate(source, db, old_id, int(beaker.accessed(old_id))) is not None
     db.close()
     assert beaker.rows(old_id) == 0
 
 
-def test_two_first_visits_sequential(beaker: Beaker) -> None:
+def test_a_row_taken_between_read_and_take(beaker: Beaker) -> None:
+    """The read locks nothing: a request that read the row, then finds it taken by another
+    that committed first, gets ClaimedElsewhere."""
     _, cookie, _ = beaker.log_in()
     source = beaker.source()
     old_id = source.open_cookie(cookie)
     assert old_id is not None
     now = int(beaker.accessed(old_id))
-    assert claim_now(source, beaker.engine, old_id, now) is not None
-    assert claim_now(source, beaker.engine, old_id, now) is None
-
-
-def test_a_row_deleted_between_read_and_delete_is_not_claimed(beaker: Beaker) -> None:
-    """SQLite takes no row lock at the SELECT: another transaction may delete the row before
-    the claim's DELETE, whose row count then says it lost."""
-    if beaker.engine.dialect.name != "sqlite":
-        pytest.skip("the SELECT ... FOR UPDATE locks the row: test_two_concurrent_first_visits")
-    _, cookie, _ = beaker.log_in()
-    source = beaker.source()
-    old_id = source.open_cookie(cookie)
-    assert old_id is not None
-    now = int(beaker.accessed(old_id))
-    table = sa.table(beaker.table, sa.column("namespace"))
-
-    done: list[bool] = []
-
-    def the_other_visit_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not done and statement.lstrip().upper().startswith("DELETE"):
-            done.append(True)
-            with beaker.engine.begin() as other:  # another connection: it commits first
-                other.execute(sa.delete(table).where(table.c.namespace == old_id))
-
-    sa.event.listen(beaker.engine, "before_cursor_execute", the_other_visit_first)
-    try:
-        assert claim_now(source, beaker.engine, old_id, now) is None
-    finally:
-        sa.event.remove(beaker.engine, "before_cursor_execute", the_other_visit_first)
-    assert done and beaker.rows(old_id) == 0
+    with DBSession(beaker.engine) as db:
+        old = source.read(db, old_id, now)
+        assert old is not None
+        assert migrate_now(source, beaker.engine, old_id, now) is not None  # the other one
+        with pytest.raises(ClaimedElsewhere):
+            source.take(db, old)
+    assert beaker.rows(old_id) == 0
 
 
 def _backend_id(db: DBSession) -> int:
@@ -566,11 +560,10 @@ def _waits_for_a_lock(engine: sa.Engine, backend: int) -> bool:
 
 def _activity(engine: sa.Engine) -> list[Any]:
     """What the server's connections are doing (for a failure's message)."""
-    query = (
-        "SELECT * FROM pg_stat_activity"
-        if engine.dialect.name == "postgresql"
-        else ("SHOW PROCESSLIST")
-    )
+    if engine.dialect.name == "postgresql":
+        query = "SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
+    else:
+        query = "SHOW PROCESSLIST"
     with engine.connect() as conn:
         return [tuple(row) for row in conn.execute(sa.text(query))]
 
@@ -578,18 +571,18 @@ def _activity(engine: sa.Engine) -> list[Any]:
 @pytest.mark.parametrize("isolation", ["default", "snapshot", "snapshot, namespace key"])
 @pytest.mark.parametrize("first", ["commits", "rolls back"])
 def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str) -> None:
-    """A claims and holds its transaction; B's claim waits for it, then gets None (A
-    committed) or the session (A rolled back).
+    """A reads and takes, and holds its transaction; B reads, and its take waits for A's
+    lock of the row: A commits, and B gets ClaimedElsewhere; A rolls back, and B takes it.
 
     ``snapshot``: MariaDB's ``innodb_snapshot_isolation`` (on by default from 11.8) refuses
-    to change a row changed since the transaction's snapshot (error 1020), at least where
-    the row is found by its primary key: the layout of Beaker's ``make_cache_table``
-    (``namespace key``), which ext:database also writes to when it finds it. B reads the
-    row with ``SELECT ... FOR UPDATE``, which takes no snapshot: it gets None, not an error.
+    to change a row changed since the transaction's snapshot (error 1020) where the row is
+    found by its primary key: the layout of Beaker's ``make_cache_table`` (``namespace
+    key``), which ext:database also writes to when it finds it. There B's take fails with
+    that error, which the kernel retries as it retries ClaimedElsewhere's conflict.
     """
     name = beaker.engine.dialect.name
     if name == "sqlite":
-        pytest.skip("SQLite runs one writer at a time: test_two_first_visits_sequential")
+        pytest.skip("SQLite runs one writer at a time: test_a_row_taken_between_read_and_take")
     if isolation != "default" and name == "postgresql":
         pytest.skip("innodb_snapshot_isolation is MariaDB's")
     if isolation == "snapshot, namespace key":
@@ -604,7 +597,7 @@ def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str)
     now = int(beaker.accessed(old_id))
     backend: list[int] = []
     results: list[Any] = []
-    ready = threading.Event()
+    read = threading.Event()
     # B's own connection, closed after it: a session variable set on it stays there
     engine_b = sa.create_engine(beaker.url, poolclass=sa.pool.NullPool)
 
@@ -613,25 +606,28 @@ def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str)
             if isolation != "default":
                 db.execute(sa.text("SET SESSION innodb_snapshot_isolation = ON"))
             backend.append(_backend_id(db))
-            ready.set()
+            old = source.read(db, old_id, now)
+            read.set()
             try:
-                results.append(source.claim(db, old_id, now))
+                assert old is not None
+                source.take(db, old)
+                results.append(old)
+                db.commit()
             except Exception as exc:
                 results.append(exc)
-            db.commit()
 
     with DBSession(beaker.engine) as db_a:
-        assert source.claim(db_a, old_id, now) is not None
+        assert migrate(source, db_a, old_id, now) is not None
         b = threading.Thread(target=visit_b)
         b.start()
-        assert ready.wait(30)
-        for _ in range(600):  # until B's claim waits on A's lock of the row
+        assert read.wait(30)  # B read the row too: A's DELETE is not committed
+        for _ in range(600):  # until B's take waits on A's lock of the row
             if _waits_for_a_lock(beaker.engine, backend[0]):
                 break
             assert b.is_alive(), f"B finished without waiting: {results}"
             time.sleep(0.05)
         else:
-            pytest.fail(f"B's claim never waited for A's lock: {_activity(beaker.engine)}")
+            pytest.fail(f"B's take never waited for A's lock: {_activity(beaker.engine)}")
         assert not results
         if first == "commits":
             db_a.commit()
@@ -640,11 +636,13 @@ def test_two_concurrent_first_visits(beaker: Beaker, first: str, isolation: str)
     b.join(30)
     engine_b.dispose()
     assert not b.is_alive()
-    if first == "commits":
-        assert results == [None]
+    assert len(results) == 1
+    if first == "rolls back":
+        assert isinstance(results[0], OldSession) and results[0].id == old_id
+    elif isolation == "snapshot, namespace key":
+        assert is_retryable(results[0]), results[0]
     else:
-        assert len(results) == 1 and getattr(results[0], "session", None) is not None
-        assert results[0].session.id == old_id
+        assert isinstance(results[0], ClaimedElsewhere), results[0]
     assert beaker.rows(old_id) == 0
 
 
@@ -668,15 +666,15 @@ def test_count_and_live_ids(beaker: Beaker, monkeypatch: pytest.MonkeyPatch) -> 
     with DBSession(beaker.engine) as db:
         live = list(source.live_ids(db, now))
         assert sorted(live) == live
-        # the unreadable one is listed: its claim reports it
+        # the unreadable one is listed: its read reports it
         assert set(live) == {ids[n] for n in ("live1", "live2", "live3", "unreadable")}
         assert source.count(db, now) == 4
         # without Beaker's timeout the expired one lives too
         assert beaker.source(timeout=None).count(db, now) == 5
-        # claiming while walking: each batch is read before it is given
+        # taking while walking: each batch is read before it is given
         for old_id in beaker.source().live_ids(db, now):
             if old_id != ids["unreadable"]:
-                assert source.claim(db, old_id, now) is not None
+                assert migrate(source, db, old_id, now) is not None
         db.commit()
     with DBSession(beaker.engine) as db:
         assert list(source.live_ids(db, now)) == [ids["unreadable"]]

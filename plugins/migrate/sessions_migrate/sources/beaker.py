@@ -63,7 +63,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 import sqlalchemy.orm
 
-from ..source import Claim, OldSession, SourceOptions, Unrepresentable
+from ..source import Claim, ClaimedElsewhere, OldSession, SourceOptions, Unrepresentable
 from ..unpickle import safe_loads
 
 __all__ = ["BeakerSource"]
@@ -97,7 +97,7 @@ _BATCH = 500
 class BeakerSource:
     """Sessions of pyramid_beaker kept by Beaker's ``ext:database`` store.
 
-    ``BeakerSource(options, clock)``: ``options.secrets`` are Beaker's
+    ``BeakerSource(options)``: ``options.secrets`` are Beaker's
     ``session.secret`` values (newest first; at least one), ``options.table``
     its ``session.table_name`` (``schema.table`` for ``session.schema_name``),
     ``options.timeout`` its ``session.timeout`` in seconds (``None``: Beaker
@@ -109,7 +109,7 @@ class BeakerSource:
     name: ClassVar[str] = "beaker"
     default_cookie_name: ClassVar[str] = DEFAULT_COOKIE_NAME
 
-    def __init__(self, options: SourceOptions, clock: Any = None) -> None:
+    def __init__(self, options: SourceOptions) -> None:
         if not options.secrets:
             raise ValueError(
                 "Beaker's cookie is verified with its session.secret: give the secret "
@@ -178,54 +178,64 @@ class BeakerSource:
 
     # -- the table ----------------------------------------------------------------------
 
-    def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
-        """Read the row of ``old_id``, decode it, and delete it in ``dbsession``'s transaction.
+    def read(self, dbsession: Any, old_id: str, now: int) -> OldSession | None:
+        """The session of ``old_id`` from Beaker's table, decoded; writes and locks nothing.
 
-        ``None`` when there is no row, when it holds no session (Beaker would
-        start a new one), when the session expired by Beaker's rule
-        (``now - _accessed_time > timeout``; the row is left as it is), or when
-        the ``DELETE`` found no row: a concurrent request claimed it first (the
-        ``SELECT ... FOR UPDATE`` waited for that request's commit; on SQLite
-        the row count tells). A row holding only Beaker's own keys is claimed
-        like any other (``OldSession.is_empty()`` says so). A row that cannot be
-        decoded safely raises :class:`Unrepresentable` before anything is
-        deleted: the row stays (locked until the transaction ends).
+        ``None`` when there is no row; when the row holds no session, or one of
+        Beaker's own keys only (what Beaker's ``Session.delete()`` leaves:
+        nothing to carry, and no new row for it); or when the session expired
+        by Beaker's rule, ``now - _accessed_time > timeout``. Raises
+        :class:`Unrepresentable` when the row cannot be decoded safely (a pickle
+        naming anything but plain values, an encrypted row).
 
-        The ``DELETE`` is an ORM statement (see :func:`_table`): zope.sqlalchemy
-        then counts the request's session as changed and commits it.
+        The row is read without a lock: of two first visits, both read it and
+        the second one's :meth:`take` finds it gone (:class:`ClaimedElsewhere`,
+        and pyramid_retry's next attempt loads the session the first stored).
         """
         table = self._table
-        row = dbsession.execute(
-            sa.select(table.c.data).where(table.c.namespace == old_id).with_for_update()
-        ).first()
+        row = dbsession.execute(sa.select(table.c.data).where(table.c.namespace == old_id)).first()
         if row is None:
             return None
         session = self._decode(old_id, row[0], now)
-        if session is None:
+        if session is None or session.is_empty():
             return None
+        return session
+
+    def take(self, dbsession: Any, old: OldSession) -> Claim:
+        """Delete ``old``'s row in ``dbsession``'s transaction: a rollback keeps it.
+
+        Raises :class:`ClaimedElsewhere` when the ``DELETE`` found no row: a
+        concurrent request took it first (its ``DELETE`` held the row's lock
+        until its commit, and this one waited for it). Where the database
+        refuses the ``DELETE`` instead (MariaDB's ``innodb_snapshot_isolation``,
+        error 1020, or PostgreSQL's ``REPEATABLE READ``, on a row changed since
+        this transaction's snapshot), its error goes up: the kernel marks both
+        retryable, with the same outcome.
+
+        The ``DELETE`` is an ORM statement (see :func:`_table`), so that
+        zope.sqlalchemy counts the request's session as changed and commits it.
+        """
         rows = self._row_class
         result = dbsession.execute(
             sa.delete(rows)
-            .where(rows.namespace == old_id)  # type: ignore[attr-defined]
+            .where(rows.namespace == old.handle)  # type: ignore[attr-defined]
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
-            return None
-        return Claim(session=session)
+            raise ClaimedElsewhere("Beaker's row was deleted by a concurrent request")
+        return Claim()
 
     def count(self, dbsession: Any, now: int) -> int:
         """How many of the table's sessions :meth:`live_ids` gives."""
         return sum(1 for _ in self.live_ids(dbsession, now))
 
     def live_ids(self, dbsession: Any, now: int) -> Iterator[str]:
-        """The ids of the rows :meth:`claim` would migrate at ``now``, in the table's order.
+        """The ids of the sessions :meth:`read` gives at ``now``, in the table's order.
 
         Every row is decoded (Beaker's expiry is inside its pickle), in batches
-        read in full before they are given, so that claiming them meanwhile is
-        safe. Left out: expired sessions, and empty ones (nothing but Beaker's
-        own keys, as Beaker's ``Session.delete()`` leaves its row). A row that
-        cannot be decoded safely is given: its claim raises
-        :class:`Unrepresentable`, which the bulk command reports.
+        read in full before they are given, so that taking them meanwhile is
+        safe. A row that cannot be decoded safely is given too: its ``read``
+        raises :class:`Unrepresentable`, which the bulk command reports.
         """
         table = self._table
         after: str | None = None
