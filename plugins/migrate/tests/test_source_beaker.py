@@ -768,6 +768,25 @@ def test_after_the_switch_the_same_browser_keeps_its_data(beaker: Beaker, tmp_pa
     assert copy.get("/whoami").json["cart"] == CART
 
 
+def test_after_the_switch_forged_and_late_cookies_move_nothing(
+    beaker: Beaker, tmp_path: Path
+) -> None:
+    _, cookie, _ = beaker.log_in("alice")
+    old_id = cookie[40:]
+    app = _switched_app(beaker, tmp_path, beaker.accessed(old_id) + 5)
+    forged = app.new_browser()
+    forged.set_cookie("beaker.session.id", sign(secrets.token_hex(16), old_id))
+    assert forged.get("/whoami").json["cart"] is None
+    assert beaker.rows(old_id) == 1
+
+    app.clock.advance(31 * 86400)  # past session.migrate_until
+    late = app.new_browser()
+    late.set_cookie("beaker.session.id", cookie)
+    assert late.get("/whoami").json["cart"] is None
+    assert "beaker.session.id" not in late.cookies  # deleted, unread
+    assert beaker.rows(old_id) == 1
+
+
 @pytest.mark.xfail(
     reason="sessions-userid and sessions-csrf do not implement session_migrated yet: the "
     "user id and the CSRF token are not carried (the lead's part of #23)",
