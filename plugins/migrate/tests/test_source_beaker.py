@@ -787,11 +787,6 @@ def test_after_the_switch_forged_and_late_cookies_move_nothing(
     assert beaker.rows(old_id) == 1
 
 
-@pytest.mark.xfail(
-    reason="sessions-userid and sessions-csrf do not implement session_migrated yet: the "
-    "user id and the CSRF token are not carried (the lead's part of #23)",
-    strict=True,
-)
 def test_after_the_switch_the_same_browser_is_logged_in_and_its_token_works(
     beaker: Beaker, tmp_path: Path
 ) -> None:

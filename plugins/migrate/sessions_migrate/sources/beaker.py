@@ -57,7 +57,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -109,7 +109,7 @@ class BeakerSource:
     name: ClassVar[str] = "beaker"
     default_cookie_name: ClassVar[str] = DEFAULT_COOKIE_NAME
 
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, options: SourceOptions, clock: Callable[[], float] | None = None) -> None:
         if not options.secrets:
             raise ValueError(
                 "Beaker's cookie is verified with its session.secret: give the secret "
