@@ -12,7 +12,10 @@ PORT ?= 6543
 # CI sets SESSIONS_TEST_REQUIRE_SERVERS=1 so that a missing server fails instead.
 SESSIONS_TEST_POSTGRESQL_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 SESSIONS_TEST_MARIADB_URL ?= mariadb+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4
-export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL
+# sessions-migrate's tests create pyramid_session_redis sessions in this Redis (database 15,
+# keys under a prefix of each test's own)
+SESSIONS_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+export SESSIONS_TEST_POSTGRESQL_URL SESSIONS_TEST_MARIADB_URL SESSIONS_TEST_REDIS_URL
 
 # Installed once; again only when a project file changes (editable installs see code edits).
 STAMP := $(VENV)/.installed
@@ -116,7 +119,7 @@ test-pythons:
 	        $$venv/bin/python -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS) $(EXAMPLES),-e $(p)) -e demo \
 	        && touch $$venv/.installed || { failed="$$failed $$v"; continue; }; fi; \
 	    echo "== Python $$v ($$py): the SQLite suite"; \
-	    SESSIONS_TEST_POSTGRESQL_URL= SESSIONS_TEST_MARIADB_URL= SESSIONS_TEST_GALERA_URL= \
+	    SESSIONS_TEST_POSTGRESQL_URL= SESSIONS_TEST_MARIADB_URL= SESSIONS_TEST_GALERA_URL= SESSIONS_TEST_REDIS_URL= \
 	    SESSIONS_TEST_REQUIRE_SERVERS= $$venv/bin/pytest -q -p no:cacheprovider -m 'not cluster' \
 	        --ignore=demo/tests/test_demo_browser.py $(foreach t,$(TEST_PYTHONS_SKIP),$(if $(findstring ::,$(t)),--deselect=$(t),--ignore=$(t))) $(PYTEST_ARGS) \
 	        || failed="$$failed $$v"; \

@@ -107,7 +107,9 @@ class Base(DeclarativeBase):
 _FILE_LINE = re.compile(rf"\A# ((?:{'|'.join(_PROJECTS)})/[\w/]+\.py)\n")
 _PLACEHOLDER = re.compile(r"<[^>]*>|\b[A-Z][A-Z_]*_HERE\b")
 #: settings whose value names something of the server it is deployed on (a file, a variable)
-_ON_THE_SERVER = frozenset({"secret_key_file", "secret_key_env"})
+_ON_THE_SERVER = frozenset(
+    {"secret_key_file", "secret_key_env", "migrate_secret_file", "migrate_secret_env"}
+)
 #: a key as ``python -m sessions_kernel`` prints it
 _KEY = re.compile(r"\b[A-Za-z0-9_-]{43}=")
 

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from pyramid.request import Request
 
     from sessions_kernel import Session, SessionFactory
+    from sessions_kernel.deploy import Finding
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -417,6 +418,27 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
                     "browser keeps both during the migration)"
                 )
     return problems
+
+
+@hookimpl
+def session_deploy_checks(settings: Mapping[str, Any], active: bool) -> list[Finding]:
+    """``migrate.over``: the cut-off has passed, and the migration reads nothing any more."""
+    until = settings.get("migrate_until")
+    if not active or until is None or until > settings.get("clock", time.time)():
+        return []
+    from sessions_kernel.deploy import Finding
+
+    day = datetime.fromtimestamp(until, timezone.utc).date().isoformat()
+    return [
+        Finding(
+            "migrate.over",
+            "session.migrate_until",
+            f"session.migrate_until = {day} has passed: the migration is over, and old cookies "
+            "are deleted unread on every request that sends one",
+            "remove MigrateMixin from the model and the session.migrate_* settings, then "
+            "the old store's table or keys",
+        )
+    ]
 
 
 @hookimpl
