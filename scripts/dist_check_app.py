@@ -34,6 +34,7 @@ from sessions_cache import CacheMixin
 from sessions_cookie_settings import ConfigCookieMixin
 from sessions_csrf import ColumnCSRFStoragePolicy, CSRFMixin
 from sessions_idle_timeout import IdleMixin
+from sessions_migrate import MigrateMixin
 from sessions_renewal import RenewalMixin
 from sessions_userid import UseridMixin, UserSessionSecurityPolicy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -60,6 +61,7 @@ MIXINS = (
     UseridMixin,
     CSRFMixin,
     CacheMixin,
+    MigrateMixin,
 )
 
 
@@ -86,6 +88,9 @@ session.idle_timeout = 1800
 session.absolute_timeout = 43200
 session.renewal_timeout = 900
 session.cache_max_staleness = 2
+session.migrate_from = beaker
+session.migrate_until = {until}
+session.migrate_secret_file = %(here)s/beaker.secret
 
 # one process of one thread: what SQLite can serve (psessions check reads this section)
 [server:main]
@@ -153,7 +158,9 @@ def psessions(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def run(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ini = folder / "smoke.ini"
-    ini.write_text(INI)
+    until = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 30 * 24 * 3600))
+    ini.write_text(INI.replace("{until}", until))
+    (folder / "beaker.secret").write_text("the old store's secret\n")
     key = folder / "session.key"
     key.write_text(sessions_kernel.generate_secret_key() + "\n")
     key.chmod(0o600)
@@ -192,10 +199,19 @@ def run(folder: Path) -> None:
         "userid",
         "csrf",
         "cache",
+        "migrate",
     ):
         check(f"psessions plugins lists {name}", f'"{name}"' in text)
 
     check("an anonymous read sets no cookie", "Set-Cookie" not in test.get("/read").headers)
+    forged = webtest.TestApp(app, extra_environ=https)
+    forged.set_cookie("beaker.session.id", "0" * 40 + "f" * 32)
+    answer = forged.get("/read")
+    check(
+        "a forged Beaker cookie (sessions-migrate) reads as no session, sets no cookie",
+        answer.json == {"userid": None, "note": None} and "Set-Cookie" not in answer.headers,
+        answer.headers,
+    )
     test.post("/login", {"user": "7"})
     cookie = test.cookies.get("__Host-session")
     check("the login sets the __Host-session cookie", bool(cookie))
