@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Mapping
 from typing import Any
 
 from .source import Unrepresentable
@@ -58,7 +59,14 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
 
 
 class _Restricted(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, stand_ins: Mapping[tuple[str, str], type]) -> None:
+        super().__init__(file)
+        self._stand_ins = stand_ins
+
     def find_class(self, module: str, name: str) -> Any:
+        stand_in = self._stand_ins.get((module, name))
+        if stand_in is not None:
+            return stand_in
         if (module, name) not in ALLOWED:
             raise Unrepresentable(
                 f"the pickled data names {module}.{name}, which is not a plain value "
@@ -68,16 +76,23 @@ class _Restricted(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def safe_loads(raw: bytes) -> Any:
+def safe_loads(raw: bytes, *, stand_ins: Mapping[tuple[str, str], type] | None = None) -> Any:
     """The value pickled in ``raw``, if it is made of plain values only.
 
     Raises :class:`~sessions_migrate.source.Unrepresentable` for a pickle that
     names any global outside :data:`ALLOWED`, and for damaged or truncated bytes.
     ``copyreg._reconstructor`` is allowed only to rebuild an allowed type: the
     class it is given is looked up through :data:`ALLOWED` like any other.
+
+    ``stand_ins`` maps a ``(module, name)`` that an old store itself writes into
+    every pickle to a class of the caller's that is built in its place: the
+    predecessor's data column pickles SQLAlchemy's ``MutableDict``, which its
+    source reads as a plain ``dict`` subclass of its own. A stand-in must be a
+    container with no behaviour beyond holding values (building it runs only its
+    ``__new__`` and ``__setstate__``); the names it replaces are never imported.
     """
     try:
-        return _Restricted(io.BytesIO(raw)).load()
+        return _Restricted(io.BytesIO(raw), stand_ins or {}).load()
     except Unrepresentable:
         raise
     except Exception as exc:  # any damage: pickle reports it with many exception types

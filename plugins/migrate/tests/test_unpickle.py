@@ -85,3 +85,26 @@ def test_builtins_other_than_the_allowed_are_refused():
     with pytest.raises(Unrepresentable, match=r"builtins\.eval"):
         safe_loads(raw)
     assert pickle.loads(raw) == 2
+
+
+class _Items(dict):
+    """A caller's stand-in: a plain dict that also takes its items as pickle state."""
+
+    def __setstate__(self, state):
+        self.update(state)
+
+
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_a_stand_in_is_built_for_the_name_it_replaces(protocol):
+    from sqlalchemy.ext.mutable import MutableDict
+
+    raw = pickle.dumps(MutableDict({"a": 1, "when": PLAIN["when"]}), protocol=protocol)
+    with pytest.raises(Unrepresentable, match=r"sqlalchemy\.ext\.mutable\.MutableDict"):
+        safe_loads(raw)
+    stand_ins = {("sqlalchemy.ext.mutable", "MutableDict"): _Items}
+    loaded = safe_loads(raw, stand_ins=stand_ins)
+    assert type(loaded) is _Items and loaded == {"a": 1, "when": PLAIN["when"]}
+    # only that name: code inside it is still refused
+    inside = pickle.dumps(MutableDict({"x": Application()}), protocol=protocol)
+    with pytest.raises(Unrepresentable, match="Application"):
+        safe_loads(inside, stand_ins=stand_ins)
