@@ -319,6 +319,33 @@ def test_cookie_rules_against_the_predecessor(old_app, key, session_engine):
     assert claim(source, session_engine, old_id, T0) is not None
 
 
+def test_only_the_encoding_the_predecessor_wrote_opens(old_app, key):
+    """Its lenient decoder also took other spellings of a cookie; this source does not."""
+    # with a renewal id the sealed cookie is 64 bytes: two padding characters, 4 unused bits
+    app = old_app(["ConfigRenewalMixin"], renewal_timeout=300)
+    source = make_source(app, key)
+    cookie = new_session(app)
+    while "-" not in cookie and "_" not in cookie:
+        cookie = new_session(app)  # until its standard encoding differs from the URL-safe one
+    assert cookie.endswith("==") and source.open_cookie(cookie) is not None
+    raw = base64.urlsafe_b64decode(cookie)
+    last = cookie[-3]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other_bits = alphabet[alphabet.index(last) ^ 1]  # decodes to the same 64 bytes
+    other_spellings = {
+        "standard alphabet": base64.b64encode(raw).decode(),
+        "no padding": cookie.rstrip("="),
+        "a skipped character": cookie[:8] + "." + cookie[8:],
+        "other unused bits": cookie[:-3] + other_bits + "==",
+    }
+    assert base64.urlsafe_b64decode(other_spellings["other unused bits"]) == raw
+    # the predecessor's decoder took these (it refused only what does not decode)
+    for how in ("standard alphabet", "a skipped character", "other unused bits"):
+        assert app.accepts(other_spellings[how], T0), how
+    for how, value in other_spellings.items():
+        assert source.open_cookie(value) is None, how
+
+
 def test_cookie_values_no_browser_would_send_are_refused_without_an_error(key):
     source = PredecessorSource(SourceOptions(secrets=(key.encode(),), table="t"))
     for value in ["é" * 44, "\x00", "=" * 64, " " + "A" * 63, "A" * 10_000]:

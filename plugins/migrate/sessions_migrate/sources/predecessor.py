@@ -28,8 +28,9 @@ and ``renewal_try_every``. ``ConfigCookieMixin``: ``cookie_max_age``,
 ``Config...Mixin``'s column, ``NULL`` turns that feature off for that session.
 
 **What it refused** (``_BaseSession._init_request_session`` and the
-``_is_valid_session`` of each feature), and so does :meth:`PredecessorSource.claim`:
-a cookie that is not base64, shorter than nonce and tag, or does not
+``_is_valid_session`` of each feature), and so do
+:meth:`PredecessorSource.open_cookie` and :meth:`~PredecessorSource.claim`: a
+cookie that is not base64, shorter than nonce and tag, or does not
 authenticate under the key; a plaintext shorter than the 16 bytes of an id; a
 session whose renewal timeout is on and whose cookie has no renewal id after
 the id; a renewal id that is neither the row's ``renewal_id`` nor its
@@ -38,7 +39,10 @@ deleted it); a session past ``idle_expire`` or past its absolute expiry
 (expired strictly after the stored second: ``now > expire``; the row is deleted,
 as the predecessor deleted it); a session whose idle timeout is on but whose
 ``idle_expire`` is ``NULL`` (the predecessor failed the request; it is refused
-and left alone).
+and left alone). Also refused, though the predecessor's lenient base64 decoder
+took it: a cookie value in any other encoding than the one it wrote (the
+standard alphabet's ``+`` and ``/``, characters a lenient decoder skips, other
+unused trailing bits), which no browser holds.
 
 The predecessor's global settings that its rows do not record are this
 source's options (``session.migrate_option.NAME``, the old ini's
@@ -301,10 +305,15 @@ class PredecessorSource:
         """``"<id hex>.<renewal id hex or nothing>"`` for an authentic cookie, else ``None``.
 
         No I/O and no unpickling: base64, then AES-GCM with each old key in turn.
+        Only the encoding the predecessor wrote is read (URL-safe alphabet, padded,
+        unused bits clear): a value its lenient decoder also took (``+``, ``/``,
+        skipped characters, other trailing bits) is no cookie it ever sent.
         """
         try:
-            raw = base64.b64decode(value.encode("ascii"), altchars=b"-_", validate=True)
+            raw = base64.urlsafe_b64decode(value.encode("ascii"))
         except (binascii.Error, ValueError, UnicodeEncodeError):
+            return None
+        if base64.urlsafe_b64encode(raw) != value.encode("ascii"):
             return None
         if len(raw) < NONCE_SIZE + TAG_SIZE:
             return None
