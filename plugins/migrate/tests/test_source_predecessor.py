@@ -33,7 +33,7 @@ import sqlalchemy.orm
 import transaction
 import zope.sqlalchemy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from predecessor_harness import OldApp, Runner, environment
+from predecessor_harness import OldApp, Runner, environment, find_python
 from sessions_migrate.source import Claim, Source, SourceOptions, Unrepresentable
 from sessions_migrate.sources.predecessor import PredecessorHandle, PredecessorSource, session_key
 
@@ -64,8 +64,11 @@ def _runner(version: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    """The predecessor on Python 3.6 and SQLAlchemy 1.2, in one process for the module."""
-    yield from _runner("3.6", tmp_path_factory)
+    """The predecessor on Python 3.6 and SQLAlchemy 1.2, in one process for the module.
+
+    On a machine without Python 3.6, on Python 3.11 and SQLAlchemy 1.4.
+    """
+    yield from _runner("3.6" if find_python("3.6") else "3.11", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -744,3 +747,20 @@ def test_a_wrong_secret_is_never_shown(key):
         PredecessorSource(SourceOptions(secrets=(key.encode(), wrong.encode()), table="t"))
     assert "number 2" in str(raised.value)
     assert wrong not in str(raised.value) and key[:20] not in str(raised.value)
+
+
+# -- the harness itself -----------------------------------------------------------------------
+def test_an_environment_pip_cannot_build_gives_pips_reason(tmp_path, monkeypatch):
+    """What the tests skip with (fail with, in CI) when PyPI cannot be reached."""
+    import predecessor_harness
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    python = find_python("3.11")
+    assert python is not None
+    reason = predecessor_harness._build(
+        python, "3.11", ["pyramid_sqlalchemy_sessions==0.1.0"], tmp_path / "env"
+    )
+    assert reason is not None and "pip could not install it" in reason
+    assert "pyramid_sqlalchemy_sessions" in reason.lower() or "pyramid-sqlalchemy" in reason
+    assert not (tmp_path / "env").exists() and list(tmp_path.iterdir()) == []
