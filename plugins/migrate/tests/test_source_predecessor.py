@@ -34,8 +34,19 @@ import transaction
 import zope.sqlalchemy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from predecessor_harness import OldApp, Runner, environment, find_python
-from sessions_migrate.source import Claim, Source, SourceOptions, Unrepresentable
+from sessions_idle_timeout import ConfigIdleMixin
+from sessions_migrate import MigrateMixin
+from sessions_migrate.source import (
+    Claim,
+    ClaimedElsewhere,
+    OldSession,
+    Source,
+    SourceOptions,
+    Unrepresentable,
+)
 from sessions_migrate.sources.predecessor import PredecessorHandle, PredecessorSource, session_key
+
+from sessions_kernel.testing import make_app, make_model
 
 #: the predecessor's clock in these tests: June 2017, when 0.1.0 came out
 T0 = 1_500_000_000
@@ -102,11 +113,15 @@ def old_app(runner: Runner, session_db_url: str, key: str) -> Iterator[Callable[
         app.drop()
 
 
-def make_source(app: OldApp, key: str, **options: Any) -> PredecessorSource:
+def make_source(
+    app: OldApp, key: str, timeout: int | None = None, **options: Any
+) -> PredecessorSource:
+    """The source as ``session.migrate_*`` settings build it (``timeout``: migrate_timeout)."""
     source = PredecessorSource(
         SourceOptions(
             secrets=(key.encode("ascii"),),
             table=app.table,
+            timeout=timeout,
             options={name: str(value) for name, value in options.items()},
         )
     )
@@ -135,12 +150,22 @@ def request_tx(engine: sa.Engine, commit: bool = True) -> Iterator[sa.orm.Sessio
         dbsession.close()
 
 
-def claim(
+def migrate(
     source: PredecessorSource, engine: sa.Engine, old_id: str, now: int, commit: bool = True
-) -> Claim | None:
-    """``source.claim`` in a request's transaction, committed (or rolled back)."""
+) -> OldSession | None:
+    """What the plugin does in a request: ``read``, then ``take`` what it read, committed
+    (or rolled back). ``None``: nothing to migrate."""
     with request_tx(engine, commit) as dbsession:
-        return source.claim(dbsession, old_id, now)
+        return take(source, dbsession, old_id, now)
+
+
+def take(
+    source: PredecessorSource, dbsession: sa.orm.Session, old_id: str, now: int
+) -> OldSession | None:
+    old = source.read(dbsession, old_id, now)
+    if old is not None:
+        assert source.take(dbsession, old) == Claim()  # nothing left for after the commit
+    return old
 
 
 def encrypt(key: str, plaintext: bytes) -> str:
@@ -192,9 +217,8 @@ def _moves_whole(app: OldApp, key: str, engine: sa.Engine) -> None:
     old_id = source.open_cookie(cookie)
     assert old_id is not None and session_key(old_id) in app.rows()
     row = app.rows()[session_key(old_id)]
-    claimed = claim(source, engine, old_id, T0 + 10)
-    assert claimed is not None
-    old = claimed.session
+    old = migrate(source, engine, old_id, T0 + 10)
+    assert old is not None
     assert old.id == session_key(old_id)
     assert old.data == {"cart": [1, 2], **SPECIAL}
     assert type(old.data) is dict
@@ -215,8 +239,8 @@ def _moves_whole(app: OldApp, key: str, engine: sa.Engine) -> None:
         "cookie_secure": False,
         "cookie_httponly": True,
     }
-    assert isinstance(old.handle, PredecessorHandle)
-    assert old.handle.renewal_ids == {row["renewal_id"]}
+    assert old.handle == PredecessorHandle(uuid.UUID(old.id))
+    assert old_id == f"{old.id}.{row['renewal_id']}"  # the renewal timeout is on
     # claimed: the row is gone, and the predecessor no longer serves the cookie
     assert session_key(old_id) not in app.rows()
     assert not app.accepts(cookie, T0 + 11)
@@ -241,9 +265,8 @@ def test_the_smallest_model(old_app, key, session_engine):
     source = make_source(app, key)
     old_id = source.open_cookie(cookie)
     assert old_id is not None
-    claimed = claim(source, session_engine, old_id, T0 + 10**8)  # nothing expires it
-    assert claimed is not None
-    old = claimed.session
+    old = migrate(source, session_engine, old_id, T0 + 10**8)  # nothing expires it
+    assert old is not None
     assert (old.data, old.flash, old.created) == ({"a": "b"}, {"": ["hi"]}, T0)
     assert (old.userid, old.csrf_token, old.accessed, old.expires_at) == (None, None, None, None)
     assert old.settings == {}
@@ -253,12 +276,11 @@ def test_the_smallest_model(old_app, key, session_engine):
 def test_plain_mixins_with_the_global_settings_given_as_options(old_app, key, session_engine):
     app = old_app(PLAIN, idle_timeout=600, absolute_timeout=3600, renewal_timeout=300)
     cookie = new_session(app, T0, [["login", 3], ["csrf"]])
-    source = make_source(app, key, idle_timeout=600, absolute_timeout=3600, renewal_timeout=300)
+    source = make_source(app, key, timeout=3600, idle_timeout=600, renewal_timeout=300)
     old_id = source.open_cookie(cookie)
     assert old_id is not None
-    claimed = claim(source, session_engine, old_id, T0 + 5)
-    assert claimed is not None
-    old = claimed.session
+    old = migrate(source, session_engine, old_id, T0 + 5)
+    assert old is not None
     assert (old.userid, old.accessed, old.expires_at) == (3, T0, T0 + 601)
     assert old.settings == {}  # global settings: nothing per session
     assert old.csrf_token is not None and len(base64.urlsafe_b64decode(old.csrf_token)) == 20
@@ -319,7 +341,7 @@ def test_cookie_rules_against_the_predecessor(old_app, key, session_engine):
     # nothing was deleted: the real cookie still opens and claims
     old_id = source.open_cookie(cookie)
     assert old_id is not None
-    assert claim(source, session_engine, old_id, T0) is not None
+    assert migrate(source, session_engine, old_id, T0) is not None
 
 
 def test_only_the_encoding_the_predecessor_wrote_opens(old_app, key):
@@ -383,7 +405,7 @@ def test_plaintexts_as_the_predecessor_read_them(old_app, key, session_engine, p
     old_id = source.open_cookie(crafted)
     assert (old_id is not None) is served
     if old_id is not None:
-        assert claim(source, session_engine, old_id, T0) is not None
+        assert migrate(source, session_engine, old_id, T0) is not None
 
 
 def test_rotated_secrets_any_of_them_opens(old_app, key):
@@ -412,7 +434,7 @@ EXPIRY = {
     "absolute, global": (
         ["AbsoluteMixin"],
         {"absolute_timeout": 3600},
-        {"absolute_timeout": 3600},
+        {"timeout": 3600},  # session.migrate_timeout
         T0 + 3600,
     ),
     "idle before absolute": (
@@ -433,13 +455,13 @@ def test_expiry_both_sides_of_the_last_second(old_app, key, session_engine, rule
     assert app.accepts(served, last) and not app.accepts(late, last + 1)
     old_id = source.open_cookie(served)
     assert old_id is not None
-    claimed = claim(source, session_engine, old_id, last)
-    assert claimed is not None and claimed.session.expires_at == last + 1
+    old = migrate(source, session_engine, old_id, last)
+    assert old is not None and old.expires_at == last + 1
     late_id = source.open_cookie(late)
     assert late_id is not None
-    assert claim(source, session_engine, late_id, last + 1) is None
-    # refused as expired and deleted, as the predecessor deleted it
-    assert app.rows() == {}
+    assert migrate(source, session_engine, late_id, last + 1) is None
+    # refused as expired and left (the predecessor deleted it; psessions gc will)
+    assert list(app.rows()) == [session_key(late_id)]
 
 
 def test_the_idle_timeout_of_one_session(old_app, key, session_engine):
@@ -451,11 +473,11 @@ def test_the_idle_timeout_of_one_session(old_app, key, session_engine):
     assert not app.accepts(short, T0 + 61) and app.accepts(never, T0 + 10**7)
     short_id, never_id = source.open_cookie(short), source.open_cookie(never)
     assert short_id is not None and never_id is not None
-    assert claim(source, session_engine, short_id, T0 + 61) is None
-    claimed = claim(source, session_engine, never_id, T0 + 10**7)
-    assert claimed is not None
-    assert "idle_timeout" not in claimed.session.settings  # off for it: not carried
-    assert claimed.session.expires_at is None
+    assert migrate(source, session_engine, short_id, T0 + 61) is None
+    old = migrate(source, session_engine, never_id, T0 + 10**7)
+    assert old is not None
+    assert "idle_timeout" not in old.settings  # off for it: not carried
+    assert old.expires_at is None
 
 
 def test_an_idle_option_of_none_says_the_feature_was_off(old_app, key, session_engine):
@@ -464,9 +486,9 @@ def test_an_idle_option_of_none_says_the_feature_was_off(old_app, key, session_e
     cookie = new_session(app)
     old_id = make_source(app, key).open_cookie(cookie)
     assert old_id is not None
-    assert claim(make_source(app, key), session_engine, old_id, T0 + 601, commit=False) is None
-    claimed = claim(make_source(app, key, idle_timeout="none"), session_engine, old_id, T0 + 601)
-    assert claimed is not None
+    assert migrate(make_source(app, key), session_engine, old_id, T0 + 601, commit=False) is None
+    old = migrate(make_source(app, key, idle_timeout="none"), session_engine, old_id, T0 + 601)
+    assert old is not None
 
 
 # -- renewal ---------------------------------------------------------------------------------
@@ -482,20 +504,28 @@ def test_renewal_both_ids_during_renewal_then_only_the_new_one(old_app, key, ses
         assert app.accepts(cookie, T0 + 302)
         old_id = source.open_cookie(cookie)
         assert old_id is not None
-        assert claim(source, session_engine, old_id, T0 + 302, commit=False) is not None
+        assert migrate(source, session_engine, old_id, T0 + 302, commit=False) is not None
+    # two ids (the migration derives two tokens), one session; psessions migrate would
+    # name it as the cookie the browser was sent last does
+    assert source.open_cookie(first) != source.open_cookie(second)
+    with request_tx(session_engine) as dbsession:
+        assert list(source.live_ids(dbsession, T0 + 302)) == [source.open_cookie(second)]
     # the new cookie acknowledges the renewal: the old one is now a violation
     app.request(T0 + 303, second)
     assert not app.accepts(first, T0 + 304) and app.accepts(second, T0 + 304)
+    # psessions migrate names the session as its current cookie does
+    with request_tx(session_engine) as dbsession:
+        assert list(source.live_ids(dbsession, T0 + 304)) == [source.open_cookie(second)]
     # a cookie without a renewal id, for a session whose renewal timeout is on
     bare = encrypt(key, decrypt(key, second)[:16])
     assert not app.accepts(bare, T0 + 304)
     bare_id = source.open_cookie(bare)
-    assert bare_id is not None and bare_id.endswith(".")
-    assert claim(source, session_engine, bare_id, T0 + 304) is None
+    assert bare_id is not None and "." not in bare_id
+    assert migrate(source, session_engine, bare_id, T0 + 304) is None
     assert len(app.rows()) == 1  # refused and left alone, as the predecessor left it
     first_id = source.open_cookie(first)
     assert first_id is not None
-    assert claim(source, session_engine, first_id, T0 + 304) is None
+    assert migrate(source, session_engine, first_id, T0 + 304) is None
     assert app.rows() == {}  # a renewal violation deletes the session, as the predecessor did
 
 
@@ -510,13 +540,13 @@ def test_renewal_with_the_plain_mixin(old_app, key, session_engine):
         source = make_source(app, key, **options)
         first_id = source.open_cookie(first)
         assert first_id is not None
-        assert claim(source, session_engine, first_id, T0 + 304, commit=False) is None
+        assert migrate(source, session_engine, first_id, T0 + 304, commit=False) is None
     bare_id = source.open_cookie(encrypt(key, decrypt(key, second)[:16]))
     assert bare_id is not None
-    assert claim(source, session_engine, bare_id, T0 + 304, commit=False) is None
+    assert migrate(source, session_engine, bare_id, T0 + 304, commit=False) is None
     second_id = source.open_cookie(second)
     assert second_id is not None
-    assert claim(source, session_engine, second_id, T0 + 304) is not None
+    assert migrate(source, session_engine, second_id, T0 + 304) is not None
 
 
 # -- rows that are gone or cannot be read ------------------------------------------------------
@@ -528,7 +558,7 @@ def test_a_logged_out_session_is_not_claimed(old_app, key, session_engine):
     source = make_source(app, key)
     old_id = source.open_cookie(cookie)
     assert old_id is not None  # still authentic
-    assert claim(source, session_engine, old_id, T0 + 2) is None
+    assert migrate(source, session_engine, old_id, T0 + 2) is None
 
 
 def test_data_that_is_not_plain_values_is_unrepresentable_and_stays(old_app, key, session_engine):
@@ -538,7 +568,7 @@ def test_data_that_is_not_plain_values_is_unrepresentable_and_stays(old_app, key
     old_id = source.open_cookie(cookie)
     assert old_id is not None
     with request_tx(session_engine) as dbsession, pytest.raises(Unrepresentable, match="Thing"):
-        source.claim(dbsession, old_id, T0)
+        source.read(dbsession, old_id, T0)
     assert len(app.rows()) == 1  # committed, and still there
 
 
@@ -548,9 +578,9 @@ def test_a_rolled_back_claim_leaves_the_row(old_app, key, session_engine):
     source = make_source(app, key)
     old_id = source.open_cookie(cookie)
     assert old_id is not None
-    assert claim(source, session_engine, old_id, T0, commit=False) is not None
+    assert migrate(source, session_engine, old_id, T0, commit=False) is not None
     assert len(app.rows()) == 1
-    assert claim(source, session_engine, old_id, T0) is not None
+    assert migrate(source, session_engine, old_id, T0) is not None
     assert app.rows() == {}
 
 
@@ -563,7 +593,7 @@ def test_a_claim_without_a_commit_decision_is_rolled_back_by_zope(old_app, key, 
     dbsession = sa.orm.Session(session_engine)
     zope.sqlalchemy.register(dbsession, transaction_manager=tm)
     with tm:
-        assert make_source(app, key).claim(dbsession, old_id, T0) is not None
+        assert take(make_source(app, key), dbsession, old_id, T0) is not None
     dbsession.close()
     assert app.rows() == {}
 
@@ -571,7 +601,7 @@ def test_a_claim_without_a_commit_decision_is_rolled_back_by_zope(old_app, key, 
 def test_a_missing_table_is_logged_and_claims_nothing(key, session_engine, caplog):
     source = PredecessorSource(SourceOptions(secrets=(key.encode(),), table="no_such_table"))
     caplog.set_level(logging.ERROR, "sessions_migrate")
-    assert claim(source, session_engine, uuid.uuid4().hex + ".", T0) is None
+    assert migrate(source, session_engine, uuid.uuid4().hex, T0) is None
     assert "no table 'no_such_table'" in caplog.text and "session.migrate_table" in caplog.text
     with request_tx(session_engine) as dbsession, pytest.raises(ValueError, match="no table"):
         source.count(dbsession, T0)
@@ -582,8 +612,11 @@ def test_ids_that_this_source_did_not_give_claim_nothing(old_app, key, session_e
     old_id = make_source(app, key).open_cookie(new_session(app))
     assert old_id is not None
     source = make_source(app, key)
-    for wrong in ["", "x", old_id[:-1] + "g", old_id + "00", "{" + old_id[1:], old_id[:31]]:
-        assert claim(source, session_engine, wrong, T0) is None
+    assert "." not in old_id  # no renewal: the id alone
+    wrong_ids = ["", "x", old_id[:-1] + "g", old_id + "00", "{" + old_id[1:], old_id[:31]]
+    wrong_ids += [old_id + ".", old_id + "." + old_id[:31], old_id + "." + old_id + "0"]
+    for wrong in wrong_ids:
+        assert migrate(source, session_engine, wrong, T0) is None
     assert len(app.rows()) == 1
 
 
@@ -611,11 +644,11 @@ def _waiting_delete(engine: sa.Engine, table: str) -> bool:
 
 @pytest.mark.parametrize("first_commits", [True, False], ids=["first commits", "first aborts"])
 def test_two_first_visits_with_one_cookie(old_app, key, session_engine, first_commits):
-    """Exactly one claims. The second request reads the row (the first's DELETE is not
+    """Exactly one takes it. The second request reads the row (the first's DELETE is not
     committed), then its DELETE waits: for the first transaction's row lock on PostgreSQL
     and MariaDB, for the database's write lock in SQLite's busy handler. When the first
-    commits, the second's DELETE counts no row and it claims nothing; when the first
-    rolls back, the second claims.
+    commits, the second's DELETE counts no row: ClaimedElsewhere (the plugin makes it a
+    retryable conflict). When the first rolls back, the second takes it.
     """
     app = old_app(["UseridMixin"])
     old_id = make_source(app, key).open_cookie(new_session(app, T0, [["login", 9]]))
@@ -625,7 +658,10 @@ def test_two_first_visits_with_one_cookie(old_app, key, session_engine, first_co
     deleting = threading.Event()
 
     def second_visit() -> None:
-        outcome["claim"] = claim(source, session_engine, old_id, T0)
+        try:
+            outcome["old"] = migrate(source, session_engine, old_id, T0)
+        except ClaimedElsewhere as exc:
+            outcome["elsewhere"] = exc
 
     thread = threading.Thread(target=second_visit)
 
@@ -635,7 +671,7 @@ def test_two_first_visits_with_one_cookie(old_app, key, session_engine, first_co
             deleting.set()
 
     with request_tx(session_engine, commit=first_commits) as first:
-        assert source.claim(first, old_id, T0) is not None  # deleted, not yet committed
+        assert take(source, first, old_id, T0) is not None  # deleted, not yet committed
         thread.start()
         assert deleting.wait(30)  # the second read the row and is in its DELETE
         if session_engine.dialect.name != "sqlite":
@@ -648,9 +684,9 @@ def test_two_first_visits_with_one_cookie(old_app, key, session_engine, first_co
     thread.join()
     sa.event.remove(session_engine, "before_cursor_execute", _seen)
     if first_commits:
-        assert outcome["claim"] is None
+        assert list(outcome) == ["elsewhere"]
     else:
-        assert outcome["claim"] is not None and outcome["claim"].session.userid == 9
+        assert list(outcome) == ["old"] and outcome["old"].userid == 9
     assert app.rows() == {}
 
 
@@ -659,7 +695,7 @@ def test_sqlite_a_second_writer_past_its_busy_timeout_fails(
 ):
     """SQLite only: while the first holds the write lock longer than the second's busy
     timeout (pysqlite's default: 5 s), the second request fails with "database is locked"
-    (an error of that request, which claims nothing); the first still claims.
+    (an error of that request, which takes nothing); the first still takes it.
     """
     if session_engine.dialect.name != "sqlite":
         pytest.skip("SQLite's database-wide write lock")
@@ -670,9 +706,9 @@ def test_sqlite_a_second_writer_past_its_busy_timeout_fails(
     impatient = sa.create_engine(session_db_url, connect_args={"timeout": 0.1})
     try:
         with request_tx(session_engine) as first:
-            assert source.claim(first, old_id, T0) is not None
+            assert take(source, first, old_id, T0) is not None
             with pytest.raises(sa.exc.OperationalError, match="database is locked"):
-                claim(source, impatient, old_id, T0)
+                migrate(source, impatient, old_id, T0)
     finally:
         impatient.dispose()
     assert app.rows() == {}
@@ -687,16 +723,17 @@ def test_count_and_live_ids_are_what_the_predecessor_serves(old_app, key, sessio
     app.request(T0 + 1, gone, [["invalidate"]])
     now = T0 + 650
     source = make_source(app, key)
-    served = {session_key(source.open_cookie(c) or "") for c in cookies if app.accepts(c, now)}
+    served = {source.open_cookie(c) for c in cookies if app.accepts(c, now)}
     assert len(served) == 3  # T0 + 0 expired at T0 + 600
     with request_tx(session_engine) as dbsession:
         assert source.count(dbsession, now) == 3
         assert set(source.live_ids(dbsession, now)) == served
         assert set(source.live_ids(dbsession, now, batch=2)) == served  # across batches
-    # psessions migrate claims by those ids, with no cookie: no renewal id to check
-    for sid in served:
-        claimed = claim(source, session_engine, sid, now)
-        assert claimed is not None and claimed.session.id == sid
+    # psessions migrate takes them by those ids: the ids their cookies open to
+    for old_id in served:
+        assert old_id is not None
+        old = migrate(source, session_engine, old_id, now)
+        assert old is not None and old.id == session_key(old_id)
     with request_tx(session_engine) as dbsession:
         assert source.count(dbsession, now) == 0
 
@@ -719,6 +756,14 @@ def test_the_options(key):
     assert default.cookie_name() == "session" == PredecessorSource.default_cookie_name
     assert default.cookie_attributes() == {"path": "/", "domain": None}
     assert PredecessorSource.name == "pyramid_sqlalchemy_sessions"
+    assert isinstance(default, Source)
+
+
+def test_the_entry_point_names_this_source():
+    from importlib.metadata import entry_points
+
+    (found,) = entry_points(group="sessions_migrate.sources", name="pyramid_sqlalchemy_sessions")
+    assert found.load() is PredecessorSource
 
 
 @pytest.mark.parametrize(
@@ -727,11 +772,11 @@ def test_the_options(key):
         ({"table": None}, "session.migrate_table"),
         ({"secrets": ()}, "session.migrate_secret_file"),
         ({"secrets": (b"not a key",)}, "URL-safe base64 of 16, 24 or 32 bytes"),
-        ({"timeout": 60}, "session.migrate_option.absolute_timeout"),
+        ({"options": {"absolute_timeout": "60"}}, "absolute timeout is session.migrate_timeout"),
         ({"url": "redis://x"}, "remove session.migrate_url"),
-        ({"options": {"colour": "red"}}, "session.migrate_option.colour"),
+        ({"options": {"colour": "red"}}, "session.migrate_options: colour means nothing"),
         ({"options": {"idle_timeout": "soon"}}, "not a number of seconds or none"),
-        ({"options": {"absolute_timeout": "0"}}, "not above 0"),
+        ({"options": {"renewal_timeout": "0"}}, "not above 0"),
     ],
 )
 def test_wrong_options_are_refused_with_the_fix(key, options, message):
@@ -764,3 +809,57 @@ def test_an_environment_pip_cannot_build_gives_pips_reason(tmp_path, monkeypatch
     assert reason is not None and "pip could not install it" in reason
     assert "pyramid_sqlalchemy_sessions" in reason.lower() or "pyramid-sqlalchemy" in reason
     assert not (tmp_path / "env").exists() and list(tmp_path.iterdir()) == []
+
+
+# -- through the plugin, in a Pyramid 2 application --------------------------------------------
+def test_a_browser_of_the_predecessor_continues_on_the_new_application(
+    old_app, key, session_engine, session_clock, tmp_path
+):
+    """The predecessor's own session, opened by sessions-migrate in a kernel application.
+
+    The first visit with the old cookie carries the data, the flash messages, the creation
+    time and the per-session idle timeout, sets the new cookie and deletes the old one
+    after the commit; the old row is gone. A session the JSON data serializer cannot hold
+    is not migrated and its row stays.
+    """
+    now = int(session_clock())
+    app = old_app(["ConfigIdleMixin"], idle_timeout=1800)
+    cookie = new_session(
+        app,
+        now - 60,
+        [["set", "cart", [1, 2]], ["flash", "saved"], ["settings", {"idle_timeout": 900}]],
+    )
+    special = new_session(app, now - 60, [["special"]])
+    secret = tmp_path / "old-key"
+    secret.write_text(key + "\n")
+    model = make_model(MigrateMixin, ConfigIdleMixin)
+    new = make_app(
+        model,
+        session_engine,
+        settings={
+            "cookie_name": "sid",
+            "idle_timeout": "1800",
+            "migrate_from": "pyramid_sqlalchemy_sessions",
+            "migrate_until": "2026-01-01",
+            "migrate_secret_file": str(secret),
+            "migrate_table": app.table,
+        },
+        clock=session_clock,
+    )
+    try:
+        new.set_cookie("session", cookie)
+        answer = new.get("/read")
+        assert answer.json["data"] == {"cart": [1, 2]}
+        assert answer.json["flash"] == {"": ["saved"]}
+        assert "sid" in new.cookies and "session" not in new.cookies  # the old one deleted
+        assert session_key(make_source(app, key).open_cookie(cookie) or "") not in app.rows()
+        assert new.get("/settings").json["idle_timeout"] == 900
+        again = new.get("/read").json  # the new cookie alone
+        assert again["data"] == {"cart": [1, 2]} and again["created"] == now - 60
+
+        other = new.new_browser()
+        other.set_cookie("session", special)
+        assert other.get("/read").json["data"] == {}  # a datetime, a set: not JSON
+        assert len(app.rows()) == 1  # left where it is
+    finally:
+        model.metadata.drop_all(session_engine)

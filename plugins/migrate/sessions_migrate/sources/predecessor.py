@@ -29,39 +29,48 @@ and ``renewal_try_every``. ``ConfigCookieMixin``: ``cookie_max_age``,
 
 **What it refused** (``_BaseSession._init_request_session`` and the
 ``_is_valid_session`` of each feature), and so do
-:meth:`PredecessorSource.open_cookie` and :meth:`~PredecessorSource.claim`: a
+:meth:`PredecessorSource.open_cookie` and :meth:`~PredecessorSource.read`: a
 cookie that is not base64, shorter than nonce and tag, or does not
 authenticate under the key; a plaintext shorter than the 16 bytes of an id; a
 session whose renewal timeout is on and whose cookie has no renewal id after
 the id; a renewal id that is neither the row's ``renewal_id`` nor its
 ``renewal_next`` (a renewal violation: the row is deleted, as the predecessor
 deleted it); a session past ``idle_expire`` or past its absolute expiry
-(expired strictly after the stored second: ``now > expire``; the row is deleted,
-as the predecessor deleted it); a session whose idle timeout is on but whose
-``idle_expire`` is ``NULL`` (the predecessor failed the request; it is refused
-and left alone). Also refused, though the predecessor's lenient base64 decoder
-took it: a cookie value in any other encoding than the one it wrote (the
-standard alphabet's ``+`` and ``/``, characters a lenient decoder skips, other
-unused trailing bits), which no browser holds.
+(expired strictly after the stored second: ``now > expire``; the predecessor
+deleted it, here it is left to expire); a session whose idle timeout is on but
+whose ``idle_expire`` is ``NULL`` (the predecessor failed the request). Also
+refused, though the predecessor's lenient base64 decoder took it: a cookie
+value in any other encoding than the one it wrote (the standard alphabet's
+``+`` and ``/``, characters a lenient decoder skips, other unused trailing
+bits), which no browser holds.
 
-The predecessor's global settings that its rows do not record are this
-source's options (``session.migrate_option.NAME``, the old ini's
-``session.NAME`` value): ``absolute_timeout`` (with the plain
-``AbsoluteMixin``, the expiry is ``created`` plus it; unset, no absolute expiry
-is checked, so set it if the old model had ``AbsoluteMixin``),
-``idle_timeout`` and ``renewal_timeout`` (with the plain ``IdleMixin`` /
-``RenewalMixin``: ``none`` says the feature was off; unset, an ``idle_expire``
-in the row is enforced and a renewal id in the cookie is checked, which
-refuses nothing the predecessor accepted unless it had turned the feature off
-after writing those values), ``cookie_path`` and ``cookie_domain`` (where the
-old cookie lives, for deleting it; ``/`` and none by default).
+The predecessor's global settings that its rows do not record come from the
+migration's settings. ``session.migrate_timeout`` is its ``absolute_timeout``
+where the model had the plain ``AbsoluteMixin`` (the expiry is ``created`` plus
+it; unset, no absolute expiry is checked, so set it if the old model had that
+mixin; with ``ConfigAbsoluteMixin`` the rows record it and it is ignored).
+``session.migrate_options`` (``name=value`` pairs) takes ``idle_timeout`` and
+``renewal_timeout``, the old ``session.*`` values, for the plain ``IdleMixin``
+and ``RenewalMixin``: ``none`` says the feature was off; a number, on. Unset,
+an ``idle_expire`` in the row is enforced, and a renewal is taken to be on for
+a row that has a renewal id; either refuses nothing the predecessor accepted
+unless it had turned the feature off after writing those rows. Also
+``cookie_path`` and ``cookie_domain``: where the old cookie lives, for
+deleting it (``/`` and none by default).
 
-**The ids this source gives.** :meth:`~PredecessorSource.open_cookie` answers
-``"<id hex>.<renewal id hex>"``, or ``"<id hex>."`` for a cookie without a
-renewal id; :meth:`~PredecessorSource.live_ids` answers ``"<id hex>"``, for
-``psessions migrate``, which has no cookie: a claim by such an id checks the
-expiry but no renewal id. The part before the dot is the session's key
-(:func:`session_key`).
+**The ids this source gives** are ``"<id hex>"`` for a session whose cookie
+carries no renewal id, and ``"<id hex>.<renewal id hex>"`` for one whose cookie
+does (:meth:`~PredecessorSource.open_cookie`); :meth:`~PredecessorSource.live_ids`
+gives the form the row's current cookie has. The migration derives the new
+session's token from this id, so an outdated cookie (a renewal id the
+predecessor had replaced) never names the session its current cookie was
+migrated to, by a visit or by ``psessions migrate``. The part before the dot
+is the session's key (:func:`session_key`).
+
+**The one write of a read.** :meth:`~PredecessorSource.read` deletes the row of
+a renewal violation in the request's transaction, as the predecessor did: when
+a stolen cookie was renewed by the thief, the victim's outdated cookie ends
+the session for both. It writes nothing else.
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -81,7 +90,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from zope.sqlalchemy import mark_changed
 
-from ..source import Claim, OldSession, SourceOptions, Unrepresentable
+from ..source import Claim, ClaimedElsewhere, OldSession, SourceOptions, Unrepresentable
 from ..unpickle import safe_loads
 
 __all__ = ["PredecessorHandle", "PredecessorSource", "session_key"]
@@ -93,8 +102,8 @@ KEY_SIZES = (16, 24, 32)
 NONCE_SIZE = 16
 TAG_SIZE = 16
 ID_SIZE = 16
-#: the options of ``session.migrate_option.*`` this source reads
-OPTIONS = ("absolute_timeout", "idle_timeout", "renewal_timeout", "cookie_path", "cookie_domain")
+#: the names of ``session.migrate_options`` this source reads
+OPTIONS = ("idle_timeout", "renewal_timeout", "cookie_path", "cookie_domain")
 
 # columns of each of the predecessor's runtime-configurable features -> our setting names
 _IDLE_SETTINGS = ("idle_timeout", "extension_delay", "extension_chance", "extension_deadline")
@@ -132,15 +141,9 @@ _STAND_INS: Mapping[tuple[str, str], type] = {
 
 @dataclass(frozen=True)
 class PredecessorHandle:
-    """``OldSession.handle``: the row's id and the renewal ids it still accepted.
-
-    ``renewal_ids`` are the hex of the row's ``renewal_id`` and ``renewal_next``
-    (empty without ``RenewalMixin``): a migration that carries an old cookie
-    past the old row (``psessions migrate``) can keep checking them.
-    """
+    """``OldSession.handle``: the row's id, as :meth:`PredecessorSource.take` deletes it."""
 
     id: uuid.UUID
-    renewal_ids: frozenset[str] = frozenset()
 
 
 def session_key(old_id: str) -> str:
@@ -148,17 +151,17 @@ def session_key(old_id: str) -> str:
     return old_id.partition(".")[0]
 
 
-def _parse_id(old_id: str) -> tuple[uuid.UUID, bytes | None, bool] | None:
-    """(session id, renewal id or None, whether the id came from a cookie), or None."""
+def _parse_id(old_id: str) -> tuple[uuid.UUID, bytes | None] | None:
+    """(session id, renewal id or None) of an id this source gave, or None."""
     key, dot, renewal = old_id.partition(".")
-    if len(key) != 2 * ID_SIZE or len(renewal) not in (0, 2 * ID_SIZE):
+    if len(key) != 2 * ID_SIZE or len(renewal) != (2 * ID_SIZE if dot else 0):
         return None
     try:
         sid = uuid.UUID(bytes=bytes.fromhex(key))
         rid = bytes.fromhex(renewal) if renewal else None
     except ValueError:
         return None
-    return sid, rid, bool(dot)
+    return sid, rid
 
 
 def _option(options: Mapping[str, str], name: str) -> Any:
@@ -172,11 +175,11 @@ def _option(options: Mapping[str, str], name: str) -> Any:
         value = int(text)
     except ValueError:
         raise ValueError(
-            f"session.migrate_option.{name} = {text!r} is not a number of seconds or none: "
-            f"give the predecessor's session.{name} as its ini file had it"
+            f"{name}={text} is not a number of seconds or none: give the predecessor's "
+            f"session.{name} as its ini file had it"
         ) from None
     if value <= 0:
-        raise ValueError(f"session.migrate_option.{name} = {text!r} is not above 0 (or none)")
+        raise ValueError(f"{name}={text} is not above 0 (or none)")
     return value
 
 
@@ -254,24 +257,18 @@ class PredecessorSource:
     name: ClassVar[str] = "pyramid_sqlalchemy_sessions"
     default_cookie_name: ClassVar[str] = "session"
 
-    def __init__(self, options: SourceOptions, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, options: SourceOptions) -> None:
         """Check ``options``; raise :class:`ValueError` with the fix for a wrong one."""
         unknown = sorted(set(options.options) - set(OPTIONS))
         if unknown:
             raise ValueError(
-                f"session.migrate_option.{unknown[0]} means nothing to pyramid_sqlalchemy_sessions"
-                f" (its options: {', '.join(OPTIONS)})"
+                f"session.migrate_options: {unknown[0]} means nothing to this source (its "
+                f"options: {', '.join(OPTIONS)}; its absolute timeout is session.migrate_timeout)"
             )
         if options.url is not None:
             raise ValueError(
                 "pyramid_sqlalchemy_sessions keeps its sessions in the application's database: "
                 "remove session.migrate_url"
-            )
-        if options.timeout is not None:
-            raise ValueError(
-                "session.migrate_timeout means nothing to pyramid_sqlalchemy_sessions, whose rows "
-                "record their idle expiry: give its global absolute timeout as "
-                "session.migrate_option.absolute_timeout"
             )
         if not options.table:
             raise ValueError(
@@ -283,10 +280,10 @@ class PredecessorSource:
         self._cookie_name = options.cookie_name or self.default_cookie_name
         self._cookie_path = options.options.get("cookie_path", "/")
         self._cookie_domain = options.options.get("cookie_domain") or None
-        self._absolute_timeout = _option(options.options, "absolute_timeout")
+        # the global settings of the plain mixins: a number, None ("none": off) or _UNSET
+        self._absolute_timeout: Any = options.timeout if options.timeout else _UNSET
         self._idle_timeout = _option(options.options, "idle_timeout")
         self._renewal_timeout = _option(options.options, "renewal_timeout")
-        self._clock = clock
         self._tables: weakref.WeakKeyDictionary[sa.Engine, _Table] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -302,7 +299,7 @@ class PredecessorSource:
         return {"path": self._cookie_path, "domain": self._cookie_domain}
 
     def open_cookie(self, value: str) -> str | None:
-        """``"<id hex>.<renewal id hex or nothing>"`` for an authentic cookie, else ``None``.
+        """``"<id hex>"`` or ``"<id hex>.<renewal id hex>"`` for an authentic cookie, else ``None``.
 
         No I/O and no unpickling: base64, then AES-GCM with each old key in turn.
         Only the encoding the predecessor wrote is read (URL-safe alphabet, padded,
@@ -325,9 +322,9 @@ class PredecessorSource:
                 continue
             if len(plain) < ID_SIZE:
                 return None
-            renewal = plain[ID_SIZE : 2 * ID_SIZE]
-            # a renewal part shorter than an id: what the predecessor could not read
-            return f"{plain[:ID_SIZE].hex()}.{renewal.hex() if len(renewal) == ID_SIZE else ''}"
+            sid, renewal = plain[:ID_SIZE].hex(), plain[ID_SIZE : 2 * ID_SIZE]
+            # a renewal part shorter than an id is none: the predecessor could not read it
+            return f"{sid}.{renewal.hex()}" if len(renewal) == ID_SIZE else sid
         return None
 
     # -- the table -----------------------------------------------------------------------
@@ -377,93 +374,115 @@ class PredecessorSource:
         return int(dbsession.execute(query).scalar_one())
 
     def live_ids(self, dbsession: Any, now: int, batch: int = 1000) -> Iterator[str]:
-        """``"<id hex>"`` of each row the predecessor would still serve at ``now``.
+        """The id of each row the predecessor would still serve at ``now``.
 
-        Read ``batch`` ids at a time, in id order, each batch fully fetched before
-        any is yielded: the caller may claim (delete) them on the same connection
-        meanwhile, which an open streaming cursor would not allow on MariaDB.
+        In the form its current cookie opens to, so that a first visit after
+        ``psessions migrate`` finds the copy: with the row's renewal id where its
+        renewal timeout is on (or may be: the plain ``RenewalMixin`` without the
+        ``renewal_timeout`` option), the next one during a renewal (the browser
+        was sent a cookie with it; a browser that never received that response
+        starts over). Read ``batch`` rows at a time, in id
+        order, each batch fully fetched before any is yielded: the caller may take
+        (delete) them on the same connection meanwhile, which an open streaming
+        cursor would not allow on MariaDB.
         """
         t = self._table(dbsession)
         c = t.table.c
+        names = ("id", "renewal_id", "renewal_next", "renewal_timeout")
+        columns = [c[name] for name in names if t.has(name)]
         live = self._live(t, now)
         last: Any = None
         while True:
-            query = sa.select(c.id).where(*live).order_by(c.id).limit(batch)
+            query = sa.select(*columns).where(*live).order_by(c.id).limit(batch)
             if last is not None:
                 query = query.where(c.id > last)
-            values = dbsession.execute(query).scalars().all()
-            for value in values:
-                sid = _as_uuid(value)
+            rows = dbsession.execute(query).mappings().all()
+            for row in rows:
+                sid = _as_uuid(row["id"])
                 assert sid is not None
-                yield sid.hex
-            if len(values) < batch:
+                renewal = _as_bytes(row.get("renewal_next")) or _as_bytes(row.get("renewal_id"))
+                if renewal is not None and self._renewal_on(t, row) is not False:
+                    yield f"{sid.hex}.{renewal.hex()}"
+                else:
+                    yield sid.hex
+            if len(rows) < batch:
                 return
-            last = values[-1]
+            last = rows[-1]["id"]
 
-    # -- claiming ------------------------------------------------------------------------
-    def claim(self, dbsession: Any, old_id: str, now: int) -> Claim | None:
-        """Read, check by the predecessor's rules, decode, then ``DELETE`` the row.
+    # -- reading and taking ----------------------------------------------------------------
+    def read(self, dbsession: Any, old_id: str, now: int) -> OldSession | None:
+        """The old session ``old_id`` if the predecessor would serve it at ``now``, decoded.
 
-        ``None`` when the row is gone, refused (see the module's docstring) or
-        deleted by a concurrent transaction first (the ``DELETE`` counts no row).
-        A session the predecessor deleted when it refused it (expired, renewal
-        violation) is deleted here too, in ``dbsession``'s transaction.
-        :class:`Unrepresentable` (its data is not plain values) leaves the row.
+        ``None`` when its row is gone or the predecessor would refuse it (see the
+        module's docstring); a renewal violation also deletes the row, as the
+        predecessor did, and is the only write. :class:`Unrepresentable` when its
+        data is not plain values.
         """
         parsed = _parse_id(old_id)
         if parsed is None:
             return None
-        sid, cookie_renewal, from_cookie = parsed
+        sid, cookie_renewal = parsed
         try:
             t = self._table(dbsession)
         except ValueError as exc:
             log.error("cannot migrate old sessions: %s", exc)
             return None
-        c = t.table.c
         key = t.bind_id(sid)
-        row = dbsession.execute(sa.select(t.table).where(c.id == key)).mappings().first()
+        row = dbsession.execute(sa.select(t.table).where(t.table.c.id == key)).mappings().first()
         if row is None:
             return None
-        shown = f"{sid.hex[:8]}..."
-        refused = self._refusal(t, row, cookie_renewal, from_cookie, now)
+        refused = self._refusal(t, row, cookie_renewal, now)
         if refused is not None:
-            reason, delete = refused
-            log.info("old session %s not migrated: %s", shown, reason)
-            if delete:
+            reason, violation = refused
+            log.info("old session %s... not migrated: %s", sid.hex[:8], reason)
+            if violation:
                 self._delete(dbsession, t, key)
             return None
-        session = self._decode(t, row, sid, now)
-        if not self._delete(dbsession, t, key):
-            log.info("old session %s was claimed by a concurrent request", shown)
-            return None
-        return Claim(session)
+        return self._decode(t, row, sid)
+
+    def take(self, dbsession: Any, old: OldSession) -> Claim:
+        """Delete ``old``'s row in ``dbsession``'s transaction (a rollback keeps it).
+
+        Raises :class:`ClaimedElsewhere` when the ``DELETE`` counts no row: a
+        concurrent request took it first (its transaction committed, or this
+        one waited for its row lock until it did).
+        """
+        handle = old.handle
+        if not isinstance(handle, PredecessorHandle):
+            raise TypeError(f"not an old session of this source: {old.id[:8]}...")
+        t = self._table(dbsession)
+        if not self._delete(dbsession, t, t.bind_id(handle.id)):
+            raise ClaimedElsewhere(f"old session {old.id[:8]}... was taken by another request")
+        return Claim()
 
     def _delete(self, dbsession: Any, t: _Table, key: Any) -> bool:
         result = dbsession.execute(sa.delete(t.table).where(t.table.c.id == key))
         mark_changed(dbsession)  # a Core DELETE: zope.sqlalchemy would roll it back otherwise
         return bool(result.rowcount == 1)
 
+    def _renewal_on(self, t: _Table, row: Mapping[str, Any]) -> bool | None:
+        """Whether the row's renewal timeout is on; None: not known (plain mixin, no option)."""
+        if not t.has("renewal_id"):
+            return False
+        if t.has("renewal_timeout"):
+            return row["renewal_timeout"] is not None
+        if self._renewal_timeout is _UNSET:
+            return None
+        return self._renewal_timeout is not None
+
     def _refusal(
-        self,
-        t: _Table,
-        row: Mapping[str, Any],
-        cookie_renewal: bytes | None,
-        from_cookie: bool,
-        now: int,
+        self, t: _Table, row: Mapping[str, Any], cookie_renewal: bytes | None, now: int
     ) -> tuple[str, bool] | None:
-        """(why the predecessor refused the row, whether it deleted it), or None."""
+        """(why the predecessor refused the row, whether as a renewal violation), or None."""
         # renewal first, as the predecessor checked it whatever else was wrong
-        if t.has("renewal_id") and from_cookie:
-            on = row["renewal_timeout"] is not None if t.has("renewal_timeout") else None
-            if on is None and self._renewal_timeout is not _UNSET:
-                on = self._renewal_timeout is not None
-            if cookie_renewal is None:
-                if on:
-                    return "its cookie has no renewal id but the renewal timeout is on", False
-            elif on is not False:
-                accepted = {_as_bytes(row["renewal_id"]), _as_bytes(row.get("renewal_next"))}
-                if cookie_renewal not in accepted - {None}:
-                    return "renewal violation (an outdated or stolen cookie)", True
+        on = self._renewal_on(t, row)
+        if cookie_renewal is None:
+            if on:
+                return "its cookie has no renewal id but the renewal timeout is on", False
+        elif on is not False:
+            accepted = {_as_bytes(row["renewal_id"]), _as_bytes(row.get("renewal_next"))}
+            if cookie_renewal not in accepted - {None}:
+                return "renewal violation (an outdated or stolen cookie)", True
         if t.has("idle_expire"):
             if t.has("idle_timeout"):
                 idle_on = row["idle_timeout"] is not None
@@ -475,10 +494,10 @@ class PredecessorSource:
                 if row["idle_expire"] is None:
                     return "its idle timeout is on but it has no idle_expire", False
                 if now > row["idle_expire"]:
-                    return "idle timeout", True
+                    return "idle timeout", False
         absolute = self._absolute_expire(t, row)
         if absolute is not None and now > absolute:
-            return "absolute timeout", True
+            return "absolute timeout", False
         return None
 
     def _absolute_expire(self, t: _Table, row: Mapping[str, Any]) -> int | None:
@@ -489,7 +508,7 @@ class PredecessorSource:
             return None
         return int(row["created"]) + int(self._absolute_timeout)
 
-    def _decode(self, t: _Table, row: Mapping[str, Any], sid: uuid.UUID, now: int) -> OldSession:
+    def _decode(self, t: _Table, row: Mapping[str, Any], sid: uuid.UUID) -> OldSession:
         raw = row.get("data")
         data: Any = {} if raw is None else safe_loads(bytes(raw), stand_ins=_STAND_INS)
         if not isinstance(data, dict):
@@ -516,11 +535,6 @@ class PredecessorSource:
         absolute = self._absolute_expire(t, row)
         if absolute is not None:
             expires.append(absolute)
-        renewal_ids = frozenset(
-            value.hex()
-            for value in (_as_bytes(row.get("renewal_id")), _as_bytes(row.get("renewal_next")))
-            if value is not None
-        )
         return OldSession(
             id=sid.hex,
             data=dict(data),
@@ -532,7 +546,7 @@ class PredecessorSource:
             settings=settings,
             # the predecessor served a session through its expiry's second, ours end at it
             expires_at=min(expires) + 1 if expires else None,
-            handle=PredecessorHandle(sid, renewal_ids),
+            handle=PredecessorHandle(sid),
         )
 
     def _settings(self, t: _Table, row: Mapping[str, Any], created: int) -> dict[str, Any]:
