@@ -34,6 +34,8 @@ import transaction
 import zope.sqlalchemy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from predecessor_harness import OldApp, Runner, environment, find_python
+from pyramid.csrf import check_csrf_token
+from sessions_csrf import ColumnCSRFStoragePolicy, CSRFMixin
 from sessions_idle_timeout import ConfigIdleMixin
 from sessions_migrate import MigrateMixin
 from sessions_migrate.source import (
@@ -45,8 +47,9 @@ from sessions_migrate.source import (
     Unrepresentable,
 )
 from sessions_migrate.sources.predecessor import PredecessorHandle, PredecessorSource, session_key
+from sessions_userid import UseridMixin, UserSessionSecurityPolicy
 
-from sessions_kernel.testing import make_app, make_model
+from sessions_kernel.testing import Clock, SessionTestApp, make_app, make_model
 
 #: the predecessor's clock in these tests: June 2017, when 0.1.0 came out
 T0 = 1_500_000_000
@@ -812,54 +815,123 @@ def test_an_environment_pip_cannot_build_gives_pips_reason(tmp_path, monkeypatch
 
 
 # -- through the plugin, in a Pyramid 2 application --------------------------------------------
-def test_a_browser_of_the_predecessor_continues_on_the_new_application(
-    old_app, key, session_engine, session_clock, tmp_path
-):
-    """The predecessor's own session, opened by sessions-migrate in a kernel application.
+def _whoami(request: Any) -> dict[str, Any]:
+    session = request.session
+    return {
+        "userid": request.authenticated_userid,
+        "data": dict(session),
+        "flash": session.peek_flash(),
+        "created": session.created,
+        "idle_timeout": session.settings["idle_timeout"],
+    }
 
-    The first visit with the old cookie carries the data, the flash messages, the creation
-    time and the per-session idle timeout, sets the new cookie and deletes the old one
-    after the commit; the old row is gone. A session the JSON data serializer cannot hold
-    is not migrated and its row stays.
-    """
-    now = int(session_clock())
-    app = old_app(["ConfigIdleMixin"], idle_timeout=1800)
-    cookie = new_session(
-        app,
-        now - 60,
-        [["set", "cart", [1, 2]], ["flash", "saved"], ["settings", {"idle_timeout": 900}]],
-    )
-    special = new_session(app, now - 60, [["special"]])
+
+def _checkout(request: Any) -> dict[str, Any]:
+    check_csrf_token(request)
+    return {"ok": True}
+
+
+def _switched_app(
+    old: OldApp, key: str, engine: sa.Engine, clock: Clock, tmp_path: Any
+) -> SessionTestApp:
+    """The application after the switch: the kernel with sessions-migrate reading the
+    predecessor's table, sessions-userid's security policy, sessions-csrf's token column."""
     secret = tmp_path / "old-key"
     secret.write_text(key + "\n")
-    model = make_model(MigrateMixin, ConfigIdleMixin)
-    new = make_app(
+    until = datetime.datetime.fromtimestamp(clock() + 30 * 86400, datetime.timezone.utc)
+    model = make_model(MigrateMixin, UseridMixin, CSRFMixin, ConfigIdleMixin)
+
+    def configure(config: Any) -> None:
+        config.set_security_policy(UserSessionSecurityPolicy())
+        config.set_csrf_storage_policy(ColumnCSRFStoragePolicy())
+        config.add_route("whoami", "/whoami")
+        config.add_view(_whoami, route_name="whoami", renderer="json")
+        config.add_route("checkout", "/checkout")
+        config.add_view(_checkout, route_name="checkout", renderer="json", request_method="POST")
+
+    return make_app(
         model,
-        session_engine,
+        engine,
         settings={
             "cookie_name": "sid",
             "idle_timeout": "1800",
             "migrate_from": "pyramid_sqlalchemy_sessions",
-            "migrate_until": "2026-01-01",
+            "migrate_until": until.date().isoformat(),
             "migrate_secret_file": str(secret),
-            "migrate_table": app.table,
+            "migrate_table": old.table,
         },
-        clock=session_clock,
+        clock=clock,
+        configure=configure,
     )
-    try:
-        new.set_cookie("session", cookie)
-        answer = new.get("/read")
-        assert answer.json["data"] == {"cart": [1, 2]}
-        assert answer.json["flash"] == {"": ["saved"]}
-        assert "sid" in new.cookies and "session" not in new.cookies  # the old one deleted
-        assert session_key(make_source(app, key).open_cookie(cookie) or "") not in app.rows()
-        assert new.get("/settings").json["idle_timeout"] == 900
-        again = new.get("/read").json  # the new cookie alone
-        assert again["data"] == {"cart": [1, 2]} and again["created"] == now - 60
 
-        other = new.new_browser()
-        other.set_cookie("session", special)
-        assert other.get("/read").json["data"] == {}  # a datetime, a set: not JSON
-        assert len(app.rows()) == 1  # left where it is
-    finally:
-        model.metadata.drop_all(session_engine)
+
+OLD_VISIT = [
+    ["set", "cart", [1, 2]],
+    ["login", 7],
+    ["csrf"],
+    ["flash", "saved"],
+    ["settings", {"idle_timeout": 900}],
+]
+
+
+@pytest.fixture
+def switched(old_app, key, session_engine, session_clock, tmp_path):
+    """(the predecessor's app, its browser's cookie and CSRF token, the switched app)."""
+    old = old_app(["UseridMixin", "CSRFMixin", "ConfigIdleMixin"], idle_timeout=1800)
+    answer = old.request(int(session_clock()) - 60, None, OLD_VISIT)
+    new = _switched_app(old, key, session_engine, session_clock, tmp_path)
+    yield old, answer["cookie"], answer["seen"]["csrf"], new
+    new.model.metadata.drop_all(session_engine)
+
+
+def test_after_the_switch_the_same_browser_is_logged_in_with_its_data(switched):
+    """A browser of the predecessor's continues on a kernel application: its user, data,
+    flash, creation time and per-session idle timeout; the old row and cookie are gone; a
+    copy of the old cookie (another tab) finds the same new session."""
+    old, cookie, _, new = switched
+    created = new.clock() - 60
+    new.set_cookie("session", cookie)
+    page = new.get("/whoami").json
+    assert page["userid"] == 7 and page["data"] == {"cart": [1, 2]}
+    assert page["flash"] == ["saved"] and page["idle_timeout"] == 900
+    assert old.rows() == {}
+    assert "sid" in new.cookies and "session" not in new.cookies  # the old one deleted
+    again = new.get("/whoami").json  # the new cookie alone
+    assert again["userid"] == 7 and again["created"] == created
+
+    copy = new.new_browser()
+    copy.set_cookie("session", cookie)
+    assert copy.get("/whoami").json["userid"] == 7
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sessions-csrf carries a predecessor token of 43 characters (32 bytes, as this "
+    "library's own); pyramid_sqlalchemy_sessions 0.1's pages hold the padded URL-safe base64 "
+    "of 20 bytes (28 characters), which it does not carry",
+)
+def test_after_the_switch_the_old_pages_csrf_token_is_good(switched):
+    _, cookie, token, new = switched
+    assert len(token) == 28 and token.endswith("=")  # urlsafe_b64encode(os.urandom(20))
+    new.set_cookie("session", cookie)
+    assert new.get("/whoami").json["userid"] == 7
+    new.post("/checkout", {"csrf_token": token})
+
+
+def test_after_the_switch_forged_late_and_unrepresentable_sessions_move_nothing(switched):
+    old, cookie, _, new = switched
+    forged = new.new_browser()
+    forged.set_cookie("session", encrypt(base64.urlsafe_b64encode(os.urandom(32)).decode(), b""))
+    assert forged.get("/whoami").json["userid"] is None
+    special = old.request(int(new.clock()), None, [["special"], ["login", 8]])["cookie"]
+    unrepresentable = new.new_browser()  # a datetime, a set, bytes: not JSON
+    unrepresentable.set_cookie("session", special)
+    assert unrepresentable.get("/whoami").json["userid"] is None
+    assert len(old.rows()) == 2  # both left where they are
+
+    new.clock.advance(31 * 86400)  # past session.migrate_until
+    late = new.new_browser()
+    late.set_cookie("session", cookie)
+    assert late.get("/whoami").json["userid"] is None
+    assert "session" not in late.cookies  # deleted, unread
+    assert len(old.rows()) == 2

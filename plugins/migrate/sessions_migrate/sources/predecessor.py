@@ -81,7 +81,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -257,8 +257,12 @@ class PredecessorSource:
     name: ClassVar[str] = "pyramid_sqlalchemy_sessions"
     default_cookie_name: ClassVar[str] = "session"
 
-    def __init__(self, options: SourceOptions) -> None:
-        """Check ``options``; raise :class:`ValueError` with the fix for a wrong one."""
+    def __init__(self, options: SourceOptions, clock: Callable[[], float] | None = None) -> None:
+        """Check ``options``; raise :class:`ValueError` with the fix for a wrong one.
+
+        ``clock`` (the factory's) is not used: every time this source judges
+        comes from its caller (``now``).
+        """
         unknown = sorted(set(options.options) - set(OPTIONS))
         if unknown:
             raise ValueError(
