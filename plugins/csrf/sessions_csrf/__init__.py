@@ -102,18 +102,32 @@ KEY_BYTES = 64
 #: encryption is deterministic).
 _ASSOCIATED_DATA = [b"sessions_csrf csrf_token column"]
 _TAG_BYTES = 16
-#: Bytes of the hex tokens other stores made, which sessions-migrate carries over
-#: (:func:`session_migrated`): ``uuid4().hex`` (16, Pyramid's ``SessionCSRFStoragePolicy``),
-#: ``os.urandom(20)`` (20, pyramid_beaker's sessions) and ``token_hex(32)`` (32,
-#: pyramid_session_redis's). The column holds one sealed under associated data of its own;
-#: a shorter one after :data:`_HEX_PREFIX` (its length would otherwise be a token in clear's).
+#: Bytes of the tokens other stores made, which sessions-migrate carries over
+#: (:func:`session_migrated`), in hex: ``uuid4().hex`` (16, Pyramid's
+#: ``SessionCSRFStoragePolicy``), ``os.urandom(20)`` (20, pyramid_beaker's sessions),
+#: ``token_hex(32)`` (32, pyramid_session_redis's); or in padded URL-safe base64 (20,
+#: pyramid_sqlalchemy_sessions'). The column holds one sealed under associated data of its
+#: own that names its form; one shorter than 32 bytes after a letter for the form
+#: (its length would otherwise be a token in clear's).
 CARRIED_TOKEN_BYTES = (16, 20, 32)
-_HEX_PREFIX = "h"
-_HEX_ASSOCIATED_DATA = [b"sessions_csrf csrf_token column", b"carried hex token"]
+#: the carried forms, by the letter in front of the sealed value
+_FORMS = {"h": "hex", "b": "base64"}
+
+
+def _carried_data(form: str) -> list[bytes]:
+    return [b"sessions_csrf csrf_token column", b"carried token", form.encode()]
 
 
 class _Carried(bytes):
-    """A token carried over from another store: forms hold it in hex, as that store showed it."""
+    """A token carried over from another store: forms hold it as that store showed it
+    (``form``: ``hex``, or ``base64``, padded and URL-safe)."""
+
+    form = "hex"
+
+    def __new__(cls, raw: bytes, form: str = "hex") -> _Carried:
+        made = super().__new__(cls, raw)
+        made.form = form
+        return made
 
 
 #: The raw token this request made for a session without a row (see session_persist).
@@ -188,36 +202,48 @@ def seal(key: bytes, token: bytes) -> str:
 
 
 def _text(token: bytes) -> str:
-    """A raw token as forms carry it: the URL-safe base64 of ours, the hex of a carried one."""
-    return token.hex() if isinstance(token, _Carried) else _b64(token)
+    """A raw token as forms carry it: the URL-safe base64 of ours, a carried one's own form."""
+    if not isinstance(token, _Carried):
+        return _b64(token)
+    if token.form == "hex":
+        return token.hex()
+    return base64.urlsafe_b64encode(token).decode("ascii")
 
 
 def _seal_any(key: bytes, token: bytes) -> str:
     """:func:`seal` for a token of ours; a carried one (:class:`_Carried`) is sealed under
-    associated data of its own, after :data:`_HEX_PREFIX` unless it is 32 bytes."""
+    associated data that names its form: a 32-byte hex one alone (the length of a sealed
+    token of ours, whose associated data differs), a shorter one after its form's letter."""
     if not isinstance(token, _Carried):
         return seal(key, token)
-    if len(token) not in CARRIED_TOKEN_BYTES:
-        raise ValueError(f"a carried CSRF token is {CARRIED_TOKEN_BYTES} bytes, not {len(token)}")
-    value = _b64(AESSIV(key).encrypt(bytes(token), _HEX_ASSOCIATED_DATA))
-    return value if len(token) == TOKEN_BYTES else _HEX_PREFIX + value
+    if len(token) not in CARRIED_TOKEN_BYTES or (
+        (len(token) == TOKEN_BYTES) and (token.form != "hex")
+    ):
+        raise ValueError(f"a carried CSRF token of {len(token)} bytes in {token.form} is not kept")
+    value = _b64(AESSIV(key).encrypt(bytes(token), _carried_data(token.form)))
+    if len(token) == TOKEN_BYTES:
+        return value
+    letter = next(k for k, v in _FORMS.items() if v == token.form)
+    return letter + value
 
 
 def _open_carried(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
     """The carried token a value of :func:`_seal_any` holds, and the index of its key."""
     blob = None
+    form = "hex"
     if len(value) == SEALED_LENGTH:
         blob = _unb64(value, _TAG_BYTES + TOKEN_BYTES)
-    elif value.startswith(_HEX_PREFIX):
+    elif value[:1] in _FORMS:
+        form = _FORMS[value[0]]
         for size in CARRIED_TOKEN_BYTES[:-1]:
-            blob = _unb64(value[len(_HEX_PREFIX) :], _TAG_BYTES + size)
+            blob = _unb64(value[1:], _TAG_BYTES + size)
             if blob is not None:
                 break
     if blob is None:
         return None
     for index, key in enumerate(keys):
         try:
-            return _Carried(AESSIV(key).decrypt(blob, _HEX_ASSOCIATED_DATA)), index
+            return _Carried(AESSIV(key).decrypt(blob, _carried_data(form)), form), index
         except InvalidTag:
             continue
     return None
@@ -256,7 +282,7 @@ def _opened(keys: Iterable[bytes], value: str | None) -> tuple[bytes | None, boo
         keys = list(keys)
         opened = open_sealed(keys, value) or _open_carried(keys, value)
         return (None, False) if opened is None else (opened[0], opened[1] != 0)
-    if value.startswith(_HEX_PREFIX) and len(value) != CLEAR_LENGTH:  # carried over
+    if value[:1] in _FORMS and len(value) != CLEAR_LENGTH:  # carried over
         opened = _open_carried(keys, value)
         return (None, False) if opened is None else (opened[0], opened[1] != 0)
     token = _unb64(value, TOKEN_BYTES)  # None: not a token this plugin ever stored
@@ -596,29 +622,41 @@ def session_extend(session: Session) -> None:
         session.set_column(COLUMN, _seal_any(keys[0], token))
 
 
+def _foreign_token(text: str) -> _Carried | None:
+    """The token another store showed as ``text``, if it is one of the carried forms."""
+    try:
+        raw = bytes.fromhex(text)
+        if raw.hex() == text and len(raw) in CARRIED_TOKEN_BYTES:
+            return _Carried(raw, "hex")
+    except ValueError:
+        pass
+    try:
+        raw = base64.urlsafe_b64decode(text.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+    canonical = base64.urlsafe_b64encode(raw).decode("ascii") == text
+    if canonical and len(raw) in CARRIED_TOKEN_BYTES[:-1]:
+        return _Carried(raw, "base64")
+    return None
+
+
 @hookimpl(optionalhook=True)
 def session_migrated(session: Session, old: Any) -> None:
     """sessions-migrate: the old session's CSRF token stays the session's token.
 
     Forms the old application rendered keep passing the check. A token of
-    ours (a predecessor's, 43 characters of URL-safe base64) and the hex
-    tokens of other stores (:data:`CARRIED_TOKEN_BYTES`, shown in hex as
-    before) are carried, sealed in the column like any token; a token of another
+    ours and the tokens of other stores (:data:`CARRIED_TOKEN_BYTES`: hex,
+    or padded URL-safe base64, shown as before) are carried, sealed in the
+    column like any token; a token of another
     form is not (the session gets a new one when a form asks). The next
     ``new_csrf_token()``, or a login, replaces it with a token of ours.
     """
     text = old.csrf_token
     if not isinstance(text, str) or not text:
         return
-    token = _unb64(text, TOKEN_BYTES)
+    token = _unb64(text, TOKEN_BYTES) or _foreign_token(text)
     if token is None:
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            return
-        if len(raw) not in CARRIED_TOKEN_BYTES or raw.hex() != text:
-            return
-        token = _Carried(raw)
+        return
     session.set_column(COLUMN, _seal_any(_keys(session)[0], token))
 
 

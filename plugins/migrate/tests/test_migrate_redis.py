@@ -11,6 +11,7 @@ SQLite, PostgreSQL and MariaDB; the old ones in Redis (``SESSIONS_TEST_REDIS_URL
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 
 import pytest
@@ -20,10 +21,10 @@ from sessions_migrate import MigrateMixin
 from sessions_userid import UseridMixin
 from test_source_redis import log_in, new_secret, old_app
 
-from conftest import REDIS_URL
 from sessions_kernel.testing import make_model
 
 SECRET_ENV = "TEST_MIGRATE_REDIS_SECRET"
+REDIS_URL = os.environ.get("SESSIONS_TEST_REDIS_URL")
 DAY = 24 * 3600
 
 
