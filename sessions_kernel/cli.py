@@ -15,6 +15,10 @@ and, with no config file, starts a plugin of your own (:mod:`sessions_kernel.sca
 
     psessions new-plugin login-alerts        # ./sessions-login-alerts, tests included
 
+Installed plugins add commands of their own
+(:func:`~sessions_kernel.hookspecs.session_commands`), e.g. sessions-migrate's
+``psessions development.ini migrate``; ``psessions --help`` lists them.
+
 Exit codes, for schedulers and CI: 0 done (also when nothing was expired,
 and ``check`` found nothing), 1 the database failed, 2 bad usage or an
 application without a sessions_kernel factory, 3 ``check`` found weak settings.
@@ -23,10 +27,13 @@ application without a sessions_kernel factory, 3 ``check`` found weak settings.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import sqlalchemy as sa
@@ -35,16 +42,139 @@ from . import deploy, maintenance
 from .factory import SessionFactory
 from .model import model_table
 
-__all__ = ["main"]
+__all__ = ["Command", "UsageError", "main"]
 
 EXIT_OK, EXIT_DATABASE, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 
+#: The kernel's own commands: a plugin's command may take none of these names.
+KERNEL_COMMANDS = ("gc", "plugins", "indexes", "ddl", "check", "new-plugin")
+#: What a plugin's ``Command.run`` may ask for, by parameter name (it gets only those).
+RUN_ARGUMENTS = ("args", "factory", "bind", "out", "registry", "config_uri")
+_COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
+
 
 class UsageError(Exception):
-    """Something the user can fix in the command line or the application."""
+    """Something the user can fix in the command line or the application.
+
+    ``psessions`` prints the message after ``psessions:`` on stderr and exits
+    2; a plugin's command (:class:`Command`) may raise it too.
+    """
 
 
-def _parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """A ``psessions`` subcommand of a plugin's
+    (:func:`~sessions_kernel.hookspecs.session_commands`).
+
+    ``name``: the subcommand, ``psessions CONFIG <name>`` (lower case letters,
+    digits and dashes). ``help``: one line for ``psessions --help``.
+    ``run``: called once the application started, with the arguments it
+    names among ``args``, ``factory``, ``bind``, ``out``, ``registry`` and
+    ``config_uri`` (see the hook); returns the exit code.
+    ``add_arguments``: adds the command's options to its
+    :class:`argparse.ArgumentParser` (``None``: it has none).
+    ``description``: the text of ``psessions CONFIG <name> --help`` (``None``: ``help``).
+    """
+
+    name: str
+    help: str
+    run: Callable[..., int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class _PluginCommand:
+    """A plugin's command, as the parser knows it: the plugin's name, label and mixins."""
+
+    plugin: str
+    label: str
+    mixins: tuple[type, ...]
+    command: Command
+
+
+def plugin_commands() -> list[_PluginCommand]:
+    """The commands every installed plugin adds, by plugin name; :class:`UsageError` if one
+    is not a :class:`Command`, is misnamed, or takes a name the kernel or another plugin has.
+
+    A plugin whose entry point fails to import adds none (``psessions plugins``
+    shows its error; the application's start reports it).
+    """
+    from pyramid.exceptions import ConfigurationError
+
+    from .plugins import _manager_of, discover
+
+    try:
+        installed = [info for info in discover(strict=False) if info.plugin is not None]
+    except ConfigurationError:  # two plugins of one name...: the start-up says it better
+        return []
+    by_name = {info.name: info for info in installed}
+    found: list[_PluginCommand] = []
+    taken: dict[str, str] = {name: "the kernel (sessions-kernel)" for name in KERNEL_COMMANDS}
+    pm = _manager_of(installed)
+    for impl in sorted(pm.hook.session_commands.get_hookimpls(), key=lambda i: i.plugin_name):
+        info = by_name[impl.plugin_name]
+        try:
+            answer = list(impl.function() or ())
+        except Exception as exc:
+            raise UsageError(
+                f"session plugin {info.label}: its session_commands hook raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        for command in answer:
+            if not isinstance(command, Command):
+                raise UsageError(
+                    f"session plugin {info.label}: session_commands returned {command!r}, "
+                    "which is not a sessions_kernel.cli.Command"
+                )
+            if not isinstance(command.name, str) or not _COMMAND_NAME.match(command.name):
+                raise UsageError(
+                    f"session plugin {info.label}: command name {command.name!r} is not lower "
+                    "case letters, digits and dashes"
+                )
+            if command.name in taken:
+                raise UsageError(
+                    f"session plugin {info.label} adds the command {command.name!r}, which "
+                    f"{taken[command.name]} has already: uninstall one of them, or rename the "
+                    "plugin's command"
+                )
+            unknown = _unknown_run_arguments(command.run)
+            if unknown:
+                raise UsageError(
+                    f"session plugin {info.label}: the run function of its command "
+                    f"{command.name!r} asks for {', '.join(unknown)}; psessions gives "
+                    f"{', '.join(RUN_ARGUMENTS)}"
+                )
+            taken[command.name] = f"session plugin {info.label}"
+            found.append(_PluginCommand(info.name, info.label, info.mixins, command))
+    return found
+
+
+def _unknown_run_arguments(run: Callable[..., int]) -> list[str]:
+    try:
+        parameters = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):
+        return ["arguments psessions cannot read (not a function)"]
+    return [
+        p.name
+        for p in parameters
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in RUN_ARGUMENTS
+        and p.default is p.empty
+    ]
+
+
+def _run_plugin_command(found: _PluginCommand, given: dict[str, Any]) -> int:
+    """Call the command's ``run`` with the arguments it names, by name."""
+    parameters = inspect.signature(found.command.run).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        wanted = dict(given)
+    else:
+        wanted = {name: value for name, value in given.items() if name in parameters}
+    return int(found.command.run(**wanted))
+
+
+def _parser(extra: Sequence[_PluginCommand] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="psessions",
         description="Look after the server-side sessions of a Pyramid application.",
@@ -117,6 +247,17 @@ def _parser() -> argparse.ArgumentParser:
         help="the server section that counts the workers, [server:NAME] (default: main)",
     )
     check.add_argument("--json", action="store_true", help="print JSON")
+
+    for found in extra:
+        command = found.command
+        sub = commands.add_parser(
+            command.name,
+            help=f"{command.help} [{found.label}]",
+            description=command.description or command.help,
+        )
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
+        sub.set_defaults(plugin_command=found)
     return parser
 
 
@@ -371,7 +512,12 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         from . import scaffold
 
         return scaffold.main(argv[1:], out)
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser(plugin_commands())
+    except UsageError as exc:
+        print(f"psessions: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     closer = None
     try:
         try:
@@ -383,6 +529,24 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             print(f"psessions: the application does not start: {exc}", file=sys.stderr)
             _plugins(args, None, out)
             return EXIT_USAGE
+        found = getattr(args, "plugin_command", None)
+        if found is not None:
+            if found.plugin not in {info.name for info in factory.config.active}:
+                mixins = " or ".join(m.__name__ for m in found.mixins) or "its mixin"
+                raise UsageError(
+                    f"{args.command} is a command of the session plugin {found.label}, which "
+                    f"{factory.model.__name__} does not activate: add {mixins} to the bases "
+                    f"of {factory.model.__name__}"
+                )
+            given = {
+                "args": args,
+                "factory": factory,
+                "bind": bind,
+                "out": out,
+                "registry": registry,
+                "config_uri": args.config_uri,
+            }
+            return _run_plugin_command(found, given)
         if args.command == "gc":
             return _gc(args, factory, bind, out)
         if args.command == "plugins":
@@ -408,5 +572,8 @@ def main_entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    main_entry()
+if __name__ == "__main__":  # python -m sessions_kernel.cli
+    # through the module plugins import (sessions_kernel.cli.Command), not this __main__ copy
+    from sessions_kernel.cli import main_entry as _main_entry
+
+    _main_entry()

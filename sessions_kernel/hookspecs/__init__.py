@@ -6,8 +6,10 @@ in the entry-point group ``sessions_kernel.plugins`` of its distribution and
 is *active* for a session factory exactly when the factory's model subclasses
 one of the mixins its :func:`session_mixins` returns. Inactive plugins are
 not called at all, but for :func:`session_deploy_checks` (which tells them
-so). A hook implementation may accept fewer arguments than the
-specification names; pluggy passes only those it asks for.
+so) and :func:`session_commands` (``psessions`` builds its command line
+before it reads any configuration). A hook implementation may accept fewer
+arguments than the specification names; pluggy passes only those it asks
+for.
 
 Hooks come in five groups:
 
@@ -30,7 +32,8 @@ Hooks come in five groups:
 * maintenance (called by tools and listings, never on the request path):
   :func:`session_expired_conditions`, :func:`session_indexes`, :func:`session_ddl`,
   :func:`session_expires_at`, :func:`session_last_active`,
-  :func:`session_details`, :func:`session_deploy_checks`.
+  :func:`session_details`, :func:`session_deploy_checks`,
+  :func:`session_commands`.
 
 The ``session`` argument of the pipeline hooks is the request's
 :class:`sessions_kernel.Session`. What plugins use of it (the attributes are
@@ -108,6 +111,7 @@ from .lifecycle import (  # noqa: E402
     session_regenerated,
 )
 from .maintenance import (  # noqa: E402
+    session_commands,
     session_ddl,
     session_deploy_checks,
     session_details,
@@ -138,6 +142,7 @@ __all__ = [
     "session_addhooks",
     "session_attributes",
     "session_check_settings",
+    "session_commands",
     "session_cookie_attributes",
     "session_ddl",
     "session_deploy_checks",

@@ -2,8 +2,9 @@
 
 Garbage collection, indexes and other SQL (:func:`session_expired_conditions`,
 :func:`session_indexes`, :func:`session_ddl`), listings (:func:`session_expires_at`,
-:func:`session_last_active`, :func:`session_details`) and ``psessions
-check`` (:func:`session_deploy_checks`). Part of
+:func:`session_last_active`, :func:`session_details`), ``psessions
+check`` (:func:`session_deploy_checks`) and commands of a plugin's own
+(:func:`session_commands`). Part of
 :mod:`sessions_kernel.hookspecs`, which re-exports every hook: import them,
 and refer to them, from there.
 """
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pyramid.registry import Registry
     from sqlalchemy import ColumnElement
 
+    from ..cli import Command
     from ..deploy import Finding
     from ..model import BaseMixin
 
@@ -177,4 +179,47 @@ def session_deploy_checks(
     answers), then the plugins', by plugin name; an exception a plugin's
     implementation raises is reported as ``<plugin>.check_failed``. Issue no
     SQL. Modelled on Django's system checks (``check --deploy``).
+    """
+
+
+@hookspec
+def session_commands() -> Sequence[Command] | None:
+    """Return the subcommands this plugin adds to ``psessions``.
+
+    Called by ``psessions`` for each *installed* plugin when it builds its
+    command line, before it reads the config file (so that ``psessions
+    --help`` lists every command), never by an application. Return
+    ``None`` or nothing when the plugin has no command. Each command is a
+    :class:`sessions_kernel.cli.Command`::
+
+        from sessions_kernel.cli import Command
+
+        @hookimpl
+        def session_commands():
+            return [Command("audit-report", "summarise today's sessions", run, add_arguments)]
+
+    ``name`` is the subcommand (lower case, digits and dashes); a name the
+    kernel uses (``gc``, ``plugins``, ``indexes``, ``ddl``, ``check``,
+    ``new-plugin``) or another installed plugin already took stops
+    ``psessions`` with exit code 2 and a message naming both, whatever
+    command was asked for. ``help`` is the line ``psessions --help`` shows.
+    ``add_arguments(parser)``, if given, adds the command's options to its
+    :class:`argparse.ArgumentParser`.
+
+    ``run`` is called once the application started, as for ``psessions
+    gc``, only when the model activates the plugin (else ``psessions``
+    exits 2 and names the mixin to add to the model), with the arguments it
+    names among: ``args`` (the parsed :class:`argparse.Namespace`),
+    ``factory`` (the application's :class:`~sessions_kernel.SessionFactory`),
+    ``bind`` (the engine of the session table), ``out`` (the text stream to
+    print results to; errors go to ``sys.stderr``), ``registry`` (the
+    application's Pyramid registry, from which
+    ``pyramid.scripting.prepare(registry=registry)`` makes requests that run
+    the application's own request pipeline, pyramid_tm's ``request.tm``
+    included) and ``config_uri``. It
+    returns the exit code: ``0`` done, ``1`` the database failed, ``2`` bad
+    usage (or raise :class:`sessions_kernel.cli.UsageError` with the
+    message; a :class:`sqlalchemy.exc.SQLAlchemyError` it lets through
+    exits ``1``). Keep this hook cheap: import what the command needs in
+    ``run``.
     """
