@@ -34,7 +34,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import sqlalchemy as sa
 
@@ -115,7 +115,7 @@ def plugin_commands() -> list[_PluginCommand]:
     for impl in sorted(pm.hook.session_commands.get_hookimpls(), key=lambda i: i.plugin_name):
         info = by_name[impl.plugin_name]
         try:
-            answer = list(impl.function() or ())
+            answer = list(cast("Sequence[Any] | None", impl.function()) or ())
         except Exception as exc:
             raise UsageError(
                 f"session plugin {info.label}: its session_commands hook raised "

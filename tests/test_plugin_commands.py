@@ -152,9 +152,7 @@ class Installed:
         """The application, its model with ``CountedMixin`` of ``mixin_from`` (or without)."""
         module = f"cmdapp_{self.tag}"
         mixin_import = f"from {mixin_from} import CountedMixin" if mixin_from else ""
-        source = APP.format(
-            mixin_import=mixin_import, mixin="CountedMixin, " if mixin_from else ""
-        )
+        source = APP.format(mixin_import=mixin_import, mixin="CountedMixin, " if mixin_from else "")
         (self.site / f"{module}.py").write_text(source)
         importlib.invalidate_caches()
         self.ini.write_text(
@@ -192,16 +190,14 @@ def test_a_plugin_command_runs_with_its_options_in_the_started_application(insta
     assert "psessions: database error:" in capsys.readouterr().err
 
 
-def test_help_lists_the_plugins_commands_without_reading_the_config(
-    installed, capsys, monkeypatch
-):
+def test_help_lists_the_plugins_commands_without_reading_the_config(installed, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # argparse wraps to the terminal's width
     installed.plugin("counted")
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "count-rows" in text and f"count the session rows [counted (sessions-cmd-test-" in text
+    assert "count-rows" in text and "count the session rows [counted (sessions-cmd-test-" in text
     for kernel in ("gc", "plugins", "indexes", "ddl", "check"):
         assert kernel in text
     with pytest.raises(SystemExit):
@@ -227,8 +223,7 @@ BROKEN = {
     ),
     "not a command": (
         "COMMANDS = [('count-rows', 'x')]",
-        "session_commands returned ('count-rows', 'x'), which is not a "
-        "sessions_kernel.cli.Command",
+        "session_commands returned ('count-rows', 'x'), which is not a sessions_kernel.cli.Command",
     ),
     "bad name": (
         "COMMANDS = [Command('Count rows', 'x', lambda out: 0)]",
@@ -278,4 +273,3 @@ def test_a_plugin_command_as_a_subprocess(installed):
         timeout=60,
     )
     assert (done.returncode, done.stdout) == (0, "0 rows in session\n"), done.stderr
-

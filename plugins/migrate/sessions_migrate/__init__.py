@@ -52,6 +52,7 @@ from sessions_kernel.cookies import cookie_values
 from sessions_kernel.settings import integer, looks_like_key, optional, text
 
 from . import hookspecs
+from .outcome import ALREADY, COPIED, GONE, NOT_MIGRATED, OUTCOME, Outcome
 from .source import (
     Claim,
     ClaimedElsewhere,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from pyramid.request import Request
 
     from sessions_kernel import Session, SessionFactory
+    from sessions_kernel.cli import Command
     from sessions_kernel.deploy import Finding
 
 __all__ = [
@@ -442,6 +444,25 @@ def session_deploy_checks(settings: Mapping[str, Any], active: bool) -> list[Fin
 
 
 @hookimpl
+def session_commands() -> list[Command]:
+    """``psessions CONFIG migrate``: copy every live old session now (:mod:`.bulk`)."""
+    from sessions_kernel.cli import Command
+
+    from . import bulk
+
+    return [
+        Command(
+            "migrate",
+            "copy every live session of the old store now (the lazy path keeps old cookies "
+            "working until the cut-off)",
+            bulk.run,
+            bulk.add_arguments,
+            description=bulk.DESCRIPTION,
+        )
+    ]
+
+
+@hookimpl
 def session_fallback_token(session: Session) -> bytes | None:
     """The token of the new session the request's old cookie continues, if any (no SQL)."""
     migration = migration_of(session.factory)
@@ -473,6 +494,7 @@ def session_load(session: Session) -> None:
         return
     migration = migration_of(session.factory)
     if session.row is not None:  # copied by psessions migrate, or by a concurrent visit
+        session.stash[OUTCOME] = Outcome(ALREADY)
         _delete_old_cookie_later(session, migration)
         return
     source = migration.source
@@ -483,6 +505,7 @@ def session_load(session: Session) -> None:
             check_representable(session.factory, old)
     except Unrepresentable as exc:
         log.warning("old %s session %s not migrated: %s", source.name, _short(old_id), exc)
+        session.stash[OUTCOME] = Outcome(NOT_MIGRATED, "unrepresentable", str(exc))
         session.regenerate_id()  # not the derived token: nothing continues
         return
     if old is None:
@@ -493,6 +516,7 @@ def session_load(session: Session) -> None:
                 "again, and it finds the new session"
             )
         log.info("old %s session %s is gone or expired: not migrated", source.name, _short(old_id))
+        session.stash[OUTCOME] = Outcome(GONE)
         session.regenerate_id()
         _delete_old_cookie_later(session, migration)
         return
@@ -500,6 +524,7 @@ def session_load(session: Session) -> None:
         carry(session, old)
     except ValueError as exc:  # a plugin could not take its part (a user id of another type)
         log.warning("old %s session %s not migrated: %s", source.name, _short(old_id), exc)
+        session.stash[OUTCOME] = Outcome(NOT_MIGRATED, "refused by a plugin", str(exc))
         session.invalidate()  # what was carried so far, dropped; the old session stays
         return
     try:
@@ -512,6 +537,7 @@ def session_load(session: Session) -> None:
     mark_changed(dbsession)  # a SQL source's DELETE commits even if the source used Core SQL
     _after_transaction(session, claim)
     _delete_old_cookie_later(session, migration)
+    session.stash[OUTCOME] = Outcome(COPIED)
     log.info("old %s session %s migrated", source.name, _short(old_id))
 
 

@@ -186,9 +186,20 @@ class Source(Protocol):
         ...
 
     def count(self, dbsession: Any, now: int) -> int:
-        """How many live sessions the old store holds (for ``psessions migrate``'s progress)."""
+        """How many ids :meth:`live_ids` gives (the total of ``psessions migrate``'s progress
+        bar, asked only when the bar is shown)."""
         ...
 
     def live_ids(self, dbsession: Any, now: int) -> Iterator[str]:
-        """The ids of the old store's live sessions, for ``psessions migrate``."""
+        """The ids of the old store's live sessions at ``now``, for ``psessions migrate``.
+
+        ``dbsession`` is a SQLAlchemy session of the command's own on the
+        application's database, not a request's. The command copies (and so
+        takes) each session while it iterates, and ends ``dbsession``'s
+        transaction after every few ids (``--batch``), so that no snapshot
+        lasts the whole run: read in pages, each fetched in full before its
+        ids are given (no cursor open across a ``yield``). An id may be given
+        that :meth:`read` then refuses (expired meanwhile, or undecodable):
+        the command counts and reports it.
+        """
         ...
