@@ -303,3 +303,88 @@ def test_b5_an_unrepresentable_old_session_is_not_read_on_every_request(
     old_table_reads = [s for s in sql.statements if beaker.table in s]
     assert len(old_table_reads) == 0, old_table_reads
     assert not [r for r in caplog.records if "not migrated" in r.getMessage()]
+
+
+def _parallel(count: int, visit: Any) -> tuple[list[Any], list[BaseException]]:
+    import threading
+
+    barrier = threading.Barrier(count)
+    answers: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            answers.append(visit(index))
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers, errors
+
+
+@pytest.mark.parametrize("path", ["/whoami", "/store"])
+def test_held_eight_parallel_first_visits_make_one_session(
+    beaker: Beaker, tmp_path: Path, session_db_url: str, path: str
+) -> None:
+    """More parallel first visits than retry.attempts (3), reading or each writing."""
+    if session_db_url.startswith("sqlite"):
+        pytest.skip("SQLite serializes writers: no concurrency to test")
+    cookie, old_id, _, at = _old(beaker)
+    app = switched(beaker, tmp_path, at + 5)
+    browsers = [_copy(app, cookie) for _ in range(8)]
+
+    def visit(i: int) -> Any:
+        if path == "/store":
+            browsers[i].post("/store", {"note": str(i)})
+        return browsers[i].get("/whoami").json["userid"]
+
+    answers, errors = _parallel(8, visit)
+    assert errors == []
+    assert answers == ["alice"] * 8
+    (row,) = app.rows()
+    assert row.userid == "alice"
+    assert beaker.rows(old_id) == 0
+
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="B6: session.cookie_previous_name set to the old store's cookie name (a rename "
+    "of ours from the old name) is not refused at start-up, and then no old cookie is ever "
+    "migrated: every user is logged out",
+)
+def test_b6_our_previous_cookie_name_equal_to_the_old_one_is_refused_or_migrates(
+    beaker: Beaker, tmp_path: Path
+) -> None:
+    from pyramid.exceptions import ConfigurationError
+
+    cookie, _, _, at = _old(beaker)
+    try:
+        app = switched(beaker, tmp_path, at + 5, cookie_previous_name="beaker.session.id")
+    except ConfigurationError as exc:  # refused: the fix
+        assert "beaker.session.id" in str(exc)
+        return
+    assert _copy(app, cookie).get("/whoami").json["userid"] == "alice"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="B7: the old rule is applied to the request's whole second: a Beaker session "
+    "expired by up to a second (now - _accessed_time > timeout on Beaker's float clock) "
+    "is migrated",
+)
+def test_b7_a_session_beaker_has_expired_by_half_a_second_is_not_migrated(
+    beaker: Beaker, tmp_path: Path
+) -> None:
+    cookie, old_id, _, _ = _old(beaker)
+    accessed = 1_700_000_000.25
+    beaker.set_accessed(old_id, accessed)
+    now = accessed + TIMEOUT + 0.5  # Beaker at this moment: 600.5 > 600, timed out
+    app = switched(beaker, tmp_path, now)
+    assert _copy(app, cookie).get("/whoami").json["userid"] is None
+    assert beaker.rows(old_id) == 1
