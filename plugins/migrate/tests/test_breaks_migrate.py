@@ -351,7 +351,6 @@ def test_held_eight_parallel_first_visits_make_one_session(
     assert beaker.rows(old_id) == 0
 
 
-
 @pytest.mark.xfail(
     strict=True,
     reason="B6: session.cookie_previous_name set to the old store's cookie name (a rename "
