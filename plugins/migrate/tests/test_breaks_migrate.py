@@ -488,20 +488,7 @@ def test_held_the_old_page_s_form_passes_after_a_first_get(beaker: Beaker, tmp_p
     browser.post("/checkout", {"csrf_token": "x" + token[1:]}, status=400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B11: `psessions CONFIG migrate`, which the docs and the README describe (copy "
-    "every live session now, empty the old store), does not exist: psessions refuses it",
-)
-def test_b11_psessions_has_the_migrate_command_the_docs_describe(tmp_path: Path) -> None:
-    from sessions_kernel import cli
-
-    with pytest.raises(SystemExit) as caught:
-        cli._parser().parse_args([str(tmp_path / "app.ini"), "migrate", "--help"])
-    assert caught.value.code == 0  # --help of a command that exists
-
-
-def test_b12_a_returning_visitor_with_an_expired_old_session_blocks_no_other_login(
+def test_b11_a_returning_visitor_with_an_expired_old_session_blocks_no_other_login(
     beaker: Beaker, tmp_path: Path, session_db_url: str, request: pytest.FixtureRequest
 ) -> None:
     """A returning visitor whose old session expired (every such visitor, right after the
@@ -513,7 +500,7 @@ def test_b12_a_returning_visitor_with_an_expired_old_session_blocks_no_other_log
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
-                reason="B12: on MariaDB the expired/gone path's locking read "
+                reason="B11: on MariaDB the expired/gone path's locking read "
                 "(_stored_meanwhile: SELECT ... FOR UPDATE of an absent id) takes a gap lock "
                 "on the session table's primary key for the whole request: other visitors' "
                 "INSERTs of new sessions in that gap (all of them, on the new, near-empty "
