@@ -361,10 +361,16 @@ def _carry(session: Session, token: bytes) -> None:
 # -- request.session's API (added to the factory's session class only) ------------------
 
 
+def _in_column(session: Session) -> bool:
+    """Whether the session's token is the column's: it has a row, or a value is about to be
+    inserted with it (a token carried over by sessions-migrate in this very request)."""
+    return session.row is not None or session.get_column(COLUMN) is not None
+
+
 def _csrf_token(session: Session) -> str | None:
     """The session's CSRF token, or ``None`` if it has none (or an expired one); never
     creates one."""
-    if session.row is not None:
+    if _in_column(session):
         token = _opened(_keys(session), session.get_column(COLUMN))[0]
         return None if token is None else _text(token)
     carried = _carried(session)
@@ -383,7 +389,7 @@ def _new_csrf_token(session: Session) -> str:
     Forms rendered with the old token stop passing the check.
     """
     token = secrets.token_bytes(TOKEN_BYTES)
-    if session.row is None:
+    if not _in_column(session):
         _carry(session, token)
         session.stash[_MINTED] = token
     else:
@@ -401,7 +407,7 @@ def _get_csrf_token(session: Session) -> str:
     is about to be stored in this request (it holds data), a cookie-only token
     the cookie brought is replaced now, since the INSERT would replace it.
     """
-    if session.row is not None:
+    if _in_column(session):
         return _csrf_token(session) or _new_csrf_token(session)
     carried = _carried(session)
     if carried is None:

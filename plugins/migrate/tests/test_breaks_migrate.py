@@ -446,12 +446,6 @@ def test_b9_source_options_do_not_show_the_secret_or_the_url_password() -> None:
     assert "the-old-secret" not in shown and "hunter2" not in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B10: in the migrating request itself the carried CSRF token is not the "
-    "session's (csrf_token reads the cookie while the session has no row yet): the old "
-    "page's form, posted as the first request after the switch, is refused (400)",
-)
 def test_b10_the_old_page_s_form_posted_first_after_the_switch_passes(
     beaker: Beaker, tmp_path: Path
 ) -> None:
@@ -462,12 +456,6 @@ def test_b10_the_old_page_s_form_posted_first_after_the_switch_passes(
     assert browser.get("/whoami").json["userid"] == "alice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B10: a page rendered in the migrating request shows a new token minted for a "
-    "cookie-only session, which the INSERT then drops for the carried one: that page's "
-    "form is refused (400)",
-)
 def test_b10_a_form_rendered_in_the_migrating_request_passes(
     beaker: Beaker, tmp_path: Path
 ) -> None:
