@@ -49,6 +49,7 @@ from zope.sqlalchemy import mark_changed
 
 from sessions_kernel import SessionConflictError, Setting, StashKey, hookimpl
 from sessions_kernel.cookies import cookie_values
+from sessions_kernel.crypto import SecretKeys
 from sessions_kernel.settings import integer, looks_like_key, optional, text
 
 from . import hookspecs
@@ -151,14 +152,28 @@ def _moment(value: Any) -> int:
     return int(value.timestamp())
 
 
-def _secrets(content: str, where: str) -> tuple[bytes, ...]:
-    found = tuple(line.strip().encode("utf-8") for line in content.splitlines() if line.strip())
+def _secrets(content: str, where: str) -> SecretKeys:
+    found = [line.strip().encode("utf-8") for line in content.splitlines() if line.strip()]
     if not found:
         raise ValueError(f"{where} is empty: write the old store's secret into it")
-    return found
+    return SecretKeys(found)  # never shows itself: not in a repr, a traceback, a listing
 
 
-def _secret_file(value: Any) -> tuple[bytes, ...]:
+class HiddenURL(str):
+    """A URL that may hold a password (``redis://:pw@host``): its ``repr`` shows none of it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<URL, hidden>"
+
+
+def _url(value: Any) -> HiddenURL:
+    """a URL (redis://host:port/db); it may hold a password, never shown"""
+    return HiddenURL(text(value))
+
+
+def _secret_file(value: Any) -> SecretKeys:
     """the path of a file holding the old store's secret (one per line, the newest first)"""
     if looks_like_key(value):
         raise ValueError(
@@ -175,7 +190,7 @@ def _secret_file(value: Any) -> tuple[bytes, ...]:
     return _secrets(content, f"the file {path!r}")
 
 
-def _secret_env(value: Any) -> tuple[bytes, ...]:
+def _secret_env(value: Any) -> SecretKeys:
     """the name of an environment variable holding the old store's secret"""
     if looks_like_key(value):
         raise ValueError(
@@ -259,7 +274,7 @@ SETTINGS = (
     Setting(
         "migrate_url",
         None,
-        optional(text),
+        optional(_url),
         "where the old store is, when not in the application's database (a Redis URL)",
         runtime=False,
         secret=True,

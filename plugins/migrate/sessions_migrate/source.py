@@ -22,7 +22,7 @@ session commit or roll back with the new session's ``INSERT``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -72,9 +72,9 @@ class SourceOptions:
     knows (each source documents its own).
     """
 
-    secrets: tuple[bytes, ...]
+    secrets: Sequence[bytes] = field(repr=False)
     cookie_name: str | None = None
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
     table: str | None = None
     timeout: int | None = None
     options: Mapping[str, str] = field(default_factory=dict)
@@ -98,8 +98,8 @@ class OldSession:
     ``handle`` is whatever the source needs to delete it later.
     """
 
-    id: str
-    data: dict[str, Any]
+    id: str = field(repr=False)  # the old store's key: never in a repr
+    data: dict[str, Any] = field(repr=False)
     created: int | None = None
     accessed: int | None = None
     userid: Any = None

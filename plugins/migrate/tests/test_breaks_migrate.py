@@ -411,12 +411,6 @@ def test_b7_a_session_beaker_has_expired_by_half_a_second_is_not_migrated(
     assert beaker.rows(old_id) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B9: the old secrets are a plain tuple of bytes in factory.config.values: "
-    "repr(factory.config) (a traceback tool's locals, a debug toolbar, a log of the "
-    "settings) shows them, where the kernel's own secret_key shows as <1 secret key, hidden>",
-)
 def test_b9_the_factory_s_config_does_not_show_the_old_secret(
     beaker: Beaker, tmp_path: Path
 ) -> None:
@@ -431,12 +425,6 @@ def test_b9_the_factory_s_config_does_not_show_the_old_secret(
     assert beaker.secret not in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B9: SourceOptions' dataclass repr shows the old secrets and the Redis URL's "
-    "password (a local of Migration.__init__ and session_check_settings in any traceback "
-    "that dumps locals)",
-)
 def test_b9_source_options_do_not_show_the_secret_or_the_url_password() -> None:
     from sessions_migrate.source import SourceOptions
 

@@ -98,11 +98,6 @@ def test_b8_a_claim_left_by_a_dead_process_does_not_fail_the_browser_s_requests(
     assert response.status_int == 200, response.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B9: session.migrate_url (secret=True: its password) shows in the clear in "
-    "repr(factory.config), as the old secrets do",
-)
 def test_b9_the_factory_s_config_does_not_show_the_redis_password(
     session_app, session_clock, model, prefix, secret
 ):

@@ -81,7 +81,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -183,7 +183,7 @@ def _option(options: Mapping[str, str], name: str) -> Any:
     return value
 
 
-def _keys(secrets: tuple[bytes, ...]) -> list[AESGCM]:
+def _keys(secrets: Sequence[bytes]) -> list[AESGCM]:
     if not secrets:
         raise ValueError(
             "pyramid_sqlalchemy_sessions needs its secret key: set session.migrate_secret_file "
