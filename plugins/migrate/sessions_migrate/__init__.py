@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -181,6 +182,12 @@ def _secret_file(value: Any) -> SecretKeys:
             "itself: write it into a file readable by the application only and give its path"
         )
     path = os.path.expanduser(text(value))
+    if not os.path.exists(path):
+        # not repeated: what was written here may be the secret itself, pasted by mistake
+        raise ValueError(
+            "there is no file at the path given (not shown, in case it is the secret "
+            "itself): give the path of a file holding the old store's secret"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             content = f.read()
@@ -188,6 +195,9 @@ def _secret_file(value: Any) -> SecretKeys:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ValueError(f"cannot read the old secret's file {path!r}: {reason}") from None
     return _secrets(content, f"the file {path!r}")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _secret_env(value: Any) -> SecretKeys:
@@ -198,8 +208,12 @@ def _secret_env(value: Any) -> SecretKeys:
             "itself: export it in a variable and give the variable's name"
         )
     name = text(value)
-    if not name or "=" in name:
-        raise ValueError(f"expected the name of an environment variable, got {value!r}")
+    if not _ENV_NAME.fullmatch(name):
+        # not repeated: what was written here may be the secret itself, pasted by mistake
+        raise ValueError(
+            "expected the name of an environment variable (letters, digits and _), got "
+            "something else (not shown, in case it is the secret itself)"
+        )
     content = os.environ.get(name)
     if content is None or not content.strip():
         state = "empty" if content is not None else "not set"
@@ -246,7 +260,6 @@ SETTINGS = (
         "a file holding the old store's secret (one per line, the newest first)",
         runtime=False,
         secret=True,
-        reference=True,
     ),
     Setting(
         "migrate_secret_env",
@@ -255,7 +268,6 @@ SETTINGS = (
         "an environment variable holding the old store's secret",
         runtime=False,
         secret=True,
-        reference=True,
     ),
     Setting(
         "migrate_cookie_name",
@@ -428,11 +440,18 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(f"session.migrate_from = {source.name}: {exc}")
         else:
-            if built.cookie_name() == settings.get("cookie_name"):
+            name = built.cookie_name()
+            if name == settings.get("cookie_name"):
                 problems.append(
-                    f"the old store's cookie and this one are both named "
-                    f"{built.cookie_name()!r}: set session.cookie_name to a new name (the "
-                    "browser keeps both during the migration)"
+                    f"the old store's cookie and this one are both named {name!r}: set "
+                    "session.cookie_name to a new name (the browser keeps both during the "
+                    "migration)"
+                )
+            elif name == settings.get("cookie_previous_name"):
+                problems.append(
+                    f"session.cookie_previous_name is the old store's cookie name ({name!r}): "
+                    "the kernel would read the old cookie as its own and refuse it, and no "
+                    "session would migrate; remove cookie_previous_name during the migration"
                 )
     return problems
 
@@ -573,12 +592,33 @@ def check_representable(factory: SessionFactory, old: OldSession) -> None:
         raise Unrepresentable(
             f"the data serializer cannot write its data ({type(exc).__name__}: {exc})"
         ) from None
+    try:
+        same = _as_stored(serializer.loads(data)) == _as_stored(old.data) and (
+            not old.flash or _as_stored(serializer.loads(flash)) == _as_stored(old.flash)
+        )
+    except (TypeError, ValueError):
+        same = False
+    if not same:  # JSON writes {1: "a", "1": "b"} as one key: a value would be lost
+        raise Unrepresentable(
+            "the data serializer does not give its data back as it was (keys of different "
+            "types that it writes alike, say)"
+        )
     limit = factory.config.values.get("max_data_size")
     size = len(data) + len(flash)
     if limit is not None and size > limit:
         raise Unrepresentable(
             f"its data takes {size} bytes, more than session.max_data_size ({limit})"
         )
+
+
+def _as_stored(value: Any) -> Any:
+    """``value`` with its tuples as lists: JSON gives tuples back as lists, a change that
+    loses nothing (the comparison of what the serializer gives back ignores it)."""
+    if isinstance(value, dict):
+        return {key: _as_stored(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_stored(item) for item in value]
+    return value
 
 
 def carry(session: Session, old: OldSession) -> None:

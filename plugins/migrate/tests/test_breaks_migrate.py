@@ -206,11 +206,6 @@ def test_held_a_view_that_raises_after_the_take_keeps_the_old_session(
 # -- breaks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B1: data the JSON serializer writes but does not give back (keys 1 and '1') "
-    "is migrated with a value silently lost, not refused as unrepresentable",
-)
 def test_b1_data_json_does_not_round_trip_is_not_silently_changed(
     beaker: Beaker, tmp_path: Path
 ) -> None:
@@ -281,11 +276,6 @@ def _chain(exc: BaseException | None) -> str:
     return "\n".join(f"{type(e).__name__}: {e}" for e in seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B4: the old secret pasted where its file or variable's name goes (the old ini "
-    "had session.secret = <it>) is echoed in the start-up error",
-)
 @pytest.mark.parametrize("setting", ["migrate_secret_env", "migrate_secret_file"])
 def test_b4_a_secret_given_in_place_of_its_file_or_variable_is_not_echoed(
     beaker: Beaker, tmp_path: Path, setting: str
@@ -373,12 +363,6 @@ def test_held_eight_parallel_first_visits_make_one_session(
     assert beaker.rows(old_id) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B6: session.cookie_previous_name set to the old store's cookie name (a rename "
-    "of ours from the old name) is not refused at start-up, and then no old cookie is ever "
-    "migrated: every user is logged out",
-)
 def test_b6_our_previous_cookie_name_equal_to_the_old_one_is_refused_or_migrates(
     beaker: Beaker, tmp_path: Path
 ) -> None:
