@@ -226,11 +226,6 @@ def test_b1_data_json_does_not_round_trip_is_not_silently_changed(
     assert sorted(mixed.values()) == sorted(original.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B2: an old user id of bytes (b'alice') is carried into a String userid column "
-    "as the text \"b'alice'\": another user's name, not refused",
-)
 def test_b2_a_bytes_user_id_is_not_carried_as_its_repr(beaker: Beaker, tmp_path: Path) -> None:
     _, cookie, _ = beaker.log_in("alice")
     old_id = cookie[40:]

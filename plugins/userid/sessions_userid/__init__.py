@@ -175,35 +175,45 @@ def user_changed(session: Session, old: Any, new: Any) -> None:
     session.hook.session_user_changed(session=session, old=old, new=new)
 
 
+def _converted(value: Any, expected: type, model: str) -> Any:
+    """An old store's user id as the column's type, only where nothing is lost or guessed:
+    an ``int`` from its decimal text (``"42"``, not ``"042"`` or ``"4.2"``), text from an
+    ``int``, a UUID from its text. ``ValueError`` otherwise (bytes, floats, booleans)."""
+    converted: Any = None
+    if isinstance(value, bool) or expected is bool:
+        converted = None
+    elif expected is int and isinstance(value, str) and value.isascii() and value.isdigit():
+        converted = int(value) if str(int(value)) == value else None
+    elif expected is str and isinstance(value, int):
+        converted = str(value)
+    elif expected is uuid.UUID and isinstance(value, str):
+        try:
+            converted = uuid.UUID(value)
+        except ValueError:
+            converted = None
+    if converted is None:
+        raise ValueError(
+            f"its user id {value!r} ({type(value).__name__}) does not fit {model}.userid "
+            f"({expected.__name__}) without a guess"
+        )
+    return converted
+
+
 @hookimpl(optionalhook=True)
 def session_migrated(session: Session, old: Any) -> None:
     """sessions-migrate: the old session's user is this session's, as it was there.
 
     Carried over, not a login: no new id, no ``session_user_changed``. A user
-    id of another type than the column's is converted (``"42"`` to an
-    ``int`` column, a string to a UUID); one that does not convert raises
-    ``ValueError``, and the session is not migrated.
+    id of another type than the column's is converted where nothing is lost
+    (``"42"`` to an ``int`` column, ``42`` to a text one, a UUID's text);
+    any other raises ``ValueError``, and the session is not migrated.
     """
     value = old.userid
     if value is None:
         return
     expected = _python_type(session)
     if expected is not None and not _is_a(value, expected):
-        try:
-            if expected is bool or isinstance(value, bool):
-                raise ValueError("a boolean is no user id")
-            converted = uuid.UUID(str(value)) if expected is uuid.UUID else expected(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(
-                f"its user id {value!r} does not fit {session.model.__name__}.userid "
-                f"({expected.__name__})"
-            ) from None
-        if expected is not uuid.UUID and str(converted) != str(value).strip():
-            raise ValueError(
-                f"its user id {value!r} does not fit {session.model.__name__}.userid "
-                f"({expected.__name__}) without changing"
-            )
-        value = converted
+        value = _converted(value, expected, session.model.__name__)
     session.set_column(COLUMN, value)
     if session.row is None:
         session.stash[_UNSTORED_USER] = value
