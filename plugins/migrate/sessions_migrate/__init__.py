@@ -541,6 +541,9 @@ def session_load(session: Session) -> None:
         log.warning("old %s session %s not migrated: %s", source.name, _short(old_id), exc)
         session.stash[OUTCOME] = Outcome(NOT_MIGRATED, "unrepresentable", str(exc))
         session.regenerate_id()  # not the derived token: nothing continues
+        # the old session stays for you to look at; its cookie goes, so that this browser's
+        # next requests do not read and refuse it again (and log it) until the cut-off
+        _delete_old_cookie_later(session, migration)
         return
     if old is None:
         if _stored_meanwhile(session, dbsession):
@@ -560,6 +563,7 @@ def session_load(session: Session) -> None:
         log.warning("old %s session %s not migrated: %s", source.name, _short(old_id), exc)
         session.stash[OUTCOME] = Outcome(NOT_MIGRATED, "refused by a plugin", str(exc))
         session.invalidate()  # what was carried so far, dropped; the old session stays
+        _delete_old_cookie_later(session, migration)  # refused once, not on every request
         return
     try:
         claim = source.take(dbsession, old)

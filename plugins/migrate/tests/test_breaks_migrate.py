@@ -284,11 +284,6 @@ def test_b4_a_secret_given_in_place_of_its_file_or_variable_is_not_echoed(
     assert old_secret not in _chain(caught.value)  # ...and does not show it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B5: an old session the new store cannot hold is read, unpickled and logged "
-    "again on every request of its browser until the cut-off (the docs: once per user)",
-)
 def test_b5_an_unrepresentable_old_session_is_not_read_on_every_request(
     beaker: Beaker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
