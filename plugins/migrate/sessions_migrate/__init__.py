@@ -58,6 +58,7 @@ from .outcome import ALREADY, COPIED, GONE, NOT_MIGRATED, OUTCOME, Outcome
 from .source import (
     Claim,
     ClaimedElsewhere,
+    ClaimHeld,
     OldSession,
     Source,
     SourceOptions,
@@ -567,6 +568,19 @@ def session_load(session: Session) -> None:
         return
     try:
         claim = source.take(dbsession, old)
+    except ClaimHeld:
+        log.warning(
+            "old %s session %s is claimed by a request that has not ended (a process that "
+            "died?): not migrated now, a request after the claim's expiry will",
+            source.name,
+            _short(old_id),
+        )
+        # psessions migrate counts it as a conflict: another run copies it
+        session.stash[OUTCOME] = Outcome(
+            NOT_MIGRATED, "conflict", "claimed by a request that has not ended"
+        )
+        session.invalidate()  # what was carried, dropped; the old session and cookie stay
+        return
     except ClaimedElsewhere:
         raise SessionConflictError(
             "a concurrent request is migrating the same old session; pyramid_retry runs "

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "Claim",
+    "ClaimHeld",
     "ClaimedElsewhere",
     "OldSession",
     "Source",
@@ -42,6 +43,16 @@ class ClaimedElsewhere(Exception):
     The plugin turns it into a retryable
     :class:`~sessions_kernel.SessionConflictError`: pyramid_retry runs the
     request again, and it finds the session the other request stored.
+    """
+
+
+class ClaimHeld(Exception):
+    """The old session is claimed by a request that did not end within the wait.
+
+    A process that died holding a claim (``kill -9``, a deployment) leaves it
+    until it expires. The plugin lets this request go on without the old
+    session (a new, empty one; the old cookie is kept), and a request after
+    the claim's expiry migrates it: the browser is not failed meanwhile.
     """
 
 
@@ -181,7 +192,9 @@ class Source(Protocol):
         atomic claim (Redis ``SET ... NX``), returns what to do after the
         commit (delete the old session) and after an abort (release the
         claim, so that pyramid_retry's next attempt can take it), and raises
-        :class:`ClaimedElsewhere` when the claim is held.
+        :class:`ClaimedElsewhere` when the claim was held and ended meanwhile
+        (the other request committed: the next attempt finds its session), or
+        :class:`ClaimHeld` when it is still held after a wait.
         """
         ...
 

@@ -32,7 +32,14 @@ from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
 from pyramid.security import remember
 from pyramid_session_redis.util import _StringSerializer
-from sessions_migrate.source import Claim, ClaimedElsewhere, Source, SourceOptions, Unrepresentable
+from sessions_migrate.source import (
+    Claim,
+    ClaimedElsewhere,
+    ClaimHeld,
+    Source,
+    SourceOptions,
+    Unrepresentable,
+)
 from sessions_migrate.sources.redis import RedisSource
 from webob.cookies import SignedSerializer
 from webtest import TestApp
@@ -53,7 +60,7 @@ def claim_of(src, old_id, now):
         return None
     try:
         claim = src.take(None, old)
-    except ClaimedElsewhere:
+    except (ClaimedElsewhere, ClaimHeld):  # held by another (no wait here), or ended meanwhile
         return None
     claim.session = old
     return claim

@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..source import Claim, ClaimedElsewhere, OldSession, SourceOptions, Unrepresentable
+from ..source import Claim, ClaimedElsewhere, ClaimHeld, OldSession, SourceOptions, Unrepresentable
 from ..unpickle import safe_loads
 
 if TYPE_CHECKING:
@@ -296,7 +296,11 @@ class RedisSource:
             # a concurrent first visit is migrating it: wait for its end, as a SQL source
             # waits on the row's lock, so that this request's next attempt finds its row
             deadline = time.monotonic() + self._claim_wait
-            while self._redis.exists(claim_key) and time.monotonic() < deadline:
+            while self._redis.exists(claim_key):
+                if time.monotonic() >= deadline:
+                    # a request that never ended (its process died): not this browser's
+                    # problem now; the claim expires within claim_seconds
+                    raise ClaimHeld(old_id)
                 time.sleep(_CLAIM_POLL)
             raise ClaimedElsewhere(old_id)
         try:
