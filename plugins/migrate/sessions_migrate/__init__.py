@@ -668,13 +668,24 @@ def _carry_settings(session: Session, values: Mapping[str, Any]) -> None:
 
 
 def _stored_meanwhile(session: Session, dbsession: Any) -> bool:
-    """Whether the row of the new session's token exists now (a locking read: on MariaDB's
-    REPEATABLE READ it sees what committed after this transaction's first read)."""
+    """Whether the row of the new session's token exists now, committed since this request's
+    load (a concurrent first visit migrated the old session).
+
+    PostgreSQL and SQLite answer with a locking read in the request's transaction
+    (PostgreSQL's sees what committed since; SQLite has no row locks). On MariaDB and
+    MySQL a locking read of a key that is not there locks the gap around it until the
+    request ends, which would hold up other visitors' logins (the INSERTs into that gap),
+    and a plain read in the request's REPEATABLE READ snapshot would not see the row: it
+    is asked on a connection of its own, which reads what committed and locks nothing.
+    """
     model: Any = session.model
-    found = dbsession.execute(
-        sa.select(model.id).where(model.id == session.session_id).with_for_update()
-    ).first()
-    return found is not None
+    query = sa.select(model.id).where(model.id == session.session_id)
+    bind = dbsession.get_bind(model)
+    if bind.dialect.name in ("mysql", "mariadb"):
+        engine = getattr(bind, "engine", bind)
+        with engine.connect() as connection:
+            return connection.execute(query).first() is not None
+    return dbsession.execute(query.with_for_update()).first() is not None
 
 
 def _after_transaction(session: Session, claim: Claim) -> None:

@@ -439,24 +439,13 @@ def test_held_the_old_page_s_form_passes_after_a_first_get(beaker: Beaker, tmp_p
 
 
 def test_b11_a_returning_visitor_with_an_expired_old_session_blocks_no_other_login(
-    beaker: Beaker, tmp_path: Path, session_db_url: str, request: pytest.FixtureRequest
+    beaker: Beaker, tmp_path: Path, session_db_url: str
 ) -> None:
     """A returning visitor whose old session expired (every such visitor, right after the
     switch) loads a new session while the page runs; meanwhile another visitor logs in
     (an INSERT of a new session). That INSERT must not wait for the first page."""
     if session_db_url.startswith("sqlite"):
         pytest.skip("SQLite serializes writers: no concurrency to test")
-    if session_db_url.startswith("mariadb"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="B11: on MariaDB the expired/gone path's locking read "
-                "(_stored_meanwhile: SELECT ... FOR UPDATE of an absent id) takes a gap lock "
-                "on the session table's primary key for the whole request: other visitors' "
-                "INSERTs of new sessions in that gap (all of them, on the new, near-empty "
-                "table) wait for it",
-            )
-        )
     cookie, _, _, at = _old(beaker)
     app = switched(beaker, tmp_path, at + TIMEOUT + 60)  # Beaker expired it
     HELD.clear()
