@@ -117,7 +117,13 @@ def _source(value: Any) -> type[Source]:
         name = text(value)
         known = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
         if name in known:
-            found = known[name].load()
+            try:
+                found = known[name].load()
+            except Exception as exc:  # its distribution is broken, or lacks a dependency
+                raise ValueError(
+                    f"the source {name!r} ({known[name].value}) failed to import: "
+                    f"{type(exc).__name__}: {exc}; reinstall the distribution that provides it"
+                ) from None
         elif "." in name or ":" in name:
             try:
                 found = DottedNameResolver().resolve(name)
