@@ -445,7 +445,7 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
         try:
             built = source(_source_options(settings), settings.get("clock", time.time))
         except ValueError as exc:
-            problems.append(f"session.migrate_from = {source.name}: {exc}")
+            problems.append(f"session.migrate_from = {source.name}: {exc}{_given(settings)}")
         else:
             name = built.cookie_name()
             if name == settings.get("cookie_name"):
@@ -461,6 +461,20 @@ def session_check_settings(settings: Mapping[str, Any]) -> list[str]:
                     "session would migrate; remove cookie_previous_name during the migration"
                 )
     return problems
+
+
+def _given(settings: Mapping[str, Any]) -> str:
+    """The settings a source was built from, for its refusal's message (the URL unshown)."""
+    given = []
+    for name in ("migrate_cookie_name", "migrate_table", "migrate_timeout", "migrate_url"):
+        value = settings.get(name)
+        if value is not None:
+            given.append(f"session.{name}" + ("" if name == "migrate_url" else f" = {value!r}"))
+    options = settings.get("migrate_options")
+    if options:
+        pairs = " ".join(f"{k}={v}" for k, v in options.items())
+        given.append(f"session.migrate_options = {pairs!r}")
+    return f" (check {', '.join(given)})" if given else ""
 
 
 @hookimpl
