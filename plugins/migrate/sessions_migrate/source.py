@@ -107,6 +107,10 @@ class OldSession:
     (``idle_timeout``, ``absolute_timeout``, ...) where the old store kept
     them per session. ``expires_at``: when the old store would have ended it.
     ``handle`` is whatever the source needs to delete it later.
+
+    Its ``repr`` (what the kernel's hook trace, ``SESSIONS_TRACE_HOOKS``, prints of
+    ``session_migrated``'s argument) leaves out ``id``, ``data``, ``handle`` (a source's
+    handle may be the id) and ``csrf_token``.
     """
 
     id: str = field(repr=False)  # the old store's key: never in a repr
@@ -114,11 +118,11 @@ class OldSession:
     created: int | None = None
     accessed: int | None = None
     userid: Any = None
-    csrf_token: str | None = None
+    csrf_token: str | None = field(default=None, repr=False)
     flash: dict[str, list[Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     expires_at: int | None = None
-    handle: Any = None
+    handle: Any = field(default=None, repr=False)
 
     def is_empty(self) -> bool:
         """Whether nothing in it is worth a new session."""
