@@ -282,6 +282,7 @@ def copy_session(
         try:
             outcome = _one_request(registry, old_id, commit=not dry_run)
         except Exception as exc:
+            _hide_parameters(exc)
             transient = _is_transient(exc)
             if transient and attempt < retries:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
@@ -301,10 +302,23 @@ def copy_session(
             try:
                 if _delete_leftover(migration, bind, old_id):
                     report.leftovers += 1
-            except Exception:  # the copy is there: a leftover stays until its own expiry
+            except Exception as exc:  # the copy is there: a leftover stays until its own expiry
+                _hide_parameters(exc)
                 log.exception("an already copied old session could not be deleted")
         return outcome
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _hide_parameters(error: BaseException) -> None:
+    """Leave a SQL statement's parameters out of ``error``'s message and its chain's: they
+    hold the old id (``WHERE namespace = ...``), which no log line shows in full."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.StatementError):
+            current.hide_parameters = True
+        current = current.__cause__ or current.__context__
 
 
 def _one_request(registry: Registry, old_id: str, *, commit: bool) -> Outcome:
