@@ -205,6 +205,8 @@ def _secret_file(value: Any) -> SecretKeys:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: how environment variables are named by convention (shells, systemd, containers)
+_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 def _secret_env(value: Any) -> SecretKeys:
@@ -224,9 +226,17 @@ def _secret_env(value: Any) -> SecretKeys:
     content = os.environ.get(name)
     if content is None or not content.strip():
         state = "empty" if content is not None else "not set"
+        # a name that is no variable may be a secret pasted here (a word, as Beaker's often
+        # are): repeated only when written as variables are named (upper case, digits, _)
+        where = (
+            f"the environment variable {name}"
+            if content is not None or _CONVENTIONAL_ENV_NAME.fullmatch(name)
+            else "the environment variable session.migrate_secret_env names (not shown: it "
+            "is not in upper case, and may be the secret itself)"
+        )
         raise ValueError(
-            f"the environment variable {name} is {state}: export the old store's secret in "
-            "the environment the application starts in"
+            f"{where} is {state}: export the old store's secret in the environment the "
+            "application starts in"
         )
     return _secrets(content, f"the environment variable {name}")
 
