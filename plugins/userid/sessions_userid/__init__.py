@@ -199,6 +199,32 @@ def _converted(value: Any, expected: type, model: str) -> Any:
     return converted
 
 
+#: The range of each integer type, as the databases enforce it.
+_INTEGER_BITS = ((sa.SmallInteger, 16), (sa.BigInteger, 64), (sa.Integer, 32))
+
+
+def _check_fits(session: Session, value: Any) -> None:
+    """``ValueError`` if the userid column cannot store ``value`` (a text longer than its
+    ``String(n)``, an integer beyond its type's range): the INSERT would fail at the commit,
+    on every request of that browser, where SQLite alone would store it."""
+    column_type = sa.inspect(session.model).columns[COLUMN].type
+    model = session.model.__name__
+    length = getattr(column_type, "length", None)
+    if isinstance(value, str) and length is not None and len(value) > length:
+        raise ValueError(
+            f"its user id of {len(value)} characters does not fit {model}.userid (String({length}))"
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
+        for kind, bits in _INTEGER_BITS:
+            if isinstance(column_type, kind):
+                if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+                    raise ValueError(
+                        f"its user id {value} does not fit {model}.userid "
+                        f"({type(column_type).__name__}, {bits} bits)"
+                    )
+                break
+
+
 @hookimpl(optionalhook=True)
 def session_migrated(session: Session, old: Any) -> None:
     """sessions-migrate: the old session's user is this session's, as it was there.
@@ -214,6 +240,7 @@ def session_migrated(session: Session, old: Any) -> None:
     expected = _python_type(session)
     if expected is not None and not _is_a(value, expected):
         value = _converted(value, expected, session.model.__name__)
+    _check_fits(session, value)
     session.set_column(COLUMN, value)
     if session.row is None:
         session.stash[_UNSTORED_USER] = value

@@ -44,6 +44,8 @@ def carried(column: type, value: object) -> object:
         (int, "42", 42),
         (str, "alice", "alice"),
         (str, 42, "42"),
+        (str, "a" * 64, "a" * 64),
+        (int, 2**31 - 1, 2**31 - 1),
         (uuid.UUID, UID, UID),
         (uuid.UUID, str(UID), UID),
     ],
@@ -67,6 +69,9 @@ def test_converted_where_nothing_is_lost(column, value, expected):
         (str, ["alice"]),
         (uuid.UUID, "not a uuid"),
         (uuid.UUID, 42),
+        (str, "a" * 65),  # longer than the column's String(64): the INSERT would fail
+        (int, 2**31),  # beyond Integer's 32 bits
+        (int, "-2147483649"),
     ],
 )
 def test_refused_otherwise(column, value):
