@@ -147,6 +147,10 @@ def _write_stderr(text: str) -> None:
     sys.stderr.write(text)
 
 
+#: Hooks whose answer is a secret, never traced (``session_fallback_token``: a token).
+SECRET_RESULTS = frozenset({"session_fallback_token"})
+
+
 def _trace_hooks(pm: pluggy.PluginManager, hidden: frozenset[str]) -> None:
     """Write each hook call of ``pm`` to stderr with pluggy's tracer, as ``enable_tracing`` does.
 
@@ -165,7 +169,10 @@ def _trace_hooks(pm: pluggy.PluginManager, hidden: frozenset[str]) -> None:
 
     def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         if outcome.exception is None:
-            trace("finish", name, "-->", outcome.get_result())
+            result = outcome.get_result()
+            if name in SECRET_RESULTS and result is not None:
+                result = HIDDEN  # a session's token: the key to it
+            trace("finish", name, "-->", result)
         else:
             trace("raised", name, "-->", repr(outcome.exception))
         trace.root.indent -= 1

@@ -161,3 +161,20 @@ def test_two_first_requests_naming_one_token_store_one_row(continued, session_db
     reader = continued.new_browser()
     reader.set_cookie("legacy", "erin")
     assert reader.get("/read").json["data"] == {"x": True, "y": True}
+
+
+def test_the_hook_trace_never_shows_the_token(session_app, monkeypatch, capsys):
+    """SESSIONS_TRACE_HOOKS=1 prints hooks' answers; this one's is the key to a session."""
+    from sessions_kernel.plugins import TRACE_HOOKS_ENV
+
+    monkeypatch.setenv(TRACE_HOOKS_ENV, "1")
+    plugin = Continues()
+    app = session_app(make_model(ContinuesMixin), plugins=[plugin])
+    capsys.readouterr()
+    browser = app.new_browser()
+    browser.set_cookie("legacy", "frank")
+    browser.post_json("/set", {"a": 1})
+    traced = capsys.readouterr().err
+    assert "session_fallback_token" in traced
+    token = token_of("frank")
+    assert repr(token) not in traced and token.hex() not in traced
