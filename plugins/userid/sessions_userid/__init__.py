@@ -207,7 +207,7 @@ def _check_fits(session: Session, value: Any) -> None:
     """``ValueError`` if the userid column cannot store ``value`` (a text longer than its
     ``String(n)``, an integer beyond its type's range): the INSERT would fail at the commit,
     on every request of that browser, where SQLite alone would store it."""
-    column_type = sa.inspect(session.model).columns[COLUMN].type
+    column_type: Any = sa.inspect(session.model).columns[COLUMN].type
     model = session.model.__name__
     length = getattr(column_type, "length", None)
     if isinstance(value, str) and length is not None and len(value) > length:
