@@ -463,3 +463,19 @@ def test_b11_a_returning_visitor_with_an_expired_old_session_blocks_no_other_log
     login.join()
     assert other.get("/whoami").json["userid"] == "bob"
     assert finished_meanwhile, "the login waited for the returning visitor's page"
+
+
+def test_a_first_visit_costs_four_statements_and_the_next_one(
+    beaker: Beaker, tmp_path: Path
+) -> None:
+    """What docs/migrating.rst says a migration costs, counted: the new token's row looked up
+    (none yet), the old row read, deleted, and the new row inserted; then our cookie alone."""
+    cookie, _, _, at = _old(beaker)
+    app = switched(beaker, tmp_path, at + 5)
+    browser = _copy(app, cookie)
+    with app.count() as sql:
+        assert browser.get("/whoami").json["userid"] == "alice"
+    assert sql.kinds() == ["SELECT", "SELECT", "DELETE", "INSERT"]
+    with app.count() as sql:
+        assert browser.get("/whoami").json["userid"] == "alice"
+    assert sql.kinds() == ["SELECT"]
