@@ -6,7 +6,6 @@ import os
 import string
 import time
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
 from typing import Any
 
 from . import serializers
@@ -20,6 +19,7 @@ from .settings import (
     dotted,
     integer,
     looks_like_key,
+    moment,
     optional,
     text,
 )
@@ -34,26 +34,6 @@ def _secret_keys(value: Any) -> SecretKeys:
 
 #: How far ahead ``accept_unbound_cookies_until`` may be: the window ends.
 MAX_UNBOUND_WINDOW = 366 * 24 * 3600
-
-
-def _moment(value: Any) -> int:
-    """a date (midnight UTC) or date-time in ISO 8601 (UTC unless it says otherwise)"""
-    if isinstance(value, str):
-        stripped = value.strip()
-        try:
-            value = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(
-                f"expected a date such as 2026-03-31 or a date-time such as "
-                f"2026-03-31T12:00:00+00:00, got {value!r}"
-            ) from None
-    elif isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if not isinstance(value, datetime):
-        raise ValueError(f"expected a date or a date-time, got {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp())
 
 
 def _secret_key_file(value: Any) -> SecretKeys:
@@ -229,7 +209,7 @@ SETTINGS = (
     Setting(
         "accept_unbound_cookies_until",
         None,
-        optional(_moment),
+        optional(moment),
         "until when cookies of sessions-kernel 0.1, not bound to the cookie name, are still "
         "read (and sent again, bound); at most a year ahead",
         runtime=False,

@@ -17,6 +17,7 @@ import pkgutil
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pyramid.path import DottedNameResolver
@@ -36,6 +37,7 @@ __all__ = [
     "choice",
     "dotted",
     "integer",
+    "moment",
     "optional",
     "text",
 ]
@@ -218,6 +220,26 @@ def choice(*options: str, case_insensitive: bool = True) -> Callable[[Any], str]
 
     parse_choice.__doc__ = "one of " + ", ".join(options)
     return parse_choice
+
+
+def moment(value: Any) -> int:
+    """a date (midnight UTC) or date-time in ISO 8601 (UTC unless it says otherwise)"""
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            value = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"expected a date such as 2026-03-31 or a date-time such as "
+                f"2026-03-31T12:00:00+00:00, got {value!r}"
+            ) from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a date or a date-time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp())
 
 
 def dotted(value: Any) -> Any:

@@ -40,7 +40,7 @@ import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,7 @@ from zope.sqlalchemy import mark_changed
 from sessions_kernel import SessionConflictError, Setting, StashKey, hookimpl
 from sessions_kernel.cookies import cookie_values
 from sessions_kernel.crypto import SecretKeys
-from sessions_kernel.settings import integer, looks_like_key, optional, text
+from sessions_kernel.settings import integer, looks_like_key, moment, optional, text
 
 from . import hookspecs
 from .outcome import ALREADY, COPIED, GONE, NOT_MIGRATED, OUTCOME, Outcome
@@ -142,22 +142,6 @@ def _source(value: Any) -> type[Source]:
             "(see sessions_migrate.source.Source)"
         )
     return found
-
-
-def _moment(value: Any) -> int:
-    """a date (midnight UTC) or a date-time in ISO 8601"""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"expected a date such as 2027-06-30, got {value!r}") from None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if not isinstance(value, datetime):
-        raise ValueError(f"expected a date such as 2027-06-30, got {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp())
 
 
 def _secrets(content: str, where: str) -> SecretKeys:
@@ -266,7 +250,7 @@ SETTINGS = (
     Setting(
         "migrate_until",
         None,
-        optional(_moment),
+        optional(moment),
         "the cut-off: old cookies are read until this date (UTC), at most a year ahead",
         runtime=False,
     ),
