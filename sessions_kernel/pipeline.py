@@ -655,10 +655,11 @@ def first_use(session: Session) -> None:
         raise no_dbsession_error(factory)
     fallback = None
     if binding is None and not readonly:  # no cookie: does a plugin's token name a session?
-        fallback = fallback_token(session)
-        if fallback is not None:
+        found = fallback_token(session)
+        if found is not None:
+            fallback, txn = found
             cookies = cookies if cookies is not None else CookieTransport(factory, header)
-            binding = TransactionBinding(session, find_transaction(request, changed=False))
+            binding = TransactionBinding(session, txn)
     if cookies is not None:  # a failed first use made none of the parts
         session._cookies = cookies
     session._loaded = True
@@ -690,8 +691,9 @@ def first_use(session: Session) -> None:
         respond_later(session)
 
 
-def fallback_token(session: Session) -> bytes | None:
-    """The token a plugin names for a request that sent no session cookie, if any.
+def fallback_token(session: Session) -> tuple[bytes, Any] | None:
+    """The token a plugin names for a request that sent no session cookie, if any, and the
+    transaction of ``request.tm`` the session then joins.
 
     Asked only while ``request.tm`` has a transaction begun (a session
     continued from elsewhere is stored by it); see
@@ -700,16 +702,19 @@ def fallback_token(session: Session) -> bytes | None:
     hook = session._factory.stages.session_fallback_token
     if hook is no_implementation:  # most applications: nobody implements it
         return None
-    if find_transaction(session.request, changed=False, required=False) is None:
+    txn = find_transaction(session.request, changed=False, required=False)
+    if txn is None:
         return None
     token = hook(session=session)
-    if token is not None and (not isinstance(token, bytes) or len(token) != TOKEN_BYTES):
+    if token is None:
+        return None
+    if not isinstance(token, bytes) or len(token) != TOKEN_BYTES:
         got = f"{len(token)} bytes" if isinstance(token, bytes) else type(token).__name__
         raise SessionError(
             f"a plugin's session_fallback_token returned {got}: a token is {TOKEN_BYTES} "
             "bytes (derive it with a key of session.derived_keys), or None"
         )
-    return token
+    return token, txn
 
 
 def respond_later(session: Session) -> None:
