@@ -42,7 +42,7 @@ from . import deploy, maintenance
 from .factory import SessionFactory
 from .model import model_table
 
-__all__ = ["Command", "UsageError", "main"]
+__all__ = ["Command", "UsageError", "main", "progress_bar", "wants_progress"]
 
 EXIT_OK, EXIT_DATABASE, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 
@@ -287,20 +287,11 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     table = model_table(factory.model).name
-    show = not args.quiet and (args.progress if args.progress is not None else _is_terminal())
+    show = wants_progress(args)
     now = int(factory.clock())  # the same moment for the count and for the deletes
     bar = None
     if show and not args.dry_run and maintenance.expired_condition(factory, now) is not None:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=maintenance.count_expired(factory, bind, now),
-            unit=" sessions",
-            desc=f"gc {table}",
-            file=sys.stderr,
-            disable=False,
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(maintenance.count_expired(factory, bind, now), f"gc {table}")
 
     def progress(p: maintenance.GCProgress) -> None:
         assert bar is not None
@@ -337,6 +328,27 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
             file=out,
         )
     return EXIT_OK
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows a progress bar: as ``--progress``/``--no-progress`` say,
+    else when stderr is a terminal; never with ``-q`` (``args.progress``, ``args.quiet``).
+    For plugins' commands too (``psessions migrate``)."""
+    return not args.quiet and (args.progress if args.progress is not None else _is_terminal())
+
+
+def progress_bar(total: int | None, desc: str) -> Any:
+    """A tqdm bar of sessions on stderr, as ``psessions gc`` shows it (total, rate, time left)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit=" sessions",
+        desc=desc,
+        file=sys.stderr,
+        disable=False,
+        dynamic_ncols=True,
+    )
 
 
 def _is_terminal() -> bool:

@@ -32,11 +32,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session as DBSession
 from transaction.interfaces import TransientError
+
+from sessions_kernel.cli import (
+    EXIT_DATABASE,
+    EXIT_OK,
+    UsageError,
+    progress_bar,
+    wants_progress,
+)
 
 from .outcome import ALREADY, COPIED, GONE, NOT_MIGRATED, OUTCOME, Outcome
 from .source import ClaimedElsewhere, Unrepresentable
@@ -148,8 +156,6 @@ def run(
     registry: Registry,
 ) -> int:
     """``psessions CONFIG migrate``: the command's run (see :mod:`sessions_migrate.bulk`)."""
-    from sessions_kernel.cli import EXIT_DATABASE, EXIT_OK, UsageError
-
     from . import migration_of
 
     if args.batch < 1:
@@ -165,7 +171,7 @@ def run(
             "nobody could reach a copy. Remove MigrateMixin and the session.migrate_* "
             "settings, then the old store's table or keys"
         )
-    show = not args.quiet and (args.progress if args.progress is not None else _is_terminal())
+    show = wants_progress(args)
     report = BulkReport(dry_run=args.dry_run)
     failure: Exception | None = None
     try:
@@ -227,7 +233,7 @@ def migrate_all(
     with DBSession(bind) as listing:
         total = source.count(listing, now) if show else None
         listing.rollback()
-        bar = _bar(total, source.name) if show else None
+        bar = progress_bar(total, f"migrate {source.name}") if show else None
         redirect = _redirect_logging() if bar is not None else nullcontext()
         try:
             with redirect:
@@ -394,26 +400,6 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, TransientError):
         return True
     return classify_error(error) in ("retry", "unavailable", "unknown-outcome")
-
-
-def _is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced or closed
-        return False
-
-
-def _bar(total: int | None, name: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit=" sessions",
-        desc=f"migrate {name}",
-        file=sys.stderr,
-        disable=False,
-        dynamic_ncols=True,
-    )
 
 
 @contextmanager
