@@ -54,6 +54,15 @@ DAY = 24 * 3600
 WORDY_SECRET = "itsaseekreet"
 #: the user id column of most tests: what remember() was given in Beaker (a name)
 TEXT_USERID = sa.String(64)
+#: what /who shows of a session nothing was carried into: a new, empty one
+NOTHING_CARRIED = {
+    "userid": None,
+    "new": True,
+    "keys": [],
+    "cart": None,
+    "flash": [],
+    "warnings": [],
+}
 
 
 def short(old_id: str) -> str:
@@ -599,14 +608,7 @@ def test_a_value_json_cannot_hold_fails_that_session_alone(
 
     visitor = with_cookie(app, cookie)
     response = visitor.get("/who", status=200)
-    assert response.json == {
-        "userid": None,
-        "new": True,
-        "keys": [],
-        "cart": None,
-        "flash": [],
-        "warnings": [],
-    }
+    assert response.json == NOTHING_CARRIED
     assert deletes_old_cookie(response)  # so that it is not read again (B5)
     assert app.rows() == []
     (warning,) = [r for r in caplog.records if r.name == "sessions_migrate"]
@@ -696,14 +698,7 @@ def test_a_user_id_the_column_cannot_hold_fails_that_session_alone(
     app = switched(beaker, tmp_path, beaker.accessed(numeric[40:]) + 5, userid=None)
 
     response = with_cookie(app, cookie).get("/who", status=200)
-    assert response.json == {
-        "userid": None,
-        "new": True,
-        "keys": [],
-        "cart": None,
-        "flash": [],
-        "warnings": [],
-    }
+    assert response.json == NOTHING_CARRIED
     assert deletes_old_cookie(response)  # so that it is not read again (B5)
     assert app.rows() == []
     assert beaker.rows(old_id) == 1
@@ -867,14 +862,7 @@ def test_a_copy_of_the_old_cookie_after_a_logout_opens_nothing(
 
     copy = with_cookie(app, cookie)
     seen = copy.get("/who").json
-    assert seen == {
-        "userid": None,
-        "new": True,
-        "keys": [],
-        "cart": None,
-        "flash": [],
-        "warnings": [],
-    }
+    assert seen == NOTHING_CARRIED
     assert app.rows() == []
     assert beaker.rows(old_id) == 0
     # another copy's first request writes: a session of its own, which no other copy finds
