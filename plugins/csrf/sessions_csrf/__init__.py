@@ -110,8 +110,9 @@ _TAG_BYTES = 16
 #: own that names its form; one shorter than 32 bytes after a letter for the form
 #: (its length would otherwise be a token in clear's).
 CARRIED_TOKEN_BYTES = (16, 20, 32)
-#: the carried forms, by the letter in front of the sealed value
+#: the carried forms, by the letter in front of the sealed value, and the letters by form
 _FORMS = {"h": "hex", "b": "base64"}
+_LETTERS = {form: letter for letter, form in _FORMS.items()}
 
 
 def _carried_data(form: str) -> list[bytes]:
@@ -223,8 +224,7 @@ def _seal_any(key: bytes, token: bytes) -> str:
     value = _b64(AESSIV(key).encrypt(bytes(token), _carried_data(token.form)))
     if len(token) == TOKEN_BYTES:
         return value
-    letter = next(k for k, v in _FORMS.items() if v == token.form)
-    return letter + value
+    return _LETTERS[token.form] + value
 
 
 def _open_carried(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
@@ -239,14 +239,8 @@ def _open_carried(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None
             blob = _unb64(value[1:], _TAG_BYTES + size)
             if blob is not None:
                 break
-    if blob is None:
-        return None
-    for index, key in enumerate(keys):
-        try:
-            return _Carried(AESSIV(key).decrypt(blob, _carried_data(form)), form), index
-        except InvalidTag:
-            continue
-    return None
+    opened = None if blob is None else _decrypt(keys, blob, _carried_data(form))
+    return None if opened is None else (_Carried(opened[0], form), opened[1])
 
 
 def open_sealed(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
@@ -257,11 +251,14 @@ def open_sealed(keys: Iterable[bytes], value: str) -> tuple[bytes, int] | None:
     value): AES-SIV's tag authenticates it.
     """
     blob = _unb64(value, _TAG_BYTES + TOKEN_BYTES)
-    if blob is None:
-        return None
+    return None if blob is None else _decrypt(keys, blob, _ASSOCIATED_DATA)
+
+
+def _decrypt(keys: Iterable[bytes], blob: bytes, data: list[bytes]) -> tuple[bytes, int] | None:
+    """What the first of ``keys`` that sealed ``blob`` under ``data`` opens, and its index."""
     for index, key in enumerate(keys):
         try:
-            return AESSIV(key).decrypt(blob, _ASSOCIATED_DATA), index
+            return AESSIV(key).decrypt(blob, data), index
         except InvalidTag:
             continue
     return None
