@@ -291,7 +291,7 @@ def _gc(args: argparse.Namespace, factory: SessionFactory, bind: Any, out: IO[st
     now = int(factory.clock())  # the same moment for the count and for the deletes
     bar = None
     if show and not args.dry_run and maintenance.expired_condition(factory, now) is not None:
-        bar = progress_bar(maintenance.count_expired(factory, bind, now), f"gc {table}")
+        bar = progress_bar(lambda: maintenance.count_expired(factory, bind, now), f"gc {table}")
 
     def progress(p: maintenance.GCProgress) -> None:
         assert bar is not None
@@ -337,12 +337,16 @@ def wants_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and (args.progress if args.progress is not None else _is_terminal())
 
 
-def progress_bar(total: int | None, desc: str) -> Any:
-    """A tqdm bar of sessions on stderr, as ``psessions gc`` shows it (total, rate, time left)."""
+def progress_bar(total: int | Callable[[], int] | None, desc: str) -> Any:
+    """A tqdm bar of sessions on stderr, as ``psessions gc`` shows it (total, rate, time left).
+
+    ``total`` may be a function that counts: it is called once tqdm imported, so that a
+    missing tqdm is said before any SQL runs.
+    """
     from tqdm import tqdm
 
     return tqdm(
-        total=total,
+        total=total() if callable(total) else total,
         unit=" sessions",
         desc=desc,
         file=sys.stderr,
